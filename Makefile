@@ -1,0 +1,80 @@
+# asd-edge: set-up and everyday commands. Every target installs what it needs.
+#   make run    the daemon on the default input with config/asd-edge.yaml
+#   make test   the whole test suite
+# Other targets: make help
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/asd-edge.yaml
+# Installed before the training extra so that pip keeps this CPU build
+# instead of fetching a CUDA one.
+TORCH_SPEC ?= torch==2.13.0
+APT_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils \
+                mosquitto mosquitto-clients ffmpeg python3-venv
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: help system venv dev run test lint typecheck check bench models clean
+
+help:
+	@echo "make run        run the daemon on the default input ($(CONFIG))"
+	@echo "make test       install everything needed and run the test suite"
+	@echo "make system     install the system packages (apt; as root or with sudo)"
+	@echo "make venv       $(VENV) with the daemon's dependencies only"
+	@echo "make dev        $(VENV) with the training stack and developer tools"
+	@echo "make lint       ruff;  make typecheck: mypy --strict on asd_edge"
+	@echo "make bench      the benchmarks in benchmarks/ (results/*.jsonl)"
+	@echo "make models     rebuild models/level.onnx"
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "not a Debian/Ubuntu system: install the equivalents of:$$missing" >&2; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo"; \
+	else echo "missing system packages; run:  sudo apt-get install -y$$missing" >&2; exit 1; fi; \
+	echo "installing system packages:$$missing"; \
+	$$SUDO apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.daemon-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[train,dev]"
+	touch $@ $(VENV)/.daemon-installed
+
+venv: system $(VENV)/.daemon-installed
+dev: system $(VENV)/.dev-installed
+
+run: venv
+	$(BIN)/asd-edge run --config $(CONFIG)
+
+test: dev
+	$(BIN)/python -m pytest
+
+lint: dev
+	$(BIN)/ruff check asd_edge training tests benchmarks
+
+typecheck: dev
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: dev
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+models: dev
+	$(BIN)/python -m training.level --out models/level.onnx
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
