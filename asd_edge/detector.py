@@ -1,0 +1,117 @@
+"""An ONNX anomaly detector: load, check against the model contract, score windows."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from .errors import ModelError
+from .features import LogMel, normalize_window
+from .model import ModelSpec, parse_model_spec
+
+__all__ = ["Detector"]
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class Detector:
+    """One model in one onnxruntime session (CPU, explicit thread counts).
+
+    Everything that can be checked is checked at load time, so a bad model is a
+    clear ``ModelError`` (file and field) before the first tick: the metadata, the
+    input and output names, ranks and fixed sizes, and a test inference on a
+    silent window.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:
+        self.path = str(path)
+        try:
+            blob = Path(path).read_bytes()
+        except OSError as exc:
+            raise ModelError(self.path, "file", f"cannot read ({exc.strerror or exc})") from None
+        self.sha256 = hashlib.sha256(blob).hexdigest()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                blob, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(self.path, "file", f"not a loadable ONNX model ({exc})") from None
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.spec: ModelSpec = parse_model_spec(self.path, meta)
+        self._logmel = LogMel(self.spec.features) if self.spec.features else None
+        self._input_name = self._check_io()
+        self.score(np.zeros((1, self.spec.window_samples), dtype=np.float32))
+
+    def _check_io(self) -> str:
+        inputs = self._session.get_inputs()
+        outputs = self._session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(self.path, "graph.inputs", f"expected 1 input, found {len(inputs)}")
+        tensor = inputs[0]
+        if tensor.type != "tensor(float)":
+            raise ModelError(self.path, "graph.inputs[0].type", f"expected float32, got {tensor.type}")
+        spec = self.spec
+        if spec.input == "logmel":
+            want: list[int | None] = [None, spec.n_frames, spec.features.n_mels if spec.features else 0]
+            layout = "[batch, n_frames, n_mels]"
+        else:
+            want = [None, spec.window_samples]
+            layout = "[batch, window_samples]"
+        shape = list(tensor.shape)
+        if len(shape) != len(want):
+            raise ModelError(
+                self.path, "graph.inputs[0].shape", f"expected {layout} = {want}, got {shape}"
+            )
+        for axis, (got, expected) in enumerate(zip(shape, want, strict=True)):
+            if expected is not None and isinstance(got, int) and got != expected:
+                raise ModelError(
+                    self.path,
+                    f"graph.inputs[0].shape[{axis}]",
+                    f"expected {expected} for {layout} from the metadata, got {got}",
+                )
+        names = [o.name for o in outputs]
+        if names != ["score"]:
+            raise ModelError(self.path, "graph.outputs", f"expected one output 'score', got {names}")
+        if len(outputs[0].shape) != 1:
+            raise ModelError(
+                self.path, "graph.outputs[0].shape", f"expected [batch], got {outputs[0].shape}"
+            )
+        return str(tensor.name)
+
+    @property
+    def threshold(self) -> float:
+        """The model's calibrated threshold."""
+        return self.spec.threshold
+
+    def model_input(self, windows: npt.ArrayLike) -> FloatArray:
+        """What the graph takes for a batch of windows ``[batch, window_samples]``."""
+        x = np.asarray(windows, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if self._logmel is not None:
+            return self._logmel(x)
+        return normalize_window(x, self.spec.normalize)
+
+    def score(self, windows: npt.ArrayLike) -> FloatArray:
+        """Anomaly scores of a batch of windows at the model's rate (one per window)."""
+        x = self.model_input(windows)
+        try:
+            (scores,) = self._session.run(["score"], {self._input_name: x})
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(self.path, "graph", f"inference failed ({exc})") from None
+        out = np.asarray(scores, dtype=np.float32).reshape(-1)
+        if out.shape[0] != x.shape[0]:
+            raise ModelError(
+                self.path, "graph.outputs[0]", f"{out.shape[0]} scores for {x.shape[0]} windows"
+            )
+        return out

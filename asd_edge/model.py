@@ -1,0 +1,208 @@
+"""The model contract: the ``asd_edge`` metadata an ONNX model carries, parsed and checked."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+from .errors import ModelError
+from .features import LogMelParams, NormalizeMethod, PrefilterSpec
+
+__all__ = [
+    "METADATA_KEY",
+    "SCHEMA_VERSION",
+    "ModelSpec",
+    "parse_model_spec",
+]
+
+METADATA_KEY = "asd_edge"
+"""The ``metadata_props`` key that holds the contract's JSON."""
+SCHEMA_VERSION = 1
+"""The metadata schema this daemon serves."""
+
+MIN_RATE_HZ = 8000
+MAX_RATE_HZ = 192_000
+MAX_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """What the daemon needs to know about a model, taken from its metadata."""
+
+    name: str
+    """Model name, e.g. ``pump-a``."""
+    version: str
+    """Model version, e.g. ``20261121T101500Z-3f2a9c1``."""
+    kind: str
+    """Detector kind (``dense_ae``, ``gmm``, ``cnn_attention``, ...)."""
+    sample_rate: int
+    """Rate of the model's input in Hz."""
+    window_s: float
+    """Length of one scored window in seconds."""
+    input: Literal["logmel", "waveform"]
+    """What the graph takes: log-mel frames or the raw window."""
+    threshold: float
+    """Calibrated threshold on the score (higher = more anomalous)."""
+    features: LogMelParams | None = None
+    """Log-mel parameters (``input == "logmel"``)."""
+    prefilter: PrefilterSpec | None = None
+    """Filter applied to the stream before windowing, if any."""
+    normalize: NormalizeMethod = "none"
+    """Per-window normalisation of waveform input."""
+    raw: Mapping[str, Any] = field(default_factory=dict)
+    """The metadata as stored (calibration, training, ... are passed through)."""
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one window at the model's rate."""
+        return round(self.window_s * self.sample_rate)
+
+    @property
+    def n_frames(self) -> int:
+        """Log-mel frames in one window (0 for waveform models)."""
+        return self.features.n_frames(self.window_samples) if self.features else 0
+
+
+class _Fields:
+    """Typed access to the metadata object, each failure naming the field."""
+
+    def __init__(self, path: str, data: Mapping[str, Any], prefix: str = "") -> None:
+        self.path, self.data, self.prefix = path, data, prefix
+
+    def fail(self, key: str, problem: str) -> ModelError:
+        return ModelError(self.path, f"metadata.{self.prefix}{key}", problem)
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        if key in self.data and self.data[key] is not None:
+            return self.data[key]
+        if default is ...:
+            raise self.fail(key, "required field is missing")
+        return default
+
+    def text(self, key: str, default: Any = ...) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def number(self, key: str, lo: float, hi: float, default: Any = ...) -> float:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise self.fail(key, f"expected a finite number, got {value!r}")
+        if not lo <= value <= hi:
+            raise self.fail(key, f"expected a number in [{lo:g}, {hi:g}], got {value!r}")
+        return float(value)
+
+    def integer(self, key: str, lo: int, hi: int, default: Any = ...) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.fail(key, f"expected an integer {lo}-{hi}, got {value!r}")
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(key, default)
+        if value not in options:
+            raise self.fail(key, f"expected one of {', '.join(map(repr, options))}, got {value!r}")
+        return str(value)
+
+    def section(self, key: str) -> _Fields | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"expected an object, got {type(value).__name__}")
+        return _Fields(self.path, value, f"{self.prefix}{key}.")
+
+
+def parse_model_spec(path: str, metadata: Mapping[str, str]) -> ModelSpec:
+    """Read and check the contract's metadata of the model at ``path``.
+
+    Raises ModelError naming the first field the daemon cannot serve.
+    """
+    if METADATA_KEY not in metadata:
+        raise ModelError(path, f"metadata.{METADATA_KEY}", "missing: not an asd-edge model")
+    try:
+        data = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelError(path, f"metadata.{METADATA_KEY}", f"not valid JSON ({exc})") from None
+    if not isinstance(data, Mapping):
+        raise ModelError(path, f"metadata.{METADATA_KEY}", "expected a JSON object")
+    f = _Fields(path, data)
+    schema = f.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise f.fail("schema", f"expected {SCHEMA_VERSION}, got {schema!r} (unknown schema)")
+    rate = f.integer("sample_rate", MIN_RATE_HZ, MAX_RATE_HZ)
+    window_s = f.number("window_s", 0.01, MAX_WINDOW_S)
+    spec_input = cast(Literal["logmel", "waveform"], f.choice("input", ("logmel", "waveform")))
+    window_samples = round(window_s * rate)
+    features = None
+    if spec_input == "logmel":
+        features = _parse_features(f, rate, window_samples)
+    prefilter = _parse_prefilter(f, rate)
+    normalize = f.choice("normalize", ("none", "peak", "zscore"), "none")
+    return ModelSpec(
+        name=f.text("name"),
+        version=f.text("version"),
+        kind=f.text("kind"),
+        sample_rate=rate,
+        window_s=window_s,
+        input=spec_input,
+        threshold=f.number("threshold", -math.inf, math.inf),
+        features=features,
+        prefilter=prefilter,
+        normalize=cast(NormalizeMethod, normalize),
+        raw=dict(data),
+    )
+
+
+def _parse_features(f: _Fields, rate: int, window_samples: int) -> LogMelParams:
+    feats = f.section("features")
+    if feats is None:
+        raise f.fail("features", "required for input 'logmel'")
+    n_fft = feats.integer("n_fft", 16, 65536)
+    if n_fft > window_samples:
+        raise feats.fail("n_fft", f"{n_fft} is longer than the window ({window_samples} samples)")
+    nyquist = rate / 2.0
+    fmin = feats.number("fmin", 0.0, nyquist, 0.0)
+    fmax = feats.number("fmax", 0.0, nyquist, nyquist)
+    if fmax <= fmin:
+        raise feats.fail("fmax", f"must be above fmin ({fmin:g}), got {fmax:g}")
+    power = feats.number("power", 1.0, 2.0, 2.0)
+    if power not in (1.0, 2.0):
+        raise feats.fail("power", f"expected 1 or 2, got {power:g}")
+    feats.choice("log", ("db",), "db")
+    feats.integer("frames", 1, 64, 1)  # context stacking happens inside the graph
+    return LogMelParams(
+        sample_rate=rate,
+        n_fft=n_fft,
+        hop_length=feats.integer("hop_length", 1, n_fft),
+        n_mels=feats.integer("n_mels", 1, 512),
+        fmin=fmin,
+        fmax=fmax,
+        power=power,
+        log="db",
+    )
+
+
+def _parse_prefilter(f: _Fields, rate: int) -> PrefilterSpec | None:
+    pre = f.section("prefilter")
+    if pre is None:
+        return None
+    kind = pre.choice("type", ("butter_bandpass", "butter_highpass", "butter_lowpass"))
+    nyquist = rate / 2.0
+    need_low = kind in ("butter_bandpass", "butter_highpass")
+    need_high = kind in ("butter_bandpass", "butter_lowpass")
+    low = pre.number("low_hz", 0.1, nyquist) if need_low else None
+    # A band-pass may name an upper edge past Nyquist (the seed's 8 kHz at 16 kHz):
+    # it is then a high-pass, as the filter design drops that edge.
+    high = pre.number("high_hz", 0.1, 1e6) if need_high else None
+    if kind == "butter_lowpass" and high is not None and high >= nyquist:
+        raise pre.fail("high_hz", f"must be below Nyquist ({nyquist:g} Hz), got {high:g}")
+    if low is not None and high is not None and high <= low:
+        raise pre.fail("high_hz", f"must be above low_hz ({low:g}), got {high:g}")
+    return PrefilterSpec(
+        type=cast(Any, kind), order=pre.integer("order", 1, 8, 4), low_hz=low, high_hz=high
+    )
