@@ -1,0 +1,160 @@
+"""A monitor: one input channel, one model, one decision policy, ticked by the daemon."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .decision import Decision, DecisionPolicy, Event
+from .detector import Detector
+from .features import StreamingFilter
+from .resample import StreamResampler
+from .ring import RingBuffer
+
+__all__ = ["Monitor", "TickResult", "WindowScore"]
+
+STREAM_SLACK_S = 4.0
+"""Model-rate audio a monitor keeps beyond one window and one hop."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowScore:
+    """The score of one window; times are stream seconds (capture samples / capture rate)."""
+
+    start_s: float
+    """Stream time of the window's first sample."""
+    end_s: float
+    """Stream time just after the window's last sample."""
+    score: float
+    """The model's anomaly score."""
+
+
+@dataclass(slots=True)
+class TickResult:
+    """What one tick of one monitor produced."""
+
+    scores: list[WindowScore] = field(default_factory=list)
+    """Windows scored in this tick (usually one)."""
+    events: list[Event] = field(default_factory=list)
+    """Event phases decided in this tick."""
+    skipped_windows: int = 0
+    """Windows passed over because the tick came late (only the latest is scored)."""
+    lost_samples: int = 0
+    """Capture samples lost to a ring overrun before this monitor read them."""
+
+
+class Monitor:
+    """Turns one capture channel into scores and events, one tick at a time.
+
+    Each tick pulls the samples captured since the last one from the channel's
+    ring, resamples them to the model's rate (exactly as resampling the whole
+    stream would), applies the model's streaming pre-filter, and scores every
+    window that has completed on the hop grid. ``asd-edge score`` runs files
+    through this very class, so files and live audio give the same numbers.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        detector: Detector,
+        policy: DecisionPolicy,
+        source: RingBuffer,
+        source_rate: int,
+        hop_s: float,
+        *,
+        start_index: int | None = None,
+    ) -> None:
+        spec = detector.spec
+        self.name = name
+        self.detector = detector
+        self.decision = Decision(policy)
+        self.source = source
+        self.source_rate = source_rate
+        self.model_rate = spec.sample_rate
+        self.window_samples = spec.window_samples
+        self.hop_samples = max(1, round(hop_s * spec.sample_rate))
+        self.hop_s = self.hop_samples / spec.sample_rate
+        self._resampler = StreamResampler(source_rate, spec.sample_rate)
+        self._filter = (
+            StreamingFilter(spec.prefilter.sos(spec.sample_rate)) if spec.prefilter else None
+        )
+        slack = round(STREAM_SLACK_S * spec.sample_rate)
+        self._stream = RingBuffer(self.window_samples + self.hop_samples + slack)
+        self._cursor = source.written if start_index is None else start_index
+        self._restart(self._cursor)
+
+    def _restart(self, capture_index: int) -> None:
+        """(Re)anchor the model-rate stream at ``capture_index`` (at start and after a gap)."""
+        self._resampler.reset()
+        if self._filter is not None:
+            self._filter.reset()
+        self._capture_base = capture_index
+        self._model_base = self._stream.written
+        self._next_end = self._model_base + self.window_samples
+
+    def capture_index(self, model_index: int) -> float:
+        """The capture-ring position of a model-rate stream position."""
+        model_offset = model_index - self._model_base
+        return self._capture_base + model_offset * self.source_rate / self.model_rate
+
+    def stream_time(self, model_index: int) -> float:
+        """Stream seconds (since capture began) of a model-rate stream position."""
+        return self.capture_index(model_index) / self.source_rate
+
+    def now_s(self) -> float:
+        """Stream time of the newest audio this monitor has consumed."""
+        return self.stream_time(self._stream.written)
+
+    def tick(self, *, catch_up: bool = False, final: bool = False) -> TickResult:
+        """Consume new audio and score the windows it completes.
+
+        When more than one window is due (the tick came late) only the latest is
+        scored and the others are counted as skipped, unless ``catch_up`` (files).
+        ``final`` marks the end of the input: the resampler's held-back tail is
+        flushed so the last window of a file is scored too.
+        """
+        result = TickResult()
+        chunk = self.source.since(self._cursor)
+        if chunk.lost:
+            result.lost_samples = chunk.lost
+            self._restart(chunk.start)
+        self._cursor = chunk.start + chunk.data.shape[0]
+        block = self._resampler(chunk.data)
+        if final:
+            block = np.concatenate([block, self._resampler.flush()])
+        if self._filter is not None and block.shape[0]:
+            block = self._filter(block)
+        self._stream.write(block)
+
+        ends: list[int] = []
+        while self._next_end <= self._stream.written:
+            ends.append(self._next_end)
+            self._next_end += self.hop_samples
+        due = len(ends)
+        if not catch_up and len(ends) > 1:
+            ends = ends[-1:]
+        # Windows whose audio this monitor no longer holds cannot be scored.
+        oldest = self._stream.oldest
+        ends = [end for end in ends if end - self.window_samples >= oldest]
+        result.skipped_windows = due - len(ends)
+        if not ends:
+            return result
+        windows = np.stack([self._stream.read(end - self.window_samples, end).data for end in ends])
+        scores = self.detector.score(windows)
+        for end, score in zip(ends, scores.tolist(), strict=True):
+            window = WindowScore(
+                start_s=self.stream_time(end - self.window_samples),
+                end_s=self.stream_time(end),
+                score=score,
+            )
+            result.scores.append(window)
+            event = self.decision.update(score if math.isfinite(score) else math.nan, window.end_s)
+            if event is not None:
+                result.events.append(event)
+        return result
+
+    def close(self, now_s: float) -> Event | None:
+        """End an event in progress (end of input or shutdown)."""
+        return self.decision.close(now_s)
