@@ -59,10 +59,16 @@ class Detector:
             raise ModelError(self.path, "graph.inputs", f"expected 1 input, found {len(inputs)}")
         tensor = inputs[0]
         if tensor.type != "tensor(float)":
-            raise ModelError(self.path, "graph.inputs[0].type", f"expected float32, got {tensor.type}")
+            raise ModelError(
+                self.path, "graph.inputs[0].type", f"expected float32, got {tensor.type}"
+            )
         spec = self.spec
         if spec.input == "logmel":
-            want: list[int | None] = [None, spec.n_frames, spec.features.n_mels if spec.features else 0]
+            want: list[int | None] = [
+                None,
+                spec.n_frames,
+                spec.features.n_mels if spec.features else 0,
+            ]
             layout = "[batch, n_frames, n_mels]"
         else:
             want = [None, spec.window_samples]
@@ -81,7 +87,9 @@ class Detector:
                 )
         names = [o.name for o in outputs]
         if names != ["score"]:
-            raise ModelError(self.path, "graph.outputs", f"expected one output 'score', got {names}")
+            raise ModelError(
+                self.path, "graph.outputs", f"expected one output 'score', got {names}"
+            )
         if len(outputs[0].shape) != 1:
             raise ModelError(
                 self.path, "graph.outputs[0].shape", f"expected [batch], got {outputs[0].shape}"

@@ -126,9 +126,13 @@ class LogMel:
     def __init__(self, params: LogMelParams) -> None:
         self.params = params
         self._window = signal.get_window("hann", params.n_fft, fftbins=True).astype(np.float64)
-        self._fb_t = mel_filterbank(
-            params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax_hz
-        ).astype(np.float64).T
+        self._fb_t = (
+            mel_filterbank(
+                params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax_hz
+            )
+            .astype(np.float64)
+            .T
+        )
 
     def __call__(self, windows: npt.ArrayLike) -> FloatArray:
         """Features of one window ``[samples]`` or a batch ``[batch, samples]``."""
@@ -167,7 +171,9 @@ class PrefilterSpec:
         if high is not None and high >= nyquist:
             high = None
         if low is not None and high is not None:
-            sos = signal.butter(self.order, [low, high], btype="bandpass", fs=sample_rate, output="sos")
+            sos = signal.butter(
+                self.order, [low, high], btype="bandpass", fs=sample_rate, output="sos"
+            )
         elif low is not None:
             sos = signal.butter(self.order, low, btype="highpass", fs=sample_rate, output="sos")
         elif high is not None:
@@ -203,9 +209,11 @@ def normalize_window(windows: npt.ArrayLike, method: NormalizeMethod) -> FloatAr
         return x
     if method == "peak":
         scale = np.max(np.abs(x), axis=-1, keepdims=True)
-        return np.divide(x, scale, out=np.zeros_like(x), where=scale > 1e-8)
+        peak: FloatArray = np.divide(x, scale, out=np.zeros_like(x), where=scale > 1e-8)
+        return peak
     if method == "zscore":
         centred = x - x.mean(axis=-1, keepdims=True)
         std = centred.std(axis=-1, keepdims=True)
-        return np.divide(centred, std, out=np.zeros_like(x), where=std > 1e-8)
+        z: FloatArray = np.divide(centred, std, out=np.zeros_like(x), where=std > 1e-8)
+        return z
     raise ValueError(f"unknown normalisation {method!r}")

@@ -90,7 +90,11 @@ class _Fields:
 
     def number(self, key: str, lo: float, hi: float, default: Any = ...) -> float:
         value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
             raise self.fail(key, f"expected a finite number, got {value!r}")
         if not lo <= value <= hi:
             raise self.fail(key, f"expected a number in [{lo:g}, {hi:g}], got {value!r}")

@@ -36,7 +36,9 @@ class StreamResampler:
         self._taps = np.zeros(0, dtype=np.float64)
         if not self.passthrough:  # the same filter resample_poly designs by default
             self._taps = np.asarray(
-                signal.firwin(2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)),
+                signal.firwin(
+                    2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)
+                ),
                 dtype=np.float64,
             )
         # Input samples each side of an output sample that its value depends on,

@@ -13,7 +13,9 @@ from asd_edge.decision import Decision, DecisionPolicy, Event
 HOP = 0.5
 
 
-def run(decision: Decision, scores: list[float], hop: float = HOP) -> list[tuple[str, float, Event]]:
+def run(
+    decision: Decision, scores: list[float], hop: float = HOP
+) -> list[tuple[str, float, Event]]:
     """Feed scores at t = hop, 2*hop, ...; return (phase, time, event) of every phase."""
     out = []
     for i, score in enumerate(scores, start=1):
@@ -51,7 +53,9 @@ class TestOnset:
 class TestEnd:
     def test_hold_time(self) -> None:
         """The event ends once no window has been above for hold_s, with the event's peak."""
-        d = Decision(DecisionPolicy(threshold=1.0, onset_k=1, onset_n=1, hold_s=1.0, refractory_s=0))
+        d = Decision(
+            DecisionPolicy(threshold=1.0, onset_k=1, onset_n=1, hold_s=1.0, refractory_s=0)
+        )
         phases = run(d, [2.0, 4.0, 0.0, 3.0, 0.0, 0.0, 0.0])
         assert [(p, t) for p, t, _ in phases] == [("start", 0.5), ("end", 3.0)]
         end = phases[1][2]

@@ -24,7 +24,9 @@ def sine(freq_hz: float, amplitude: float, seconds: float = 1.0, rate: int = 160
 def with_metadata(model: onnx.ModelProto, meta: Any) -> onnx.ModelProto:
     del model.metadata_props[:]
     if meta is not None:
-        helper.set_model_props(model, {"asd_edge": meta if isinstance(meta, str) else json.dumps(meta)})
+        helper.set_model_props(
+            model, {"asd_edge": meta if isinstance(meta, str) else json.dumps(meta)}
+        )
     return model
 
 
@@ -115,8 +117,12 @@ class TestRefusals:
         """A graph built for 64 mels with metadata saying 128 is refused at load, not at a tick."""
         base = level_meta()
         meta = {**base, "features": {**base["features"], "n_mels": 128}}
-        self.check(tmp_path, with_metadata(build_level_model(), meta),
-                   "graph.inputs[0].shape[2]", "expected 128")
+        self.check(
+            tmp_path,
+            with_metadata(build_level_model(), meta),
+            "graph.inputs[0].shape[2]",
+            "expected 128",
+        )
 
     def test_window_mismatch_for_waveform(self, tmp_path: Path) -> None:
         """A waveform graph of 16000 samples with window_s 2.0 in the metadata is refused."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,7 +24,9 @@ RATE = 16000
 PARAMS = LogMelParams(sample_rate=RATE, n_fft=1024, hop_length=512, n_mels=128)
 
 
-def sine(freq_hz: float, seconds: float = 1.0, amplitude: float = 0.5, rate: int = RATE) -> np.ndarray:
+def sine(
+    freq_hz: float, seconds: float = 1.0, amplitude: float = 0.5, rate: int = RATE
+) -> np.ndarray:
     t = np.arange(round(seconds * rate)) / rate
     return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
 
@@ -106,7 +110,7 @@ class TestStreamingFilter:
         whole = StreamingFilter(spec.sos(RATE))(x)
         streaming = StreamingFilter(spec.sos(RATE))
         edges = np.cumsum([0, *sizes])
-        pieces = [streaming(x[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        pieces = [streaming(x[a:b]) for a, b in itertools.pairwise(edges)]
         np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-5)
 
     def test_bandpass_removes_dc_and_keeps_passband(self) -> None:

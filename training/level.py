@@ -194,16 +194,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threshold. No training data needed.",
     )
     parser.add_argument("--out", required=True, type=Path, help="where to write the .onnx")
-    parser.add_argument("--threshold-dbfs", type=float, default=-20.0,
-                        help="alert above this band level (default: %(default)s dBFS)")
+    parser.add_argument(
+        "--threshold-dbfs",
+        type=float,
+        default=-20.0,
+        help="alert above this band level (default: %(default)s dBFS)",
+    )
     parser.add_argument("--sample-rate", type=int, default=16000, help="Hz (default: %(default)s)")
-    parser.add_argument("--fmin", type=float, default=50.0, help="band low edge, Hz (default: %(default)s)")
-    parser.add_argument("--fmax", type=float, default=None, help="band high edge, Hz (default: Nyquist)")
+    parser.add_argument(
+        "--fmin", type=float, default=50.0, help="band low edge, Hz (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--fmax", type=float, default=None, help="band high edge, Hz (default: Nyquist)"
+    )
     parser.add_argument("--name", default="level", help="model name (default: %(default)s)")
     args = parser.parse_args(argv)
     model = build_level_model(
-        sample_rate=args.sample_rate, fmin=args.fmin, fmax=args.fmax,
-        threshold_dbfs=args.threshold_dbfs, name=args.name,
+        sample_rate=args.sample_rate,
+        fmin=args.fmin,
+        fmax=args.fmax,
+        threshold_dbfs=args.threshold_dbfs,
+        name=args.name,
     )
     print(save_model(model, args.out))
     return 0
