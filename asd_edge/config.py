@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 import re
 import socket
-import types
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (
-    Any,
-    Final,
-    Literal,
-    TypeGuard,
-    TypeVar,
-    Union,
-    get_args,
-    get_origin,
-    get_type_hints,
-)
+from typing import Any, Final, Literal
 
 import yaml
 
 from asd_edge.errors import ConfigError
+from asd_edge.schema import INVALID, build, convert, show, to_plain
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -50,7 +37,7 @@ DEFAULT_CONFIG_PATH: Final = Path("/etc/asd-edge/config.yaml")
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
 
-# Field metadata understood by the validator: "min"/"max" (numbers, inclusive),
+# Field metadata is read by asd_edge.schema: "min"/"max" (numbers, inclusive),
 # "pattern" (strings, whole match), "describe" (the expectation shown for a bad
 # string), "path" (a non-empty path, resolved against the config file's directory),
 # "secret" (redacted by config_to_dict, never echoed in errors), "internal" (not a key).
@@ -213,18 +200,18 @@ def parse_config(data: object, *, base_dir: str | os.PathLike[str]) -> Config:
     every problem, each as ``dotted.path: expected ..., got ...``.
     """
     problems: list[str] = []
-    tree = _convert_mapping(Config, data, "", os.path.abspath(base_dir), problems)
+    tree = convert(Config, data, base_dir=os.path.abspath(base_dir), problems=problems)
     if isinstance(tree, dict):
         _check_across_fields(tree, problems)
     if problems or not isinstance(tree, dict):
         raise ConfigError(problems)
     _fill_derived(tree)
-    return _build(Config, tree)
+    return build(Config, tree)
 
 
 def config_to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:
     """The configuration as plain, YAML-dumpable data; secrets are "***" if ``redact``."""
-    return _to_plain(cfg, redact)
+    return to_plain(cfg, redact=redact)
 
 
 # --- YAML ------------------------------------------------------------------------------
@@ -265,195 +252,7 @@ def _load_yaml(raw: bytes, shown: str) -> object:
         raise ConfigError(f"{shown}: invalid YAML: {exc}") from exc
 
 
-# --- the generic validator -------------------------------------------------------------
-
-_INVALID: Final = object()
-"""Stands in the parsed tree for a value that was reported as a problem."""
-
-_T = TypeVar("_T")
-
-
-def _schema(cls: type) -> dict[str, tuple[Any, dataclasses.Field[Any]]]:
-    """The YAML keys of a config dataclass: name -> (resolved type, field)."""
-    hints = get_type_hints(cls)
-    return {
-        f.name: (hints[f.name], f)
-        for f in dataclasses.fields(cls)
-        if not f.metadata.get("internal")
-    }
-
-
-def _is_record(tp: object) -> TypeGuard[type[Any]]:
-    """Whether a schema type is a config dataclass (a mapping in the file)."""
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def _convert_mapping(
-    cls: type, value: object, path: str, base_dir: str, problems: list[str]
-) -> dict[str, Any] | object:
-    """The fields of ``cls`` read from ``value`` as a dict (defaults filled), or _INVALID."""
-    if value is None:
-        value = {}
-    if not isinstance(value, Mapping):
-        problems.append(f"{path or '<top level>'}: expected a mapping, got {_show(value)}")
-        return _INVALID
-    schema = _schema(cls)
-    for key in value:
-        if key not in schema:
-            hint = ""
-            if isinstance(key, str) and (close := difflib.get_close_matches(key, schema, n=1)):
-                hint = f"; did you mean {close[0]!r}?"
-            problems.append(f"{_join(path, key)}: unknown key{hint}")
-    tree: dict[str, Any] = {}
-    for name, (tp, f) in schema.items():
-        where = _join(path, name)
-        if name in value:
-            raw = value[name]
-        elif f.default is not dataclasses.MISSING:
-            raw = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            raw = None  # a section or a list: converting None gives its defaults
-        else:
-            problems.append(f"{where}: required key is missing")
-            tree[name] = _INVALID
-            continue
-        tree[name] = _convert(tp, f.metadata, raw, where, base_dir, problems)
-    return tree
-
-
-def _convert(
-    tp: Any, meta: Mapping[str, Any], value: object, path: str, base_dir: str, problems: list[str]
-) -> object:
-    """``value`` parsed as a ``tp`` (dataclasses as dicts, tuples as lists), or _INVALID."""
-    if _is_record(tp):
-        return _convert_mapping(tp, value, path, base_dir, problems)
-    if get_origin(tp) is tuple:
-        if value is None:
-            return []
-        if not isinstance(value, list | tuple):
-            problems.append(f"{path}: expected a list, got {_show(value)}")
-            return _INVALID
-        item_tp = get_args(tp)[0]
-        return [
-            _convert(item_tp, {}, item, f"{path}[{i}]", base_dir, problems)
-            for i, item in enumerate(value)
-        ]
-    ok, parsed = _match(tp, meta, value, base_dir)
-    if ok:
-        return parsed
-    shown = _kind(value) if meta.get("secret") else _show(value)
-    problems.append(f"{path}: expected {_describe(tp, meta)}, got {shown}")
-    return _INVALID
-
-
-def _match(tp: Any, meta: Mapping[str, Any], value: object, base_dir: str) -> tuple[bool, object]:
-    """Whether ``value`` is a ``tp`` meeting the field's constraints, and its parsed form."""
-    origin = get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        for member in get_args(tp):
-            ok, parsed = _match(member, meta, value, base_dir)
-            if ok:
-                return True, parsed
-        return False, None
-    if origin is Literal:
-        return any(type(value) is type(a) and value == a for a in get_args(tp)), value
-    if tp is type(None):
-        return value is None, None
-    if tp is bool:
-        return isinstance(value, bool), value
-    if isinstance(value, bool):  # a bool is an int to Python, never to this schema
-        return False, None
-    if tp is int:
-        return isinstance(value, int) and _in_range(value, meta), value
-    if tp is float:
-        if not isinstance(value, int | float):
-            return False, None
-        try:
-            number = float(value)
-        except OverflowError:
-            return False, None
-        return math.isfinite(number) and _in_range(number, meta), number
-    if tp is str:
-        if not isinstance(value, str):
-            return False, None
-        pattern = meta.get("pattern")
-        if pattern is not None and re.fullmatch(pattern, value) is None:
-            return False, None
-        if meta.get("path"):
-            if not value or "\x00" in value:
-                return False, None
-            return True, os.path.normpath(os.path.join(base_dir, value))
-        return True, value
-    raise TypeError(f"config schema: unsupported type {tp!r}")
-
-
-def _in_range(number: float, meta: Mapping[str, Any]) -> bool:
-    low, high = meta.get("min"), meta.get("max")
-    return (low is None or number >= low) and (high is None or number <= high)
-
-
-def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
-    """What a value of ``tp`` with these constraints looks like, for an error message."""
-    origin = get_origin(tp)
-    if origin is Union or origin is types.UnionType:
-        parts = [_describe(member, meta) for member in get_args(tp)]
-        return ", ".join(parts[:-1]) + " or " + parts[-1]
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if tp is str:
-        if "describe" in meta:
-            return str(meta["describe"])
-        if "pattern" in meta:
-            return f"a string matching {meta['pattern']}"
-        return "a non-empty path" if meta.get("path") else "a string"
-    if tp is int or tp is float:
-        return ("an integer" if tp is int else "a number") + _range_text(meta)
-    return "null" if tp is type(None) else "true or false"
-
-
-def _range_text(meta: Mapping[str, Any]) -> str:
-    low, high = meta.get("min"), meta.get("max")
-    if low is not None and high is not None:
-        return f" {_number(low)}-{_number(high)}"
-    if low is not None:
-        return f" >= {_number(low)}"
-    return f" <= {_number(high)}" if high is not None else ""
-
-
-def _number(number: float) -> str:
-    """A bound as a person writes it: 5, not 5.0; 0.001, not 1e-03."""
-    return str(int(number)) if number == int(number) else repr(number)
-
-
-def _kind(value: object) -> str:
-    """The kind of a YAML value, without the value (for secrets and containers)."""
-    if value is None:
-        return "null"
-    kinds = [(bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string")]
-    kinds += [(Mapping, "a mapping"), (list, "a list"), (tuple, "a list"), (bytes, "binary data")]
-    for kind, text in kinds:
-        if isinstance(value, kind):
-            return text
-    return f"a {type(value).__name__}"
-
-
-def _show(value: object) -> str:
-    """A found value as written in an error message: 'abc', 70000, true, null, a list."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 100 else repr(value[:100]) + "..."
-    if isinstance(value, int | float):
-        try:
-            return repr(value)
-        except ValueError:  # more digits than int -> str allows
-            return "an integer too long to show"
-    return _kind(value)
-
-
-def _join(path: str, key: object) -> str:
-    name = key if isinstance(key, str) else repr(key)
-    return f"{path}.{name}" if path else name
+# --- the checks and values that are particular to this configuration -------------------
 
 
 def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
@@ -486,7 +285,7 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
     if isinstance(pre_s, float) and isinstance(ring_s, float) and pre_s >= ring_s - 2:
         problems.append(
             f"clips.pre_s: expected a number below {ring_s - 2:g} (input.ring_s - 2), "
-            f"got {_show(pre_s)}"
+            f"got {show(pre_s)}"
         )
     password, password_file = _at(tree, "mqtt", "password"), _at(tree, "mqtt", "password_file")
     if isinstance(password, str) and isinstance(password_file, str):
@@ -494,10 +293,10 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
 
 
 def _at(tree: object, *keys: str) -> object:
-    """The parsed value at ``keys`` in the tree, or _INVALID if it or a parent is invalid."""
+    """The parsed value at ``keys`` in the tree, or INVALID if it or a parent is invalid."""
     for key in keys:
         if not isinstance(tree, dict):
-            return _INVALID
+            return INVALID
         tree = tree[key]
     return tree
 
@@ -512,35 +311,3 @@ def _fill_derived(tree: dict[str, Any]) -> None:
         mqtt["topic_prefix"] = f"asd/{tree['device_id']}"
     if mqtt["client_id"] is None:
         mqtt["client_id"] = f"asd-edge-{tree['device_id']}"
-
-
-def _build(cls: type[_T], tree: Mapping[str, Any]) -> _T:
-    """The dataclass instance for a parsed tree in which every value is valid."""
-    kwargs: dict[str, Any] = {}
-    for name, (tp, _f) in _schema(cls).items():
-        value = tree[name]
-        if _is_record(tp):
-            value = _build(tp, value)
-        elif get_origin(tp) is tuple:
-            item_tp = get_args(tp)[0]
-            is_record = _is_record(item_tp)
-            value = tuple(_build(item_tp, item) if is_record else item for item in value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _to_plain(obj: object, redact: bool) -> dict[str, Any]:
-    plain: dict[str, Any] = {}
-    for name, (_tp, f) in _schema(type(obj)).items():
-        value = getattr(obj, name)
-        if dataclasses.is_dataclass(value):
-            value = _to_plain(value, redact)
-        elif isinstance(value, tuple):
-            value = [
-                _to_plain(item, redact) if dataclasses.is_dataclass(item) else item
-                for item in value
-            ]
-        elif redact and f.metadata.get("secret") and value is not None:
-            value = "***"
-        plain[name] = value
-    return plain
