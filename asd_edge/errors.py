@@ -41,7 +41,7 @@ class AudioError(AsdEdgeError):
     """The audio input cannot be opened or has stopped delivering samples."""
 
 
-class AudioDecodeError(AsdEdgeError):
+class AudioDecodeError(AudioError):
     """An audio file cannot be read; the message names the file."""
 
     def __init__(self, path: str, problem: str) -> None:

@@ -1,0 +1,239 @@
+"""Tests of audio file reading and writing: WAV flavours, ffmpeg formats, the real recordings."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from scipy.io import wavfile
+
+from asd_edge.audiofile import AudioData, read_audio, to_mono, write_wav
+from asd_edge.errors import AudioDecodeError
+
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt-get install ffmpeg)"
+)
+
+
+def tone(
+    sample_rate: int, seconds: float, hz: float = 440.0, amp: float = 0.5
+) -> npt.NDArray[np.float64]:
+    """A sine tone; distinct enough that a mix-up of channels or rates shows."""
+    t = np.arange(round(sample_rate * seconds)) / sample_rate
+    return amp * np.sin(2 * np.pi * hz * t)
+
+
+class TestReadWav:
+    """WAV files of every sample type scipy produces come back as float32 in [-1, 1]."""
+
+    def test_int16_round_trip(self, tmp_path: Path) -> None:
+        """int16 full scale maps to [-1, 1) exactly: x / 32768."""
+        pcm = np.array([0, 1, -1, 16384, -32768, 32767], dtype=np.int16)
+        wavfile.write(tmp_path / "a.wav", 16000, pcm)
+        audio = read_audio(tmp_path / "a.wav")
+        assert audio.sample_rate == 16000
+        assert audio.samples.dtype == np.float32
+        assert audio.samples.shape == (6, 1)
+        np.testing.assert_array_equal(audio.samples[:, 0], pcm / 32768.0)
+
+    def test_uint8_is_centred_on_128(self, tmp_path: Path) -> None:
+        """8-bit WAV is unsigned: 128 is silence, 0 is -1, 255 is just under +1."""
+        pcm = np.array([128, 0, 255, 192], dtype=np.uint8)
+        wavfile.write(tmp_path / "u8.wav", 8000, pcm)
+        audio = read_audio(tmp_path / "u8.wav")
+        np.testing.assert_array_equal(audio.samples[:, 0], [0.0, -1.0, 127 / 128, 0.5])
+
+    def test_int32_and_float32(self, tmp_path: Path) -> None:
+        """int32 is scaled by 2**31; float32 is kept as it is."""
+        wavfile.write(tmp_path / "i32.wav", 16000, np.array([2**30, -(2**31)], dtype=np.int32))
+        wavfile.write(tmp_path / "f32.wav", 16000, np.array([0.25, -0.75], dtype=np.float32))
+        np.testing.assert_array_equal(read_audio(tmp_path / "i32.wav").samples[:, 0], [0.5, -1.0])
+        np.testing.assert_array_equal(read_audio(tmp_path / "f32.wav").samples[:, 0], [0.25, -0.75])
+
+    def test_stereo_keeps_channels_apart(self, tmp_path: Path) -> None:
+        """A stereo file is (frames, 2), left in column 0, right in column 1."""
+        left, right = tone(22050, 0.1, 300), tone(22050, 0.1, 1000, 0.25)
+        pcm = (np.stack([left, right], axis=1) * 32767).astype(np.int16)
+        wavfile.write(tmp_path / "st.wav", 22050, pcm)
+        audio = read_audio(tmp_path / "st.wav")
+        assert (audio.channels, audio.frames, audio.sample_rate) == (2, 2205, 22050)
+        assert audio.duration_s == pytest.approx(0.1)
+        np.testing.assert_allclose(audio.samples[:, 0], left, atol=2 / 32768)
+        np.testing.assert_allclose(audio.samples[:, 1], right, atol=2 / 32768)
+
+    @needs_ffmpeg
+    def test_24_bit(self, tmp_path: Path) -> None:
+        """24-bit PCM (made by ffmpeg) reads at full scale, not 256 times too quiet."""
+        src = tmp_path / "src.wav"
+        write_wav(src, tone(16000, 0.2), 16000)
+        out = tmp_path / "s24.wav"
+        subprocess.run(["ffmpeg", "-v", "error", "-i", src, "-c:a", "pcm_s24le", out], check=True)
+        np.testing.assert_allclose(read_audio(out).samples[:, 0], tone(16000, 0.2), atol=1e-4)
+
+
+class TestWriteWav:
+    """write_wav writes 16-bit PCM that reads back the same, atomically."""
+
+    def test_round_trip_within_one_lsb(self, tmp_path: Path) -> None:
+        """Content survives write then read to within 1/32768."""
+        x = np.random.default_rng(1).uniform(-1, 1, size=(4000, 2))
+        write_wav(tmp_path / "out.wav", x, 44100)
+        audio = read_audio(tmp_path / "out.wav")
+        assert audio.sample_rate == 44100
+        assert wavfile.read(tmp_path / "out.wav")[1].dtype == np.int16
+        np.testing.assert_allclose(audio.samples, x, atol=1 / 32768)
+
+    def test_clips_instead_of_wrapping(self, tmp_path: Path) -> None:
+        """Out-of-range values saturate (a wrap-around would turn +1.5 into a negative click)."""
+        write_wav(tmp_path / "c.wav", np.array([1.5, -3.0, np.nan, 1.0]), 8000)
+        _, pcm = wavfile.read(tmp_path / "c.wav")
+        np.testing.assert_array_equal(pcm, [32767, -32768, 0, 32767])
+
+    def test_replaces_atomically_and_leaves_no_temporary(self, tmp_path: Path) -> None:
+        """An existing file is replaced whole, and no temporary file is left in the directory."""
+        target = tmp_path / "clip.wav"
+        write_wav(target, np.zeros(100), 16000)
+        write_wav(target, np.full(50, 0.5), 16000)
+        assert [p.name for p in tmp_path.iterdir()] == ["clip.wav"]
+        assert read_audio(target).frames == 50
+
+    def test_failed_write_leaves_nothing(self, tmp_path: Path) -> None:
+        """A write that fails midway leaves neither a half file nor a temporary."""
+        with pytest.raises(ValueError):
+            write_wav(tmp_path / "bad.wav", np.zeros((2, 2, 2)), 16000)
+        assert list(tmp_path.iterdir()) == []
+
+
+class TestReadWithFfmpeg:
+    """Formats other than WAV go through ffprobe/ffmpeg at the file's own rate and channels."""
+
+    @needs_ffmpeg
+    @pytest.mark.parametrize(("ext", "atol"), [("flac", 1 / 32768), ("mp3", 0.05)])
+    def test_compressed_formats_decode(self, tmp_path: Path, ext: str, atol: float) -> None:
+        """A stereo 44.1 kHz FLAC (lossless) and MP3 (lossy) come back with the right shape."""
+        x = np.stack([tone(44100, 1.0, 440), tone(44100, 1.0, 660, 0.3)], axis=1)
+        src = tmp_path / "src.wav"
+        write_wav(src, x, 44100)
+        out = tmp_path / f"f.{ext}"
+        subprocess.run(["ffmpeg", "-v", "error", "-i", src, out], check=True)
+        audio = read_audio(out)
+        assert (audio.sample_rate, audio.channels) == (44100, 2)
+        assert audio.samples.dtype == np.float32
+        if ext == "flac":
+            np.testing.assert_allclose(audio.samples, x, atol=atol)
+        else:  # mp3 adds encoder delay; compare levels per channel
+            rms = np.sqrt(np.mean(audio.samples[4410:-4410] ** 2, axis=0))
+            np.testing.assert_allclose(rms, [0.5 / np.sqrt(2), 0.3 / np.sqrt(2)], atol=atol)
+
+    @needs_ffmpeg
+    def test_awkward_names(self, tmp_path: Path) -> None:
+        """Names with Japanese, a leading dash and a colon reach ffmpeg as files, not options."""
+        src = tmp_path / "src.wav"
+        write_wav(src, tone(16000, 0.5), 16000)
+        for name in ("机叩く音.flac", "-x.flac", "a:b.flac"):
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-i", src, f"file:{tmp_path / name}"], check=True
+            )
+            cwd = os.getcwd()
+            os.chdir(tmp_path)
+            try:
+                audio = read_audio(name)
+            finally:
+                os.chdir(cwd)
+            np.testing.assert_allclose(audio.samples[:, 0], tone(16000, 0.5), atol=1 / 32768)
+
+    def test_ffmpeg_missing_says_how_to_install(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without ffmpeg on PATH, a non-WAV file fails with the apt-get hint."""
+        (tmp_path / "a.flac").write_bytes(b"fLaC" + bytes(100))
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+        with pytest.raises(AudioDecodeError, match=r"apt-get install ffmpeg") as info:
+            read_audio(tmp_path / "a.flac")
+        assert info.value.path == str(tmp_path / "a.flac")
+
+
+class TestReadErrors:
+    """Files that are not audio fail with AudioDecodeError naming the file."""
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A path that does not exist says so, with the path."""
+        with pytest.raises(AudioDecodeError, match="no such file") as info:
+            read_audio(tmp_path / "nope.wav")
+        assert str(tmp_path / "nope.wav") in str(info.value)
+
+    @needs_ffmpeg
+    def test_text_file(self, tmp_path: Path) -> None:
+        """A text file is not audio."""
+        path = tmp_path / "notes.mp3"
+        path.write_text("these are not the samples you are looking for\n" * 20)
+        with pytest.raises(AudioDecodeError, match="not a") as info:
+            read_audio(path)
+        assert info.value.path == str(path)
+
+    @needs_ffmpeg
+    def test_truncated_wav_header(self, tmp_path: Path) -> None:
+        """A RIFF header with nothing behind it fails cleanly (scipy, then ffmpeg, both refuse)."""
+        path = tmp_path / "cut.wav"
+        path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+        with pytest.raises(AudioDecodeError) as info:
+            read_audio(path)
+        assert info.value.path == str(path)
+
+
+class TestToMono:
+    """to_mono picks one channel or mixes all of them down."""
+
+    def test_pick_and_mix(self) -> None:
+        """channel=1 returns the right channel; None returns the mean of both."""
+        x = np.array([[1.0, 0.0], [0.5, -0.5], [0.0, 1.0]], dtype=np.float32)
+        np.testing.assert_array_equal(to_mono(x, 1), [0.0, -0.5, 1.0])
+        np.testing.assert_array_equal(to_mono(x, None), [0.5, 0.0, 0.5])
+        assert to_mono(x, None).dtype == np.float32
+
+    def test_mono_input_and_bad_channel(self) -> None:
+        """1-D input is already mono; a channel that does not exist is a ValueError."""
+        np.testing.assert_array_equal(to_mono(np.array([0.1, 0.2]), 0), np.float32([0.1, 0.2]))
+        with pytest.raises(ValueError, match="channel 2 does not exist"):
+            to_mono(np.zeros((4, 2)), 2)
+
+
+def _manifest(shared_data: Path) -> list[dict[str, str]]:
+    with (shared_data / "MANIFEST.csv").open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+class TestRealRecordings:
+    """Every real recording in ../shared/data decodes as its MANIFEST says."""
+
+    @needs_ffmpeg
+    def test_every_file_matches_the_manifest(self, shared_data: Path) -> None:
+        """Rate and channels exactly; duration to 1 ms for WAV, 0.1 s for AAC (priming frames)."""
+        rows = _manifest(shared_data)
+        assert len(rows) > 100
+        kinds = set()
+        for row in rows:
+            audio = read_audio(shared_data / row["path"])
+            where = row["path"]
+            kinds.add(Path(where).suffix)
+            assert audio.sample_rate == int(row["sr"]), where
+            assert audio.channels == int(row["ch"]), where
+            tolerance = 0.001 if where.endswith(".wav") else 0.1
+            assert abs(audio.duration_s - float(row["dur"])) <= tolerance, where
+            assert np.isfinite(audio.samples).all(), where
+            assert 0 < np.abs(audio.samples).max() <= 1.0, where
+        assert kinds == {".wav", ".m4a"}
+
+    @needs_ffmpeg
+    def test_japanese_m4a_name(self, shared_data: Path) -> None:
+        """机叩く音1.m4a (AAC, 48 kHz) decodes to audible desk knocks."""
+        audio = read_audio(shared_data / "background" / "机叩く音1.m4a")
+        assert isinstance(audio, AudioData)
+        assert (audio.sample_rate, audio.channels) == (48000, 1)
+        assert np.abs(audio.samples).max() > 0.1
