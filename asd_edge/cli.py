@@ -1,0 +1,401 @@
+"""The ``asd-edge`` command line: run, check-config, devices, score, record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .audiofile import read_audio, to_mono, write_wav
+from .capture import SoundDeviceSource, list_input_devices
+from .config import DEFAULT_CONFIG_PATH, Config, config_to_dict, load_config
+from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon, load_detectors
+from .decision import DecisionPolicy, Event
+from .detector import Detector
+from .errors import AudioDecodeError, AudioError, ConfigError, ModelError
+from .logs import configure_logging
+from .monitor import Monitor
+from .ring import RingBuffer
+
+__all__ = ["main"]
+
+EXIT_FAILED = 1
+"""Some of the work failed (e.g. a file that could not be scored); the rest was done."""
+
+EXIT_CODES = """exit codes:
+  0   success
+  1   some inputs failed (each is reported); the others were processed
+  2   bad command-line usage
+  69  the audio input is unavailable (EX_UNAVAILABLE)
+  78  invalid configuration or model (EX_CONFIG); the message names the key or field
+"""
+
+
+def _config_path(arg: str | None) -> str | None:
+    """``--config``, else $ASD_EDGE_CONFIG, else /etc/asd-edge/config.yaml if it exists."""
+    if arg:
+        return arg
+    env = os.environ.get("ASD_EDGE_CONFIG")
+    if env:
+        return env
+    return str(DEFAULT_CONFIG_PATH) if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def _load(arg: str | None) -> Config:
+    return load_config(_config_path(arg))
+
+
+def _config_error(exc: ConfigError | ModelError) -> int:
+    problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+    print("configuration error:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM or SIGINT."""
+    try:
+        config = _load(args.config)
+        if not config.monitors:
+            raise ConfigError(
+                "monitors: at least one monitor is needed to run, got none "
+                "(see config/asd-edge.yaml for an example)"
+            )
+        configure_logging(config.logging.level, config.logging.format)
+        detectors = load_detectors(config)
+        daemon = Daemon(config, detectors)
+    except (ConfigError, ModelError) as exc:
+        return _config_error(exc)
+    except AudioError as exc:  # a replay file that cannot be read
+        return _config_error(ConfigError(f"input.device: {exc}"))
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the configuration and load its models; print the effective configuration."""
+    try:
+        config = _load(args.config)
+        problems = []
+        for index, monitor in enumerate(config.monitors):
+            try:
+                Detector(monitor.model, threads=config.detector.threads)
+            except ModelError as exc:
+                problems.append(f"monitors[{index}].model: {exc}")
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as exc:
+        return _config_error(exc)
+    print(f"# effective configuration of {config.source or 'the built-in defaults'}")
+    print(yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), end="")
+    return EXIT_OK
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List the input devices PortAudio sees."""
+    devices = list_input_devices()
+    if args.json:
+        print(json.dumps(devices, indent=2))
+        return EXIT_OK
+    if not devices:
+        print("no input devices found (is the user in group 'audio'? is a sound server running?)")
+        return EXIT_UNAVAILABLE
+    header = f"{'index':>5}  {'channels':>8}  {'default Hz':>10}  {'rates accepted':<40}"
+    print(f"  {header}  name (host API)")
+    for d in devices:
+        mark = "*" if d.get("default") else " "
+        rates = ",".join(str(r) for r in d.get("rates", []))
+        print(
+            f"{mark:2}{d['index']:>5}  {d['max_input_channels']:>8}  "
+            f"{float(d['default_samplerate']):>10.0f}  {rates:<40}  {d['name']} ({d['hostapi']})"
+        )
+    print("* = default input")
+    return EXIT_OK
+
+
+def _score_policy(
+    args: argparse.Namespace, config: Config | None, threshold: float
+) -> tuple[DecisionPolicy, float]:
+    """Decision policy and hop for ``score``: from the config's monitor, else the defaults."""
+    monitor = None
+    if config is not None and config.monitors:
+        named = [m for m in config.monitors if args.monitor in (None, m.name)]
+        if not named:
+            raise ConfigError(f"--monitor: no monitor named {args.monitor!r} in {config.source}")
+        monitor = named[0]
+    if monitor is None:
+        policy = DecisionPolicy(threshold=threshold)
+        hop_s = 0.5
+    else:
+        policy = DecisionPolicy(
+            threshold=threshold if monitor.threshold is None else monitor.threshold,
+            onset_k=monitor.onset_k,
+            onset_n=monitor.onset_n,
+            hold_s=monitor.hold_s,
+            refractory_s=monitor.refractory_s,
+        )
+        hop_s = monitor.hop_s
+    if args.threshold is not None:
+        policy = DecisionPolicy(
+            args.threshold, policy.onset_k, policy.onset_n, policy.hold_s, policy.refractory_s
+        )
+    return policy, args.hop_s if args.hop_s is not None else hop_s
+
+
+def score_file(
+    path: str, detector: Detector, policy: DecisionPolicy, hop_s: float, channel: int | None
+) -> dict[str, Any]:
+    """Run one file through the daemon's own pipeline (ring, monitor, decision)."""
+    audio = read_audio(path)
+    samples = to_mono(audio.samples, channel)
+    rate = audio.sample_rate
+    step = max(1, round(hop_s * rate))
+    ring = RingBuffer(2 * step + 4096)
+    monitor = Monitor("score", detector, policy, ring, rate, hop_s, start_index=0)
+    window_s = detector.spec.window_s
+    windows: list[dict[str, float]] = []
+    events: list[dict[str, Any]] = []
+
+    def add(event: Event) -> None:
+        if event.phase == "start":
+            events.append({"alert_s": round(event.at_s, 4)})
+            return
+        events[-1].update(
+            start_s=round(max(0.0, event.onset_s - window_s), 4),
+            end_s=round(event.last_anomalous_s, 4),
+            peak_score=event.peak_score,
+        )
+
+    total = samples.shape[0]
+    for begin in range(0, total, step):
+        ring.write(samples[begin : begin + step])
+        result = monitor.tick(catch_up=True, final=begin + step >= total)
+        windows.extend(
+            {"start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4), "score": w.score}
+            for w in result.scores
+        )
+        for event in result.events:
+            add(event)
+    last = monitor.close(monitor.now_s())
+    if last is not None:
+        add(last)
+    return {
+        "file": path,
+        "sample_rate": rate,
+        "threshold": policy.threshold,
+        "windows": windows,
+        "events": [
+            {k: e[k] for k in ("start_s", "end_s", "peak_score", "alert_s")} for e in events
+        ],
+    }
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score audio files with a model, exactly as the daemon would, faster than real time."""
+    try:
+        config = load_config(args.config) if args.config else None
+        threads = config.detector.threads if config else 1
+        detector = Detector(args.model, threads=threads)
+        policy, hop_s = _score_policy(args, config, detector.threshold)
+    except (ConfigError, ModelError) as exc:
+        return _config_error(exc)
+    failed = 0
+    for path in args.files:
+        try:
+            report = score_file(path, detector, policy, hop_s, args.channel)
+        except (AudioDecodeError, ValueError) as exc:
+            failed += 1
+            report = {"file": path, "error": str(exc)}
+        print(json.dumps(report, ensure_ascii=False), flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Record the configured input into WAV segments (training data)."""
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    cfg = config.input
+    source = SoundDeviceSource(
+        device=cfg.device,
+        channels=cfg.channels,
+        sample_rate=cfg.sample_rate,
+        preferred_rate=args.rate,
+        ring_s=max(cfg.ring_s, 2 * args.segment_s + 5),
+        block_s=cfg.block_s,
+        stall_timeout_s=cfg.stall_timeout_s,
+        restart_backoff_max_s=cfg.restart_backoff_max_s,
+    )
+    if not 0 <= args.channel < cfg.channels:
+        print(
+            f"--channel: expected 0-{cfg.channels - 1} (input.channels), got {args.channel}",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        source.start()
+    except AudioError as exc:
+        print(f"cannot open the input: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    ring = source.ring(args.channel)
+    rate = source.sample_rate
+    segment = round(args.segment_s * rate)
+    total = round(args.seconds * rate)
+    begin = ring.written
+    done = 0
+    print(
+        f"recording {args.seconds:g} s at {rate} Hz from channel {args.channel} into {out}",
+        file=sys.stderr,
+    )
+    try:
+        while done < total:
+            time.sleep(0.1)
+            source.poll(time.monotonic())
+            want = min(segment, total - done)
+            if ring.written - (begin + done) < want:
+                continue
+            chunk = ring.read(begin + done, begin + done + want)
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            path = out / f"{config.device_id}_ch{args.channel}_{stamp}.wav"
+            write_wav(path, chunk.data, rate)
+            if chunk.lost:
+                print(f"warning: {chunk.lost} samples lost before {path}", file=sys.stderr)
+            print(path, flush=True)
+            done += want
+    except KeyboardInterrupt:
+        print("interrupted; the segments above are complete", file=sys.stderr)
+    except AudioError as exc:
+        print(f"the input failed: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    finally:
+        source.stop()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``asd-edge`` and its subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="asd-edge",
+        description="Listen to a machine, detect abnormal sound with an ONNX model, alert.",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+    )
+    parser.add_argument("--version", action="version", version=f"asd-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = (
+        "YAML configuration (default: $ASD_EDGE_CONFIG, else /etc/asd-edge/config.yaml "
+        "when it exists, else the built-in defaults)"
+    )
+
+    run = sub.add_parser(
+        "run",
+        help="run the daemon",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+        description="Capture audio and run every configured monitor until "
+        "SIGTERM or SIGINT. Logs go to stdout.",
+    )
+    run.add_argument("--config", metavar="FILE", help=config_help)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a configuration and its models",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+        description="Validate the configuration and load every monitor's "
+        "model; print the effective configuration (secrets redacted).",
+    )
+    check.add_argument("--config", metavar="FILE", help=config_help)
+    check.set_defaults(func=cmd_check_config)
+
+    devices = sub.add_parser(
+        "devices",
+        help="list audio input devices",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+        description="List the input devices PortAudio sees, with their "
+        "channels and the sample rates they accept.",
+    )
+    devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    devices.set_defaults(func=cmd_devices)
+
+    score = sub.add_parser(
+        "score",
+        help="score audio files as the daemon would",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+        description="Run the daemon's pipeline (resampling, pre-filter, features, model, "
+        "decision) over audio files, faster than real time. Prints one JSON object per file: "
+        '{"file", "sample_rate", "threshold", "windows": [{"start_s", "end_s", "score"}], '
+        '"events": [{"start_s", "end_s", "peak_score", "alert_s"}]} or {"file", "error"}.',
+    )
+    score.add_argument("--model", required=True, metavar="M.onnx", help="the model to score with")
+    score.add_argument(
+        "--config",
+        metavar="FILE",
+        help="take hop and decision settings from this configuration's monitor",
+    )
+    score.add_argument(
+        "--monitor", metavar="NAME", help="which monitor of --config (default: the first)"
+    )
+    score.add_argument(
+        "--hop-s", type=float, metavar="S", help="seconds between windows (default 0.5)"
+    )
+    score.add_argument("--threshold", type=float, help="override the threshold")
+    score.add_argument(
+        "--channel", type=int, metavar="C", help="channel of multichannel files (default: mix down)"
+    )
+    score.add_argument("files", nargs="+", metavar="FILE", help="WAV or anything ffmpeg decodes")
+    score.set_defaults(func=cmd_score)
+
+    record = sub.add_parser(
+        "record",
+        help="record training data",
+        epilog=EXIT_CODES,
+        formatter_class=fmt,
+        description="Record the configured input into WAV segments, "
+        "e.g. normal sound of a machine to train a model on.",
+    )
+    record.add_argument("--config", metavar="FILE", help=config_help)
+    record.add_argument("--seconds", type=float, required=True, help="how long to record")
+    record.add_argument("--out", required=True, metavar="DIR", help="folder for the WAV files")
+    record.add_argument(
+        "--segment-s", type=float, default=10.0, help="length of each file (default: %(default)s s)"
+    )
+    record.add_argument("--channel", type=int, default=0, help="input channel (default: 0)")
+    record.add_argument(
+        "--rate",
+        type=int,
+        default=16000,
+        help="preferred sample rate when input.sample_rate is null (default: %(default)s Hz)",
+    )
+    record.set_defaults(func=cmd_record)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``asd-edge`` console script."""
+    args = build_parser().parse_args(argv)
+    # Commands other than `run` keep stdout for their output: warnings go to stderr.
+    configure_logging("warning", "console", stream=sys.stderr)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

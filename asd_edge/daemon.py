@@ -1,0 +1,271 @@
+"""The daemon: capture, tick every monitor on a monotonic clock, report events, stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+import numpy as np
+import structlog
+
+from .capture import AudioSource, SoundDeviceSource
+from .config import Config
+from .decision import DecisionPolicy, Event
+from .detector import Detector
+from .errors import AudioError
+from .filesource import FileSource
+from .monitor import Monitor
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "EXIT_SOFTWARE",
+    "EXIT_UNAVAILABLE",
+    "Daemon",
+    "load_detectors",
+]
+
+log = structlog.get_logger()
+
+EXIT_OK = 0
+EXIT_UNAVAILABLE = 69
+"""sysexits EX_UNAVAILABLE: the audio input could not be opened or kept alive."""
+EXIT_SOFTWARE = 70
+"""sysexits EX_SOFTWARE: an internal error."""
+EXIT_CONFIG = 78
+"""sysexits EX_CONFIG: bad configuration or model; systemd should not restart-loop."""
+
+POLL_S = 0.05
+"""How often the loop wakes to look for completed windows (bounds the added latency)."""
+STATS_EVERY_S = 60.0
+REPLAY_PREFIX = "file:"
+"""``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
+"""How often a ``daemon_stats`` line is logged."""
+
+
+def load_detectors(config: Config) -> dict[str, Detector]:
+    """Load and check every monitor's model (ModelError names the file and field)."""
+    return {m.name: Detector(m.model, threads=config.detector.threads) for m in config.monitors}
+
+
+@dataclass(slots=True)
+class TickTimes:
+    """Durations of recent ticks that scored something, for the stats line."""
+
+    durations_s: list[float]
+
+    def summary(self) -> dict[str, float]:
+        """p50, p95 and max in milliseconds (empty when no tick scored)."""
+        if not self.durations_s:
+            return {}
+        ms = np.asarray(self.durations_s) * 1e3
+        return {
+            "tick_p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "tick_p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "tick_max_ms": round(float(ms.max()), 3),
+        }
+
+
+class Daemon:
+    """Runs the monitors of a configuration until asked to stop.
+
+    The audio source and the clock are injected (a file source and a fake clock in
+    tests; PortAudio and ``time.monotonic`` in production).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        detectors: dict[str, Detector],
+        *,
+        source: AudioSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.detectors = detectors
+        self._clock = clock
+        self._stop = threading.Event()
+        self.source = source if source is not None else self._open_source()
+        self.monitors: list[Monitor] = []
+
+    def _open_source(self) -> AudioSource:
+        cfg = self.config.input
+        if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
+            return FileSource(
+                cfg.device.removeprefix(REPLAY_PREFIX),
+                channels=cfg.channels,
+                block_s=cfg.block_s,
+                ring_s=cfg.ring_s,
+            )
+        rates = {d.spec.sample_rate for d in self.detectors.values()}
+        return SoundDeviceSource(
+            device=cfg.device,
+            channels=cfg.channels,
+            sample_rate=cfg.sample_rate,
+            preferred_rate=max(rates) if rates else None,
+            ring_s=cfg.ring_s,
+            block_s=cfg.block_s,
+            stall_timeout_s=cfg.stall_timeout_s,
+            restart_backoff_max_s=cfg.restart_backoff_max_s,
+        )
+
+    def stop(self, reason: str = "requested") -> None:
+        """Ask the loop to finish (safe from signal handlers and other threads)."""
+        if not self._stop.is_set():
+            log.info("daemon_stopping", reason=reason)
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT stop the loop cleanly."""
+
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            self.stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _build_monitors(self) -> list[Monitor]:
+        monitors = []
+        for m in self.config.monitors:
+            detector = self.detectors[m.name]
+            policy = DecisionPolicy(
+                threshold=detector.threshold if m.threshold is None else m.threshold,
+                onset_k=m.onset_k,
+                onset_n=m.onset_n,
+                hold_s=m.hold_s,
+                refractory_s=m.refractory_s,
+            )
+            monitors.append(
+                Monitor(
+                    m.name,
+                    detector,
+                    policy,
+                    self.source.ring(m.channel),
+                    self.source.sample_rate,
+                    m.hop_s,
+                )
+            )
+        return monitors
+
+    def run(self) -> int:
+        """Capture and tick until stopped; return the process exit code."""
+        try:
+            self.source.start()
+        except AudioError as exc:
+            log.error("audio_unavailable", error=str(exc))
+            return EXIT_UNAVAILABLE
+        try:
+            self.monitors = self._build_monitors()
+            log.info(
+                "daemon_started",
+                device_id=self.config.device_id,
+                sample_rate=self.source.sample_rate,
+                channels=self.source.channels,
+                monitors=[self._describe(m) for m in self.monitors],
+            )
+            return self._loop()
+        finally:
+            for monitor in self.monitors:
+                event = monitor.close(monitor.now_s())
+                if event is not None:
+                    self._report(monitor, event)
+            self.source.stop()
+            log.info("daemon_stopped")
+
+    def _describe(self, monitor: Monitor) -> dict[str, object]:
+        spec = monitor.detector.spec
+        return {
+            "name": monitor.name,
+            "model": spec.name,
+            "version": spec.version,
+            "kind": spec.kind,
+            "sha256": monitor.detector.sha256,
+            "threshold": monitor.decision.policy.threshold,
+            "model_rate": spec.sample_rate,
+            "hop_s": monitor.hop_s,
+        }
+
+    def _loop(self) -> int:
+        next_wake = self._clock()
+        next_stats = next_wake + STATS_EVERY_S
+        times = TickTimes([])
+        skipped_wakes = 0
+        while not self._stop.is_set():
+            now = self._clock()
+            try:
+                self.source.poll(now)
+            except AudioError as exc:
+                log.error("audio_failed", error=str(exc))
+                return EXIT_UNAVAILABLE
+            end_of_input = isinstance(self.source, FileSource) and self.source.finished
+            started = self._clock()
+            scored = self._tick_all(final=end_of_input)
+            if end_of_input:
+                self.stop("end_of_input")
+            if scored:
+                times.durations_s.append(self._clock() - started)
+            if now >= next_stats:
+                log.info(
+                    "daemon_stats", skipped_wakes=skipped_wakes, **self._stats(), **times.summary()
+                )
+                times.durations_s.clear()
+                next_stats = now + STATS_EVERY_S
+            next_wake += POLL_S
+            now = self._clock()
+            if next_wake < now:  # late: skip the missed wakes rather than pile them up
+                missed = int((now - next_wake) // POLL_S) + 1
+                skipped_wakes += missed
+                next_wake += missed * POLL_S
+            self._stop.wait(max(0.0, next_wake - now))
+        return EXIT_OK
+
+    def _tick_all(self, *, final: bool = False) -> bool:
+        scored = False
+        for monitor in self.monitors:
+            result = monitor.tick(final=final)
+            if result.lost_samples or result.skipped_windows:
+                log.warning(
+                    "windows_skipped",
+                    monitor=monitor.name,
+                    skipped=result.skipped_windows,
+                    lost_samples=result.lost_samples,
+                )
+            for window in result.scores:
+                scored = True
+                log.debug(
+                    "window_scored",
+                    monitor=monitor.name,
+                    end_s=round(window.end_s, 3),
+                    score=window.score,
+                )
+            for event in result.events:
+                self._report(monitor, event)
+        return scored
+
+    def _report(self, monitor: Monitor, event: Event) -> None:
+        fields = {
+            "monitor": monitor.name,
+            "onset_s": round(event.onset_s, 3),
+            "at_s": round(event.at_s, 3),
+            "score": event.score,
+            "peak_score": event.peak_score,
+            "threshold": event.threshold,
+            "model": monitor.detector.spec.name,
+            "model_version": monitor.detector.spec.version,
+        }
+        if event.phase == "start":
+            log.warning("anomaly_started", **fields)
+        else:
+            log.info("anomaly_ended", duration_s=round(event.at_s - event.onset_s, 3), **fields)
+
+    def _stats(self) -> dict[str, object]:
+        stats = self.source.stats
+        return {
+            "overflows": stats.overflows,
+            "restarts": stats.restarts,
+            "lost_samples": sum(m.source.lost_samples for m in self.monitors),
+        }

@@ -1,0 +1,74 @@
+"""Shared pytest fixtures: paths, the real recordings, and real-component fixtures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+from vmic import virtual_mic  # noqa: F401  (fixture: PulseAudio null sink as a microphone)
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real recordings in ../shared/data; skips where a clone has none."""
+    if not (SHARED_DATA / "MANIFEST.csv").is_file():
+        pytest.skip(f"real recordings not found at {SHARED_DATA} (a user's clone has none)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for the session's fixture models."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def level_model(model_dir: Path) -> Path:
+    """A real log-mel ONNX model (peak band level in dBFS), threshold -30 dBFS, 16 kHz."""
+    from training.level import build_level_model, save_model
+
+    return save_model(build_level_model(threshold_dbfs=-30.0), model_dir / "level.onnx")
+
+
+@pytest.fixture(scope="session")
+def waveform_model(model_dir: Path) -> Path:
+    """A real waveform ONNX model (window RMS in dBFS) with the seed's band-pass pre-filter."""
+    from training.level import build_waveform_level_model, save_model
+
+    prefilter = {"type": "butter_bandpass", "low_hz": 20.0, "high_hz": 7000.0, "order": 4}
+    model = build_waveform_level_model(threshold_dbfs=-30.0, prefilter=prefilter)
+    return save_model(model, model_dir / "waveform.onnx")
+
+
+def asd_edge_command() -> list[str]:
+    """The installed ``asd-edge`` console script (the one users run)."""
+    script = Path(sys.executable).with_name("asd-edge")
+    if not script.exists():
+        pytest.skip(f"the asd-edge console script is not installed beside {sys.executable}")
+    return [str(script)]
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """A 16-bit WAV test file."""
+    clipped = np.clip(samples, -1.0, 1.0)
+    wavfile.write(path, rate, (clipped * 32767).astype(np.int16))
+    return path
+
+
+def tone_burst(
+    rate: int, seconds: float, burst: tuple[float, float], seed: int = 0, amplitude: float = 0.5
+) -> np.ndarray:
+    """Quiet broadband noise (about -50 dBFS) with a loud 1 kHz burst in ``burst`` (seconds)."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * rate)
+    x = 0.003 * rng.standard_normal(n)
+    t = np.arange(n) / rate
+    inside = (t >= burst[0]) & (t < burst[1])
+    x[inside] += amplitude * np.sin(2 * np.pi * 1000 * t[inside])
+    return x.astype(np.float32)

@@ -1,0 +1,192 @@
+"""The asd-edge command line, run as a user runs it: the installed script, as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO, asd_edge_command, tone_burst, write_wav
+
+from asd_edge.audiofile import read_audio, to_mono
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*asd_edge_command(), *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+class TestHelp:
+    @pytest.mark.parametrize("command", ["", "run", "check-config", "devices", "score", "record"])
+    def test_every_command_has_help(self, command: str) -> None:
+        """--help works on the tool and every subcommand, and lists the exit codes."""
+        result = cli(*([command] if command else []), "--help")
+        assert result.returncode == 0, result.stderr
+        assert "usage: asd-edge" in result.stdout
+        assert "78" in result.stdout
+
+    def test_no_command_is_a_usage_error(self) -> None:
+        """Without a subcommand the exit code is 2 (usage)."""
+        assert cli().returncode == 2
+
+
+class TestScore:
+    def test_finds_the_event_in_the_middle(self, tmp_path: Path, level_model: Path) -> None:
+        """A loud second in a quiet 10 s file is exactly one event around it."""
+        wav = write_wav(tmp_path / "burst.wav", tone_burst(16000, 10.0, (4.5, 5.5)), 16000)
+        result = cli("score", "--model", str(level_model), str(wav))
+        assert result.returncode == 0, result.stderr
+        (line,) = result.stdout.strip().splitlines()
+        report = json.loads(line)
+        assert report["file"] == str(wav)
+        assert report["sample_rate"] == 16000
+        assert report["threshold"] == -30.0
+        assert len(report["windows"]) == 19
+        assert set(report["windows"][0]) == {"start_s", "end_s", "score"}
+        (event,) = report["events"]
+        assert event["start_s"] <= 4.5 and event["end_s"] >= 5.5
+        assert event["end_s"] - event["start_s"] <= 3.0
+        assert event["peak_score"] == pytest.approx(-6.0, abs=0.5)
+
+    def test_real_recording_with_an_impact(self, tmp_path: Path, shared_data: Path) -> None:
+        """A real pump recording with a real crash mixed in at 6 s: one event, at the crash."""
+        pump = read_audio(shared_data / "machines/pump/normal/mamisoa__normal_id_00_00000000.wav")
+        crash = read_audio(shared_data / "impacts/crash/crash_1.wav")
+        assert pump.sample_rate == 16000
+        x = to_mono(pump.samples, None).copy()
+        # the crash is 8 kHz: bring it to 16 kHz by sample repetition-free interpolation
+        c = to_mono(crash.samples, None)
+        c16 = np.interp(np.arange(2 * c.shape[0]) / 2, np.arange(c.shape[0]), c).astype(np.float32)
+        at = 6 * 16000
+        x[at : at + c16.shape[0]] += c16
+        wav = write_wav(tmp_path / "pump_crash.wav", x, 16000)
+        result = cli("score", "--model", str(REPO / "models/level.onnx"), str(wav))
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        (event,) = report["events"]
+        crash_end = 6 + c16.shape[0] / 16000
+        assert event["start_s"] <= 6.0 <= event["end_s"]
+        assert event["end_s"] >= crash_end - 0.5
+
+    def test_bad_file_is_reported_and_others_scored(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """An unreadable file yields {file, error}; the next file is still scored; exit 1."""
+        bad = tmp_path / "broken.wav"
+        bad.write_bytes(b"RIFF....WAVEjunk")
+        good = write_wav(tmp_path / "good.wav", tone_burst(16000, 3.0, (1.0, 2.0)), 16000)
+        result = cli("score", "--model", str(level_model), str(bad), str(good))
+        assert result.returncode == 1
+        first, second = (json.loads(line) for line in result.stdout.strip().splitlines())
+        assert first["file"] == str(bad) and "broken.wav" in first["error"]
+        assert second["file"] == str(good) and len(second["windows"]) == 5
+
+    def test_bad_model_exits_78_naming_the_field(self, tmp_path: Path) -> None:
+        """A model without the contract's metadata: exit 78, the field named."""
+        from training.level import build_level_model, save_model
+
+        model = build_level_model()
+        del model.metadata_props[:]
+        path = save_model(model, tmp_path / "plain.onnx")
+        wav = write_wav(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+        result = cli("score", "--model", str(path), str(wav))
+        assert result.returncode == 78
+        assert "metadata.asd_edge" in result.stderr
+
+    def test_other_rates_and_config_settings(self, tmp_path: Path, level_model: Path) -> None:
+        """A 44.1 kHz stereo file is resampled; --config's monitor gives hop and onset rule."""
+        stereo = np.stack([tone_burst(44100, 4.0, (2.0, 3.0)), np.zeros(44100 * 4, np.float32)], 1)
+        wav = tmp_path / "stereo.wav"
+        from scipy.io import wavfile
+
+        wavfile.write(wav, 44100, (stereo * 32767).astype(np.int16))
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "monitors": [
+                        {
+                            "name": "pump",
+                            "model": str(level_model),
+                            "hop_s": 0.25,
+                            "onset_k": 1,
+                            "onset_n": 1,
+                        }
+                    ]
+                }
+            )
+        )
+        result = cli(
+            "score",
+            "--model",
+            str(level_model),
+            "--config",
+            str(config),
+            "--channel",
+            "0",
+            str(wav),
+        )
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["sample_rate"] == 44100
+        ends = [w["end_s"] for w in report["windows"]]
+        assert ends[:3] == [1.0, 1.25, 1.5]
+        (event,) = report["events"]
+        assert event["alert_s"] <= 2.25
+
+
+class TestCheckConfig:
+    def test_shipped_config_is_valid(self) -> None:
+        """config/asd-edge.yaml passes, with its model, and the effective config is printed."""
+        result = cli("check-config", "--config", str(REPO / "config/asd-edge.yaml"))
+        assert result.returncode == 0, result.stderr
+        effective = yaml.safe_load(result.stdout)
+        assert effective["monitors"][0]["model"] == str(REPO / "models/level.onnx")
+        assert effective["mqtt"]["topic_prefix"] == f"asd/{effective['device_id']}"
+
+    def test_secrets_are_redacted(self, tmp_path: Path) -> None:
+        """A password in the config never reaches the output."""
+        config = tmp_path / "c.yaml"
+        config.write_text("mqtt:\n  password: hunter2\n")
+        result = cli("check-config", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        assert "hunter2" not in result.stdout
+        assert yaml.safe_load(result.stdout)["mqtt"]["password"] == "***"
+
+    def test_bad_key_exits_78_naming_it(self, tmp_path: Path) -> None:
+        """A typo is exit 78 with the dotted path and a suggestion."""
+        config = tmp_path / "c.yaml"
+        config.write_text("mqtt:\n  prot: 1883\n")
+        result = cli("check-config", "--config", str(config))
+        assert result.returncode == 78
+        assert "mqtt.prot" in result.stderr and "port" in result.stderr
+
+    def test_missing_model_exits_78(self, tmp_path: Path) -> None:
+        """A monitor whose model file is missing fails the check, naming the monitor."""
+        config = tmp_path / "c.yaml"
+        config.write_text("monitors:\n  - name: fan\n    model: nope.onnx\n")
+        result = cli("check-config", "--config", str(config))
+        assert result.returncode == 78
+        assert "monitors[0].model" in result.stderr and "nope.onnx" in result.stderr
+
+
+class TestRun:
+    def test_no_monitor_exits_78(self, tmp_path: Path) -> None:
+        """Running with nothing to monitor is a configuration error, not a silent daemon."""
+        config = tmp_path / "empty.yaml"
+        config.write_text("")
+        result = cli("run", "--config", str(config))
+        assert result.returncode == 78
+        assert "monitors" in result.stderr
+
+    def test_bad_config_exits_78(self, tmp_path: Path) -> None:
+        """An invalid value stops the daemon before it opens any device, with exit 78."""
+        config = tmp_path / "bad.yaml"
+        config.write_text("input:\n  channels: many\n")
+        result = cli("run", "--config", str(config))
+        assert result.returncode == 78
+        assert "input.channels" in result.stderr

@@ -1,0 +1,112 @@
+"""The daemon as a subprocess on the virtual microphone (real PulseAudio, real PortAudio)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import asd_edge_command, tone_burst, write_wav
+
+pytestmark = pytest.mark.realaudio
+
+
+class DaemonProcess:
+    """``asd-edge run`` in the background, its JSON log lines on a queue."""
+
+    def __init__(self, config: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [*asd_edge_command(), "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        self.lines: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.lines.put((time.monotonic(), json.loads(line)))
+            except json.JSONDecodeError:
+                self.lines.put((time.monotonic(), {"event": "not_json", "line": line}))
+
+    def wait_for(self, event: str, timeout_s: float) -> tuple[float, dict[str, Any]]:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                at, record = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(record)
+            if record.get("event") == event:
+                return at, record
+        stderr = (
+            self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+        )
+        raise AssertionError(
+            f"no {event!r} within {timeout_s} s; saw {self.seen}; stderr: {stderr}"
+        )
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def daemon_config(tmp_path: Path, level_model: Path, virtual_mic: Any) -> Path:
+    config = tmp_path / "asd-edge.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "device_id": "test-device",
+                "state_dir": str(tmp_path / "state"),
+                "input": {"device": virtual_mic.device, "channels": 1},
+                "monitors": [{"name": "pump", "channel": 0, "model": str(level_model)}],
+                "logging": {"level": "info", "format": "json"},
+            }
+        )
+    )
+    return config
+
+
+class TestRunOnVirtualMicrophone:
+    def test_logs_the_event_within_2_s(
+        self, tmp_path: Path, daemon_config: Path, virtual_mic: Any
+    ) -> None:
+        """A loud second played into the microphone is logged as anomaly_started within 2 s
+        of its start, ended afterwards, and SIGTERM stops the daemon with exit 0."""
+        daemon = DaemonProcess(daemon_config, virtual_mic.env)
+        try:
+            _, started = daemon.wait_for("daemon_started", 20)
+            assert started["sample_rate"] == 16000
+            assert started["monitors"][0]["name"] == "pump"
+            time.sleep(1.5)  # let the monitor fill its first window with quiet audio
+            wav = write_wav(tmp_path / "burst.wav", tone_burst(16000, 5.0, (2.0, 3.0)), 16000)
+            played_at = time.monotonic()
+            player = virtual_mic.play(wav, wait=False)
+            at, alert = daemon.wait_for("anomaly_started", 10)
+            loud_at = played_at + 2.0
+            assert at - loud_at < 2.0, f"logged {at - loud_at:.2f} s after the loud part began"
+            assert alert["monitor"] == "pump" and alert["level"] == "warning"
+            assert alert["peak_score"] > alert["threshold"] == -30.0
+            _, ended = daemon.wait_for("anomaly_ended", 10)
+            assert 0.5 <= ended["duration_s"] <= 3.0
+            player.wait(timeout=10)
+        finally:
+            code = daemon.stop()
+        assert code == 0
+        daemon.wait_for("daemon_stopped", 5)
+        assert not [r for r in daemon.seen if r.get("event") == "anomaly_started"][1:]
