@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from conftest import asd_edge_command, tone_burst, write_wav
@@ -110,3 +111,57 @@ class TestRunOnVirtualMicrophone:
         assert code == 0
         daemon.wait_for("daemon_stopped", 5)
         assert not [r for r in daemon.seen if r.get("event") == "anomaly_started"][1:]
+
+
+class TestRecordAndDevices:
+    def test_devices_lists_the_virtual_microphone(self, virtual_mic: Any) -> None:
+        """`asd-edge devices --json` lists the pulse device with 16 kHz among its rates."""
+        result = subprocess.run(
+            [*asd_edge_command(), "devices", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **virtual_mic.env},
+        )
+        assert result.returncode == 0, result.stderr
+        pulse = [d for d in json.loads(result.stdout) if d["name"] == "pulse"]
+        assert pulse and 16000 in pulse[0]["rates"]
+
+    def test_record_writes_segments_of_what_was_played(
+        self, tmp_path: Path, virtual_mic: Any
+    ) -> None:
+        """`asd-edge record` writes 16 kHz WAV segments that contain the sound played."""
+        from asd_edge.audiofile import read_audio
+
+        config = tmp_path / "rec.yaml"
+        config.write_text(yaml.safe_dump({"device_id": "rec", "input": {"device": "pulse"}}))
+        wav = write_wav(tmp_path / "tone.wav", tone_burst(16000, 4.0, (0.0, 4.0)), 16000)
+        recorder = subprocess.Popen(
+            [
+                *asd_edge_command(),
+                "record",
+                "--config",
+                str(config),
+                "--seconds",
+                "2.5",
+                "--segment-s",
+                "1",
+                "--out",
+                str(tmp_path / "rec"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **virtual_mic.env},
+        )
+        player = virtual_mic.play(wav, wait=False)
+        out, err = recorder.communicate(timeout=30)
+        player.wait(timeout=10)
+        assert recorder.returncode == 0, err
+        files = [Path(line) for line in out.split()]
+        assert len(files) == 3
+        durations = [read_audio(f).duration_s for f in files]
+        assert durations == [1.0, 1.0, 0.5]
+        loud = [float(np.sqrt(np.mean(read_audio(f).samples ** 2))) for f in files]
+        assert max(loud) > 0.2  # the -9 dBFS tone, not silence
+        assert all(f.name.startswith("rec_ch0_") for f in files)
