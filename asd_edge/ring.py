@@ -38,7 +38,9 @@ class RingBuffer:
 
     The guarantees rely on CPython publishing attribute stores in program order
     (true under the GIL); readers and the writer may copy concurrently because
-    numpy can release the GIL during large copies.
+    numpy can release the GIL during large copies. Several readers may share a
+    ring (monitors on one channel, the clip store) as long as they read from one
+    thread, as the daemon's tick does: the loss counters are not atomic.
     """
 
     __slots__ = ("_buf", "_capacity", "_writing_end", "_written", "lost_samples", "overruns")
@@ -107,8 +109,9 @@ class RingBuffer:
         if start > stop:
             raise ValueError(f"start {start} is after stop {stop}")
         cap = self._capacity
-        lost = max(0, self._writing_end - cap - start)
-        first_ok = min(start + lost, stop)
+        # Samples of [start, stop) the writer has lapped (never more than were asked).
+        lost = min(max(0, self._writing_end - cap - start), stop - start)
+        first_ok = start + lost
         n = stop - first_ok
         if out is None:
             data: FloatArray = np.empty(n, dtype=np.float32)
