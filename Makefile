@@ -15,11 +15,11 @@ APT_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils \
                 mosquitto mosquitto-clients ffmpeg python3-venv
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: help system venv dev run test lint typecheck check bench models clean
+.PHONY: help system venv dev run test lint typecheck bench models clean
 
 help:
 	@echo "make run        run the daemon on the default input ($(CONFIG))"
-	@echo "make test       install everything needed and run the test suite"
+	@echo "make test       install everything needed; ruff, mypy and the test suite"
 	@echo "make system     install the system packages (apt; as root or with sudo)"
 	@echo "make venv       $(VENV) with the daemon's dependencies only"
 	@echo "make dev        $(VENV) with the training stack and developer tools"
@@ -60,6 +60,8 @@ run: venv
 	$(BIN)/asd-edge run --config $(CONFIG)
 
 test: dev
+	$(BIN)/ruff check asd_edge training tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: dev
@@ -68,7 +70,6 @@ lint: dev
 typecheck: dev
 	$(BIN)/mypy
 
-check: lint typecheck test
 
 bench: dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -54,3 +54,27 @@ class TestDaemonIsLight:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert '"events": [{' in result.stdout
+
+
+class TestEntryPoint:
+    def test_math_threads_pinned_unless_set(self) -> None:
+        """The asd-edge entry point pins BLAS pools to one thread, but respects the user's say."""
+        code = textwrap.dedent(
+            """
+            import os, sys
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+            os.environ["OMP_NUM_THREADS"] = "3"
+            from asd_edge.runtime import pin_math_threads
+            pin_math_threads()
+            print(os.environ["OPENBLAS_NUM_THREADS"], os.environ["OMP_NUM_THREADS"])
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.stdout.split() == ["1", "3"], result.stderr
+
+    def test_python_dash_m_runs_the_cli(self) -> None:
+        """`python -m asd_edge --version` works like the console script."""
+        result = subprocess.run(
+            [sys.executable, "-m", "asd_edge", "--version"], capture_output=True, text=True
+        )
+        assert result.returncode == 0 and result.stdout.startswith("asd-edge ")

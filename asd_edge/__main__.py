@@ -1,0 +1,21 @@
+"""``asd-edge`` and ``python -m asd_edge``: pin the math thread pools, then run the CLI."""
+
+from __future__ import annotations
+
+import sys
+
+from .runtime import pin_math_threads
+
+__all__ = ["main"]
+
+
+def main() -> int:
+    """Entry point of the ``asd-edge`` console script."""
+    pin_math_threads()
+    from .cli import main as cli_main  # numpy is first imported here
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
