@@ -16,10 +16,18 @@ import yaml
 
 from . import __version__
 from .audiofile import read_audio, to_mono, write_wav
-from .capture import SoundDeviceSource, list_input_devices
-from .config import DEFAULT_CONFIG_PATH, Config, config_to_dict, load_config
-from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon, load_detectors
-from .decision import DecisionPolicy, Event
+from .capture import list_input_devices
+from .config import DEFAULT_CONFIG_PATH, Config, MonitorConfig, config_to_dict, load_config
+from .daemon import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    REPLAY_PREFIX,
+    Daemon,
+    load_detectors,
+    open_input,
+)
+from .decision import Event
 from .detector import Detector
 from .errors import AudioDecodeError, AudioError, ConfigError, ModelError
 from .logs import configure_logging
@@ -38,6 +46,17 @@ EXIT_CODES = """exit codes:
   69  the audio input is unavailable (EX_UNAVAILABLE)
   78  invalid configuration or model (EX_CONFIG); the message names the key or field
 """
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -123,45 +142,38 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _score_policy(
-    args: argparse.Namespace, config: Config | None, threshold: float
-) -> tuple[DecisionPolicy, float]:
-    """Decision policy and hop for ``score``: from the config's monitor, else the defaults."""
-    monitor = None
-    if config is not None and config.monitors:
-        named = [m for m in config.monitors if args.monitor in (None, m.name)]
-        if not named:
-            raise ConfigError(f"--monitor: no monitor named {args.monitor!r} in {config.source}")
-        monitor = named[0]
-    if monitor is None:
-        policy = DecisionPolicy(threshold=threshold)
-        hop_s = 0.5
-    else:
-        policy = DecisionPolicy(
-            threshold=threshold if monitor.threshold is None else monitor.threshold,
-            onset_k=monitor.onset_k,
-            onset_n=monitor.onset_n,
-            hold_s=monitor.hold_s,
-            refractory_s=monitor.refractory_s,
-        )
-        hop_s = monitor.hop_s
-    if args.threshold is not None:
-        policy = DecisionPolicy(
-            args.threshold, policy.onset_k, policy.onset_n, policy.hold_s, policy.refractory_s
-        )
-    return policy, args.hop_s if args.hop_s is not None else hop_s
+def _score_settings(args: argparse.Namespace, config: Config | None) -> MonitorConfig:
+    """The monitor whose hop and decision rule ``score`` uses: ``--monitor`` of
+    ``--config``, its first monitor, or the defaults of a ``monitors[]`` entry."""
+    if config is None:
+        if args.monitor is not None:
+            raise ConfigError("--monitor: needs --config to name a monitor of")
+        return MonitorConfig(name="score", model=str(args.model))
+    named = [m for m in config.monitors if args.monitor in (None, m.name)]
+    if not named:
+        wanted = f"no monitor named {args.monitor!r}" if args.monitor else "no monitors"
+        raise ConfigError(f"--monitor: {wanted} in {config.source}")
+    return named[0]
 
 
 def score_file(
-    path: str, detector: Detector, policy: DecisionPolicy, hop_s: float, channel: int | None
+    path: str,
+    detector: Detector,
+    settings: MonitorConfig,
+    *,
+    channel: int | None = None,
+    threshold: float | None = None,
+    hop_s: float | None = None,
 ) -> dict[str, Any]:
     """Run one file through the daemon's own pipeline (ring, monitor, decision)."""
     audio = read_audio(path)
     samples = to_mono(audio.samples, channel)
     rate = audio.sample_rate
-    step = max(1, round(hop_s * rate))
-    ring = RingBuffer(2 * step + 4096)
-    monitor = Monitor("score", detector, policy, ring, rate, hop_s, start_index=0)
+    ring = RingBuffer(round(2 * (hop_s or settings.hop_s) * rate) + 4096)
+    monitor = Monitor.from_config(
+        settings, detector, ring, rate, threshold=threshold, hop_s=hop_s, start_index=0
+    )
+    step = max(1, round(monitor.hop_s * rate))
     window_s = detector.spec.window_s
     windows: list[dict[str, float]] = []
     events: list[dict[str, Any]] = []
@@ -192,7 +204,7 @@ def score_file(
     return {
         "file": path,
         "sample_rate": rate,
-        "threshold": policy.threshold,
+        "threshold": monitor.decision.policy.threshold,
         "windows": windows,
         "events": [
             {k: e[k] for k in ("start_s", "end_s", "peak_score", "alert_s")} for e in events
@@ -204,15 +216,21 @@ def cmd_score(args: argparse.Namespace) -> int:
     """Score audio files with a model, exactly as the daemon would, faster than real time."""
     try:
         config = load_config(args.config) if args.config else None
-        threads = config.detector.threads if config else 1
-        detector = Detector(args.model, threads=threads)
-        policy, hop_s = _score_policy(args, config, detector.threshold)
+        detector = Detector(args.model, threads=config.detector.threads if config else 1)
+        settings = _score_settings(args, config)
     except (ConfigError, ModelError) as exc:
         return _config_error(exc)
     failed = 0
     for path in args.files:
         try:
-            report = score_file(path, detector, policy, hop_s, args.channel)
+            report = score_file(
+                path,
+                detector,
+                settings,
+                channel=args.channel,
+                threshold=args.threshold,
+                hop_s=args.hop_s,
+            )
         except (AudioDecodeError, ValueError) as exc:
             failed += 1
             report = {"file": path, "error": str(exc)}
@@ -227,22 +245,18 @@ def cmd_record(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     cfg = config.input
-    source = SoundDeviceSource(
-        device=cfg.device,
-        channels=cfg.channels,
-        sample_rate=cfg.sample_rate,
-        preferred_rate=args.rate,
-        ring_s=max(cfg.ring_s, 2 * args.segment_s + 5),
-        block_s=cfg.block_s,
-        stall_timeout_s=cfg.stall_timeout_s,
-        restart_backoff_max_s=cfg.restart_backoff_max_s,
-    )
+    if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
+        print("input.device: record needs a microphone, not a replayed file", file=sys.stderr)
+        return EXIT_CONFIG
     if not 0 <= args.channel < cfg.channels:
         print(
             f"--channel: expected 0-{cfg.channels - 1} (input.channels), got {args.channel}",
             file=sys.stderr,
         )
         return 2
+    source = open_input(
+        cfg, preferred_rate=args.rate, ring_s=max(cfg.ring_s, 2 * args.segment_s + 5)
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -354,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--monitor", metavar="NAME", help="which monitor of --config (default: the first)"
     )
     score.add_argument(
-        "--hop-s", type=float, metavar="S", help="seconds between windows (default 0.5)"
+        "--hop-s", type=positive_float, metavar="S", help="seconds between windows (default 0.5)"
     )
     score.add_argument("--threshold", type=float, help="override the threshold")
     score.add_argument(
@@ -372,10 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. normal sound of a machine to train a model on.",
     )
     record.add_argument("--config", metavar="FILE", help=config_help)
-    record.add_argument("--seconds", type=float, required=True, help="how long to record")
+    record.add_argument("--seconds", type=positive_float, required=True, help="how long to record")
     record.add_argument("--out", required=True, metavar="DIR", help="folder for the WAV files")
     record.add_argument(
-        "--segment-s", type=float, default=10.0, help="length of each file (default: %(default)s s)"
+        "--segment-s",
+        type=positive_float,
+        default=10.0,
+        help="length of each file (default: %(default)s s)",
     )
     record.add_argument("--channel", type=int, default=0, help="input channel (default: 0)")
     record.add_argument(

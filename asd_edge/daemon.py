@@ -13,8 +13,8 @@ import numpy as np
 import structlog
 
 from .capture import AudioSource, SoundDeviceSource
-from .config import Config
-from .decision import DecisionPolicy, Event
+from .config import Config, InputConfig
+from .decision import Event
 from .detector import Detector
 from .errors import AudioError
 from .filesource import FileSource
@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "Daemon",
     "load_detectors",
+    "open_input",
 ]
 
 log = structlog.get_logger()
@@ -45,6 +46,31 @@ STATS_EVERY_S = 60.0
 REPLAY_PREFIX = "file:"
 """``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
 """How often a ``daemon_stats`` line is logged."""
+
+
+def open_input(
+    cfg: InputConfig, *, preferred_rate: int | None, ring_s: float | None = None
+) -> AudioSource:
+    """The audio source ``input`` describes: a PortAudio device, or a recording
+    replayed in real time for ``device: "file:PATH"``. Nothing is opened yet."""
+    ring_s = cfg.ring_s if ring_s is None else ring_s
+    if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
+        return FileSource(
+            cfg.device.removeprefix(REPLAY_PREFIX),
+            channels=cfg.channels,
+            block_s=cfg.block_s,
+            ring_s=ring_s,
+        )
+    return SoundDeviceSource(
+        device=cfg.device,
+        channels=cfg.channels,
+        sample_rate=cfg.sample_rate,
+        preferred_rate=preferred_rate,
+        ring_s=ring_s,
+        block_s=cfg.block_s,
+        stall_timeout_s=cfg.stall_timeout_s,
+        restart_backoff_max_s=cfg.restart_backoff_max_s,
+    )
 
 
 def load_detectors(config: Config) -> dict[str, Detector]:
@@ -93,25 +119,8 @@ class Daemon:
         self.monitors: list[Monitor] = []
 
     def _open_source(self) -> AudioSource:
-        cfg = self.config.input
-        if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
-            return FileSource(
-                cfg.device.removeprefix(REPLAY_PREFIX),
-                channels=cfg.channels,
-                block_s=cfg.block_s,
-                ring_s=cfg.ring_s,
-            )
         rates = {d.spec.sample_rate for d in self.detectors.values()}
-        return SoundDeviceSource(
-            device=cfg.device,
-            channels=cfg.channels,
-            sample_rate=cfg.sample_rate,
-            preferred_rate=max(rates) if rates else None,
-            ring_s=cfg.ring_s,
-            block_s=cfg.block_s,
-            stall_timeout_s=cfg.stall_timeout_s,
-            restart_backoff_max_s=cfg.restart_backoff_max_s,
-        )
+        return open_input(self.config.input, preferred_rate=max(rates) if rates else None)
 
     def stop(self, reason: str = "requested") -> None:
         """Ask the loop to finish (safe from signal handlers and other threads)."""
@@ -129,27 +138,12 @@ class Daemon:
         signal.signal(signal.SIGINT, handler)
 
     def _build_monitors(self) -> list[Monitor]:
-        monitors = []
-        for m in self.config.monitors:
-            detector = self.detectors[m.name]
-            policy = DecisionPolicy(
-                threshold=detector.threshold if m.threshold is None else m.threshold,
-                onset_k=m.onset_k,
-                onset_n=m.onset_n,
-                hold_s=m.hold_s,
-                refractory_s=m.refractory_s,
+        return [
+            Monitor.from_config(
+                m, self.detectors[m.name], self.source.ring(m.channel), self.source.sample_rate
             )
-            monitors.append(
-                Monitor(
-                    m.name,
-                    detector,
-                    policy,
-                    self.source.ring(m.channel),
-                    self.source.sample_rate,
-                    m.hop_s,
-                )
-            )
-        return monitors
+            for m in self.config.monitors
+        ]
 
     def run(self) -> int:
         """Capture and tick until stopped; return the process exit code."""

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import MonitorConfig
 from .decision import Decision, DecisionPolicy, Event
 from .detector import Detector
 from .features import StreamingFilter
 from .resample import StreamResampler
 from .ring import RingBuffer
 
-__all__ = ["Monitor", "TickResult", "WindowScore"]
+__all__ = ["Monitor", "TickResult", "WindowScore", "decision_policy"]
 
 STREAM_SLACK_S = 4.0
 """Model-rate audio a monitor keeps beyond one window and one hop."""
@@ -43,6 +44,22 @@ class TickResult:
     """Windows passed over because the tick came late (only the latest is scored)."""
     lost_samples: int = 0
     """Capture samples lost to a ring overrun before this monitor read them."""
+
+
+def decision_policy(
+    cfg: MonitorConfig, model_threshold: float, threshold: float | None = None
+) -> DecisionPolicy:
+    """A monitor's decision rule: ``threshold`` if given, else the configured
+    ``monitors[].threshold``, else the model's calibrated one."""
+    if threshold is None:
+        threshold = model_threshold if cfg.threshold is None else cfg.threshold
+    return DecisionPolicy(
+        threshold=threshold,
+        onset_k=cfg.onset_k,
+        onset_n=cfg.onset_n,
+        hold_s=cfg.hold_s,
+        refractory_s=cfg.refractory_s,
+    )
 
 
 class Monitor:
@@ -84,6 +101,29 @@ class Monitor:
         self._stream = RingBuffer(self.window_samples + self.hop_samples + slack)
         self._cursor = source.written if start_index is None else start_index
         self._restart(self._cursor)
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: MonitorConfig,
+        detector: Detector,
+        source: RingBuffer,
+        source_rate: int,
+        *,
+        threshold: float | None = None,
+        hop_s: float | None = None,
+        start_index: int | None = None,
+    ) -> Monitor:
+        """The monitor a ``monitors[]`` entry describes (optionally overridden)."""
+        return cls(
+            cfg.name,
+            detector,
+            decision_policy(cfg, detector.threshold, threshold),
+            source,
+            source_rate,
+            cfg.hop_s if hop_s is None else hop_s,
+            start_index=start_index,
+        )
 
     def _restart(self, capture_index: int) -> None:
         """(Re)anchor the model-rate stream at ``capture_index`` (at start and after a gap)."""

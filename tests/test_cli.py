@@ -190,3 +190,26 @@ class TestRun:
         result = cli("run", "--config", str(config))
         assert result.returncode == 78
         assert "input.channels" in result.stderr
+
+
+class TestArguments:
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["record", "--seconds", "0", "--out", "x"],
+            ["record", "--seconds", "5", "--segment-s", "-1", "--out", "x"],
+            ["score", "--model", "m.onnx", "--hop-s", "nan", "a.wav"],
+        ],
+    )
+    def test_non_positive_durations_are_usage_errors(self, args: list[str]) -> None:
+        """Zero, negative or NaN durations are refused with exit 2 before anything runs."""
+        result = cli(*args)
+        assert result.returncode == 2
+        assert "above 0" in result.stderr
+
+    def test_monitor_without_config(self, tmp_path: Path, level_model: Path) -> None:
+        """`score --monitor NAME` without --config is a clear error (78), not ignored."""
+        wav = write_wav(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+        result = cli("score", "--model", str(level_model), "--monitor", "pump", str(wav))
+        assert result.returncode == 78
+        assert "--monitor" in result.stderr
