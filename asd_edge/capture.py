@@ -232,6 +232,8 @@ class SoundDeviceSource:
             self._retry_at_s = now_s + self._backoff.next_delay()
 
     def _restart(self, now_s: float) -> None:
+        for ring in self._rings:  # readers must not stitch audio across the outage
+            ring.mark_gap()
         if self._refresh_devices and SoundDeviceSource._open_streams == 0:
             sd = _sounddevice()
             sd._terminate()  # re-enumerate: the device may be back under a new index

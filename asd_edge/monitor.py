@@ -12,7 +12,7 @@ from .decision import Decision, DecisionPolicy, Event
 from .detector import Detector
 from .features import StreamingFilter
 from .resample import StreamResampler
-from .ring import RingBuffer
+from .ring import Chunk, RingBuffer
 
 __all__ = ["Monitor", "TickResult", "WindowScore", "decision_policy"]
 
@@ -44,6 +44,12 @@ class TickResult:
     """Windows passed over because the tick came late (only the latest is scored)."""
     lost_samples: int = 0
     """Capture samples lost to a ring overrun before this monitor read them."""
+    nonfinite_samples: int = 0
+    """NaN or infinite input samples, replaced by silence before processing."""
+    nonfinite_scores: int = 0
+    """Windows whose score was NaN or infinite (never counted as anomalous)."""
+    gap: bool = False
+    """The capture was reopened: windows restart after the gap instead of spanning it."""
 
 
 def decision_policy(
@@ -100,6 +106,7 @@ class Monitor:
         slack = round(STREAM_SLACK_S * spec.sample_rate)
         self._stream = RingBuffer(self.window_samples + self.hop_samples + slack)
         self._cursor = source.written if start_index is None else start_index
+        self._gap_seen = source.last_gap
         self._restart(self._cursor)
 
     @classmethod
@@ -143,6 +150,24 @@ class Monitor:
         """Stream seconds (since capture began) of a model-rate stream position."""
         return self.capture_index(model_index) / self.source_rate
 
+    def _consume(self, chunk: Chunk, result: TickResult, *, final: bool) -> None:
+        """Resample, pre-filter and store a chunk of capture audio."""
+        if chunk.lost:
+            result.lost_samples += chunk.lost
+            self._restart(chunk.start)
+        self._cursor = chunk.start + chunk.data.shape[0]
+        data = chunk.data
+        finite = np.isfinite(data)
+        if not finite.all():  # one NaN would poison the filter state for good
+            result.nonfinite_samples += int(data.shape[0] - np.count_nonzero(finite))
+            data = np.where(finite, data, np.float32(0.0))
+        block = self._resampler(data)
+        if final:
+            block = np.concatenate([block, self._resampler.flush()])
+        if self._filter is not None and block.shape[0]:
+            block = self._filter(block)
+        self._stream.write(block)
+
     def now_s(self) -> float:
         """Stream time of the newest audio this monitor has consumed."""
         return self.stream_time(self._stream.written)
@@ -156,18 +181,15 @@ class Monitor:
         flushed so the last window of a file is scored too.
         """
         result = TickResult()
-        chunk = self.source.since(self._cursor)
-        if chunk.lost:
-            result.lost_samples = chunk.lost
-            self._restart(chunk.start)
-        self._cursor = chunk.start + chunk.data.shape[0]
-        block = self._resampler(chunk.data)
-        if final:
-            block = np.concatenate([block, self._resampler.flush()])
-        if self._filter is not None and block.shape[0]:
-            block = self._filter(block)
-        self._stream.write(block)
-
+        gap = self.source.last_gap
+        if gap > self._gap_seen:
+            self._gap_seen = gap
+            if gap >= self._cursor:  # audio up to the gap, then start afresh at it
+                self._consume(self.source.read(self._cursor, gap), result, final=False)
+                self._restart(gap)
+                self._cursor = gap
+                result.gap = True
+        self._consume(self.source.since(self._cursor), result, final=final)
         ends: list[int] = []
         while self._next_end <= self._stream.written:
             ends.append(self._next_end)
@@ -190,7 +212,10 @@ class Monitor:
                 score=score,
             )
             result.scores.append(window)
-            event = self.decision.update(score if math.isfinite(score) else math.nan, window.end_s)
+            if not math.isfinite(score):
+                result.nonfinite_scores += 1
+                score = math.nan
+            event = self.decision.update(score, window.end_s)
             if event is not None:
                 result.events.append(event)
         return result

@@ -43,7 +43,15 @@ class RingBuffer:
     thread, as the daemon's tick does: the loss counters are not atomic.
     """
 
-    __slots__ = ("_buf", "_capacity", "_writing_end", "_written", "lost_samples", "overruns")
+    __slots__ = (
+        "_buf",
+        "_capacity",
+        "_writing_end",
+        "_written",
+        "last_gap",
+        "lost_samples",
+        "overruns",
+    )
 
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
@@ -56,6 +64,8 @@ class RingBuffer:
         """How many reads found part of their range already overwritten."""
         self.lost_samples = 0
         """How many requested samples those reads could not return."""
+        self.last_gap = -1
+        """Stream index where the audio last stopped following on in time (-1: never)."""
 
     @property
     def capacity(self) -> int:
@@ -71,6 +81,11 @@ class RingBuffer:
     def oldest(self) -> int:
         """Stream index of the oldest sample that is still safe to read."""
         return max(0, self._writing_end - self._capacity)
+
+    def mark_gap(self) -> None:
+        """Record that the next sample does not follow the previous one in time
+        (the stream was reopened). Writer side, while no block is being written."""
+        self.last_gap = self._written
 
     def write(self, block: npt.ArrayLike) -> None:
         """Append a 1-D block (the writer's only method; never blocks or allocates).

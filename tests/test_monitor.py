@@ -6,24 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tone_burst
 
 from asd_edge.decision import DecisionPolicy
 from asd_edge.detector import Detector
 from asd_edge.monitor import Monitor
 from asd_edge.ring import RingBuffer
-
-
-def machine_with_burst(
-    rate: int, seconds: float = 10.0, burst: tuple[float, float] = (4.0, 5.0), seed: int = 0
-) -> np.ndarray:
-    """Quiet broadband noise (about -50 dBFS) with a loud 1 kHz burst (-6 dBFS)."""
-    rng = np.random.default_rng(seed)
-    n = round(seconds * rate)
-    x = 0.003 * rng.standard_normal(n)
-    t = np.arange(n) / rate
-    inside = (t >= burst[0]) & (t < burst[1])
-    x[inside] += 0.5 * np.sin(2 * np.pi * 1000 * t[inside])
-    return x.astype(np.float32)
 
 
 def feed(monitor: Monitor, ring: RingBuffer, x: np.ndarray, sizes: list[int]) -> tuple[list, list]:
@@ -56,7 +44,7 @@ class TestMonitor:
         """One event, starting and ending around the loud second, with windows every hop."""
         det = Detector(level_model)
         monitor, ring = make(det, 16000)
-        scores, events = feed(monitor, ring, machine_with_burst(16000), [8000])
+        scores, events = feed(monitor, ring, tone_burst(16000, 10.0, (4.0, 5.0)), [8000])
         assert [w.end_s for w in scores[:3]] == [1.0, 1.5, 2.0]
         assert len(scores) == 19
         assert [e.phase for e in events] == ["start", "end"]
@@ -71,7 +59,7 @@ class TestMonitor:
     def test_block_sizes_do_not_matter(self, level_model: Path) -> None:
         """Blocks of 20 ms, odd sizes or whole hops give the very same window scores."""
         det = Detector(level_model)
-        x = machine_with_burst(16000, seconds=6.0)
+        x = tone_burst(16000, 6.0, (4.0, 5.0))
         results = []
         for sizes in ([8000], [320], [317, 5000, 1]):
             monitor, ring = make(det, 16000)
@@ -84,9 +72,9 @@ class TestMonitor:
         """Capture at 44.1/48/8 kHz gives the same windows and nearly the same scores as 16 kHz."""
         det = Detector(level_model)
         ref_monitor, ref_ring = make(det, 16000)
-        base, _ = feed(ref_monitor, ref_ring, machine_with_burst(16000), [8000])
+        base, _ = feed(ref_monitor, ref_ring, tone_burst(16000, 10.0, (4.0, 5.0)), [8000])
         monitor, ring = make(det, rate)
-        other, events = feed(monitor, ring, machine_with_burst(rate), [rate // 50])
+        other, events = feed(monitor, ring, tone_burst(rate, 10.0, (4.0, 5.0)), [rate // 50])
         assert [round(w.end_s, 6) for w in other] == [round(w.end_s, 6) for w in base]
         loud = [(a.score, b.score) for a, b in zip(base, other, strict=True) if a.score > -30]
         assert loud and all(abs(a - b) < 1.0 for a, b in loud)
@@ -126,3 +114,41 @@ class TestMonitor:
         scores, events = feed(monitor, ring, x, [800])
         assert scores[-1].score < -40.0
         assert events == []
+
+    def test_reopened_stream_is_not_stitched(self, level_model: Path) -> None:
+        """After the capture marks a gap (stream reopened), no window spans it: the next
+        window ends one full window after the gap, and loud audio before it is not scored
+        together with quiet audio after it."""
+        det = Detector(level_model)
+        monitor, ring = make(det, 16000)
+        ring.write(tone_burst(16000, 1.2, (0.7, 1.2)))  # loud at the end
+        first = monitor.tick()
+        assert [w.end_s for w in first.scores] == [1.0]
+        ring.mark_gap()
+        ring.write(np.zeros(16000, np.float32))
+        result = monitor.tick()
+        assert result.gap
+        assert [w.end_s for w in result.scores] == [2.2]
+        assert result.scores[0].score < -90.0  # only the silence after the gap
+
+    def test_nonfinite_input_is_replaced_and_counted(self, waveform_model: Path) -> None:
+        """One NaN sample does not blind the monitor for good (it would poison the
+        pre-filter state): it is counted, replaced by silence, and a later burst is found."""
+        det = Detector(waveform_model)
+        monitor, ring = make(det, 16000, onset_k=1, onset_n=1)
+        x = tone_burst(16000, 4.0, (3.0, 4.0))
+        x[8000] = np.nan
+        x[8001] = np.inf
+        scores, events = feed(monitor, ring, x, [8000])
+        assert all(np.isfinite(w.score) for w in scores)
+        assert [e.phase for e in events][:1] == ["start"]
+        assert events[0].onset_s > 3.0
+
+    def test_nonfinite_counters(self, level_model: Path) -> None:
+        """The tick reports how many samples were not finite."""
+        det = Detector(level_model)
+        monitor, ring = make(det, 16000)
+        x = np.zeros(16000, np.float32)
+        x[:3] = np.nan
+        ring.write(x)
+        assert monitor.tick().nonfinite_samples == 3
