@@ -17,7 +17,15 @@ import yaml
 from . import __version__
 from .audiofile import read_audio, to_mono, write_wav
 from .capture import list_input_devices
-from .config import DEFAULT_CONFIG_PATH, Config, MonitorConfig, config_to_dict, load_config
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    HOP_MAX_S,
+    HOP_MIN_S,
+    Config,
+    MonitorConfig,
+    config_to_dict,
+    load_config,
+)
 from .daemon import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -29,8 +37,8 @@ from .daemon import (
 )
 from .decision import Event
 from .detector import Detector
-from .errors import AudioDecodeError, AudioError, ConfigError, ModelError
-from .logs import configure_logging
+from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
+from .logs import configure_logging, json_safe
 from .monitor import Monitor
 from .ring import RingBuffer
 
@@ -56,6 +64,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def hop_seconds(text: str) -> float:
+    """argparse type: a hop within the range ``monitors[].hop_s`` allows."""
+    value = positive_float(text)
+    if not HOP_MIN_S <= value <= HOP_MAX_S:
+        raise argparse.ArgumentTypeError(
+            f"expected {HOP_MIN_S:g}-{HOP_MAX_S:g} seconds (as monitors[].hop_s), got {text!r}"
+        )
     return value
 
 
@@ -105,14 +123,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the configuration and load its models; print the effective configuration."""
     try:
         config = _load(args.config)
-        problems = []
-        for index, monitor in enumerate(config.monitors):
-            try:
-                Detector(monitor.model, threads=config.detector.threads)
-            except ModelError as exc:
-                problems.append(f"monitors[{index}].model: {exc}")
-        if problems:
-            raise ConfigError(problems)
+        load_detectors(config)
     except ConfigError as exc:
         return _config_error(exc)
     print(f"# effective configuration of {config.source or 'the built-in defaults'}")
@@ -122,13 +133,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     """List the input devices PortAudio sees."""
-    devices = list_input_devices()
+    try:
+        devices = list_input_devices()
+    except AudioError as exc:  # PortAudio itself is missing
+        print(f"cannot list devices: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     if args.json:
         print(json.dumps(devices, indent=2))
-        return EXIT_OK
-    if not devices:
-        print("no input devices found (is the user in group 'audio'? is a sound server running?)")
-        return EXIT_UNAVAILABLE
+    elif not devices:
+        print(
+            "no input devices found (is the user in group 'audio'? is a sound server running?)",
+            file=sys.stderr,
+        )
+    if args.json or not devices:
+        return EXIT_OK if devices else EXIT_UNAVAILABLE
     header = f"{'index':>5}  {'channels':>8}  {'default Hz':>10}  {'rates accepted':<40}"
     print(f"  {header}  name (host API)")
     for d in devices:
@@ -231,10 +249,10 @@ def cmd_score(args: argparse.Namespace) -> int:
                 threshold=args.threshold,
                 hop_s=args.hop_s,
             )
-        except (AudioDecodeError, ValueError) as exc:
+        except (AsdEdgeError, ValueError, MemoryError) as exc:  # this file only
             failed += 1
             report = {"file": path, "error": str(exc)}
-        print(json.dumps(report, ensure_ascii=False), flush=True)
+        print(json.dumps(json_safe(report), ensure_ascii=False, allow_nan=False), flush=True)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -368,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--monitor", metavar="NAME", help="which monitor of --config (default: the first)"
     )
     score.add_argument(
-        "--hop-s", type=positive_float, metavar="S", help="seconds between windows (default 0.5)"
+        "--hop-s", type=hop_seconds, metavar="S", help="seconds between windows (default 0.5)"
     )
     score.add_argument("--threshold", type=float, help="override the threshold")
     score.add_argument(
@@ -410,7 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Commands other than `run` keep stdout for their output: warnings go to stderr.
     configure_logging("warning", "console", stream=sys.stderr)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except BrokenPipeError:  # e.g. `asd-edge score ... | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     return code
 
 

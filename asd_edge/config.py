@@ -17,6 +17,8 @@ from asd_edge.schema import INVALID, build, convert, show, to_plain
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "HOP_MAX_S",
+    "HOP_MIN_S",
     "ClipsConfig",
     "Config",
     "DetectorConfig",
@@ -43,6 +45,12 @@ LogFormat = Literal["auto", "json", "console"]
 # "secret" (redacted by config_to_dict, never echoed in errors), "internal" (not a key).
 _DEVICE_ID: Final = r"^[A-Za-z0-9_-]{1,64}$"
 """A device_id goes into MQTT topics, so it is kept to these characters."""
+
+
+HOP_MIN_S: Final = 0.05
+"""Shortest hop between scored windows, in seconds."""
+HOP_MAX_S: Final = 10.0
+"""Longest hop between scored windows, in seconds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,7 +85,7 @@ class MonitorConfig:
         metadata={"path": True, "pattern": r"^.*\.onnx$", "describe": "a path to a .onnx file"}
     )
     """Absolute path of the ONNX model (relative in the file: against the file's directory)."""
-    hop_s: float = field(default=0.5, metadata={"min": 0.05, "max": 10.0})
+    hop_s: float = field(default=0.5, metadata={"min": HOP_MIN_S, "max": HOP_MAX_S})
     """Seconds between two scores."""
     threshold: float | None = None
     """Score above which a frame is anomalous; None uses the model's calibrated threshold."""

@@ -6,7 +6,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 
 import numpy as np
@@ -16,7 +15,7 @@ from .capture import AudioSource, SoundDeviceSource
 from .config import Config, InputConfig
 from .decision import Event
 from .detector import Detector
-from .errors import AudioError
+from .errors import AudioError, ConfigError, ModelError
 from .filesource import FileSource
 from .monitor import Monitor
 
@@ -28,6 +27,7 @@ __all__ = [
     "Daemon",
     "load_detectors",
     "open_input",
+    "tick_summary",
 ]
 
 log = structlog.get_logger()
@@ -43,9 +43,9 @@ EXIT_CONFIG = 78
 POLL_S = 0.05
 """How often the loop wakes to look for completed windows (bounds the added latency)."""
 STATS_EVERY_S = 60.0
+"""How often a ``daemon_stats`` line is logged."""
 REPLAY_PREFIX = "file:"
 """``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
-"""How often a ``daemon_stats`` line is logged."""
 
 
 def open_input(
@@ -74,33 +74,37 @@ def open_input(
 
 
 def load_detectors(config: Config) -> dict[str, Detector]:
-    """Load and check every monitor's model (ModelError names the file and field)."""
-    return {m.name: Detector(m.model, threads=config.detector.threads) for m in config.monitors}
+    """Load and check every monitor's model; ConfigError lists every model that fails,
+    each with its ``monitors[i].model`` path, the file and the field."""
+    detectors: dict[str, Detector] = {}
+    problems = []
+    for index, monitor in enumerate(config.monitors):
+        try:
+            detectors[monitor.name] = Detector(monitor.model, threads=config.detector.threads)
+        except ModelError as exc:
+            problems.append(f"monitors[{index}].model: {exc}")
+    if problems:
+        raise ConfigError(problems)
+    return detectors
 
 
-@dataclass(slots=True)
-class TickTimes:
-    """Durations of recent ticks that scored something, for the stats line."""
-
-    durations_s: list[float]
-
-    def summary(self) -> dict[str, float]:
-        """p50, p95 and max in milliseconds (empty when no tick scored)."""
-        if not self.durations_s:
-            return {}
-        ms = np.asarray(self.durations_s) * 1e3
-        return {
-            "tick_p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "tick_p95_ms": round(float(np.percentile(ms, 95)), 3),
-            "tick_max_ms": round(float(ms.max()), 3),
-        }
+def tick_summary(durations_s: list[float]) -> dict[str, float]:
+    """p50, p95 and max of tick durations in milliseconds (empty when none)."""
+    if not durations_s:
+        return {}
+    ms = np.asarray(durations_s) * 1e3
+    return {
+        "tick_p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "tick_p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "tick_max_ms": round(float(ms.max()), 3),
+    }
 
 
 class Daemon:
     """Runs the monitors of a configuration until asked to stop.
 
-    The audio source and the clock are injected (a file source and a fake clock in
-    tests; PortAudio and ``time.monotonic`` in production).
+    The audio source and the clock are injected (a file source in tests;
+    PortAudio and ``time.monotonic`` in production).
     """
 
     def __init__(
@@ -115,17 +119,21 @@ class Daemon:
         self.detectors = detectors
         self._clock = clock
         self._stop = threading.Event()
+        self._stop_reason: str | None = None
         self.source = source if source is not None else self._open_source()
         self.monitors: list[Monitor] = []
+        self._durations_s: list[float] = []
+        self._reported_callback_errors = 0
 
     def _open_source(self) -> AudioSource:
         rates = {d.spec.sample_rate for d in self.detectors.values()}
         return open_input(self.config.input, preferred_rate=max(rates) if rates else None)
 
     def stop(self, reason: str = "requested") -> None:
-        """Ask the loop to finish (safe from signal handlers and other threads)."""
-        if not self._stop.is_set():
-            log.info("daemon_stopping", reason=reason)
+        """Ask the loop to finish. Safe from signal handlers and other threads: it
+        only sets a flag (logging here could deadlock on the logger's lock)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -137,14 +145,6 @@ class Daemon:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def _build_monitors(self) -> list[Monitor]:
-        return [
-            Monitor.from_config(
-                m, self.detectors[m.name], self.source.ring(m.channel), self.source.sample_rate
-            )
-            for m in self.config.monitors
-        ]
-
     def run(self) -> int:
         """Capture and tick until stopped; return the process exit code."""
         try:
@@ -152,8 +152,19 @@ class Daemon:
         except AudioError as exc:
             log.error("audio_unavailable", error=str(exc))
             return EXIT_UNAVAILABLE
+        code = EXIT_SOFTWARE
         try:
-            self.monitors = self._build_monitors()
+            # Anchored at the first captured sample: nothing is missed while we set up.
+            self.monitors = [
+                Monitor.from_config(
+                    m,
+                    self.detectors[m.name],
+                    self.source.ring(m.channel),
+                    self.source.sample_rate,
+                    start_index=0,
+                )
+                for m in self.config.monitors
+            ]
             log.info(
                 "daemon_started",
                 device_id=self.config.device_id,
@@ -161,14 +172,19 @@ class Daemon:
                 channels=self.source.channels,
                 monitors=[self._describe(m) for m in self.monitors],
             )
-            return self._loop()
+            code = self._loop()
+        except Exception:  # the supervisor boundary: log it, exit so systemd restarts us
+            log.exception("daemon_failed")
+            code = EXIT_SOFTWARE
         finally:
+            log.info("daemon_stopping", reason=self._stop_reason or "error")
             for monitor in self.monitors:
                 event = monitor.close(monitor.now_s())
                 if event is not None:
                     self._report(monitor, event)
             self.source.stop()
-            log.info("daemon_stopped")
+            log.info("daemon_stopped", exit_code=code)
+        return code
 
     def _describe(self, monitor: Monitor) -> dict[str, object]:
         spec = monitor.detector.spec
@@ -186,7 +202,6 @@ class Daemon:
     def _loop(self) -> int:
         next_wake = self._clock()
         next_stats = next_wake + STATS_EVERY_S
-        times = TickTimes([])
         skipped_wakes = 0
         while not self._stop.is_set():
             now = self._clock()
@@ -194,19 +209,16 @@ class Daemon:
                 self.source.poll(now)
             except AudioError as exc:
                 log.error("audio_failed", error=str(exc))
+                self.stop("audio_failed")
                 return EXIT_UNAVAILABLE
             end_of_input = isinstance(self.source, FileSource) and self.source.finished
             started = self._clock()
-            scored = self._tick_all(final=end_of_input)
+            if self._tick_all(final=end_of_input):
+                self._durations_s.append(self._clock() - started)
             if end_of_input:
                 self.stop("end_of_input")
-            if scored:
-                times.durations_s.append(self._clock() - started)
             if now >= next_stats:
-                log.info(
-                    "daemon_stats", skipped_wakes=skipped_wakes, **self._stats(), **times.summary()
-                )
-                times.durations_s.clear()
+                self._log_stats(skipped_wakes)
                 next_stats = now + STATS_EVERY_S
             next_wake += POLL_S
             now = self._clock()
@@ -218,16 +230,18 @@ class Daemon:
         return EXIT_OK
 
     def _tick_all(self, *, final: bool = False) -> bool:
+        """Tick every monitor; True if any window was scored."""
         scored = False
         for monitor in self.monitors:
             result = monitor.tick(final=final)
-            if result.lost_samples or result.skipped_windows:
-                log.warning(
-                    "windows_skipped",
-                    monitor=monitor.name,
-                    skipped=result.skipped_windows,
-                    lost_samples=result.lost_samples,
-                )
+            trouble = {
+                "skipped_windows": result.skipped_windows,
+                "lost_samples": result.lost_samples,
+                "nonfinite_samples": result.nonfinite_samples,
+                "nonfinite_scores": result.nonfinite_scores,
+            }
+            if result.gap or any(trouble.values()):
+                log.warning("monitor_degraded", monitor=monitor.name, gap=result.gap, **trouble)
             for window in result.scores:
                 scored = True
                 log.debug(
@@ -256,10 +270,21 @@ class Daemon:
         else:
             log.info("anomaly_ended", duration_s=round(event.at_s - event.onset_s, 3), **fields)
 
-    def _stats(self) -> dict[str, object]:
+    def _log_stats(self, skipped_wakes: int) -> None:
         stats = self.source.stats
-        return {
-            "overflows": stats.overflows,
-            "restarts": stats.restarts,
-            "lost_samples": sum(m.source.lost_samples for m in self.monitors),
-        }
+        rings = {id(m.source): m.source for m in self.monitors}  # monitors may share a ring
+        if stats.callback_errors > self._reported_callback_errors:
+            log.error("capture_callback_failing", errors=stats.callback_errors)
+            self._reported_callback_errors = stats.callback_errors
+        log.info(
+            "daemon_stats",
+            skipped_wakes=skipped_wakes,
+            overflows=stats.overflows,
+            status_flags=stats.status_flags,
+            callback_errors=stats.callback_errors,
+            stalls=stats.stalls,
+            restarts=stats.restarts,
+            lost_samples=sum(ring.lost_samples for ring in rings.values()),
+            **tick_summary(self._durations_s),
+        )
+        self._durations_s.clear()

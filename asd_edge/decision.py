@@ -86,7 +86,9 @@ class Decision:
         on its own; the caller counts it).
         """
         p = self.policy
-        above = score > p.threshold  # False for NaN
+        # NaN is never anomalous; nor is anything during the refractory period, so
+        # that a new event rests on evidence gathered after it.
+        above = score > p.threshold and (self._active or now >= self._quiet_until)
         slot = self._slot
         self._above[slot], self._times[slot], self._scores[slot] = above, now, score
         self._slot = (slot + 1) % p.onset_n
@@ -100,7 +102,7 @@ class Decision:
                 return self._end(now, score)
             return None
 
-        if now < self._quiet_until or sum(self._above) < p.onset_k:
+        if sum(self._above) < p.onset_k:
             return None
         hits = [i for i in range(p.onset_n) if self._above[i]]
         self._active = True

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
-from typing import Literal, TextIO
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "json_safe"]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -16,6 +18,24 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None, so that it
+    serialises as standard JSON (``null``) rather than Python's ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def _json_safe_event(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    return {key: json_safe(value) for key, value in event.items()}
 
 
 def configure_logging(
@@ -32,7 +52,7 @@ def configure_logging(
     out = stream if stream is not None else sys.stdout
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(allow_nan=False)
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
@@ -46,6 +66,7 @@ def configure_logging(
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            _json_safe_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
@@ -55,7 +76,11 @@ def configure_logging(
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _json_safe_event,
+                renderer,
+            ],
             foreign_pre_chain=shared,
         )
     )

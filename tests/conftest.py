@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.io import wavfile
 from vmic import virtual_mic  # noqa: F401  (fixture: PulseAudio null sink as a microphone)
+
+from asd_edge import audiofile
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -55,10 +56,17 @@ def asd_edge_command() -> list[str]:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    """A 16-bit WAV test file."""
-    clipped = np.clip(samples, -1.0, 1.0)
-    wavfile.write(path, rate, (clipped * 32767).astype(np.int16))
+    """A 16-bit WAV test file, written by the product's own writer; returns the path."""
+    audiofile.write_wav(path, samples, rate)
     return path
+
+
+def sine(
+    freq_hz: float, seconds: float = 1.0, amplitude: float = 0.5, rate: int = 16000
+) -> np.ndarray:
+    """A pure tone, float32."""
+    t = np.arange(round(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
 
 
 def tone_burst(

@@ -199,13 +199,14 @@ class TestArguments:
             ["record", "--seconds", "0", "--out", "x"],
             ["record", "--seconds", "5", "--segment-s", "-1", "--out", "x"],
             ["score", "--model", "m.onnx", "--hop-s", "nan", "a.wav"],
+            ["score", "--model", "m.onnx", "--hop-s", "0.001", "a.wav"],
         ],
     )
     def test_non_positive_durations_are_usage_errors(self, args: list[str]) -> None:
         """Zero, negative or NaN durations are refused with exit 2 before anything runs."""
         result = cli(*args)
         assert result.returncode == 2
-        assert "above 0" in result.stderr
+        assert "above 0" in result.stderr or "0.05-10 seconds" in result.stderr
 
     def test_monitor_without_config(self, tmp_path: Path, level_model: Path) -> None:
         """`score --monitor NAME` without --config is a clear error (78), not ignored."""
@@ -213,3 +214,17 @@ class TestArguments:
         result = cli("score", "--model", str(level_model), "--monitor", "pump", str(wav))
         assert result.returncode == 78
         assert "--monitor" in result.stderr
+
+    def test_output_cut_short_by_the_reader(self, tmp_path: Path, level_model: Path) -> None:
+        """`asd-edge score ... | head -n 1` ends quietly, without a traceback."""
+        wav = write_wav(tmp_path / "a.wav", tone_burst(16000, 2.0, (0.5, 1.0)), 16000)
+        command = " ".join([*asd_edge_command(), "score", "--model", str(level_model)])
+        result = subprocess.run(
+            f"{command} {' '.join([str(wav)] * 40)} | head -n 1",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.stdout.count("\n") == 1
+        assert "Traceback" not in result.stderr

@@ -79,7 +79,7 @@ class TestRefractory:
         """After an end, anomalous windows within refractory_s do not start a new event."""
         policy = DecisionPolicy(threshold=1.0, onset_k=1, onset_n=1, hold_s=0.5, refractory_s=2.0)
         d = Decision(policy)
-        # start at 0.5, end at 1.5 (0.5 s below), refractory until 3.5
+        # start at 0.5, end at 1.0 (0.5 s below), refractory until 3.0
         phases = run(d, [2.0, 0.0, 0.0, 2.0, 2.0, 0.0, 0.0, 2.0])
         assert [(p, t) for p, t, _ in phases] == [("start", 0.5), ("end", 1.0), ("start", 4.0)]
 
@@ -131,7 +131,13 @@ class TestProperties:
                 continue
             assert event.phase == expected
             if event.phase == "start":
-                recent = scores[max(0, i - n + 1) : i + 1]
+                # k anomalous windows among the last n, all after the refractory period
+                first = max(0, i - n + 1)
+                recent = [
+                    s
+                    for j, s in enumerate(scores[first : i + 1], start=first)
+                    if j * HOP >= last_end + refractory_s - 1e-9
+                ]
                 assert sum(s > 0.0 for s in recent) >= k
                 assert now >= last_end + refractory_s - 1e-9
                 assert event.peak_score > 0.0

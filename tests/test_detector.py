@@ -9,16 +9,12 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from conftest import sine
 from onnx import TensorProto, helper
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
 from training.level import build_level_model, build_waveform_level_model, save_model
-
-
-def sine(freq_hz: float, amplitude: float, seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
 
 
 def with_metadata(model: onnx.ModelProto, meta: Any) -> onnx.ModelProto:
@@ -44,7 +40,11 @@ class TestLoad:
     def test_level_model_scores_in_dbfs(self, level_model: Path) -> None:
         """A full-scale 1 kHz sine scores 0 dBFS, and -20 dB per tenth of amplitude."""
         det = Detector(level_model)
-        scores = det.score(np.stack([sine(1000, 1.0), sine(1000, 0.1), sine(1000, 0.01)]))
+        scores = det.score(
+            np.stack(
+                [sine(1000, amplitude=1.0), sine(1000, amplitude=0.1), sine(1000, amplitude=0.01)]
+            )
+        )
         np.testing.assert_allclose(scores, [0.0, -20.0, -40.0], atol=0.01)
         assert det.threshold == -30.0
         assert det.spec.n_frames == 30
@@ -55,7 +55,7 @@ class TestLoad:
         det = Detector(waveform_model)
         assert det.spec.input == "waveform"
         assert det.spec.prefilter is not None and det.spec.prefilter.order == 4
-        assert det.score(sine(1000, 0.1))[0] == pytest.approx(-20.0, abs=0.01)
+        assert det.score(sine(1000, amplitude=0.1))[0] == pytest.approx(-20.0, abs=0.01)
 
 
 class TestRefusals:

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import sine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,13 +23,6 @@ from asd_edge.features import (
 
 RATE = 16000
 PARAMS = LogMelParams(sample_rate=RATE, n_fft=1024, hop_length=512, n_mels=128)
-
-
-def sine(
-    freq_hz: float, seconds: float = 1.0, amplitude: float = 0.5, rate: int = RATE
-) -> np.ndarray:
-    t = np.arange(round(seconds * rate)) / rate
-    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
 
 
 class TestLogMel:

@@ -270,9 +270,8 @@ class TestOverrunAccounting:
     def test_a_range_overwritten_entirely_loses_only_its_own_samples(self) -> None:
         """Reading ``[0, 2)`` after the writer lapped it loses 2 samples, not 6.
 
-        ``read`` computes ``lost = writing_end - capacity - start`` without capping it
-        at ``stop - start``, so this returns ``Chunk(start=2, lost=6)``: ``start + lost
-        != chunk.start`` and ``lost_samples`` counts samples that were never asked for.
+        (A loss not capped at ``stop - start`` would give ``Chunk(start=2, lost=6)``:
+        ``start + lost != chunk.start``, and samples never asked for counted as lost.)
         """
         ring = RingBuffer(4)
         write_ramp(ring, 10)
@@ -285,8 +284,8 @@ class TestOverrunAccounting:
         """A reader far behind that catches up with ``since(cursor, max_samples=3)``
         misses samples 0..5 (six of them) and the loss counter must say 6.
 
-        With the uncapped ``lost`` the first call reports 6 lost but moves the cursor
-        only to 3, and the second call reports 3..5 lost again: ``lost_samples == 9``.
+        (With an uncapped loss the first call would report 6 lost but move the cursor
+        only to 3, and the second would report 3..5 lost again: ``lost_samples == 9``.)
         """
         ring = RingBuffer(4)
         write_ramp(ring, 10)
