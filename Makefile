@@ -9,8 +9,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/asd-edge.yaml
 # Installed before the training extra so that pip keeps this CPU build
-# instead of fetching a CUDA one.
+# instead of fetching a CUDA one. Where pip would find torch only on the public
+# index (which serves the CUDA build for Linux), point TORCH_PIP_ARGS at PyTorch's
+# CPU wheel index, e.g. make test TORCH_PIP_ARGS="--index-url <cpu index>".
 TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 APT_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils \
                 mosquitto mosquitto-clients ffmpeg python3-venv
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
@@ -42,6 +45,9 @@ system:
 	DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "asd-edge needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1)." \
+	       "Run make with PYTHON=python3.11 (or newer)." >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.daemon-installed: pyproject.toml | $(BIN)/python
@@ -49,7 +55,7 @@ $(VENV)/.daemon-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PIP) install -e ".[train,dev]"
 	touch $@ $(VENV)/.daemon-installed
 
