@@ -290,7 +290,14 @@ class SoundDeviceSource:
         try:
             info = sd.query_devices(self.device, "input")
         except (ValueError, sd.PortAudioError) as e:
-            raise AudioError(f"no input device {self.device!r}: {e}") from e
+            if self.device is None:
+                raise AudioError(
+                    f"no default input device ({e}): PortAudio sees no microphone; "
+                    "`asd-edge devices` lists the inputs, input.device chooses one"
+                ) from e
+            raise AudioError(
+                f"no input device {self.device!r} ({e}); `asd-edge devices` lists the inputs"
+            ) from e
         return int(info["default_samplerate"])
 
     def _open(self) -> None:
