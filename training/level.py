@@ -50,12 +50,40 @@ def _metadata(base: dict[str, Any], overrides: Mapping[str, Any] | None) -> str:
     return json.dumps(meta, sort_keys=True)
 
 
-def _finish(graph: onnx.GraphProto, metadata: str) -> onnx.ModelProto:
+def _assemble(
+    *,
+    name: str,
+    version: str,
+    sample_rate: int,
+    window_s: float,
+    graph_input: onnx.ValueInfoProto,
+    nodes: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto],
+    metadata: dict[str, Any],
+    overrides: Mapping[str, Any] | None,
+) -> onnx.ModelProto:
+    """A checked ONNX model with one ``score[batch]`` output and the contract's metadata."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [graph_input],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        initializers,
+    )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="asd-edge"
     )
     model.ir_version = 8
-    helper.set_model_props(model, {METADATA_KEY: metadata})
+    meta = {
+        "schema": SCHEMA_VERSION,
+        "name": name,
+        "version": version,
+        "kind": "level",
+        "sample_rate": sample_rate,
+        "window_s": window_s,
+        **metadata,
+    }
+    helper.set_model_props(model, {METADATA_KEY: _metadata(meta, overrides)})
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -98,35 +126,33 @@ def build_level_model(
         helper.make_node("ReduceMax", ["band_db"], ["peak_db"], axes=[1], keepdims=0),
         helper.make_node("Sub", ["peak_db", "ref_db"], ["score"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info("logmel", TensorProto.FLOAT, ["batch", n_frames, n_mels])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
-        inits,
-    )
-    meta = {
-        "schema": SCHEMA_VERSION,
-        "name": name,
-        "version": version,
-        "kind": "level",
-        "sample_rate": sample_rate,
-        "window_s": window_s,
-        "input": "logmel",
-        "features": {
-            "n_fft": n_fft,
-            "hop_length": hop_length,
-            "n_mels": n_mels,
-            "fmin": fmin,
-            "fmax": params.fmax_hz,
-            "power": 2.0,
-            "log": "db",
-            "frames": 1,
+    return _assemble(
+        name=name,
+        version=version,
+        sample_rate=sample_rate,
+        window_s=window_s,
+        graph_input=helper.make_tensor_value_info(
+            "logmel", TensorProto.FLOAT, ["batch", n_frames, n_mels]
+        ),
+        nodes=nodes,
+        initializers=inits,
+        metadata={
+            "input": "logmel",
+            "features": {
+                "n_fft": n_fft,
+                "hop_length": hop_length,
+                "n_mels": n_mels,
+                "fmin": fmin,
+                "fmax": params.fmax_hz,
+                "power": 2.0,
+                "log": "db",
+                "frames": 1,
+            },
+            "threshold": threshold_dbfs,
+            "calibration": {"method": "fixed", "unit": "dBFS (peak frame band level)"},
         },
-        "threshold": threshold_dbfs,
-        "calibration": {"method": "fixed", "unit": "dBFS (peak frame band level)"},
-    }
-    return _finish(graph, _metadata(meta, metadata_overrides))
+        overrides=metadata_overrides,
+    )
 
 
 def build_waveform_level_model(
@@ -154,28 +180,27 @@ def build_waveform_level_model(
         helper.make_node("Mul", ["ln_power", "ln_to_db"], ["power_db"]),
         helper.make_node("Sub", ["power_db", "ref_db"], ["score"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        name,
-        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", window_samples])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
-        inits,
-    )
-    meta: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "name": name,
-        "version": version,
-        "kind": "level",
-        "sample_rate": sample_rate,
-        "window_s": window_s,
+    metadata: dict[str, Any] = {
         "input": "waveform",
         "normalize": "none",
         "threshold": threshold_dbfs,
         "calibration": {"method": "fixed", "unit": "dBFS (window RMS)"},
     }
     if prefilter is not None:
-        meta["prefilter"] = dict(prefilter)
-    return _finish(graph, _metadata(meta, metadata_overrides))
+        metadata["prefilter"] = dict(prefilter)
+    return _assemble(
+        name=name,
+        version=version,
+        sample_rate=sample_rate,
+        window_s=window_s,
+        graph_input=helper.make_tensor_value_info(
+            "waveform", TensorProto.FLOAT, ["batch", window_samples]
+        ),
+        nodes=nodes,
+        initializers=inits,
+        metadata=metadata,
+        overrides=metadata_overrides,
+    )
 
 
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
