@@ -63,32 +63,31 @@ class LogMelParams:
         return 1 + (window_samples - self.n_fft) // self.hop_length
 
 
+# The Slaney mel scale: linear below 1 kHz, logarithmic above.
+_SLANEY_HZ_PER_MEL = 200.0 / 3.0
+_SLANEY_KNEE_HZ = 1000.0
+_SLANEY_KNEE_MEL = _SLANEY_KNEE_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = float(np.log(6.4) / 27.0)
+
+
 def hz_to_mel(hz: npt.ArrayLike) -> Float64Array:
     """Hz to mels on the Slaney scale (librosa's default, ``htk=False``)."""
     f = np.asarray(hz, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    mels = f / f_sp
     return np.where(
-        f >= min_log_hz,
-        min_log_mel + np.log(np.maximum(f, min_log_hz) / min_log_hz) / logstep,
-        mels,
+        f >= _SLANEY_KNEE_HZ,
+        _SLANEY_KNEE_MEL
+        + np.log(np.maximum(f, _SLANEY_KNEE_HZ) / _SLANEY_KNEE_HZ) / _SLANEY_LOG_STEP,
+        f / _SLANEY_HZ_PER_MEL,
     )
 
 
 def mel_to_hz(mels: npt.ArrayLike) -> Float64Array:
     """Mels on the Slaney scale back to Hz."""
     m = np.asarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3.0
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
     return np.where(
-        m >= min_log_mel,
-        min_log_hz * np.exp(logstep * (m - min_log_mel)),
-        f_sp * m,
+        m >= _SLANEY_KNEE_MEL,
+        _SLANEY_KNEE_HZ * np.exp(_SLANEY_LOG_STEP * (m - _SLANEY_KNEE_MEL)),
+        _SLANEY_HZ_PER_MEL * m,
     )
 
 
