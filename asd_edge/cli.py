@@ -30,10 +30,10 @@ from .daemon import (
     EXIT_CONFIG,
     EXIT_OK,
     EXIT_UNAVAILABLE,
-    REPLAY_PREFIX,
     Daemon,
     load_detectors,
     open_input,
+    replay_path,
 )
 from .decision import Event
 from .detector import Detector
@@ -52,6 +52,7 @@ EXIT_CODES = """exit codes:
   1   some inputs failed (each is reported); the others were processed
   2   bad command-line usage
   69  the audio input is unavailable (EX_UNAVAILABLE)
+  70  internal error, logged with its traceback (EX_SOFTWARE)
   78  invalid configuration or model (EX_CONFIG); the message names the key or field
 """
 
@@ -111,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         configure_logging(config.logging.level, config.logging.format)
         detectors = load_detectors(config)
         daemon = Daemon(config, detectors)
-    except (ConfigError, ModelError) as exc:
+    except ConfigError as exc:
         return _config_error(exc)
     except AudioError as exc:  # a replay file that cannot be read
         return _config_error(ConfigError(f"input.device: {exc}"))
@@ -140,13 +141,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
         return EXIT_UNAVAILABLE
     if args.json:
         print(json.dumps(devices, indent=2))
-    elif not devices:
+        return EXIT_OK if devices else EXIT_UNAVAILABLE
+    if not devices:
         print(
             "no input devices found (is the user in group 'audio'? is a sound server running?)",
             file=sys.stderr,
         )
-    if args.json or not devices:
-        return EXIT_OK if devices else EXIT_UNAVAILABLE
+        return EXIT_UNAVAILABLE
     header = f"{'index':>5}  {'channels':>8}  {'default Hz':>10}  {'rates accepted':<40}"
     print(f"  {header}  name (host API)")
     for d in devices:
@@ -263,7 +264,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     cfg = config.input
-    if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
+    if replay_path(cfg) is not None:
         print("input.device: record needs a microphone, not a replayed file", file=sys.stderr)
         return EXIT_CONFIG
     if not 0 <= args.channel < cfg.channels:
@@ -317,14 +318,28 @@ def cmd_record(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _command(
+    sub: Any, name: str, func: Any, *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help lists the exit codes and which runs ``func``."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``asd-edge`` and its subcommands."""
-    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="asd-edge",
         description="Listen to a machine, detect abnormal sound with an ONNX model, alert.",
         epilog=EXIT_CODES,
-        formatter_class=fmt,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"asd-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -333,44 +348,41 @@ def build_parser() -> argparse.ArgumentParser:
         "when it exists, else the built-in defaults)"
     )
 
-    run = sub.add_parser(
+    run = _command(
+        sub,
         "run",
+        cmd_run,
         help="run the daemon",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
         description="Capture audio and run every configured monitor until "
         "SIGTERM or SIGINT. Logs go to stdout.",
     )
     run.add_argument("--config", metavar="FILE", help=config_help)
-    run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser(
+    check = _command(
+        sub,
         "check-config",
+        cmd_check_config,
         help="validate a configuration and its models",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
         description="Validate the configuration and load every monitor's "
         "model; print the effective configuration (secrets redacted).",
     )
     check.add_argument("--config", metavar="FILE", help=config_help)
-    check.set_defaults(func=cmd_check_config)
 
-    devices = sub.add_parser(
+    devices = _command(
+        sub,
         "devices",
+        cmd_devices,
         help="list audio input devices",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
         description="List the input devices PortAudio sees, with their "
         "channels and the sample rates they accept.",
     )
     devices.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    devices.set_defaults(func=cmd_devices)
 
-    score = sub.add_parser(
+    score = _command(
+        sub,
         "score",
+        cmd_score,
         help="score audio files as the daemon would",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
         description="Run the daemon's pipeline (resampling, pre-filter, features, model, "
         "decision) over audio files, faster than real time. Prints one JSON object per file: "
         '{"file", "sample_rate", "threshold", "windows": [{"start_s", "end_s", "score"}], '
@@ -393,13 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--channel", type=int, metavar="C", help="channel of multichannel files (default: mix down)"
     )
     score.add_argument("files", nargs="+", metavar="FILE", help="WAV or anything ffmpeg decodes")
-    score.set_defaults(func=cmd_score)
 
-    record = sub.add_parser(
+    record = _command(
+        sub,
         "record",
+        cmd_record,
         help="record training data",
-        epilog=EXIT_CODES,
-        formatter_class=fmt,
         description="Record the configured input into WAV segments, "
         "e.g. normal sound of a machine to train a model on.",
     )
@@ -419,7 +430,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=16000,
         help="preferred sample rate when input.sample_rate is null (default: %(default)s Hz)",
     )
-    record.set_defaults(func=cmd_record)
     return parser
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "Daemon",
     "load_detectors",
     "open_input",
+    "replay_path",
     "tick_summary",
 ]
 
@@ -48,15 +49,23 @@ REPLAY_PREFIX = "file:"
 """``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
 
 
+def replay_path(cfg: InputConfig) -> str | None:
+    """The recording ``input.device: "file:PATH"`` names, or None for a real device."""
+    if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
+        return cfg.device.removeprefix(REPLAY_PREFIX)
+    return None
+
+
 def open_input(
     cfg: InputConfig, *, preferred_rate: int | None, ring_s: float | None = None
 ) -> AudioSource:
     """The audio source ``input`` describes: a PortAudio device, or a recording
     replayed in real time for ``device: "file:PATH"``. Nothing is opened yet."""
     ring_s = cfg.ring_s if ring_s is None else ring_s
-    if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
+    recording = replay_path(cfg)
+    if recording is not None:
         return FileSource(
-            cfg.device.removeprefix(REPLAY_PREFIX),
+            recording,
             channels=cfg.channels,
             block_s=cfg.block_s,
             ring_s=ring_s,
