@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .audiofile import read_audio, to_mono, write_wav
+from .audiofile import write_wav
 from .capture import list_input_devices
 from .config import (
     DEFAULT_CONFIG_PATH,
@@ -35,12 +35,10 @@ from .daemon import (
     open_input,
     replay_path,
 )
-from .decision import Event
 from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
 from .logs import configure_logging, json_safe
-from .monitor import Monitor
-from .ring import RingBuffer
+from .scoring import score_file
 
 __all__ = ["main"]
 
@@ -173,62 +171,6 @@ def _score_settings(args: argparse.Namespace, config: Config | None) -> MonitorC
         wanted = f"no monitor named {args.monitor!r}" if args.monitor else "no monitors"
         raise ConfigError(f"--monitor: {wanted} in {config.source}")
     return named[0]
-
-
-def score_file(
-    path: str,
-    detector: Detector,
-    settings: MonitorConfig,
-    *,
-    channel: int | None = None,
-    threshold: float | None = None,
-    hop_s: float | None = None,
-) -> dict[str, Any]:
-    """Run one file through the daemon's own pipeline (ring, monitor, decision)."""
-    audio = read_audio(path)
-    samples = to_mono(audio.samples, channel)
-    rate = audio.sample_rate
-    ring = RingBuffer(round(2 * (hop_s or settings.hop_s) * rate) + 4096)
-    monitor = Monitor.from_config(
-        settings, detector, ring, rate, threshold=threshold, hop_s=hop_s, start_index=0
-    )
-    step = max(1, round(monitor.hop_s * rate))
-    window_s = detector.spec.window_s
-    windows: list[dict[str, float]] = []
-    events: list[dict[str, Any]] = []
-
-    def add(event: Event) -> None:
-        if event.phase == "start":
-            events.append({"alert_s": round(event.at_s, 4)})
-            return
-        events[-1].update(
-            start_s=round(max(0.0, event.onset_s - window_s), 4),
-            end_s=round(event.last_anomalous_s, 4),
-            peak_score=event.peak_score,
-        )
-
-    total = samples.shape[0]
-    for begin in range(0, total, step):
-        ring.write(samples[begin : begin + step])
-        result = monitor.tick(catch_up=True, final=begin + step >= total)
-        windows.extend(
-            {"start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4), "score": w.score}
-            for w in result.scores
-        )
-        for event in result.events:
-            add(event)
-    last = monitor.close(monitor.now_s())
-    if last is not None:
-        add(last)
-    return {
-        "file": path,
-        "sample_rate": rate,
-        "threshold": monitor.decision.policy.threshold,
-        "windows": windows,
-        "events": [
-            {k: e[k] for k in ("start_s", "end_s", "peak_score", "alert_s")} for e in events
-        ],
-    }
 
 
 def cmd_score(args: argparse.Namespace) -> int:

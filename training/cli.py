@@ -1,0 +1,115 @@
+"""The ``asd-train`` command line: one subcommand per stage, each in its own module.
+
+Every stage module provides ``configure(parser)`` (adds its arguments) and
+``run(args) -> int`` (does the work, returns an exit code). Modules are imported
+only when their subcommand runs, so ``asd-train synth --help`` does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from asd_edge import __version__
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_CODES",
+    "EXIT_DATA",
+    "EXIT_FAILED",
+    "EXIT_NOINPUT",
+    "EXIT_OK",
+    "EXIT_SOFTWARE",
+    "EXIT_USAGE",
+    "main",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""Finished, but some inputs were skipped (each is reported by name)."""
+EXIT_USAGE = 2
+EXIT_DATA = 65
+"""EX_DATAERR: the data cannot make a model (no usable files, no normal training data,
+labels missing for a supervised kind, ...)."""
+EXIT_NOINPUT = 66
+"""EX_NOINPUT: an input file or folder does not exist or cannot be read."""
+EXIT_SOFTWARE = 70
+"""EX_SOFTWARE: internal error, or an export whose ONNX disagrees with the framework."""
+EXIT_UNAVAILABLE = 69
+"""EX_UNAVAILABLE: a service (broker, tracker) could not be reached."""
+
+EXIT_CODES = """exit codes:
+  0   success
+  1   finished, but some inputs were skipped (each is reported by name)
+  2   bad command-line usage
+  65  the data cannot make a model (EX_DATAERR); the message says why
+  66  an input does not exist or cannot be read (EX_NOINPUT)
+  69  a service (broker, tracker) could not be reached (EX_UNAVAILABLE)
+  70  internal error, or the exported ONNX disagrees with the framework (EX_SOFTWARE)
+"""
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("training.synth", "generate deterministic machine-like sound with anomalies"),
+    "prepare": ("training.prepare", "turn recordings into a segmented, split dataset"),
+    "fit": ("training.fit", "train a detector, calibrate its threshold, export ONNX"),
+    "evaluate": ("training.evaluate", "score a dataset with an ONNX model as the daemon does"),
+}
+"""Subcommand → (module, one-line help). Later stages add themselves here."""
+
+
+class Stage(Protocol):
+    """What a stage module provides."""
+
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _stage(module: str) -> Stage:
+    return importlib.import_module(module)  # type: ignore[return-value]
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser; only the stage named in ``argv`` (if any) is imported."""
+    parser = argparse.ArgumentParser(
+        prog="asd-train",
+        description="Turn recordings of a machine into a calibrated ONNX model for asd-edge.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, summary) in COMMANDS.items():
+        sp = sub.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == chosen:
+            _stage(module).configure(sp)
+            sp.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``asd-train``."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    try:
+        return _stage(args._module).run(args)
+    except KeyboardInterrupt:
+        print("asd-train: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""What every detector kind gives the trainer, the calibration and the export.
+
+A kind turns a batch of the contract's model input (``logmel``: float32[batch,
+n_frames, n_mels]; ``waveform``: float32[batch, window_samples], already pre-filtered
+and normalised as the kind's ``prefilter``/``normalize`` say) into one score per
+window, higher = more anomalous. That mapping is a ``torch.nn.Module`` (a
+``ScoreModel``) and it is exactly what gets exported to ONNX, so the graph the daemon
+runs is the graph that was validated.
+
+Two ways to get a ScoreModel:
+
+- ``fit_method == "gradient"``: ``build(shape, stats, params)`` returns an untrained
+  module; the generic trainer (``training.trainer``) minimises ``module.loss(x, y)``
+  with Adam, early stopping on the validation loss and the best checkpoint kept.
+- ``fit_method == "closed_form"``: ``fit(x_train, stats, params, seed)`` fits (e.g.
+  with scikit-learn) and returns a module whose buffers hold the fitted parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from asd_edge.features import NormalizeMethod, PrefilterSpec
+
+__all__ = ["InputStats", "KindInfo", "ScoreModel"]
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """Per-feature statistics of the training inputs, for standardisation in the graph.
+
+    For log-mel input: ``mean``/``std`` have shape ``[n_mels]`` (over all frames of all
+    training windows). For waveform input: shape ``[1]``.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> InputStats:
+        """Statistics over every axis but the last (log-mel) or all axes (waveform)."""
+        flat = x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x.reshape(-1, 1)
+        std = flat.std(axis=0)
+        return cls(
+            mean=flat.mean(axis=0).astype(np.float32),
+            std=np.maximum(std, 1e-3).astype(np.float32),
+        )
+
+
+class ScoreModel(nn.Module):
+    """Maps a batch of contract inputs to scores ``[batch]`` (the exported graph)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch (mean over it). ``y`` is 0 normal / 1 anomaly;
+        unsupervised kinds ignore it. Only gradient kinds need this."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """A detector kind, as the registry in ``training.kinds`` lists it."""
+
+    name: str
+    """``dense_ae``, ``cnn_ae``, ``lstm_ae``, ``gmm``, ``ocsvm``, ``cnn_attention``."""
+    input: Literal["logmel", "waveform"]
+    supervised: bool
+    """True if it needs labelled anomalies in the training data."""
+    fit_method: Literal["gradient", "closed_form"]
+    description: str
+    defaults: Mapping[str, Any]
+    """Hyper-parameters and their defaults (``--param key=value`` overrides them)."""
+    build: Callable[[tuple[int, ...], InputStats, Mapping[str, Any]], ScoreModel] | None = None
+    """gradient kinds: shape of ONE input (no batch axis), stats, params → module."""
+    fit: Callable[[np.ndarray, InputStats, Mapping[str, Any], int], ScoreModel] | None = None
+    """closed-form kinds: training inputs [N, ...], stats, params, seed → fitted module."""
+    prefilter: PrefilterSpec | None = None
+    """waveform kinds: the pre-filter the daemon applies (stored in the metadata)."""
+    normalize: NormalizeMethod = "none"
+    """waveform kinds: the per-window normalisation (stored in the metadata)."""
