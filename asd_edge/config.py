@@ -22,12 +22,16 @@ __all__ = [
     "ClipsConfig",
     "Config",
     "DetectorConfig",
+    "HealthConfig",
+    "HomeAssistantConfig",
     "InputConfig",
     "LogFormat",
     "LogLevel",
     "LoggingConfig",
     "MonitorConfig",
     "MqttConfig",
+    "OutboxConfig",
+    "TlsConfig",
     "config_to_dict",
     "load_config",
     "parse_config",
@@ -108,6 +112,35 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """TLS settings for the broker connection."""
+
+    enabled: bool = False
+    """Connect with TLS (usually port 8883)."""
+    ca_file: str | None = field(default=None, metadata={"path": True})
+    """CA certificate file (PEM); None uses the system's trusted CAs."""
+    cert_file: str | None = field(default=None, metadata={"path": True})
+    """Client certificate (PEM) for mutual TLS; None: no client certificate."""
+    key_file: str | None = field(default=None, metadata={"path": True})
+    """Private key of the client certificate (PEM)."""
+    insecure: bool = False
+    """Skip the broker's host name check (testing only)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery of the device and its monitors."""
+
+    enabled: bool = True
+    """Publish discovery messages (retained) and republish when Home Assistant restarts."""
+    discovery_prefix: str = field(
+        default="homeassistant",
+        metadata={"pattern": r"^[A-Za-z0-9_-]+$", "describe": "a topic level of A-Z a-z 0-9 _ -"},
+    )
+    """Home Assistant's discovery prefix; it announces itself on <prefix>/status."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MqttConfig:
     """The MQTT broker that alerts are published to."""
 
@@ -135,6 +168,48 @@ class MqttConfig:
     """Absolute path of a file holding the password (relative in the file: as for model)."""
     keepalive_s: int = field(default=60, metadata={"min": 5, "max": 3600})
     """MQTT keep-alive interval, in seconds."""
+    enabled: bool = True
+    """Publish over MQTT; false keeps detecting and saving clips without a broker."""
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    """MQTT protocol version."""
+    reconnect_min_s: float = field(default=1.0, metadata={"min": 0.1, "max": 60.0})
+    """First back-off, in seconds, before reconnecting to the broker."""
+    reconnect_max_s: float = field(default=60.0, metadata={"min": 1.0, "max": 3600.0})
+    """Cap, in seconds, of the (jittered, doubling) reconnect back-off."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    """TLS to the broker."""
+    health_interval_s: float = field(default=60.0, metadata={"min": 5.0, "max": 3600.0})
+    """Seconds between two retained health messages."""
+    publish_scores: bool = False
+    """Publish per-window scores on <prefix>/score (QoS 0) for dashboards."""
+    score_interval_s: float = field(default=1.0, metadata={"min": 0.1, "max": 3600.0})
+    """Throttle of the score topic: at most one message per monitor per this many seconds."""
+    publish_clips: bool = False
+    """Publish each saved clip's bytes on <prefix>/clip/<alert id> (QoS 1)."""
+    clip_max_mb: float = field(default=2.0, metadata={"min": 0.01, "max": 256.0})
+    """Clips larger than this are not published (the alert says so)."""
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    """Home Assistant MQTT discovery."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    """The durable queue of alerts (SQLite in state_dir) that survives outages and restarts."""
+
+    max_rows: int = field(default=10000, metadata={"min": 10, "max": 10_000_000})
+    """Most alerts kept unacknowledged; beyond it the oldest are dropped and counted."""
+    max_age_days: float = field(default=30.0, metadata={"min": 0.01, "max": 3650.0})
+    """Unacknowledged alerts older than this are dropped and counted."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    """How the input's health is judged (reported on the health topic)."""
+
+    silence_dbfs: float = field(default=-80.0, metadata={"min": -200.0, "max": 0.0})
+    """A channel whose RMS level stays below this (dBFS) is flagged silent."""
+    clipping_ratio: float = field(default=0.001, metadata={"min": 0.0, "max": 1.0})
+    """A channel with more than this fraction of samples at full scale is flagged clipping."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +220,22 @@ class ClipsConfig:
     """Seconds of audio kept from before the event starts; below input.ring_s - 2."""
     post_s: float = field(default=5.0, metadata={"min": 0.0, "max": 300.0})
     """Seconds of audio kept from after the event ends."""
+    enabled: bool = True
+    """Save a clip around each event."""
+    max_clip_s: float | None = field(default=None, metadata={"min": 1.0, "max": 3600.0})
+    """Longest clip in seconds (pre-roll included), at most input.ring_s - 2; None: that."""
+    format: Literal["wav", "flac"] = "wav"
+    """wav (16-bit PCM) or flac (needs the soundfile package)."""
+    spectrogram: bool = True
+    """Write a spectrogram PNG beside each clip."""
+    max_total_mb: float = field(default=1024.0, metadata={"min": 1.0, "max": 10_000_000.0})
+    """Most megabytes all clips may take; the oldest are deleted to make room."""
+    max_age_days: float | None = field(default=90.0, metadata={"min": 0.01, "max": 36500.0})
+    """Clips older than this are deleted; None keeps them until space runs out."""
+    min_free_mb: float = field(default=200.0, metadata={"min": 0.0, "max": 10_000_000.0})
+    """Free space to leave on the clips' filesystem; the oldest clips are deleted to keep it."""
+    queue: int = field(default=8, metadata={"min": 1, "max": 1000})
+    """Clips waiting to be written; a clip that finds the queue full is skipped and reported."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,7 +265,12 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     """The MQTT broker; once parsed, topic_prefix and client_id are never None."""
     clips: ClipsConfig = field(default_factory=ClipsConfig)
-    """The clips saved around events."""
+    """The clips saved around events, under <state_dir>/clips; once parsed, max_clip_s is
+    never None."""
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    """The durable alert queue, <state_dir>/outbox.sqlite."""
+    health: HealthConfig = field(default_factory=HealthConfig)
+    """How the input's health is judged."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging."""
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
@@ -295,6 +391,27 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
             f"clips.pre_s: expected a number below {ring_s - 2:g} (input.ring_s - 2), "
             f"got {show(pre_s)}"
         )
+    max_clip_s = _at(tree, "clips", "max_clip_s")
+    if isinstance(max_clip_s, float) and isinstance(ring_s, float) and max_clip_s > ring_s - 2:
+        problems.append(
+            f"clips.max_clip_s: expected a number at most {ring_s - 2:g} (input.ring_s - 2), "
+            f"got {show(max_clip_s)}"
+        )
+    if isinstance(max_clip_s, float) and isinstance(pre_s, float) and pre_s >= max_clip_s - 1:
+        problems.append(
+            f"clips.pre_s: expected a number below {show(max_clip_s - 1)} "
+            "(clips.max_clip_s - 1), "
+            f"got {show(pre_s)}"
+        )
+    low, high = _at(tree, "mqtt", "reconnect_min_s"), _at(tree, "mqtt", "reconnect_max_s")
+    if isinstance(low, float) and isinstance(high, float) and low > high:
+        problems.append(
+            f"mqtt.reconnect_min_s: expected a number at most {high:g} "
+            f"(mqtt.reconnect_max_s), got {show(low)}"
+        )
+    cert, key = _at(tree, "mqtt", "tls", "cert_file"), _at(tree, "mqtt", "tls", "key_file")
+    if (cert is None) != (key is None) and INVALID not in (cert, key):
+        problems.append("mqtt.tls.key_file: expected cert_file and key_file together, got one")
     password, password_file = _at(tree, "mqtt", "password"), _at(tree, "mqtt", "password_file")
     if isinstance(password, str) and isinstance(password_file, str):
         problems.append("mqtt.password: expected password or password_file, got both")
@@ -319,3 +436,6 @@ def _fill_derived(tree: dict[str, Any]) -> None:
         mqtt["topic_prefix"] = f"asd/{tree['device_id']}"
     if mqtt["client_id"] is None:
         mqtt["client_id"] = f"asd-edge-{tree['device_id']}"
+    clips = tree["clips"]
+    if clips["max_clip_s"] is None:
+        clips["max_clip_s"] = tree["input"]["ring_s"] - 2.0

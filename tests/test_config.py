@@ -460,6 +460,31 @@ class TestCrossFieldChecks:
         data["clips"]["pre_s"] = 27.9
         assert parse(data).clips.pre_s == 27.9
 
+    def test_clip_length_must_fit_in_the_ring(self) -> None:
+        """clips.max_clip_s defaults to input.ring_s - 2 and may not exceed it."""
+        assert parse({"input": {"ring_s": 30}}).clips.max_clip_s == 28.0
+        assert problems_of({"input": {"ring_s": 30}, "clips": {"max_clip_s": 29}}) == [
+            "clips.max_clip_s: expected a number at most 28 (input.ring_s - 2), got 29.0"
+        ]
+
+    def test_clip_pre_roll_must_leave_room_in_the_clip(self) -> None:
+        """The pre-roll must leave at least a second of the clip for the event itself."""
+        assert problems_of({"clips": {"pre_s": 10, "max_clip_s": 10.5}}) == [
+            "clips.pre_s: expected a number below 9.5 (clips.max_clip_s - 1), got 10.0"
+        ]
+
+    def test_reconnect_backoff_bounds_in_order(self) -> None:
+        """The first reconnect back-off may not exceed its cap."""
+        assert problems_of({"mqtt": {"reconnect_min_s": 10, "reconnect_max_s": 5}}) == [
+            "mqtt.reconnect_min_s: expected a number at most 5 (mqtt.reconnect_max_s), got 10.0"
+        ]
+
+    def test_tls_certificate_needs_its_key(self) -> None:
+        """A client certificate without its key (or the reverse) is refused."""
+        assert problems_of({"mqtt": {"tls": {"cert_file": "c.pem"}}}) == [
+            "mqtt.tls.key_file: expected cert_file and key_file together, got one"
+        ]
+
     def test_password_and_password_file(self) -> None:
         """Setting both a password and a password file is ambiguous, so refused."""
         assert problems_of({"mqtt": {"password": "pw", "password_file": "pw.txt"}}) == [
