@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,8 @@ class Detector:
         except OSError as exc:
             raise ModelError(self.path, "file", f"cannot read ({exc.strerror or exc})") from None
         self.sha256 = hashlib.sha256(blob).hexdigest()
+        self.loaded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        """When this model was loaded (ISO 8601 UTC)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
