@@ -72,14 +72,10 @@ class TestSameAsDaemon:
         atol = 0.0 if file_rate == 16000 else 2e-3  # dB; float rounding of the resampler
         np.testing.assert_allclose(windows.x, fed, rtol=0, atol=atol)
 
-    def test_waveform_windows_equal_monitor_input(
-        self, tmp_path: Path, model_dir: Path
-    ) -> None:
+    def test_waveform_windows_equal_monitor_input(self, tmp_path: Path, model_dir: Path) -> None:
         """A waveform model's windows are pre-filtered over the stream as the daemon does."""
         pre = {"type": "butter_bandpass", "low_hz": 50.0, "high_hz": 3000.0, "order": 4}
-        model = save_model(
-            build_waveform_level_model(prefilter=pre), model_dir / "wave_band.onnx"
-        )
+        model = save_model(build_waveform_level_model(prefilter=pre), model_dir / "wave_band.onnx")
         wav = write_wav(tmp_path / "m.wav", machine_sound(48000, 2.6), 48000)
         spec = WindowSpec(
             input="waveform",

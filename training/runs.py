@@ -1,0 +1,224 @@
+"""A run directory: every record of one ``asd-train`` run, written atomically; optional ClearML.
+
+A run directory is self-contained: ``config.json`` (the effective configuration),
+``metrics.json``, ``history.csv``, the plots, ``model.onnx``, ``checkpoint.pt`` and
+``train.log`` (everything the run printed). ``--tracker clearml`` sends the same
+to ClearML (offline when no server is configured).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+__all__ = [
+    "NullTracker",
+    "RunDir",
+    "Tracker",
+    "TrackerUnavailable",
+    "json_ready",
+    "make_tracker",
+    "write_atomic",
+]
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temporary name beside ``path``, fsync, rename over ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are meant to be shared
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN/inf as null, paths and numpy scalars as plain JSON values."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunDir:
+    """The folder of one run; ``log`` prints a line and appends it to ``train.log``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, quiet: bool = False) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.quiet = quiet
+        self._log: TextIO = (self.path / "train.log").open("a", encoding="utf-8")
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def log(self, message: str) -> None:
+        """Print ``message`` (unless quiet) and keep it in ``train.log``."""
+        if not self.quiet:
+            print(message, file=sys.stderr)
+        self._log.write(message + "\n")
+        self._log.flush()
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        """Write ``name`` as indented JSON (NaN as null), atomically."""
+        text = json.dumps(json_ready(data), indent=2, sort_keys=True, allow_nan=False)
+        return write_atomic(self.path / name, (text + "\n").encode("utf-8"))
+
+    def write_csv(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
+        """Write rows (dicts with the same keys) as CSV, atomically."""
+        return write_atomic(self.path / name, csv_bytes(rows))
+
+    def close(self) -> None:
+        """Close ``train.log``."""
+        self._log.close()
+
+
+def csv_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """Rows as CSV with a header (the first row's keys)."""
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json_ready(v) for k, v in row.items()})
+    return buf.getvalue().encode("utf-8")
+
+
+class TrackerUnavailable(RuntimeError):
+    """The experiment tracker cannot be used (not installed, or it refused); exit 69."""
+
+
+class Tracker(Protocol):
+    """Where a run's parameters, scalars and files are reported besides the run directory."""
+
+    def log_config(self, config: Mapping[str, Any]) -> None: ...
+
+    def log_scalar(self, title: str, series: str, value: float, step: int) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None: ...
+
+    def log_file(self, path: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullTracker:
+    """No tracker: the run directory is the record."""
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Nothing to do."""
+
+    def log_scalar(self, title: str, series: str, value: float, step: int) -> None:
+        """Nothing to do."""
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Nothing to do."""
+
+    def log_file(self, path: Path) -> None:
+        """Nothing to do."""
+
+    def close(self) -> None:
+        """Nothing to do."""
+
+
+class ClearMLTracker:
+    """ClearML task of the run; offline (a local session folder) when no server is set."""
+
+    def __init__(self, project: str, name: str, *, offline: bool | None = None) -> None:
+        try:
+            from clearml import Task
+        except ImportError:
+            raise TrackerUnavailable(
+                "--tracker clearml needs ClearML: pip install 'asd-edge[clearml]'"
+            ) from None
+        if offline is None:
+            offline = not _clearml_server_configured()
+        if offline:
+            Task.set_offline(offline_mode=True)
+        self.offline = offline
+        try:
+            self.task = Task.init(
+                project_name=project,
+                task_name=name,
+                auto_connect_frameworks=False,
+                auto_connect_arg_parser=False,
+                auto_resource_monitoring=False,
+                reuse_last_task_id=False,
+            )
+        except Exception as exc:  # ClearML raises many untyped errors on connection
+            raise TrackerUnavailable(f"ClearML: cannot start a task ({exc})") from None
+        self.logger = self.task.get_logger()
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """The effective configuration as the task's parameters."""
+        self.task.connect(json_ready(dict(config)), name="config")
+
+    def log_scalar(self, title: str, series: str, value: float, step: int) -> None:
+        """One point of a curve (e.g. the losses per epoch)."""
+        if math.isfinite(value):
+            self.logger.report_scalar(title, series, value=value, iteration=step)
+
+    def log_metrics(self, metrics: Mapping[str, Any]) -> None:
+        """Final numbers as single values."""
+        for key, value in _flatten(metrics).items():
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and math.isfinite(float(value)):
+                self.logger.report_single_value(key, float(value))
+
+    def log_file(self, path: Path) -> None:
+        """A file of the run directory as an artifact."""
+        self.task.upload_artifact(path.name, artifact_object=str(path))
+
+    def close(self) -> None:
+        """Finish the task (offline: the session folder is written)."""
+        self.task.close()
+
+
+def _clearml_server_configured() -> bool:
+    if os.environ.get("CLEARML_API_HOST"):
+        return True
+    config = os.environ.get("CLEARML_CONFIG_FILE") or str(Path.home() / "clearml.conf")
+    return Path(config).is_file()
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "/"))
+        else:
+            out[name] = value
+    return out
+
+
+def make_tracker(name: str, *, project: str, task: str) -> Tracker:
+    """``none`` or ``clearml``; TrackerUnavailable when the tracker cannot be used."""
+    if name == "none":
+        return NullTracker()
+    if name == "clearml":
+        return ClearMLTracker(project, task)
+    raise ValueError(f"unknown tracker {name!r}; expected none or clearml")
