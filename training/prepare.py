@@ -1,0 +1,619 @@
+"""``asd-train prepare``: recordings in, a segmented, split, hashed dataset out.
+
+    asd-train prepare recordings/ more.m4a --out data/pump --rate 16000 --segment-s 10
+
+1. Every INPUT (file, or folder searched recursively: WAV FLAC MP3 MP4 M4A OGG and
+   JSON waveform files) is decoded, one channel picked or all mixed down
+   (``--channel``), and resampled to ``--rate`` (:mod:`training.sources`).
+2. Each recording is cut into ``--segment-s`` segments from its start. The remainder
+   is kept, **shorter and not padded**, if it lasts at least ``--min-segment-s``
+   (default: half a segment), else dropped; a recording shorter than that is skipped
+   and reported. Levels are kept as recorded (no normalisation).
+3. Recordings (not segments: segments of one recording never land in two splits)
+   are split train/valid/test with a seed, per label, so that each split gets about
+   its fraction of the segments. Anomalies go to valid/test only, unless
+   ``--labelled-train`` (supervised kinds), which splits them like normals.
+4. Segments are written as 16-bit WAV under ``OUT/<split>/<label>/`` with ASCII names
+   (the source's name made ASCII, a short hash of its path, the segment number);
+   ``OUT/manifest.csv`` lists ``path,label,split,source,sha256,offset_s,duration_s,
+   sample_rate,augmented``; ``OUT/prepare.json`` records the arguments, the counts and
+   every skipped file with its reason.
+5. ``--augment N`` adds N augmented copies of each train segment (``augmented`` = 1,
+   same source and label), see :mod:`training.augment`.
+
+Labels come from folder and file names (:mod:`training.labels`), or ``--label`` for
+all inputs. Unreadable files and files without a label are reported by name and
+skipped, the rest goes on (exit 1); exit 65 if nothing usable was found, 66 if an
+INPUT does not exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import unicodedata
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asd_edge.audiofile import read_audio, write_wav
+from asd_edge.errors import AudioDecodeError
+from asd_edge.logs import configure_logging
+from training.augment import AugmentConfig, Augmenter
+from training.cli import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK, EXIT_USAGE
+from training.dataset import MANIFEST_COLUMNS, MANIFEST_NAME, SPLITS, file_sha256, rows_sha256
+from training.errors import DataError
+from training.jsonwave import DEFAULT_JSON_RATE
+from training.labels import Label
+from training.sources import InputFile, Recording, find_inputs, read_recordings
+
+__all__ = ["Segment", "assign_splits", "configure", "prepare", "run", "segment_bounds"]
+
+EXTRA_COLUMNS = ("offset_s", "duration_s", "sample_rate", "augmented")
+_OWNED = (MANIFEST_NAME, "prepare.json", *SPLITS)
+_STAGING = ".prepare-staging"
+_SHOWN_SKIPS = 20
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One written segment (or augmented copy) of a recording."""
+
+    path: Path
+    label: Label
+    source: str
+    index: int
+    offset_s: float
+    duration_s: float
+    split: str = ""
+    augmented: int = 0
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """What :func:`prepare` did."""
+
+    segments: tuple[Segment, ...]
+    skipped: tuple[tuple[str, str], ...]
+    """(path, reason) of every input file or record that was not used."""
+    warnings: tuple[str, ...]
+    data_sha256: str
+
+
+def segment_bounds(n_samples: int, segment: int, min_segment: int) -> list[tuple[int, int]]:
+    """[start, stop) of the segments of ``n_samples``: full segments from the start, and
+    the remainder if at least ``min_segment`` long."""
+    bounds = [(s, s + segment) for s in range(0, n_samples - segment + 1, segment)]
+    rest_start = len(bounds) * segment
+    if n_samples - rest_start >= max(1, min_segment):
+        bounds.append((rest_start, n_samples))
+    return bounds
+
+
+def assign_splits(
+    sizes: dict[str, int], fractions: dict[str, float], rng: np.random.Generator
+) -> dict[str, str]:
+    """Source → split, in a seeded order, each source to the split furthest below its
+    fraction of the segments assigned so far (so a split's share approaches its fraction)."""
+    names = sorted(sizes)
+    splits = [s for s in SPLITS if fractions.get(s, 0.0) > 0.0]
+    assigned = dict.fromkeys(splits, 0)
+    total = 0
+    out: dict[str, str] = {}
+    for i in rng.permutation(len(names)):
+        name = names[int(i)]
+        total += sizes[name]
+        best = max(splits, key=lambda s: (fractions[s] * total - assigned[s], fractions[s]))
+        assigned[best] += sizes[name]
+        out[name] = best
+    return out
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", ascii_text).strip("._-")
+    return slug[:limit] or "rec"
+
+
+def _stem(rec: Recording) -> str:
+    """ASCII-safe, recognisable and unique name stem of a recording."""
+    digest = hashlib.sha1(rec.source.encode()).hexdigest()[:8]
+    record = rec.source.rpartition("#record ")[2] if "#record " in rec.source else ""
+    suffix = f"_r{int(record):06d}" if record else ""
+    return f"{_slug(rec.path.stem)}{suffix}_{digest}"
+
+
+def _progress(items: Sequence[Any], enabled: bool, desc: str, unit: str) -> Iterable[Any]:
+    if not (enabled and sys.stderr.isatty()):
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, file=sys.stderr)
+
+
+def prepare(
+    inputs: Sequence[InputFile],
+    out: Path,
+    *,
+    sample_rate: int = 16000,
+    segment_s: float = 10.0,
+    min_segment_s: float | None = None,
+    channel: int | None = None,
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    label: Label | None = None,
+    labelled_train: bool = False,
+    json_rate: int = DEFAULT_JSON_RATE,
+    augment: int = 0,
+    augment_config: AugmentConfig | None = None,
+    progress: bool = False,
+) -> PrepareResult:
+    """Cut, split and write ``inputs`` under ``out`` (see the module doc); the result.
+
+    ``out`` must hold no previous dataset (``run`` clears one with ``--force``).
+    """
+    segment = round(segment_s * sample_rate)
+    min_segment = round((segment_s / 2 if min_segment_s is None else min_segment_s) * sample_rate)
+    if segment < 1:
+        raise ValueError(f"--segment-s {segment_s} is shorter than one sample")
+    staging = out / _STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    skipped: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    staged: list[Segment] = []
+    try:
+        for item in _progress(inputs, progress, "reading", "file"):
+            staged += _stage(
+                item,
+                staging,
+                skipped,
+                sample_rate=sample_rate,
+                segment=segment,
+                min_segment=min_segment,
+                channel=channel,
+                label=label,
+                json_rate=json_rate,
+            )
+        placed = _place(staged, out, split, seed, labelled_train, warnings)
+        if augment > 0 and augment_config is not None:
+            placed += _augment(placed, augment, augment_config, sample_rate, seed, progress)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    placed.sort(key=lambda s: s.path.relative_to(out).as_posix())
+    digest = rows_sha256((s.path.relative_to(out).as_posix(), s.sha256) for s in placed)
+    if placed:
+        _write_manifest(out, placed, sample_rate)
+    return PrepareResult(tuple(placed), tuple(skipped), tuple(warnings), digest)
+
+
+def _stage(
+    item: InputFile,
+    staging: Path,
+    skipped: list[tuple[str, str]],
+    *,
+    sample_rate: int,
+    segment: int,
+    min_segment: int,
+    channel: int | None,
+    label: Label | None,
+    json_rate: int,
+) -> list[Segment]:
+    """Decode one input file and write its segments into the staging folder."""
+    out: list[Segment] = []
+
+    def problem(line: str) -> None:
+        skipped.append((str(item.path), line.removeprefix(f"{item.path}: ")))
+
+    try:
+        for rec in read_recordings(
+            item, sample_rate=sample_rate, channel=channel, json_rate=json_rate, on_problem=problem
+        ):
+            where = rec.source.removeprefix(item.path.as_posix()).lstrip("#")
+            rec_label = label or rec.label
+            if rec_label is None:
+                problem(
+                    f"{where + ': ' if where else ''}no label in its folder or file names "
+                    "(expected normal/ok or anomaly/ng in them; or give --label)"
+                )
+                continue
+            n = rec.samples.shape[0]
+            bounds = segment_bounds(n, segment, min_segment)
+            if not bounds:
+                problem(
+                    f"{where + ': ' if where else ''}too short: {n / sample_rate:.2f} s < "
+                    f"--min-segment-s {min_segment / sample_rate:g} (lower --segment-s or "
+                    "--min-segment-s)"
+                )
+                continue
+            stem = _stem(rec)
+            for k, (a, b) in enumerate(bounds):
+                path = staging / f"{stem}_{k:04d}.wav"
+                write_wav(path, rec.samples[a:b], sample_rate)
+                out.append(
+                    Segment(path, rec_label, rec.source, k, a / sample_rate, (b - a) / sample_rate)
+                )
+    except (AudioDecodeError, DataError) as e:
+        kept = f" ({len(out)} segment(s) read before it are kept)" if out else ""
+        problem(f"{e}{kept}")
+    except OSError as e:
+        problem(f"cannot read: {e.strerror or e}")
+    return out
+
+
+def _place(
+    staged: list[Segment],
+    out: Path,
+    split: tuple[float, float, float],
+    seed: int,
+    labelled_train: bool,
+    warnings: list[str],
+) -> list[Segment]:
+    """Choose each source's split and move its segments to ``out/<split>/<label>/``."""
+    by_label: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for s in staged:
+        by_label[s.label][s.source] += 1
+    normal_fractions = dict(zip(SPLITS, split, strict=True))
+    if labelled_train:
+        anomaly_fractions = normal_fractions
+    else:
+        held_out = split[1] + split[2]
+        anomaly_fractions = (
+            {"valid": split[1] / held_out, "test": split[2] / held_out}
+            if held_out > 0
+            else {"test": 1.0}
+        )
+    where: dict[tuple[str, str], str] = {}
+    for code, (lab, fractions) in enumerate(
+        [("normal", normal_fractions), ("anomaly", anomaly_fractions)]
+    ):
+        sizes = by_label.get(lab, {})
+        chosen = assign_splits(dict(sizes), fractions, np.random.default_rng([seed, code]))
+        where.update({(lab, src): sp for src, sp in chosen.items()})
+        missing = [s for s in SPLITS if fractions.get(s, 0) > 0 and s not in chosen.values()]
+        if sizes and missing:
+            warnings.append(
+                f"{len(sizes)} {lab} recording(s) cannot fill every split: no {lab} segments "
+                f"in {', '.join(missing)} (segments of one recording stay in one split)"
+            )
+    if not by_label.get("normal"):
+        warnings.append("no normal recordings: nothing for an unsupervised detector to learn")
+    placed = []
+    for s in staged:
+        sp = where[(s.label, s.source)]
+        target = out / sp / s.label / s.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(s.path, target)
+        placed.append(replace(s, path=target, split=sp, sha256=file_sha256(target)))
+    return placed
+
+
+def _augment(
+    placed: list[Segment],
+    copies: int,
+    config: AugmentConfig,
+    sample_rate: int,
+    seed: int,
+    progress: bool,
+) -> list[Segment]:
+    """``copies`` augmented copies of each train segment, written beside it."""
+    augmenter = Augmenter(config, sample_rate, seed=seed)
+    train = [s for s in placed if s.split == "train"]
+    added = []
+    for s in _progress(train, progress, "augmenting", "segment"):
+        wave = read_audio(s.path).samples[:, 0]
+        key = int(hashlib.sha1(s.path.name.encode()).hexdigest()[:8], 16)
+        for j in range(1, copies + 1):
+            copy = augmenter(wave, np.random.default_rng([seed, key, j]))
+            target = s.path.with_name(f"{s.path.stem}_aug{j}.wav")
+            write_wav(target, copy, sample_rate)
+            added.append(replace(s, path=target, augmented=1, sha256=file_sha256(target)))
+    return added
+
+
+def _write_manifest(out: Path, segments: list[Segment], sample_rate: int) -> None:
+    tmp = out / f".{MANIFEST_NAME}.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])
+        for s in segments:
+            w.writerow(
+                [
+                    s.path.relative_to(out).as_posix(),
+                    s.label,
+                    s.split,
+                    s.source,
+                    s.sha256,
+                    f"{s.offset_s:.6f}",
+                    f"{s.duration_s:.6f}",
+                    sample_rate,
+                    s.augmented,
+                ]
+            )
+    os.replace(tmp, out / MANIFEST_NAME)
+
+
+# -- command line ------------------------------------------------------------------
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"expected LOW <= HIGH, got {text!r}")
+    return lo, hi
+
+
+def _split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or parts[0] <= 0 or abs(sum(parts) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(
+            f"expected TRAIN,VALID,TEST fractions summing to 1 with TRAIN > 0, got {text!r}"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def _channel(text: str) -> int | None:
+    if text == "mix":
+        return None
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"expected a channel number (0, 1, ...) or 'mix', got {text!r}"
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``asd-train prepare``'s arguments to ``parser``."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio/JSON files or folders")
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    parser.add_argument(
+        "--rate", type=int, default=16000, help="output rate, Hz (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--segment-s", type=float, default=10.0, help="segment length (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-segment-s",
+        type=float,
+        default=None,
+        help="keep a shorter last segment (not padded) if at least this long "
+        "(default: half a segment)",
+    )
+    parser.add_argument(
+        "--channel",
+        type=_channel,
+        default=None,
+        metavar="N|mix",
+        help="channel of multichannel audio, 0-based, or mix (default: mix)",
+    )
+    parser.add_argument(
+        "--split",
+        type=_split,
+        default=(0.7, 0.15, 0.15),
+        metavar="TRAIN,VALID,TEST",
+        help="fractions of the segments, split by recording (default: 0.7,0.15,0.15)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument(
+        "--label",
+        choices=("normal", "anomaly"),
+        help="label every input so (default: from folder and file names)",
+    )
+    parser.add_argument(
+        "--labelled-train",
+        action="store_true",
+        help="split anomalies like normals, into train too (supervised kinds)",
+    )
+    parser.add_argument(
+        "--json-rate",
+        type=int,
+        default=DEFAULT_JSON_RATE,
+        help="rate of JSON records that do not give theirs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a dataset already in --out (its manifest, splits, prepare.json)",
+    )
+    aug = parser.add_argument_group("augmentation (train segments only)")
+    aug.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write N augmented copies of each train segment (default: 0)",
+    )
+    aug.add_argument(
+        "--noise",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="background recording or folder to mix in (repeatable)",
+    )
+    aug.add_argument(
+        "--snr-db",
+        type=_pair,
+        default=(10.0, 30.0),
+        metavar="LOW,HIGH",
+        help="SNR range of the noise mix (default: 10,30)",
+    )
+    aug.add_argument(
+        "--pitch-semitones",
+        type=_pair,
+        default=None,
+        metavar="LOW,HIGH",
+        help="pitch shift range, e.g. --pitch-semitones=-1,1",
+    )
+    aug.add_argument(
+        "--gain-db",
+        type=_pair,
+        default=None,
+        metavar="LOW,HIGH",
+        help="gain range, e.g. --gain-db=-3,3",
+    )
+    aug.add_argument("--shift-s", type=float, default=None, help="max circular time shift, s")
+    aug.add_argument(
+        "--augment-p",
+        type=float,
+        default=0.5,
+        help="probability of each transform (at least one is applied per copy)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"asd-train prepare: {message}", file=sys.stderr)
+    return code
+
+
+def _clear(out: Path, force: bool) -> str | None:
+    """Remove a previous dataset from ``out`` (with ``force``); an error message otherwise."""
+    present = [name for name in _OWNED if (out / name).exists()]
+    if present and not force:
+        return f"{out} already holds a dataset ({', '.join(present)}); use --force to replace it"
+    for name in present:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``asd-train prepare``; return the exit code."""
+    configure_logging("warning", stream=sys.stderr)
+    out: Path = args.out.expanduser().absolute()
+    if args.rate < 1000 or args.segment_s <= 0 or args.augment < 0:
+        return _fail("--rate must be >= 1000 Hz, --segment-s > 0 and --augment >= 0", EXIT_USAGE)
+    files, missing = find_inputs(args.inputs)
+    for m in missing:
+        print(f"asd-train prepare: {m}: no such file or folder", file=sys.stderr)
+    if missing:
+        return EXIT_NOINPUT
+    files = [f for f in files if not f.path.is_relative_to(out)]
+    config = None
+    if args.augment:
+        noise_files, _ = find_inputs(args.noise)
+        try:
+            config = AugmentConfig(
+                pitch_semitones=args.pitch_semitones,
+                noise_files=tuple(f.path for f in noise_files if f.path.suffix.lower() != ".json"),
+                snr_db=args.snr_db,
+                gain_db=args.gain_db,
+                shift_s=args.shift_s,
+                p=args.augment_p,
+                at_least_one=True,
+            )
+        except ValueError as e:
+            return _fail(str(e), EXIT_USAGE)
+        if not config.transforms:
+            return _fail(
+                "--augment needs a transform: --noise, --pitch-semitones, --gain-db or --shift-s",
+                EXIT_USAGE,
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    problem = _clear(out, args.force)
+    if problem:
+        return _fail(problem, EXIT_USAGE)
+    try:
+        result = prepare(
+            files,
+            out,
+            sample_rate=args.rate,
+            segment_s=args.segment_s,
+            min_segment_s=args.min_segment_s,
+            channel=args.channel,
+            split=args.split,
+            seed=args.seed,
+            label=args.label,
+            labelled_train=args.labelled_train,
+            json_rate=args.json_rate,
+            augment=args.augment,
+            augment_config=config,
+            progress=not args.quiet,
+        )
+    except DataError as e:  # a bad noise file
+        return _fail(str(e), EXIT_DATA)
+    _write_report(out, args, result)
+    for path, reason in result.skipped[:_SHOWN_SKIPS]:
+        print(f"asd-train prepare: skipped {path}: {reason}", file=sys.stderr)
+    if len(result.skipped) > _SHOWN_SKIPS:
+        more = len(result.skipped) - _SHOWN_SKIPS
+        print(
+            f"asd-train prepare: ... {more} more skipped, see {out / 'prepare.json'}",
+            file=sys.stderr,
+        )
+    for line in result.warnings:
+        print(f"asd-train prepare: warning: {line}", file=sys.stderr)
+    if not result.segments:
+        return _fail(f"nothing usable in {len(files)} input file(s)", EXIT_DATA)
+    if not args.quiet:
+        print(_summary(result, out))
+    return EXIT_FAILED if result.skipped else EXIT_OK
+
+
+def _counts(result: PrepareResult) -> dict[str, dict[str, dict[str, float]]]:
+    counts: dict[str, dict[str, dict[str, float]]] = {}
+    sources: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in result.segments:
+        c = counts.setdefault(s.split, {}).setdefault(
+            s.label, {"files": 0, "augmented": 0, "seconds": 0.0, "recordings": 0}
+        )
+        c["files"] += 1
+        c["augmented"] += s.augmented
+        c["seconds"] = round(c["seconds"] + s.duration_s, 6)
+        sources[(s.split, s.label)].add(s.source)
+    for (sp, lab), srcs in sources.items():
+        counts[sp][lab]["recordings"] = len(srcs)
+    return counts
+
+
+def _summary(result: PrepareResult, out: Path) -> str:
+    lines = [f"wrote {len(result.segments)} segments to {out}"]
+    for sp, labels in sorted(_counts(result).items(), key=lambda kv: SPLITS.index(kv[0])):
+        for lab, c in sorted(labels.items()):
+            lines.append(
+                f"  {sp:5s} {lab:7s} {int(c['files']):6d} files {c['seconds']:9.1f} s "
+                f"from {int(c['recordings'])} recording(s)"
+            )
+    return "\n".join(lines)
+
+
+def _write_report(out: Path, args: argparse.Namespace, result: PrepareResult) -> None:
+    arguments = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if not k.startswith("_")
+    }
+    arguments["noise"] = [str(p) for p in args.noise]
+    report = {
+        "arguments": arguments,
+        "sample_rate": args.rate,
+        "segments": len(result.segments),
+        "counts": _counts(result),
+        "data_sha256": result.data_sha256,
+        "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+        "warnings": list(result.warnings),
+    }
+    tmp = out / ".prepare.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out / "prepare.json")
