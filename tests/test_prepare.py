@@ -17,8 +17,8 @@ from scipy.io import wavfile
 
 from asd_edge.audiofile import read_audio, write_wav
 from training import prepare as prep
-from training.dataset import file_sha256, load_dataset
-from training.prepare import assign_splits, segment_bounds
+from training.dataset import assign_splits, file_sha256, load_dataset
+from training.sources import segment_bounds
 
 RATE = 16000
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, cast
@@ -38,10 +39,12 @@ __all__ = [
     "DataFile",
     "Dataset",
     "Split",
+    "assign_splits",
     "audio_files",
     "file_sha256",
     "load_dataset",
     "rows_sha256",
+    "write_manifest",
 ]
 
 log = structlog.get_logger()
@@ -295,3 +298,34 @@ def _require_normal_train(dataset: Dataset, where: Path) -> None:
         raise DataError(
             f"{where}: no normal train files (a detector learns normal sound from them)"
         )
+
+
+def assign_splits(
+    sizes: dict[str, int], fractions: dict[str, float], rng: np.random.Generator
+) -> dict[str, str]:
+    """Source → split, in a seeded order, each source to the split furthest below its
+    fraction of the segments assigned so far (so a split's share approaches its fraction)."""
+    names = sorted(sizes)
+    splits = [s for s in SPLITS if fractions.get(s, 0.0) > 0.0]
+    assigned = dict.fromkeys(splits, 0)
+    total = 0
+    out: dict[str, str] = {}
+    for i in rng.permutation(len(names)):
+        name = names[int(i)]
+        total += sizes[name]
+        best = max(splits, key=lambda s: (fractions[s] * total - assigned[s], fractions[s]))
+        assigned[best] += sizes[name]
+        out[name] = best
+    return out
+
+
+def write_manifest(root: Path, rows: Iterable[Sequence[object]], extra: Sequence[str] = ()) -> Path:
+    """Write ``root/manifest.csv`` atomically: the required columns, then ``extra`` ones;
+    each row gives the values in that order (``path`` relative to ``root``)."""
+    tmp = root / f".{MANIFEST_NAME}.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow([*MANIFEST_COLUMNS, *extra])
+        w.writerows(rows)
+    os.replace(tmp, root / MANIFEST_NAME)
+    return root / MANIFEST_NAME

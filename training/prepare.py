@@ -30,7 +30,6 @@ INPUT does not exist.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -51,13 +50,20 @@ from asd_edge.errors import AudioDecodeError
 from asd_edge.logs import configure_logging
 from training.augment import AugmentConfig, Augmenter
 from training.cli import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK, EXIT_USAGE
-from training.dataset import MANIFEST_COLUMNS, MANIFEST_NAME, SPLITS, file_sha256, rows_sha256
+from training.dataset import (
+    MANIFEST_NAME,
+    SPLITS,
+    assign_splits,
+    file_sha256,
+    rows_sha256,
+    write_manifest,
+)
 from training.errors import DataError
 from training.jsonwave import DEFAULT_JSON_RATE
 from training.labels import Label
-from training.sources import InputFile, Recording, find_inputs, read_recordings
+from training.sources import InputFile, Recording, find_inputs, read_recordings, segment_bounds
 
-__all__ = ["Segment", "assign_splits", "configure", "prepare", "run", "segment_bounds"]
+__all__ = ["PrepareResult", "Segment", "configure", "prepare", "run"]
 
 EXTRA_COLUMNS = ("offset_s", "duration_s", "sample_rate", "augmented")
 _OWNED = (MANIFEST_NAME, "prepare.json", *SPLITS)
@@ -89,35 +95,6 @@ class PrepareResult:
     """(path, reason) of every input file or record that was not used."""
     warnings: tuple[str, ...]
     data_sha256: str
-
-
-def segment_bounds(n_samples: int, segment: int, min_segment: int) -> list[tuple[int, int]]:
-    """[start, stop) of the segments of ``n_samples``: full segments from the start, and
-    the remainder if at least ``min_segment`` long."""
-    bounds = [(s, s + segment) for s in range(0, n_samples - segment + 1, segment)]
-    rest_start = len(bounds) * segment
-    if n_samples - rest_start >= max(1, min_segment):
-        bounds.append((rest_start, n_samples))
-    return bounds
-
-
-def assign_splits(
-    sizes: dict[str, int], fractions: dict[str, float], rng: np.random.Generator
-) -> dict[str, str]:
-    """Source → split, in a seeded order, each source to the split furthest below its
-    fraction of the segments assigned so far (so a split's share approaches its fraction)."""
-    names = sorted(sizes)
-    splits = [s for s in SPLITS if fractions.get(s, 0.0) > 0.0]
-    assigned = dict.fromkeys(splits, 0)
-    total = 0
-    out: dict[str, str] = {}
-    for i in rng.permutation(len(names)):
-        name = names[int(i)]
-        total += sizes[name]
-        best = max(splits, key=lambda s: (fractions[s] * total - assigned[s], fractions[s]))
-        assigned[best] += sizes[name]
-        out[name] = best
-    return out
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -194,7 +171,24 @@ def prepare(
     placed.sort(key=lambda s: s.path.relative_to(out).as_posix())
     digest = rows_sha256((s.path.relative_to(out).as_posix(), s.sha256) for s in placed)
     if placed:
-        _write_manifest(out, placed, sample_rate)
+        write_manifest(
+            out,
+            (
+                [
+                    s.path.relative_to(out).as_posix(),
+                    s.label,
+                    s.split,
+                    s.source,
+                    s.sha256,
+                    f"{s.offset_s:.6f}",
+                    f"{s.duration_s:.6f}",
+                    sample_rate,
+                    s.augmented,
+                ]
+                for s in placed
+            ),
+            EXTRA_COLUMNS,
+        )
     return PrepareResult(tuple(placed), tuple(skipped), tuple(warnings), digest)
 
 
@@ -320,28 +314,6 @@ def _augment(
             write_wav(target, copy, sample_rate)
             added.append(replace(s, path=target, augmented=1, sha256=file_sha256(target)))
     return added
-
-
-def _write_manifest(out: Path, segments: list[Segment], sample_rate: int) -> None:
-    tmp = out / f".{MANIFEST_NAME}.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow([*MANIFEST_COLUMNS, *EXTRA_COLUMNS])
-        for s in segments:
-            w.writerow(
-                [
-                    s.path.relative_to(out).as_posix(),
-                    s.label,
-                    s.split,
-                    s.source,
-                    s.sha256,
-                    f"{s.offset_s:.6f}",
-                    f"{s.duration_s:.6f}",
-                    sample_rate,
-                    s.augmented,
-                ]
-            )
-    os.replace(tmp, out / MANIFEST_NAME)
 
 
 # -- command line ------------------------------------------------------------------

@@ -32,6 +32,7 @@ __all__ = [
     "find_inputs",
     "read_recordings",
     "resample",
+    "segment_bounds",
 ]
 
 INPUT_EXTENSIONS: tuple[str, ...] = (*AUDIO_EXTENSIONS, ".json")
@@ -158,3 +159,13 @@ def read_recordings(
         original_rate=audio.sample_rate,
         channels=audio.channels,
     )
+
+
+def segment_bounds(n_samples: int, segment: int, min_segment: int) -> list[tuple[int, int]]:
+    """[start, stop) of the segments of ``n_samples``: full segments from the start, and
+    the remainder if at least ``min_segment`` long."""
+    bounds = [(s, s + segment) for s in range(0, n_samples - segment + 1, segment)]
+    rest_start = len(bounds) * segment
+    if n_samples - rest_start >= max(1, min_segment):
+        bounds.append((rest_start, n_samples))
+    return bounds
