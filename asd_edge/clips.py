@@ -32,7 +32,7 @@ from .decision import Event
 from .errors import ConfigError
 from .logs import json_safe
 from .ring import RingBuffer
-from .spectrogram import encode_png, spectrogram_rgb
+from .spectrogram import PALETTE, encode_png, spectrogram_indexed
 
 __all__ = [
     "MB",
@@ -339,13 +339,13 @@ class ClipStore:
         png = b""
         if self.config.spectrogram:
             png_path = audio_path.with_suffix(".png")
-            rgb = spectrogram_rgb(
+            index = spectrogram_indexed(
                 request.samples,
                 request.sample_rate,
                 markers_s=request.markers_s,
                 pre_s=request.pre_s,
             )
-            png = encode_png(rgb)
+            png = encode_png(index, PALETTE)
         sidecar_path = audio_path.with_suffix(".json")
         sidecar = self._sidecar(request, audio_path, fmt, sha256, len(audio), png_path)
         need = len(audio) + len(png) + len(sidecar)

@@ -17,15 +17,18 @@ from .audiofile import _fsync_dir
 __all__ = [
     "BAND_PX",
     "FLOOR_DB",
+    "LEVELS",
     "MARKER_RGB",
     "MAX_HEIGHT_PX",
     "MAX_WIDTH_PX",
+    "PALETTE",
     "PRE_ROLL_RGB",
     "encode_png",
     "fft_size",
+    "spectrogram_indexed",
     "spectrogram_png",
     "spectrogram_rgb",
-    "stft_db",
+    "stft_power",
     "write_png",
 ]
 
@@ -45,7 +48,8 @@ MARKER_RGB = (255, 48, 48)
 PRE_ROLL_RGB = (230, 230, 230)
 """Colour of the band's pre-roll part (the rest of the band is black)."""
 
-# Viridis sampled at nine points (0, 1/8, ..., 1); interpolated into a 256-entry LUT.
+# Viridis sampled at nine points (0, 1/8, ..., 1), interpolated into LEVELS palette entries;
+# the last entries of the 256-colour palette are the band and marker colours.
 _VIRIDIS = np.array(
     [
         (68, 1, 84),
@@ -60,19 +64,31 @@ _VIRIDIS = np.array(
     ],
     dtype=np.float64,
 )
-_LUT: RgbArray = (
-    np.stack(
+LEVELS = 253
+"""Colour levels between FLOOR_DB and 0 dB."""
+_BLACK, _PRE_ROLL, _MARKER = LEVELS, LEVELS + 1, LEVELS + 2
+PALETTE: RgbArray = (
+    np.concatenate(
         [
-            np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_VIRIDIS)), _VIRIDIS[:, c])
-            for c in range(3)
-        ],
-        axis=1,
+            np.stack(
+                [
+                    np.interp(
+                        np.linspace(0, 1, LEVELS), np.linspace(0, 1, len(_VIRIDIS)), _VIRIDIS[:, c]
+                    )
+                    for c in range(3)
+                ],
+                axis=1,
+            ),
+            np.array([(0, 0, 0), PRE_ROLL_RGB, MARKER_RGB], dtype=np.float64),
+        ]
     )
     .round()
     .astype(np.uint8)
 )
+"""The 256 colours of the picture: viridis levels, then black, pre-roll and marker colours."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FRAMES_PER_BLOCK = 256
+_ZLIB_LEVEL = 6
 
 
 def fft_size(sample_rate: int) -> int:
@@ -80,12 +96,12 @@ def fft_size(sample_rate: int) -> int:
     return int(2 ** max(6, round(math.log2(512 * sample_rate / 16000))))
 
 
-def stft_db(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, int]:
-    """Power spectrogram in dB (0 dB = a full-scale sine), ``[frames, n_fft // 2 + 1]``.
+def stft_power(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, int]:
+    """Power spectrogram relative to a full-scale sine (1.0 = 0 dB), ``[frames, n_fft//2+1]``.
 
     Periodic Hann window, half-overlapping frames, no centre padding (a clip
-    shorter than one frame is zero-padded to one). Returns the dB values, floored
-    at ``FLOOR_DB``, and the hop in samples.
+    shorter than one frame is zero-padded to one). Returns the power and the hop
+    in samples.
     """
     x = np.nan_to_num(np.asarray(samples, dtype=np.float32).ravel())
     n_fft = fft_size(sample_rate)
@@ -100,22 +116,49 @@ def stft_db(samples: npt.ArrayLike, sample_rate: int) -> tuple[FloatArray, int]:
         spectrum = np.fft.rfft(frames[i : i + _FRAMES_PER_BLOCK] * window, axis=1)
         power[i : i + _FRAMES_PER_BLOCK] = spectrum.real**2 + spectrum.imag**2
     power /= np.float32(full_scale)
-    db = 10.0 * np.log10(np.maximum(power, np.float32(10.0 ** (FLOOR_DB / 10.0))))
-    return db.astype(np.float32), hop
+    return power, hop
 
 
-def _bin_mean_db(db: FloatArray, groups: int, axis: int) -> FloatArray:
-    """Average ``db`` in power over ``groups`` nearly equal runs along ``axis``."""
-    n = db.shape[axis]
+def _bin_mean(power: FloatArray, groups: int, axis: int) -> FloatArray:
+    """Average ``power`` over ``groups`` nearly equal runs along ``axis``."""
+    n = power.shape[axis]
     if n <= groups:
-        return db
+        return power
     edges = np.linspace(0, n, groups + 1).astype(np.int64)
-    power = np.add.reduceat(10.0 ** (db.astype(np.float64) / 10.0), edges[:-1], axis=axis)
-    counts = np.diff(edges).astype(np.float64)
+    total = np.add.reduceat(power, edges[:-1], axis=axis)
     shape = [1, 1]
     shape[axis] = groups
-    mean = power / counts.reshape(shape)
-    return (10.0 * np.log10(mean)).astype(np.float32)
+    return (total / np.diff(edges).astype(np.float32).reshape(shape)).astype(np.float32)
+
+
+def spectrogram_indexed(
+    samples: npt.ArrayLike,
+    sample_rate: int,
+    *,
+    markers_s: Sequence[float] = (),
+    pre_s: float = 0.0,
+    max_width_px: int = MAX_WIDTH_PX,
+) -> npt.NDArray[np.uint8]:
+    """The picture as ``PALETTE`` indices, ``uint8[height, width]``: a ``BAND_PX`` band
+    on top (pre-roll in light grey), below it the spectrogram (dB from ``FLOOR_DB``
+    to 0, low frequencies at the bottom), and a red vertical line at each marker
+    (seconds from the clip's start). Long clips are averaged into ``max_width_px``
+    columns, fine FFTs into ``MAX_HEIGHT_PX`` rows (in power, before the dB)."""
+    x = np.asarray(samples, dtype=np.float32).ravel()
+    duration_s = max(x.shape[0], 1) / sample_rate
+    power, _hop = stft_power(x, sample_rate)
+    power = _bin_mean(_bin_mean(power, max_width_px, axis=0), MAX_HEIGHT_PX, axis=1)
+    db = 10.0 * np.log10(np.maximum(power, np.float32(10.0 ** (FLOOR_DB / 10.0))))
+    level = np.clip((db - FLOOR_DB) / -FLOOR_DB, 0.0, 1.0)
+    image = np.round(level * (LEVELS - 1)).astype(np.uint8).T[::-1]  # highest frequency first
+    width = image.shape[1]
+    band = np.full((BAND_PX, width), _BLACK, dtype=np.uint8)
+    band[: BAND_PX - 1, : _column(pre_s, duration_s, width)] = _PRE_ROLL
+    picture = np.concatenate([band, image], axis=0)
+    for marker_s in markers_s:
+        if math.isfinite(marker_s) and 0.0 <= marker_s <= duration_s:
+            picture[BAND_PX:, min(_column(marker_s, duration_s, width), width - 1)] = _MARKER
+    return picture
 
 
 def spectrogram_rgb(
@@ -126,24 +169,11 @@ def spectrogram_rgb(
     pre_s: float = 0.0,
     max_width_px: int = MAX_WIDTH_PX,
 ) -> RgbArray:
-    """The picture: a ``BAND_PX`` band on top (pre-roll in light grey), below it the
-    spectrogram with low frequencies at the bottom, and a red vertical line at each
-    marker (seconds from the clip's start). ``uint8[height, width, 3]``."""
-    x = np.asarray(samples, dtype=np.float32).ravel()
-    duration_s = max(x.shape[0], 1) / sample_rate
-    db, _hop = stft_db(x, sample_rate)
-    db = _bin_mean_db(db, max_width_px, axis=0)
-    db = _bin_mean_db(db, MAX_HEIGHT_PX, axis=1)
-    level = np.clip((db - FLOOR_DB) / -FLOOR_DB, 0.0, 1.0)
-    index = np.round(level * 255).astype(np.intp)
-    image = _LUT[index.T[::-1]]  # rows: frequency, highest first
-    width = image.shape[1]
-    band = np.zeros((BAND_PX, width, 3), dtype=np.uint8)
-    band[: BAND_PX - 1, : _column(pre_s, duration_s, width)] = PRE_ROLL_RGB
-    for marker_s in markers_s:
-        if math.isfinite(marker_s) and 0.0 <= marker_s <= duration_s:
-            image[:, min(_column(marker_s, duration_s, width), width - 1)] = MARKER_RGB
-    return np.ascontiguousarray(np.concatenate([band, image], axis=0))
+    """``spectrogram_indexed`` in colour, ``uint8[height, width, 3]``."""
+    index = spectrogram_indexed(
+        samples, sample_rate, markers_s=markers_s, pre_s=pre_s, max_width_px=max_width_px
+    )
+    return PALETTE[index]
 
 
 def _column(t_s: float, duration_s: float, width: int) -> int:
@@ -151,32 +181,51 @@ def _column(t_s: float, duration_s: float, width: int) -> int:
     return max(0, min(width, round(t_s / duration_s * width)))
 
 
-def encode_png(rgb: npt.ArrayLike) -> bytes:
-    """An 8-bit RGB PNG of ``uint8[height, width, 3]`` (no filtering, zlib level 6)."""
-    image = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"rgb must be uint8[height, width, 3], got shape {image.shape}")
+def encode_png(pixels: npt.ArrayLike, palette: npt.ArrayLike | None = None) -> bytes:
+    """An 8-bit PNG: RGB from ``uint8[height, width, 3]``, or, with ``palette``
+    (``uint8[n <= 256, 3]``), indexed colour from ``uint8[height, width]`` indices
+    (a third of the data to compress). No row filter, zlib level 6."""
+    image = np.ascontiguousarray(np.asarray(pixels, dtype=np.uint8))
+    if palette is None:
+        if image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise ValueError(f"rgb must be uint8[height, width, 3], got shape {image.shape}")
+        colour_type, plte = 2, b""
+    else:
+        colours = np.ascontiguousarray(np.asarray(palette, dtype=np.uint8))
+        if colours.ndim != 2 or colours.shape[1] != 3 or not 1 <= colours.shape[0] <= 256:
+            raise ValueError(f"palette must be uint8[1..256, 3], got shape {colours.shape}")
+        if image.ndim != 2 or 0 in image.shape:
+            raise ValueError(f"indices must be uint8[height, width], got shape {image.shape}")
+        if int(image.max()) >= colours.shape[0]:
+            raise ValueError(f"index {int(image.max())} is beyond the {colours.shape[0]} colours")
+        colour_type, plte = 3, colours.tobytes()
     height, width = image.shape[0], image.shape[1]
-    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # filter byte 0 per row
-    rows[:, 1:] = image.reshape(height, 3 * width)
+    rows = np.zeros((height, 1 + image[0].size), dtype=np.uint8)  # filter byte 0 per row
+    rows[:, 1:] = image.reshape(height, -1)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data) & 0xFFFFFFFF
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        _PNG_SIGNATURE
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-        + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join(
+        [
+            _PNG_SIGNATURE,
+            chunk(b"IHDR", header),
+            chunk(b"PLTE", plte) if plte else b"",
+            chunk(b"IDAT", zlib.compress(rows.tobytes(), _ZLIB_LEVEL)),
+            chunk(b"IEND", b""),
+        ]
     )
 
 
-def write_png(path: str | os.PathLike[str], rgb: npt.ArrayLike) -> None:
-    """Write ``encode_png(rgb)`` atomically (``.<name>.tmp``, fsync, rename, fsync dir)."""
+def write_png(
+    path: str | os.PathLike[str], pixels: npt.ArrayLike, palette: npt.ArrayLike | None = None
+) -> None:
+    """Write ``encode_png(pixels, palette)`` atomically (``.<name>.tmp``, fsync, rename,
+    fsync of the directory)."""
     target = Path(path)
-    data = encode_png(rgb)
+    data = encode_png(pixels, palette)
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with tmp.open("wb") as f:
@@ -199,6 +248,6 @@ def spectrogram_png(
     pre_s: float = 0.0,
 ) -> tuple[int, int]:
     """Write the spectrogram picture of ``samples`` to ``path``; returns (height, width)."""
-    rgb = spectrogram_rgb(samples, sample_rate, markers_s=markers_s, pre_s=pre_s)
-    write_png(path, rgb)
-    return rgb.shape[0], rgb.shape[1]
+    index = spectrogram_indexed(samples, sample_rate, markers_s=markers_s, pre_s=pre_s)
+    write_png(path, index, PALETTE)
+    return index.shape[0], index.shape[1]

@@ -560,7 +560,7 @@ class TestRealFilesystem:
         results = Results()
         store = ClipStore(clips, clips_config(spectrogram=True), on_done=results)
         store.start()
-        write_all(store, ["big"], 10.0, lambda: None)  # ~0.5 MB with its picture
+        write_all(store, ["big"], 20.0, lambda: None)  # 0.64 MB of audio alone
         write_all(store, ["small"], 2.0, lambda: None)
         store.stop()
         by_id = results.by_id()
@@ -576,7 +576,7 @@ class TestRealFilesystem:
             disk_usage=lambda _d: (10**12, 10**12),
         )
         liar.start()
-        write_all(liar, ["big2"], 10.0, lambda: None)
+        write_all(liar, ["big2"], 20.0, lambda: None)
         write_all(liar, ["small2"], 2.0, lambda: None)
         liar.stop()
         by_id = results.by_id()

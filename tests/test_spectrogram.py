@@ -13,6 +13,7 @@ from asd_edge.spectrogram import (
     MARKER_RGB,
     MAX_HEIGHT_PX,
     MAX_WIDTH_PX,
+    PALETTE,
     PRE_ROLL_RGB,
     encode_png,
     fft_size,
@@ -25,10 +26,13 @@ image = pytest.importorskip("matplotlib.image", reason="matplotlib (training ext
 
 
 def decode(path: Path) -> np.ndarray:
-    """The PNG as uint8[h, w, 3], decoded by matplotlib (an independent decoder)."""
+    """The PNG as uint8[h, w, 3], decoded by matplotlib (an independent decoder; it gives
+    indexed colour as opaque RGBA)."""
     pixels = image.imread(path)
-    assert pixels.dtype == np.float32 and pixels.shape[2] == 3
-    return np.round(pixels * 255).astype(np.uint8)
+    assert pixels.dtype == np.float32 and pixels.shape[2] in (3, 4)
+    if pixels.shape[2] == 4:
+        assert (pixels[:, :, 3] == 1.0).all()
+    return np.round(pixels[:, :, :3] * 255).astype(np.uint8)
 
 
 def brightest_row(rgb: np.ndarray, column: int) -> int:
@@ -56,12 +60,20 @@ class TestPng:
             assert img.mode == "RGB"
             np.testing.assert_array_equal(np.asarray(img), rgb)
 
+    def test_indexed_colour_round_trip(self, tmp_path: Path) -> None:
+        """Palette indices are drawn in the palette's colours."""
+        indices = np.random.default_rng(2).integers(0, 256, (20, 30), dtype=np.uint8)
+        write_png(tmp_path / "p.png", indices, PALETTE)
+        np.testing.assert_array_equal(decode(tmp_path / "p.png"), PALETTE[indices])
+
     def test_bad_shape_is_refused(self) -> None:
         """A grey image or an empty one is a ValueError naming the shape."""
         with pytest.raises(ValueError, match=r"uint8\[height, width, 3\].*\(4, 4\)"):
             encode_png(np.zeros((4, 4), dtype=np.uint8))
         with pytest.raises(ValueError, match="0, 4, 3"):
             encode_png(np.zeros((0, 4, 3), dtype=np.uint8))
+        with pytest.raises(ValueError, match="index 9 is beyond the 4 colours"):
+            encode_png(np.full((2, 2), 9, dtype=np.uint8), PALETTE[:4])
 
 
 class TestSpectrogram:
