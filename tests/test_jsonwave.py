@@ -26,7 +26,7 @@ class TestShapes:
         path = tmp_path / "a.json"
         path.write_text(json.dumps(records))
         out = list(read_json_waves(path))
-        assert [r.index for r in out] == [0, 1, 2]
+        assert [r.record_index for r in out] == [0, 1, 2]
         assert [r.label for r in out] == ["normal", "anomaly", "normal"]
         assert [r.sample_rate for r in out] == [44100, 44100, 8000]
         for r, w in zip(out, data, strict=True):
@@ -82,7 +82,7 @@ class TestErrors:
         seen = []
         with pytest.raises(JsonWaveError) as info:
             for rec in read_json_waves(path):
-                seen.append(rec.index)
+                seen.append(rec.record_index)
         assert seen == [0]
         err = info.value
         assert err.record == 1 and str(path) in str(err)
@@ -105,7 +105,7 @@ class TestErrors:
         )
         problems: list[str] = []
         out = list(read_json_waves(path, on_problem=problems.append))
-        assert [(r.index, r.label) for r in out] == [(0, "anomaly"), (4, None)]
+        assert [(r.record_index, r.label) for r in out] == [(0, "anomaly"), (4, None)]
         assert len(problems) == 4
         assert "record 1" in problems[0] and "other than numbers" in problems[0]
         assert "record 2" in problems[1] and "no Waveform" in problems[1]

@@ -119,7 +119,8 @@ class Augmenter:
         if "noise" in chosen:
             out = self.add_noise(out, float(r.uniform(*self.config.snr_db)), r)
         if "gain" in chosen:
-            out = out * np.float32(10.0 ** (float(r.uniform(*self.config.gain_db)) / 20.0))  # type: ignore[misc]
+            gain_db = float(r.uniform(*self.config.gain_db))  # type: ignore[misc]
+            out = (out * 10.0 ** (gain_db / 20.0)).astype(np.float32)
         return np.asarray(out, dtype=np.float32)
 
     def pitch_shift(self, wave: np.ndarray, semitones: float) -> np.ndarray:

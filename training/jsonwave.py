@@ -64,7 +64,7 @@ class WaveRecord(NamedTuple):
     """float32 mono, full scale [-1, 1]."""
     sample_rate: int
     label: Label | None
-    index: int
+    record_index: int
     """0-based position of the record in the file."""
 
 

@@ -258,7 +258,7 @@ def _place(
     by_label: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for s in staged:
         by_label[s.label][s.source] += 1
-    normal_fractions = dict(zip(SPLITS, split, strict=True))
+    normal_fractions: dict[str, float] = dict(zip(SPLITS, split, strict=True))
     if labelled_train:
         anomaly_fractions = normal_fractions
     else:

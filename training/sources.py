@@ -134,7 +134,7 @@ def read_recordings(
     if item.path.suffix.lower() == ".json":
         for rec in read_json_waves(item.path, default_rate=json_rate, on_problem=on_problem):
             yield Recording(
-                source=f"{source}#record {rec.index}",
+                source=f"{source}#record {rec.record_index}",
                 path=item.path,
                 samples=resample(rec.samples, rec.sample_rate, sample_rate),
                 sample_rate=sample_rate,
