@@ -154,3 +154,12 @@ class TestMemory:
             tracemalloc.stop()
         assert count == 150
         assert peak < size / 10, f"peak {peak} bytes for a {size}-byte file"
+
+
+def test_byte_order_mark_is_skipped_and_counted(tmp_path: Path) -> None:
+    """A UTF-8 BOM is allowed; error offsets still count it."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b'\xef\xbb\xbf[{"Waveform": [0.5], "Labels": 0}, x]')
+    with pytest.raises(JsonWaveError) as info:
+        list(read_json_waves(path))
+    assert info.value.offset == path.read_bytes().index(b"x")

@@ -299,3 +299,16 @@ class TestRealRecordings:
         assert all(r["path"].isascii() for r in rows)
         for r in rows[:: max(1, len(rows) // 10)]:
             assert read_audio(other / r["path"]).sample_rate == RATE
+
+
+class TestInputs:
+    def test_a_file_given_by_name_takes_its_folders_label(self, mixed_inputs: Path) -> None:
+        """`prepare normal/x.wav` labels x.wav normal; folders further up do not count."""
+        from training.sources import find_inputs
+
+        files, missing = find_inputs([mixed_inputs / "anomaly" / "ng_a.wav", mixed_inputs])
+        assert not missing
+        named = {f.path.name: f.label_name.as_posix() for f in files}
+        assert named["ng_a.wav"] == "anomaly/ng_a.wav"
+        assert named["plain_0.wav"] == "machine/normal/plain_0.wav"
+        assert len(files) == 10  # the file given twice is listed once

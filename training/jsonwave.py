@@ -75,10 +75,14 @@ class _Buffer:
         self.path = path
         self.chunk_bytes = chunk_bytes
         self._file = path.open("rb")
-        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
         self.text = ""
         self.pos = 0
         self.base = 0  # byte offset of text[0]
+        if self._file.read(3) == codecs.BOM_UTF8:
+            self.base = 3
+        else:
+            self._file.seek(0)
         self.eof = False
         self.record = 0
 

@@ -46,8 +46,9 @@ class InputFile:
     path: Path
     """Absolute path."""
     label_name: Path
-    """The path from the named INPUT's parent folder down to the file: its folder and
-    file names carry the label (``pump/normal/a.wav``), not the folders above it."""
+    """The names that carry the file's label: for a folder INPUT, the path from the
+    folder's own name down to the file (``pump/normal/a.wav``); for a file INPUT, its
+    folder's name and its own (``normal/a.wav``). Folders above do not count."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[InputFile], list[Pat
         if not p.exists():
             missing.append(p)
         elif p.is_file():
-            found.setdefault(p, InputFile(p, Path(p.name)))
+            found.setdefault(p, InputFile(p, Path(p.parent.name) / p.name))
         else:
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p)
