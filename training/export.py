@@ -107,18 +107,29 @@ def to_onnx(module: ScoreModel, example: np.ndarray, input_name: str) -> onnx.Mo
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                (x,),
-                buf,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=[input_name],
-                output_names=["score"],
-                dynamic_axes={input_name: {0: "batch"}, "score": {0: "batch"}},
-                do_constant_folding=True,
-            )
+        # nn.MultiheadAttention's inference fast path is a fused kernel the exporter
+        # cannot express; the regular path computes the same thing in plain ops.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with torch.no_grad():
+                torch.onnx.export(
+                    module,
+                    (x,),
+                    buf,
+                    dynamo=False,
+                    opset_version=OPSET,
+                    input_names=[input_name],
+                    output_names=["score"],
+                    dynamic_axes={input_name: {0: "batch"}, "score": {0: "batch"}},
+                    do_constant_folding=True,
+                )
+        except torch.onnx.OnnxExporterError as exc:
+            raise ExportError(
+                f"torch cannot export the model to ONNX opset {OPSET}: {exc}"
+            ) from None
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
     return onnx.load_from_string(buf.getvalue())
 
 

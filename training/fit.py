@@ -1,0 +1,474 @@
+"""``asd-train fit``: data → windows → model → training → export → calibration → evaluation.
+
+:func:`fit` runs the stages top to bottom; each stage's work lives in its own
+module (windows, trainer, export, calibrate, evaluate, runs). The run directory
+(``--out``) ends up with ``config.json``, ``metrics.json``, ``history.csv``,
+``learning_curve.png``, ``roc.png``, ``score_hist.png``, ``model.onnx``,
+``checkpoint.pt`` and ``train.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .calibrate import METHODS, Calibration, CalibrationConfig, calibrate, score_held_out
+from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE
+from .errors import DataError, ExportError
+from .evaluate import compare_quantized, evaluate_files
+from .export import export_model, make_version, quantize_model, read_metadata, update_metadata
+from .kinds import DEFAULT_KIND, KIND_NAMES, InputStats, KindInfo, ScoreModel, get_kind
+from .plots import plot_learning_curve
+from .runs import RunDir, Tracker, TrackerUnavailable, make_tracker
+from .trainer import Augment, TrainConfig, save_checkpoint, seed_everything, train
+from .windows import Windows, WindowSpec, load_windows
+
+__all__ = ["FitConfig", "FitResult", "configure", "fit", "parse_params", "run"]
+
+STAGING = ".model.uncalibrated.onnx"
+"""The exported model before calibration; renamed to ``model.onnx`` once calibrated."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything ``asd-train fit`` was asked to do (written to ``config.json``)."""
+
+    data: Path
+    out: Path
+    kind: str = DEFAULT_KIND
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """Overrides of the kind's hyper-parameters."""
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    patience: int = 5
+    seed: int = 0
+    threads: int | None = None
+    """torch and BLAS threads (None: the libraries' defaults)."""
+    rate: int = 16000
+    window_s: float = 1.0
+    hop_s: float = 0.5
+    """Hop of the training windows."""
+    deploy_hop_s: float = 0.5
+    """The daemon's hop: calibration and evaluation score at it."""
+    valid_fraction: float = 0.15
+    calibration: str = "fa_per_day"
+    target_fa_per_day: float = 1.0
+    quantile: float = 0.99
+    k: float = 2.0
+    threshold: float | None = None
+    augment: Mapping[str, Any] | None = None
+    """``training.augment.AugmentConfig`` fields; None trains on the windows as they are."""
+    name: str | None = None
+    quantize: bool = False
+    tracker: str = "none"
+    quiet: bool = False
+
+    def calibration_config(self) -> CalibrationConfig:
+        """The calibration this config asks for (ValueError when inconsistent)."""
+        return CalibrationConfig(
+            method=self.calibration,  # type: ignore[arg-type]
+            target_fa_per_day=self.target_fa_per_day,
+            quantile=self.quantile,
+            k=self.k,
+            threshold=self.threshold,
+            hop_s=self.deploy_hop_s,
+        )
+
+    def train_config(self) -> TrainConfig:
+        """The training loop's settings (ValueError when out of range)."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            patience=self.patience,
+            seed=self.seed,
+            threads=self.threads,
+        )
+
+
+@dataclass
+class FitResult:
+    """Where the run went and what it measured."""
+
+    run_dir: Path
+    model_path: Path
+    metrics: dict[str, Any]
+    model: ScoreModel
+
+
+def parse_params(pairs: list[str], defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``key=value`` strings (values as JSON where they parse) checked against ``defaults``."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {pair!r}")
+        if key not in defaults:
+            known = ", ".join(sorted(defaults)) or "none"
+            raise ValueError(f"{what} has no parameter {key!r} (known: {known})")
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = text
+    return params
+
+
+def fit(config: FitConfig, *, tracker: Tracker | None = None) -> FitResult:
+    """Train, export, calibrate and evaluate one model; write the run directory."""
+    started = time.perf_counter()
+    info = get_kind(config.kind)
+    params = {**info.defaults, **config.params}
+    run = RunDir(config.out, quiet=config.quiet)
+    tracker = tracker or make_tracker("none", project="", task="")
+    try:
+        with threadpool_limits(limits=config.threads):
+            effective = {**asdict(config), "kind": info.name, "params": params}
+            run.write_json("config.json", effective)
+            tracker.log_config(effective)
+            return _stages(config, info, params, run, tracker, started)
+    finally:
+        run.close()
+        (run / STAGING).unlink(missing_ok=True)
+
+
+def _stages(
+    c: FitConfig,
+    info: KindInfo,
+    params: dict[str, Any],
+    run: RunDir,
+    tracker: Tracker,
+    started: float,
+) -> FitResult:
+    from .dataset import load_dataset
+
+    # 1. Data: the files of each split, cut into windows as the daemon cuts them.
+    dataset = load_dataset(c.data, valid_fraction=c.valid_fraction, seed=c.seed)
+    skipped = list(dataset.skipped)
+    if info.supervised and not dataset.split("train", "anomaly"):
+        raise DataError(
+            f"{c.data}: {info.name} is supervised: it needs anomalous files in the train "
+            "split, found none (label some recordings as anomaly, e.g. with a manifest)"
+        )
+    spec = WindowSpec.for_kind(info, sample_rate=c.rate, window_s=c.window_s, hop_s=c.hop_s)
+    label = None if info.supervised else "normal"  # unsupervised kinds learn normal sound only
+    train_w, bad = load_windows(
+        dataset.split("train", label), spec, keep_streams=bool(c.augment), progress=not c.quiet
+    )
+    valid_w, bad_v = load_windows(
+        dataset.split("valid", label), spec, progress=not c.quiet, desc="valid"
+    )
+    skipped += [str(s) for s in bad + bad_v]
+    for line in skipped:
+        run.log(f"skipped {line}")
+    if len(train_w) == 0:
+        raise DataError(f"{c.data}: no training windows of {c.window_s} s could be read")
+    run.log(
+        f"data: {len(train_w.files)} train files ({len(train_w)} windows), "
+        f"{len(valid_w.files)} valid files ({len(valid_w)} windows), "
+        f"{spec.input} input {list(spec.input_shape)}"
+    )
+
+    # 2. Model and training (the best epoch's weights are kept and checkpointed).
+    model, summary, history = _train(c, info, params, spec, train_w, valid_w, run, tracker)
+
+    # 3. Export and parity on real held-out windows, then calibrate the exported model.
+    created = datetime.now(UTC).replace(microsecond=0)
+    name = c.name or f"{dataset.root.name}-{info.name}"
+    metadata = {
+        "schema": 1,
+        "name": name,
+        "version": make_version(created, dataset.sha256, info.name, params, c.seed),
+        "kind": info.name,
+        **spec.metadata(frames=int(params.get("frames", 1))),
+        "threshold": 0.0,  # provisional: replaced by the calibrated one below
+        "calibration": {"method": "pending"},
+        "training": {
+            "data_sha256": dataset.sha256,
+            "files": len(train_w.files),
+            "windows": len(train_w),
+            "valid_files": len(valid_w.files),
+            "created": created.isoformat().replace("+00:00", "Z"),
+            "seed": c.seed,
+            "params": params,
+            "epochs_run": summary["epochs_run"],
+            "hop_s": c.hop_s,
+        },
+    }
+    staging = run / STAGING
+    parity_x = valid_w.x if len(valid_w) else train_w.x
+    report = export_model(model, staging, metadata=metadata, parity_inputs=parity_x)
+    run.log(
+        f"exported: ONNX vs torch on {report.parity['windows']} held-out windows, "
+        f"max |diff| {report.parity['max_abs_diff']:.3g}"
+    )
+    cal = _calibrate(c, dataset, staging, run)
+    model_path = run / "model.onnx"
+    update_metadata(staging, {"threshold": cal.threshold, "calibration": cal.metadata})
+    os.replace(staging, model_path)
+
+    # 4. Evaluation through the daemon's pipeline (test split, else valid).
+    metrics: dict[str, Any] = {
+        "kind": info.name,
+        "name": name,
+        "version": metadata["version"],
+        "params": params,
+        "windows": {"train": len(train_w), "valid": len(valid_w)},
+        "training": summary,
+        "parity": report.parity,
+        "threshold": cal.threshold,
+        "calibration": cal.metadata,
+        "skipped": skipped,
+    }
+    split = "test" if dataset.split("test") else "valid"
+    files = dataset.split(split)
+    metrics["evaluated_split"] = split if files else None
+    if files:
+        ev = evaluate_files(
+            model_path, files, run.path, hop_s=c.deploy_hop_s, progress=not c.quiet,
+            log=run.log, write_metrics=False,
+        )  # fmt: skip
+        metrics["test"] = ev.metrics
+        m = ev.metrics
+        run.log(
+            f"{split}: {len(ev.rows)} files, auc={m['auc']} pauc={m['pauc']} "
+            f"tp={m['tp']} fp={m['fp']} tn={m['tn']} fn={m['fn']}"
+        )
+        if c.quantize:
+            int8 = run / "model.int8.onnx"
+            quantize_model(model_path, int8, read_metadata(model_path))
+            metrics["int8"] = compare_quantized(
+                ev, int8, files, run / "int8", hop_s=c.deploy_hop_s, progress=not c.quiet
+            )
+            metrics["int8"]["float_bytes"] = model_path.stat().st_size
+            run.log(f"int8: {metrics['int8']}")
+    else:
+        run.log("no test or valid files: nothing to evaluate")
+
+    # 5. Records.
+    empty = {"epoch": 0, "train_loss": None, "valid_loss": None, "seconds": None}
+    run.write_csv("history.csv", history or [empty])
+    plot_learning_curve(history, run / "learning_curve.png", best_epoch=summary["best_epoch"])
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    run.write_json("metrics.json", metrics)
+    tracker.log_metrics(metrics)
+    for record in ("config.json", "metrics.json", "history.csv", "learning_curve.png",
+                   "roc.png", "score_hist.png", "model.onnx"):  # fmt: skip
+        if (run / record).exists():
+            tracker.log_file(run / record)
+    run.log(f"wrote {model_path}")
+    return FitResult(run.path, model_path, metrics, model)
+
+
+def _train(
+    c: FitConfig,
+    info: KindInfo,
+    params: dict[str, Any],
+    spec: WindowSpec,
+    train_w: Windows,
+    valid_w: Windows,
+    run: RunDir,
+    tracker: Tracker,
+) -> tuple[ScoreModel, dict[str, Any], list[dict[str, float]]]:
+    """Build and train (gradient kinds) or fit (closed-form kinds); write checkpoint.pt."""
+    stats = InputStats.of(train_w.x)
+    train_config = c.train_config()
+    ckpt: dict[str, Any] = {
+        "kind": info.name,
+        "params": params,
+        "stats": stats,
+        "input_shape": spec.input_shape,
+        "train_config": train_config,
+    }
+    history: list[dict[str, float]] = []
+    if info.fit_method == "gradient":
+        assert info.build is not None
+        seed_everything(c.seed, c.threads)  # the initial weights depend on the seed
+        result = train(
+            info.build(spec.input_shape, stats, params),
+            train_w.x,
+            train_w.label,
+            valid_w.x,
+            valid_w.label,
+            train_config,
+            augment=_augment_hook(c, train_w),
+            on_improve=lambda m, epoch, hist: save_checkpoint(
+                run / "checkpoint.pt", m, **ckpt, epoch=epoch, history=hist
+            ),
+            progress=not c.quiet,
+            log=run.log,
+        )
+        model, history = result.model, result.history
+        summary: dict[str, Any] = {
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "best_valid_loss": result.best_loss,
+            "stopped_early": result.stopped_early,
+        }
+        for row in history:
+            tracker.log_scalar("loss", "train", row["train_loss"], int(row["epoch"]))
+            tracker.log_scalar("loss", "valid", row["valid_loss"], int(row["epoch"]))
+    else:
+        assert info.fit is not None
+        seed_everything(c.seed, c.threads)
+        model = info.fit(train_w.x, stats, params, c.seed)
+        summary = {"epochs_run": 0, "best_epoch": 0, "fit": "closed_form"}
+        run.log(f"fitted {info.name} in closed form on {len(train_w)} windows")
+    save_checkpoint(
+        run / "checkpoint.pt", model, **ckpt, epoch=summary["best_epoch"], history=history
+    )
+    return model, summary, history
+
+
+def _augment_hook(c: FitConfig, windows: Windows) -> Augment | None:
+    """Augment each training window's waveform, then compute its model input (per batch)."""
+    if not c.augment:
+        return None
+    from .augment import AugmentConfig, Augmenter
+
+    settings = {
+        key: tuple(Path(v) for v in value) if key == "noise_files" else
+        tuple(value) if isinstance(value, list) else value
+        for key, value in c.augment.items()
+    }  # fmt: skip
+    augmenter = Augmenter(AugmentConfig(**settings), windows.spec.sample_rate, seed=c.seed)
+
+    def hook(idx: np.ndarray, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        waves = windows.waveforms(idx)
+        return windows.spec.model_input(np.stack([augmenter(w, rng) for w in waves]))
+
+    return hook
+
+
+def _calibrate(c: FitConfig, dataset: Any, model_path: Path, run: RunDir) -> Calibration:
+    """Score held-out normal files with the exported model (daemon's path); pick the threshold."""
+    held_out = [f.path for f in dataset.split("valid", "normal")]
+    source = "valid"
+    if not held_out:
+        held_out, source = [f.path for f in dataset.split("train", "normal")], "train"
+        run.log("no held-out normal files: calibrating on the training files (optimistic)")
+    sequences, skipped = score_held_out(model_path, held_out, c.deploy_hop_s)
+    for path, reason in skipped:
+        run.log(f"calibration skipped {path}: {reason}")
+    try:
+        cal = calibrate(sequences, c.calibration_config())
+    except ValueError as exc:
+        raise DataError(f"{c.data}: cannot calibrate: {exc}") from None
+    cal.metadata["held_out_source"] = source
+    run.log(
+        f"threshold {cal.threshold:.6g} ({c.calibration}; {cal.metadata['held_out_windows']} "
+        f"held-out windows, {cal.metadata['empirical_events']} events on them)"
+    )
+    return cal
+
+
+OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--data", {"required": True, "type": Path, "help": "dataset folder or manifest.csv"}),
+    ("--model", {"default": DEFAULT_KIND, "choices": KIND_NAMES, "help": "detector kind"}),
+    ("--out", {"required": True, "type": Path, "help": "run directory (created)"}),
+    ("--epochs", {"type": int, "default": 30, "help": "most epochs"}),
+    ("--seed", {"type": int, "default": 0, "help": "seed of everything random"}),
+    ("--batch-size", {"type": int, "default": 64, "help": "windows per batch"}),
+    ("--lr", {"type": float, "default": 1e-3, "help": "Adam's learning rate"}),
+    ("--patience", {"type": int, "default": 5, "help": "early-stopping patience, epochs"}),
+    ("--hop-s", {"type": float, "default": 0.5, "help": "hop of the training windows, s"}),
+    ("--deploy-hop-s", {"type": float, "default": 0.5, "help": "the daemon's hop, s"}),
+    ("--window-s", {"type": float, "default": 1.0, "help": "window length, s"}),
+    ("--rate", {"type": int, "default": 16000, "help": "model sample rate, Hz"}),
+    ("--valid-fraction", {"type": float, "default": 0.15, "help": "DCASE train files held out"}),
+    ("--calibration", {"default": "fa_per_day", "choices": METHODS, "help": "threshold method"}),
+    ("--target-fa-per-day", {"type": float, "default": 1.0, "help": "fa_per_day: alarms/day"}),
+    ("--quantile", {"type": float, "default": 0.99, "help": "quantile: which one"}),
+    ("--k", {"type": float, "default": 2.0, "help": "mean_std: mean + k sigma"}),
+    ("--threshold", {"type": float, "default": None, "help": "fixed: the threshold"}),
+    ("--param", {"action": "append", "default": [], "metavar": "KEY=VALUE",
+                 "help": "a hyper-parameter of the kind (repeatable; values are JSON)"}),
+    ("--augment", {"action": "append", "default": [], "metavar": "KEY=VALUE",
+                   "help": "augment training windows on the fly with this training.augment "
+                   "setting (repeatable; values are JSON, e.g. pitch_semitones=[-1,1])"}),
+    ("--name", {"default": None, "help": "model name (default: <data folder>-<kind>)"}),
+    ("--quantize", {"action": "store_true", "help": "also write model.int8.onnx (dynamic)"}),
+    ("--tracker", {"default": "none", "choices": ("none", "clearml"), "help": "also log to"}),
+    ("--threads", {"type": int, "default": None, "help": "torch and BLAS threads"}),
+    ("--quiet", {"action": "store_true", "help": "no progress bars or log lines on stderr"}),
+]  # fmt: skip
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``asd-train fit``."""
+    for flag, options in OPTIONS:
+        if (
+            "default" in options
+            and options["default"] not in (None, [])
+            and "action" not in options
+        ):
+            options = {**options, "help": options["help"] + " (default: %(default)s)"}
+        parser.add_argument(flag, **options)
+
+
+def _config(args: argparse.Namespace) -> FitConfig:
+    """The FitConfig of parsed arguments (ValueError/TypeError naming the bad one)."""
+    info = get_kind(args.model)
+    augment = None
+    if args.augment:
+        from .augment import AugmentConfig
+
+        fields = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
+        augment = parse_params(args.augment, fields, "--augment")
+    config = FitConfig(
+        data=args.data, out=args.out, kind=info.name,
+        params=parse_params(args.param, info.defaults, f"--param: kind {info.name}"),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        seed=args.seed, threads=args.threads, rate=args.rate, window_s=args.window_s,
+        hop_s=args.hop_s, deploy_hop_s=args.deploy_hop_s, valid_fraction=args.valid_fraction,
+        calibration=args.calibration, target_fa_per_day=args.target_fa_per_day,
+        quantile=args.quantile, k=args.k, threshold=args.threshold, augment=augment,
+        name=args.name, quantize=args.quantize, tracker=args.tracker, quiet=args.quiet,
+    )  # fmt: skip
+    config.calibration_config()
+    config.train_config()
+    WindowSpec.for_kind(info, sample_rate=config.rate, window_s=config.window_s, hop_s=config.hop_s)
+    if not 0.05 <= config.deploy_hop_s <= 10.0:
+        raise ValueError(f"--deploy-hop-s must be in [0.05, 10], got {config.deploy_hop_s}")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    """``asd-train fit``: 0, 2 (bad arguments), 65, 66, 69 or 70 (see ``--help``)."""
+
+    def fail(code: int, message: str) -> int:
+        print(f"asd-train fit: {message}", file=sys.stderr)
+        return code
+
+    if not args.data.exists():
+        return fail(EXIT_NOINPUT, f"{args.data}: no such dataset folder or manifest")
+    try:
+        config = _config(args)
+    except (ValueError, TypeError) as exc:
+        return fail(EXIT_USAGE, str(exc))
+    try:
+        tracker = make_tracker(args.tracker, project="asd-edge", task=args.name or args.out.name)
+    except TrackerUnavailable as exc:
+        return fail(EXIT_UNAVAILABLE, str(exc))
+    try:
+        result = fit(config, tracker=tracker)
+    except DataError as exc:
+        return fail(EXIT_DATA, str(exc))
+    except ExportError as exc:
+        return fail(EXIT_SOFTWARE, f"export failed, no model.onnx written: {exc}")
+    finally:
+        tracker.close()
+    print(result.model_path)
+    return EXIT_OK
