@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from asd_edge import __version__
+from asd_edge.logs import configure_logging
 
 __all__ = [
     "COMMANDS",
@@ -102,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
+    # The daemon's modules that training reuses log through structlog: warnings and
+    # errors only, on stderr, so that stdout carries the command's own output.
+    configure_logging("warning", stream=sys.stderr)
     try:
         return _stage(args._module).run(args)
     except KeyboardInterrupt:
