@@ -22,7 +22,15 @@ import pytest
 from scipy.io import wavfile
 from structlog.testing import capture_logs
 
-from asd_edge.clips import MB, ClipRecorder, ClipRequest, ClipResult, ClipStore, encode_audio
+from asd_edge.clips import (
+    MB,
+    WORKER_NICE,
+    ClipRecorder,
+    ClipRequest,
+    ClipResult,
+    ClipStore,
+    encode_audio,
+)
 from asd_edge.config import ClipsConfig
 from asd_edge.decision import Event
 from asd_edge.ring import RingBuffer
@@ -219,6 +227,22 @@ class TestRecorder:
         np.testing.assert_array_equal(read_ints(path), rig.expected(0.0, 3.0))
         assert sidecar(path)["clip"]["pre_s"] == pytest.approx(0.5)
 
+    def test_stalled_tick_leaves_silence_not_a_shift(self, tmp_path: Path) -> None:
+        """If the tick stalls longer than the ring holds, the overwritten stretch is silence
+        and counted; the audio around it keeps its place in time."""
+        rig = Rig(tmp_path / "clips", clips_config(), ring_s=4.0)
+        rig.feed(6.5)
+        path = rig.open("a1", onset_s=6.0, at_s=6.5)  # the pre-roll is copied right away
+        rig.recorder.end(monitor="pump", event=end_event(6.0, last_s=7.5, at_s=8.0))
+        rig.feed(11.0)  # no poll meanwhile: the ring now starts at 7.0 s
+        assert rig.recorder.poll() == ["a1"]
+        rig.finish()
+        assert path is not None
+        silence = np.zeros(RATE // 2, dtype=np.int64)
+        expected = np.concatenate([rig.expected(3.0, 6.5), silence, rig.expected(7.0, 8.5)])
+        np.testing.assert_array_equal(read_ints(path), expected)
+        assert sidecar(path)["event"]["lost_samples"] == RATE // 2
+
     def test_truncated_at_max_clip_s_and_no_second_clip(self, tmp_path: Path) -> None:
         """A long event is cut at max_clip_s (pre-roll included), marked truncated; its end
         later starts no second clip."""
@@ -364,6 +388,20 @@ class TestStore:
         infos = [e for e in logs if e["log_level"] == "info"]
         assert [e["event"] for e in infos] == ["clip_saved"]
         assert infos[0]["alert_id"] == "a1" and infos[0]["bytes"] == result.bytes
+
+    def test_worker_yields_the_cpu_to_the_tick(self, tmp_path: Path) -> None:
+        """The writer thread runs niced (the tick thread keeps its priority)."""
+        seen: list[int] = []
+
+        def on_done(_result: ClipResult) -> None:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+        store = ClipStore(tmp_path, clips_config(), on_done=on_done)
+        store.start()
+        store.submit(request(store, "a1", 0.5))
+        store.stop()
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert seen == [min(19, mine + WORKER_NICE)]
 
     def test_flac_round_trip(self, tmp_path: Path) -> None:
         """format: flac writes lossless 16-bit FLAC that decodes to the same samples."""
