@@ -58,6 +58,7 @@ AUDIO_SUFFIXES = {".wav": "wav", ".flac": "flac"}
 _CLIP_SUFFIXES = (*AUDIO_SUFFIXES, ".png", ".json")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _STOP = object()
+_PRUNE = object()
 _FLAC_HINT = "pip install 'asd-edge[flac]'"
 
 
@@ -195,6 +196,13 @@ def _statvfs_usage(directory: Path) -> tuple[int, int]:
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
 
 
+def _plain(value: object) -> object:
+    """JSON for what ``json`` does not know: numpy scalars and arrays, else the text."""
+    if isinstance(value, np.generic | np.ndarray):
+        return json_safe(value.tolist())
+    return str(value)
+
+
 def _mb(n_bytes: float) -> str:
     return f"{n_bytes / MB:.2f} MB"
 
@@ -259,6 +267,16 @@ class ClipStore:
             return False
         return True
 
+    def prune(self) -> bool:
+        """Ask the worker to delete the clips past ``max_age_days`` now (it also does
+        before every write and when it starts); never blocks, False if the queue is full.
+        Worth calling now and then (e.g. daily) on a device that records nothing for long."""
+        try:
+            self._queue.put_nowait(_PRUNE)
+        except queue.Full:
+            return False
+        return True
+
     def usage(self) -> ClipUsage:
         """Thread-safe snapshot of sizes and counters."""
         with self._lock:
@@ -275,7 +293,8 @@ class ClipStore:
     # --- life cycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Clean up after a crash, index what is on disk, start the worker."""
+        """Clean up after a crash, index what is on disk, start the worker (which first
+        deletes the clips past ``max_age_days``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._scan()
         self._thread = threading.Thread(target=self._run, name="clip-writer", daemon=True)
@@ -305,10 +324,14 @@ class ClipStore:
         # Background work: on a busy CPU the tick goes first (Linux: a nice per thread).
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        self._delete_expired()
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if item is _PRUNE:
+                self._delete_expired()
+                continue
             assert isinstance(item, ClipRequest)
             try:
                 result = self._write(item)
@@ -432,7 +455,7 @@ class ClipStore:
             },
             "scores": scores,
         }
-        return (json.dumps(json_safe(doc), indent=1) + "\n").encode()
+        return (json.dumps(json_safe(doc), indent=1, default=_plain) + "\n").encode()
 
     # --- retention -------------------------------------------------------------------------
 
@@ -441,12 +464,7 @@ class ClipStore:
         first. Returns (clips deleted, why the clip cannot be written or None). Nothing
         is deleted for a clip that could not fit even with every clip gone."""
         cfg = self.config
-        deleted = 0
-        if cfg.max_age_days is not None:
-            cutoff = self._clock() - cfg.max_age_days * 86400.0
-            while self._index and self._index[0].created_s < cutoff:
-                self._delete_oldest("age")
-                deleted += 1
+        deleted = self._delete_expired()
         max_total = int(cfg.max_total_mb * MB)
         min_free = int(cfg.min_free_mb * MB)
         if need > max_total:
@@ -471,6 +489,17 @@ class ClipStore:
             deleted += 1
         return deleted, None
 
+    def _delete_expired(self) -> int:
+        """Delete the clips older than ``max_age_days``; returns how many."""
+        if self.config.max_age_days is None:
+            return 0
+        cutoff = self._clock() - self.config.max_age_days * 86400.0
+        deleted = 0
+        while self._index and self._index[0].created_s < cutoff:
+            self._delete_oldest("age")
+            deleted += 1
+        return deleted
+
     def _delete_oldest(self, reason: str) -> int:
         with self._lock:
             clip = self._index.pop(0)
@@ -488,40 +517,51 @@ class ClipStore:
         return clip.bytes
 
     def _scan(self) -> None:
-        """Index the clips on disk once; remove crash leftovers (see the class docstring)."""
+        """Index the clips on disk once; remove crash leftovers (see the class docstring).
+        A file that cannot be read or removed is logged and passed over."""
         groups: dict[Path, list[Path]] = {}
         for path in self.directory.glob("*/*"):
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)
-                log.info("clip_temp_removed", path=str(path))
-            elif path.suffix in _CLIP_SUFFIXES and path.is_file():
-                groups.setdefault(path.with_suffix(""), []).append(path)
+            try:
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    path.unlink(missing_ok=True)
+                    log.info("clip_temp_removed", path=str(path))
+                elif path.suffix in _CLIP_SUFFIXES and path.is_file():
+                    groups.setdefault(path.with_suffix(""), []).append(path)
+            except OSError as exc:
+                log.warning("clip_scan_failed", path=str(path), error=str(exc))
         index: list[_Stored] = []
         for stem, files in groups.items():
-            audio = [p for p in files if p.suffix in AUDIO_SUFFIXES]
-            if not audio:
-                for path in files:
-                    path.unlink(missing_ok=True)
-                log.info("clip_remains_removed", path=str(stem))
+            try:
+                stored = self._check_set(stem, files)
+            except OSError as exc:
+                log.warning("clip_scan_failed", path=str(stem), error=str(exc))
                 continue
-            sidecar = stem.with_suffix(".json")
-            if sidecar not in files:
-                _write_atomic(sidecar, _recovered_sidecar(audio[0]))
-                files.append(sidecar)
-                log.warning("clip_recovered", path=str(audio[0]))
-            stats = [p.stat() for p in files]
-            index.append(
-                _Stored(
-                    stem,
-                    files,
-                    sum(s.st_size for s in stats),
-                    max(s.st_mtime for s in stats),
-                )
-            )
+            if stored is not None:
+                index.append(stored)
         index.sort(key=lambda c: c.created_s)
         with self._lock:
             self._index = index
             self._bytes = sum(c.bytes for c in index)
+
+    def _check_set(self, stem: Path, files: list[Path]) -> _Stored | None:
+        """The index entry of a clip found on disk, completed or removed if a crash cut it."""
+        audio = [p for p in files if p.suffix in AUDIO_SUFFIXES]
+        if not audio:
+            for path in files:
+                path.unlink(missing_ok=True)
+            log.info("clip_remains_removed", path=str(stem))
+            return None
+        sidecar = stem.with_suffix(".json")
+        if sidecar not in files:
+            try:
+                _write_atomic(sidecar, _recovered_sidecar(audio[0]))
+                files.append(sidecar)
+                log.warning("clip_recovered", path=str(audio[0]))
+            except OSError as exc:  # e.g. a full disk: keep the audio as it is
+                log.warning("clip_recovery_failed", path=str(audio[0]), error=str(exc))
+        stats = [p.stat() for p in files]
+        size = sum(s.st_size for s in stats)
+        return _Stored(stem, files, size, max(s.st_mtime for s in stats))
 
 
 def _recovered_sidecar(audio: Path) -> bytes:

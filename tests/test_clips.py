@@ -403,6 +403,24 @@ class TestStore:
         mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         assert seen == [min(19, mine + WORKER_NICE)]
 
+    def test_numpy_and_nan_in_the_facts(self, tmp_path: Path) -> None:
+        """numpy numbers in the event or model facts become JSON numbers, NaN becomes null:
+        the clip is not lost to a serialisation error."""
+        results = Results()
+        store = ClipStore(tmp_path, clips_config(), on_done=results)
+        store.start()
+        req = replace(
+            request(store, "a1", 0.5),
+            event={"score": float("nan"), "peak_score": np.float32(1.5)},
+            model={"threshold": np.float64(2.25), "shape": np.array([1, 2])},
+        )
+        store.submit(req)
+        store.stop()
+        assert results.items[0].error is None
+        doc = sidecar(req.path)
+        assert doc["event"] == {"score": None, "peak_score": 1.5}
+        assert doc["model"] == {"threshold": 2.25, "shape": [1, 2]}
+
     def test_flac_round_trip(self, tmp_path: Path) -> None:
         """format: flac writes lossless 16-bit FLAC that decodes to the same samples."""
         soundfile = pytest.importorskip("soundfile")
@@ -513,6 +531,23 @@ class TestRetention:
         write_all(store, ["d"], 1.0, lambda: None)
         store.stop()
         assert sorted(clip_sets(tmp_path)) == ["c", "d"]
+
+    def test_prune_without_a_write(self, tmp_path: Path) -> None:
+        """prune() deletes expired clips on a device that records nothing new."""
+        now = [0.0]
+        store = ClipStore(
+            tmp_path, clips_config(max_age_days=1.0), on_done=Results(), clock=lambda: now[0]
+        )
+        store.start()
+        write_all(store, ["a"], 1.0, lambda: None)
+        now[0] = 0.9 * 86400
+        assert store.prune()
+        write_all(store, ["b"], 1.0, lambda: None)  # the prune ran before it: "a" was young
+        now[0] = 1.5 * 86400
+        assert store.prune()
+        store.stop()
+        assert sorted(clip_sets(tmp_path)) == ["b"]
+        assert store.usage().deleted == 1
 
     def test_free_space_floor(self, tmp_path: Path) -> None:
         """The oldest clips are deleted so that min_free_mb stays free on the filesystem."""
