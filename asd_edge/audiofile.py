@@ -1,12 +1,13 @@
-"""Reading any audio file into float32 samples, and writing 16-bit WAV atomically."""
+"""Reading any audio file into float32 samples; 16-bit WAV encoding and atomic file writes."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import secrets
 import struct
 import subprocess
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,16 @@ from scipy.io import wavfile
 
 from asd_edge.errors import AudioDecodeError
 
-__all__ = ["AudioData", "read_audio", "to_mono", "write_wav"]
+__all__ = [
+    "AudioData",
+    "fsync_dir",
+    "pcm16",
+    "read_audio",
+    "to_mono",
+    "wav_bytes",
+    "write_atomic",
+    "write_wav",
+]
 
 log = structlog.get_logger()
 
@@ -27,6 +37,7 @@ FloatArray = npt.NDArray[np.float32]
 
 _FFMPEG_MISSING = "ffmpeg is not installed (apt-get install ffmpeg)"
 _RIFF_MAGIC = (b"RIFF", b"RIFX", b"RF64")
+_TEMP_ATTEMPTS = 8
 # Full scale of each integer PCM type scipy returns (24-bit arrives as int32, left-justified).
 _INT_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31, np.dtype(np.int64): 2.0**63}
 
@@ -164,32 +175,70 @@ def _read_ffmpeg(path: Path, name: str) -> AudioData:
     return AudioData(samples.astype(np.float32), rate)
 
 
+def pcm16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
+    """Float samples (full scale [-1, 1]) as 16-bit integers: NaN becomes 0, values are
+    scaled by 32768, rounded half to even and clipped to [-32768, 32767] (no wrapping)."""
+    data = np.nan_to_num(np.asarray(samples, dtype=np.float64), nan=0.0)
+    return np.clip(np.round(data * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def wav_bytes(samples: npt.ArrayLike, sample_rate: int) -> bytes:
+    """A complete 16-bit PCM WAV file in memory, from float samples ``(frames,)`` or
+    ``(frames, channels)`` converted as ``pcm16`` does."""
+    pcm = pcm16(samples)
+    if pcm.ndim not in (1, 2):
+        raise ValueError(f"samples must be 1-D or 2-D (frames, channels), got shape {pcm.shape}")
+    buffer = io.BytesIO()
+    wavfile.write(buffer, int(sample_rate), pcm)
+    return buffer.getvalue()
+
+
 def write_wav(path: str | os.PathLike[str], samples: npt.ArrayLike, sample_rate: int) -> None:
     """Write float samples (``(frames,)`` or ``(frames, channels)``) as 16-bit PCM WAV.
 
-    Values are clipped to [-1, 1]. The file appears atomically: it is written to a
-    temporary name in the same directory, fsynced, then renamed over ``path``.
+    The bytes are ``wav_bytes(samples, sample_rate)`` (values clipped to [-1, 1]); the
+    file appears atomically, as ``write_atomic`` writes it.
     """
-    data = np.nan_to_num(np.asarray(samples, dtype=np.float64), nan=0.0)
-    if data.ndim not in (1, 2):
-        raise ValueError(f"samples must be 1-D or 2-D (frames, channels), got shape {data.shape}")
-    pcm = np.clip(np.round(data * 32768.0), -32768, 32767).astype(np.int16)
+    write_atomic(path, wav_bytes(samples, sample_rate))
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader or a crash sees the old file or the
+    new one, never a part: the bytes go to a new temporary ``.<name>.<random>.tmp`` in the
+    same directory (created with the usual permissions, as ``open`` would), are fsynced,
+    renamed over ``path``, then the directory is fsynced (``fsync_dir``). On any error
+    the temporary file is removed and ``path`` is left as it was."""
     target = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp, fd = _create_temporary(target)
     try:
         with os.fdopen(fd, "wb") as f:
-            wavfile.write(f, int(sample_rate), pcm)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_name, target)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (a power cut must not lose the new name)."""
+def _create_temporary(target: Path) -> tuple[Path, int]:
+    """A new, exclusively created temporary file beside ``target``: its path and descriptor
+    (mode 0666 less the umask, unlike ``tempfile.mkstemp``'s 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _attempt in range(_TEMP_ATTEMPTS):
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue  # that name is taken (a leftover, or another writer's): draw again
+    raise FileExistsError(f"no free temporary name beside {target} in {_TEMP_ATTEMPTS} tries")
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """fsync a directory, which makes a rename inside it durable (a power cut must not
+    lose the new name). Does nothing where the directory cannot be opened or fsynced
+    (some filesystems refuse; the file's own data is already safe)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -197,7 +246,7 @@ def _fsync_dir(directory: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass  # some filesystems cannot fsync a directory; the data is already safe
+        pass
     finally:
         os.close(fd)
 

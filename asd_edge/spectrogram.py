@@ -7,12 +7,11 @@ import os
 import struct
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from .audiofile import _fsync_dir
+from .audiofile import write_atomic
 
 __all__ = [
     "BAND_PX",
@@ -222,21 +221,8 @@ def encode_png(pixels: npt.ArrayLike, palette: npt.ArrayLike | None = None) -> b
 def write_png(
     path: str | os.PathLike[str], pixels: npt.ArrayLike, palette: npt.ArrayLike | None = None
 ) -> None:
-    """Write ``encode_png(pixels, palette)`` atomically (``.<name>.tmp``, fsync, rename,
-    fsync of the directory)."""
-    target = Path(path)
-    data = encode_png(pixels, palette)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    """Write ``encode_png(pixels, palette)`` atomically (``audiofile.write_atomic``)."""
+    write_atomic(path, encode_png(pixels, palette))
 
 
 def spectrogram_png(

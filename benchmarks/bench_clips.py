@@ -14,7 +14,7 @@ a disk rather than tmpfs):
 - ``tick``: ``Monitor.tick`` (48 kHz capture, shipped level model, one hop of new
   audio, 5 ms pause between ticks) idle, and while the worker writes 58 s 48 kHz
   clips with pictures back to back: the worker shares the GIL and the CPU with
-  the tick (it runs niced, ``clips.WORKER_NICE``).
+  the tick (it runs niced, ``clipstore.WORKER_NICE``).
 
 Appends one JSON line to benchmarks/results/clips.jsonl. Run it on an otherwise
 idle machine.
@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 import structlog  # noqa: E402
 from common import record, stats_us  # noqa: E402
 
-from asd_edge.clips import ClipRecorder, ClipRequest, ClipResult, ClipStore  # noqa: E402
+from asd_edge.clips import ClipRecorder, ClipRequest, ClipResult  # noqa: E402
+from asd_edge.clipstore import ClipStore  # noqa: E402
 from asd_edge.config import ClipsConfig  # noqa: E402
 from asd_edge.decision import DecisionPolicy, Event  # noqa: E402
 from asd_edge.detector import Detector  # noqa: E402

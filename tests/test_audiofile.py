@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shutil
 import subprocess
@@ -13,7 +14,16 @@ import numpy.typing as npt
 import pytest
 from scipy.io import wavfile
 
-from asd_edge.audiofile import AudioData, read_audio, to_mono, write_wav
+from asd_edge.audiofile import (
+    AudioData,
+    fsync_dir,
+    pcm16,
+    read_audio,
+    to_mono,
+    wav_bytes,
+    write_atomic,
+    write_wav,
+)
 from asd_edge.errors import AudioDecodeError
 
 needs_ffmpeg = pytest.mark.skipif(
@@ -108,6 +118,50 @@ class TestWriteWav:
         with pytest.raises(ValueError):
             write_wav(tmp_path / "bad.wav", np.zeros((2, 2, 2)), 16000)
         assert list(tmp_path.iterdir()) == []
+
+
+class TestAtomicWrite:
+    """write_atomic and wav_bytes, the pieces write_wav, the clip store and the PNG writer share."""
+
+    def test_wav_bytes_is_what_write_wav_writes(self, tmp_path: Path) -> None:
+        """The in-memory WAV and the file are the same bytes, and decode to pcm16's values."""
+        x = np.random.default_rng(3).uniform(-1.2, 1.2, size=(3000, 2))
+        x[10, 0] = np.nan
+        write_wav(tmp_path / "s.wav", x, 22050)
+        data = wav_bytes(x, 22050)
+        assert (tmp_path / "s.wav").read_bytes() == data
+        rate, pcm = wavfile.read(io.BytesIO(data))
+        assert rate == 22050 and pcm.dtype == np.int16 and pcm.shape == (3000, 2)
+        np.testing.assert_array_equal(pcm, pcm16(x))
+        assert pcm[10, 0] == 0 and pcm.max() == 32767 and pcm.min() == -32768
+
+    def test_failed_rename_leaves_no_temporary(self, tmp_path: Path) -> None:
+        """When the file cannot be put in place (here: a directory has the name), the error
+        comes through, what was there stays, and no temporary file is left."""
+        (tmp_path / "taken").mkdir()
+        (tmp_path / "taken" / "inside").write_text("kept")
+        with pytest.raises(IsADirectoryError):
+            write_atomic(tmp_path / "taken", b"new")
+        assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+        assert (tmp_path / "taken" / "inside").read_text() == "kept"
+
+    def test_permissions_follow_the_umask(self, tmp_path: Path) -> None:
+        """The new file gets the usual permissions (0666 less the umask), as a plain open()
+        would: other services can read clips and WAVs when the umask allows it."""
+        previous = os.umask(0o027)
+        try:
+            write_atomic(tmp_path / "a.bin", b"a")
+            write_wav(tmp_path / "a.wav", np.zeros(10), 8000)
+        finally:
+            os.umask(previous)
+        assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "a.wav").stat().st_mode & 0o777 == 0o640
+        assert (tmp_path / "a.bin").read_bytes() == b"a"
+
+    def test_fsync_dir_of_a_missing_directory_is_quiet(self, tmp_path: Path) -> None:
+        """fsync_dir is best effort: a directory it cannot open is passed over."""
+        fsync_dir(tmp_path / "missing")
+        fsync_dir(tmp_path)
 
 
 class TestReadWithFfmpeg:

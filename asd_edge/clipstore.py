@@ -1,0 +1,514 @@
+"""Where clips live: the writer thread, retention within quota, recovery after a crash."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import io
+import json
+import os
+import queue
+import re
+import threading
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from .audiofile import pcm16, wav_bytes, write_atomic
+from .clips import ClipRequest, ClipResult
+from .config import ClipsConfig
+from .errors import ConfigError
+from .logs import json_safe
+from .spectrogram import PALETTE, encode_png, spectrogram_indexed
+
+__all__ = [
+    "MB",
+    "WORKER_NICE",
+    "ClipStore",
+    "ClipUsage",
+    "encode_audio",
+]
+
+log = structlog.get_logger()
+
+MB = 1_000_000
+"""Bytes in the megabyte of ``clips.max_total_mb`` and ``clips.min_free_mb``."""
+WORKER_NICE = 10
+"""Niceness of the clip worker thread (the tick thread keeps the process's)."""
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+"""UTC wall time of a clip's first sample at the front of its file name."""
+AUDIO_SUFFIXES = {".wav": "wav", ".flac": "flac"}
+_CLIP_SUFFIXES = (*AUDIO_SUFFIXES, ".png", ".json")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_STOP = object()
+_PRUNE = object()
+_FLAC_HINT = "pip install 'asd-edge[flac]'"
+
+
+@dataclass(frozen=True, slots=True)
+class ClipUsage:
+    """A snapshot of the store for the health topic."""
+
+    bytes: int
+    """Bytes all clips take (audio, sidecars, pictures)."""
+    files: int
+    """Files in the clip store."""
+    clips: int
+    """Clips (an audio file with its sidecar and picture)."""
+    saved: int
+    """Clips written since start."""
+    skipped: int
+    """Clips skipped since start (queue full, quota, write error)."""
+    deleted: int
+    """Clips deleted by retention since start."""
+    last_error: str | None
+    """The latest reason a clip was skipped or could not be deleted."""
+    free_mb: float | None = None
+    """Free space on the clips' filesystem in MB (``MB``), None when it cannot be read."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as plain JSON-ready values, one key per field (for the health topic)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(slots=True)
+class _Stored:
+    """One clip on disk in the running index."""
+
+    stem: Path
+    files: list[Path]
+    bytes: int
+    created_s: float
+
+
+def _soundfile() -> Any:
+    """The soundfile module (imported only for ``clips.format: flac``)."""
+    try:
+        return importlib.import_module("soundfile")
+    except (ImportError, OSError) as exc:  # OSError: the package is there, libsndfile is not
+        raise ConfigError(
+            f"clips.format: flac needs the soundfile package ({exc}); "
+            f"{_FLAC_HINT}, or use format: wav"
+        ) from None
+
+
+def encode_audio(samples: npt.ArrayLike, sample_rate: int, fmt: Literal["wav", "flac"]) -> bytes:
+    """Mono float samples as 16-bit WAV or FLAC bytes (``audiofile.pcm16``: clipped to
+    [-1, 1], as ``write_wav``)."""
+    if fmt != "flac":
+        return wav_bytes(samples, sample_rate)
+    buffer = io.BytesIO()
+    _soundfile().write(buffer, pcm16(samples), int(sample_rate), format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _statvfs_usage(directory: Path) -> tuple[int, int]:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def _plain(value: object) -> object:
+    """JSON for what ``json`` does not know: numpy scalars and arrays, else the text."""
+    if isinstance(value, np.generic | np.ndarray):
+        return json_safe(value.tolist())
+    return str(value)
+
+
+def _mb(n_bytes: float) -> str:
+    return f"{n_bytes / MB:.2f} MB"
+
+
+class ClipStore:
+    """Owns ``<state_dir>/clips`` and the worker thread that writes clips into it.
+
+    Layout: ``clips/<monitor>/<YYYYmmddTHHMMSSZ>_<alert_id>.{wav|flac,png,json}``.
+    The audio, then the picture, then the sidecar are each written by
+    ``audiofile.write_atomic`` (``.<name>.<random>.tmp``, fsync, rename), so the
+    sidecar marks a complete clip.
+    On ``start()``: leftover ``.*.tmp`` files are deleted; an audio file whose
+    sidecar is missing (a crash between the two renames) is KEPT, because it is
+    whole and an alert may already name it, and gets a sidecar marked
+    ``"recovered": true`` (file facts only); a sidecar or picture without audio
+    (a crash while retention deleted the set, audio first) is deleted.
+    Retention runs before every write on an index built once at start.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        config: ClipsConfig,
+        *,
+        on_done: Callable[[ClipResult], None],
+        clock: Callable[[], float] = time.time,
+        disk_usage: Callable[[Path], tuple[int, int]] | None = None,
+    ) -> None:
+        if config.format == "flac":
+            _soundfile()  # a missing package is a config error at start, not at the first event
+        self.directory = Path(directory)
+        self.config = config
+        self._on_done = on_done
+        self._clock = clock
+        self._disk_usage = disk_usage or _statvfs_usage
+        self._queue: queue.Queue[object] = queue.Queue(config.queue)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._index: list[_Stored] = []  # oldest first; only the worker touches it once started
+        self._bytes = 0
+        self._saved = self._skipped = self._deleted = 0
+        self._last_error: str | None = None
+
+    # --- tick side -------------------------------------------------------------------------
+
+    def planned_path(self, monitor: str, alert_id: str, started_at: datetime) -> Path:
+        """Where the clip of an alert goes (pure: no I/O)."""
+        stamp = started_at.astimezone(UTC).strftime(STAMP_FORMAT)
+        name = f"{stamp}_{_UNSAFE.sub('-', alert_id)}.{self.config.format}"
+        return self.directory / _UNSAFE.sub("-", monitor) / name
+
+    def submit(self, request: ClipRequest) -> bool:
+        """Queue a clip; never blocks. False (and ``on_done`` called at once, on the
+        caller's thread, with a skipped result) if the queue is full or the store stopped."""
+        if self._stopped:
+            self._skip(request, "clip store stopped")
+            return False
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            self._skip(request, f"queue full ({self.config.queue} clips waiting)")
+            return False
+        return True
+
+    def prune(self) -> bool:
+        """Ask the worker to delete the clips past ``max_age_days`` now (it also does
+        before every write and when it starts); never blocks, False if the queue is full.
+        Worth calling now and then (e.g. daily) on a device that records nothing for long."""
+        try:
+            self._queue.put_nowait(_PRUNE)
+        except queue.Full:
+            return False
+        return True
+
+    def usage(self) -> ClipUsage:
+        """Thread-safe snapshot of sizes and counters, with the free space of the clips'
+        filesystem (one ``statvfs``; None when it cannot be read, e.g. before ``start()``)."""
+        try:
+            free_mb: float | None = round(self._disk_usage(self.directory)[0] / MB, 2)
+        except OSError:
+            free_mb = None
+        with self._lock:
+            return ClipUsage(
+                bytes=self._bytes,
+                files=sum(len(c.files) for c in self._index),
+                clips=len(self._index),
+                saved=self._saved,
+                skipped=self._skipped,
+                deleted=self._deleted,
+                last_error=self._last_error,
+                free_mb=free_mb,
+            )
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Clean up after a crash, index what is on disk, start the worker (which first
+        deletes the clips past ``max_age_days``)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._scan()
+        self._thread = threading.Thread(target=self._run, name="clip-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Write the clips already queued, then end the worker (waits at most ``timeout_s``)."""
+        self._stopped = True
+        thread = self._thread
+        if thread is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        try:
+            self._queue.put(_STOP, timeout=timeout_s)
+        except queue.Full:
+            log.warning("clip_writer_stuck", queued=self._queue.qsize())
+            return
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.warning("clip_writer_stuck", queued=self._queue.qsize())
+        else:
+            self._thread = None
+
+    # --- worker ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        # Background work: on a busy CPU the tick goes first (Linux: a nice per thread).
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        self._delete_expired()
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if item is _PRUNE:
+                self._delete_expired()
+                continue
+            assert isinstance(item, ClipRequest)
+            try:
+                result = self._write(item)
+            except Exception as exc:  # supervisor boundary: one bad clip must not end the worker
+                log.exception("clip_failed", alert_id=item.alert_id, monitor=item.monitor)
+                result = self._skip(item, f"internal error: {exc!r}", report=False)
+            self._deliver(result)
+
+    def _deliver(self, result: ClipResult) -> None:
+        try:
+            self._on_done(result)
+        except Exception:  # the callback is the caller's; its failure must not stop clips
+            log.exception("clip_callback_failed", alert_id=result.alert_id)
+
+    def _skip(self, request: ClipRequest, reason: str, *, report: bool = True) -> ClipResult:
+        with self._lock:
+            self._skipped += 1
+            self._last_error = reason
+        log.warning(
+            "clip_skipped", alert_id=request.alert_id, monitor=request.monitor, reason=reason
+        )
+        result = ClipResult(
+            request.alert_id, request.monitor, None, request.duration_s, 0, None, None, None, reason
+        )
+        if report:
+            self._deliver(result)
+        return result
+
+    def _write(self, request: ClipRequest) -> ClipResult:
+        fmt = self.config.format
+        audio_path = request.path
+        audio = encode_audio(request.samples, request.sample_rate, fmt)
+        sha256 = hashlib.sha256(audio).hexdigest()
+        png_path: Path | None = None
+        png = b""
+        if self.config.spectrogram:
+            png_path = audio_path.with_suffix(".png")
+            index = spectrogram_indexed(
+                request.samples,
+                request.sample_rate,
+                markers_s=request.markers_s,
+                pre_s=request.pre_s,
+            )
+            png = encode_png(index, PALETTE)
+        sidecar_path = audio_path.with_suffix(".json")
+        sidecar = self._sidecar(request, audio_path, fmt, sha256, len(audio), png_path)
+        need = len(audio) + len(png) + len(sidecar)
+        deleted, problem = self._make_room(need)
+        if problem is not None:
+            return self._skip(request, problem, report=False)
+        written: list[Path] = []
+        try:
+            audio_path.parent.mkdir(parents=True, exist_ok=True)
+            for path, data in ((audio_path, audio), (png_path, png), (sidecar_path, sidecar)):
+                if path is not None:
+                    write_atomic(path, data)
+                    written.append(path)
+        except OSError as exc:
+            for path in written:  # never leave part of a set behind
+                path.unlink(missing_ok=True)
+            return self._skip(request, f"write failed: {exc}", report=False)
+        stored = _Stored(audio_path.with_suffix(""), written, need, self._clock())
+        with self._lock:
+            bisect.insort(self._index, stored, key=lambda c: c.created_s)
+            self._bytes += need
+            self._saved += 1
+        log.info(
+            "clip_saved",
+            alert_id=request.alert_id,
+            monitor=request.monitor,
+            path=str(audio_path),
+            duration_s=round(request.duration_s, 3),
+            bytes=len(audio),
+            deleted=deleted,
+        )
+        return ClipResult(
+            request.alert_id,
+            request.monitor,
+            audio_path,
+            request.duration_s,
+            len(audio),
+            sha256,
+            png_path,
+            sidecar_path,
+            None,
+        )
+
+    def _sidecar(
+        self,
+        request: ClipRequest,
+        audio_path: Path,
+        fmt: str,
+        sha256: str,
+        n_bytes: int,
+        png_path: Path | None,
+    ) -> bytes:
+        duration_s = request.duration_s
+        scores = [
+            {"offset_s": round(t - request.stream_start_s, 6), "score": s}
+            for t, s in request.scores
+            if 0.0 < t - request.stream_start_s <= duration_s + 1e-6
+        ]
+        doc = {
+            "alert_id": request.alert_id,
+            "device_id": request.device_id,
+            "monitor": request.monitor,
+            "event": dict(request.event),
+            "model": dict(request.model),
+            "clip": {
+                "file": audio_path.name,
+                "format": fmt,
+                "sample_rate": request.sample_rate,
+                "samples": int(request.samples.shape[0]),
+                "duration_s": duration_s,
+                "pre_s": request.pre_s,
+                "started_at": request.started_at.astimezone(UTC).isoformat(timespec="milliseconds"),
+                "stream_start_s": request.stream_start_s,
+                "sha256": sha256,
+                "bytes": n_bytes,
+                "spectrogram": png_path.name if png_path is not None else None,
+            },
+            "scores": scores,
+        }
+        return (json.dumps(json_safe(doc), indent=1, default=_plain) + "\n").encode()
+
+    # --- retention -------------------------------------------------------------------------
+
+    def _make_room(self, need: int) -> tuple[int, str | None]:
+        """Apply age, total and free-space limits for a clip of ``need`` bytes, oldest
+        first. Returns (clips deleted, why the clip cannot be written or None). Nothing
+        is deleted for a clip that could not fit even with every clip gone."""
+        cfg = self.config
+        deleted = self._delete_expired()
+        max_total = int(cfg.max_total_mb * MB)
+        min_free = int(cfg.min_free_mb * MB)
+        if need > max_total:
+            return deleted, (
+                f"quota: the clip needs {_mb(need)}, more than clips.max_total_mb "
+                f"({cfg.max_total_mb:g} MB)"
+            )
+        try:
+            free, _total = self._disk_usage(self.directory)
+        except OSError as exc:
+            return deleted, f"cannot read the free space of {self.directory}: {exc}"
+        shortfall = need + min_free - free - self._bytes
+        if shortfall > 0:
+            return deleted, (
+                f"quota: cannot free {_mb(shortfall)}: the clip needs {_mb(need)}, "
+                f"{_mb(free)} free and clips hold {_mb(self._bytes)}, "
+                f"clips.min_free_mb is {cfg.min_free_mb:g} MB"
+            )
+        freed = 0
+        while self._index and (self._bytes + need > max_total or free + freed - need < min_free):
+            freed += self._delete_oldest("quota")
+            deleted += 1
+        return deleted, None
+
+    def _delete_expired(self) -> int:
+        """Delete the clips older than ``max_age_days``; returns how many."""
+        if self.config.max_age_days is None:
+            return 0
+        cutoff = self._clock() - self.config.max_age_days * 86400.0
+        deleted = 0
+        while self._index and self._index[0].created_s < cutoff:
+            self._delete_oldest("age")
+            deleted += 1
+        return deleted
+
+    def _delete_oldest(self, reason: str) -> int:
+        with self._lock:
+            clip = self._index.pop(0)
+            self._bytes -= clip.bytes
+            self._deleted += 1
+        # Audio first: a crash in between leaves a sidecar without audio, which start() deletes.
+        for path in sorted(clip.files, key=lambda p: p.suffix not in AUDIO_SUFFIXES):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                with self._lock:
+                    self._last_error = f"cannot delete {path}: {exc}"
+                log.warning("clip_delete_failed", path=str(path), error=str(exc))
+        log.debug("clip_deleted", path=str(clip.stem), reason=reason, bytes=clip.bytes)
+        return clip.bytes
+
+    def _scan(self) -> None:
+        """Index the clips on disk once; remove crash leftovers (see the class docstring).
+        A file that cannot be read or removed is logged and passed over."""
+        groups: dict[Path, list[Path]] = {}
+        for path in self.directory.glob("*/*"):
+            try:
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    path.unlink(missing_ok=True)
+                    log.info("clip_temp_removed", path=str(path))
+                elif path.suffix in _CLIP_SUFFIXES and path.is_file():
+                    groups.setdefault(path.with_suffix(""), []).append(path)
+            except OSError as exc:
+                log.warning("clip_scan_failed", path=str(path), error=str(exc))
+        index: list[_Stored] = []
+        for stem, files in groups.items():
+            try:
+                stored = self._check_set(stem, files)
+            except OSError as exc:
+                log.warning("clip_scan_failed", path=str(stem), error=str(exc))
+                continue
+            if stored is not None:
+                index.append(stored)
+        index.sort(key=lambda c: c.created_s)
+        with self._lock:
+            self._index = index
+            self._bytes = sum(c.bytes for c in index)
+
+    def _check_set(self, stem: Path, files: list[Path]) -> _Stored | None:
+        """The index entry of a clip found on disk, completed or removed if a crash cut it."""
+        audio = [p for p in files if p.suffix in AUDIO_SUFFIXES]
+        if not audio:
+            for path in files:
+                path.unlink(missing_ok=True)
+            log.info("clip_remains_removed", path=str(stem))
+            return None
+        sidecar = stem.with_suffix(".json")
+        if sidecar not in files:
+            try:
+                write_atomic(sidecar, _recovered_sidecar(audio[0]))
+                files.append(sidecar)
+                log.warning("clip_recovered", path=str(audio[0]))
+            except OSError as exc:  # e.g. a full disk: keep the audio as it is
+                log.warning("clip_recovery_failed", path=str(audio[0]), error=str(exc))
+        stats = [p.stat() for p in files]
+        size = sum(s.st_size for s in stats)
+        return _Stored(stem, files, size, max(s.st_mtime for s in stats))
+
+
+def _recovered_sidecar(audio: Path) -> bytes:
+    """The sidecar of an audio file whose own sidecar was lost to a crash: file facts only."""
+    data = audio.read_bytes()
+    clip: dict[str, Any] = {
+        "file": audio.name,
+        "format": AUDIO_SUFFIXES[audio.suffix],
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
+    if audio.suffix == ".wav":
+        try:
+            with wave.open(io.BytesIO(data)) as w:
+                clip["sample_rate"] = w.getframerate()
+                clip["duration_s"] = w.getnframes() / w.getframerate()
+        except (wave.Error, EOFError) as exc:
+            clip["error"] = str(exc)
+    _stamp, _, alert_id = audio.stem.partition("_")
+    doc = {"alert_id": alert_id, "monitor": audio.parent.name, "recovered": True, "clip": clip}
+    return (json.dumps(doc, indent=1) + "\n").encode()
