@@ -111,7 +111,11 @@ class Outbox:
         self.max_age_s = max_age_s
         self._clock = clock
         self._conn = self._open_or_replace()
-        self.prune()
+        try:
+            self.prune()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise OutboxError(f"{self.path}: cannot use the outbox: {exc}") from exc
 
     # --- opening -------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from broker import mqtt_broker, mqtt_broker_factory  # noqa: F401  (fixtures: real mosquitto)
 from vmic import virtual_mic  # noqa: F401  (fixture: PulseAudio null sink as a microphone)
 
 from asd_edge import audiofile
