@@ -208,6 +208,8 @@ class MqttLink:
         """
         thread, self._stopped = self._thread, True
         if thread is None:
+            self._wake_r.close()
+            self._wake_w.close()
             return
         self._put(("stop", timeout_s))
         if thread is not threading.current_thread():
@@ -232,6 +234,8 @@ class MqttLink:
 
     def held_alerts(self, timeout_s: float = 5.0) -> list[tuple[str, str, dict[str, Any]]]:
         """(alert_id, phase, payload) of the alerts a previous run left held, after start."""
+        if self._thread is None:
+            return []
         self._opened.wait(timeout_s)
         return list(self._held_at_start)
 
@@ -294,6 +298,8 @@ class MqttLink:
         }
 
     def _put(self, item: tuple[Any, ...]) -> None:
+        if not self.config.enabled:
+            return
         if self._stopped and item[0] != "stop":
             log.warning("mqtt_link_stopped", dropped=item[0])
             return
@@ -473,12 +479,7 @@ class MqttLink:
         )
 
     def _on_connect(
-        self,
-        client: Client,
-        userdata: Any,
-        flags: ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
+        self, _c: Client, _u: Any, flags: ConnectFlags, reason: ReasonCode, _p: Any
     ) -> None:
         if reason.is_failure:
             self._phase = "idle"
@@ -507,12 +508,7 @@ class MqttLink:
         )
 
     def _on_disconnect(
-        self,
-        client: Client,
-        userdata: Any,
-        flags: DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
+        self, _c: Client, _u: Any, _f: DisconnectFlags, reason: ReasonCode, _p: Any
     ) -> None:
         self._lost(str(reason))
 
@@ -671,14 +667,7 @@ class MqttLink:
             if room == 0:
                 return
 
-    def _on_publish(
-        self,
-        client: Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
+    def _on_publish(self, _c: Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
         if mid == self._offline_mid:
             self._offline_mid = None
         flight = self._inflight.pop(mid, None)
@@ -704,7 +693,7 @@ class MqttLink:
         )
         self._refresh_counts()
 
-    def _on_message(self, client: Client, userdata: Any, message: MQTTMessage) -> None:
+    def _on_message(self, _c: Client, _u: Any, message: MQTTMessage) -> None:
         topic = message.topic
         command_prefix = self.topics.commands[:-1]
         if topic.startswith(command_prefix) and self.on_command is not None:

@@ -170,6 +170,18 @@ class TestAlerts:
         }
         wait_until(lambda: second.stats()["outbox_depth"] == 0, what="an empty outbox")
 
+    def test_unusable_outbox_falls_back_to_memory(
+        self, mqtt_broker: Broker, make_link: LinkFactory, tmp_path: Path
+    ) -> None:
+        """An outbox path that cannot be created is logged; alerts still go out."""
+        (tmp_path / "dev1.sqlite").mkdir()  # a directory where the file should be
+        sub = mqtt_broker.subscriber("asd/dev1/alert")
+        with capture_logs() as logs:
+            link = connected(make_link(mqtt_broker))
+            link.submit_alert("m-1", {}, phase="start")
+            assert ids(sub.wait_for("asd/dev1/alert")) == ["m-1"]
+        assert any(e["event"] == "outbox_unavailable" and e["log_level"] == "error" for e in logs)
+
 
 class TestStatus:
     def test_online_retained_after_start_and_after_broker_restart(
@@ -366,17 +378,20 @@ class TestState:
         link = make_link(mqtt_broker)
         for n in range(3):
             link.publish_health({"n": n})
+        link.publish_model({"pump-a": {"name": "pump-a", "version": "v2"}})
         link.publish_monitor_state(
             "pump-a", {"anomaly": True, "score": 9.0, "level_dbfs": -12.0, "at": "t"}
         )
         mqtt_broker.start()
         connected(link)
-        sub = mqtt_broker.subscriber("asd/dev1/health", "asd/dev1/monitor/#")
+        sub = mqtt_broker.subscriber("asd/dev1/health", "asd/dev1/monitor/#", "asd/dev1/model")
         health = sub.wait_for("asd/dev1/health")
         assert [json.loads(m.payload) for m in health] == [{"n": 2}]
         assert health[0].retain
         monitor = sub.wait_for("asd/dev1/monitor/pump-a")[0]
         assert json.loads(monitor.payload)["anomaly"] is True and monitor.retain
+        model = sub.wait_for("asd/dev1/model")[0]
+        assert json.loads(model.payload)["pump-a"]["version"] == "v2" and model.retain
 
     def test_scores_throttled_and_clips_bounded(
         self, mqtt_broker: Broker, make_link: LinkFactory
