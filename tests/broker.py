@@ -217,7 +217,8 @@ class Broker:
     def _end(self, sig: signal.Signals) -> None:
         if self._proc is None:
             return
-        self._proc.send_signal(signal.SIGCONT)
+        if sig != signal.SIGKILL:
+            self._proc.send_signal(signal.SIGCONT)  # a paused broker must run to stop cleanly
         self._proc.send_signal(sig)
         try:
             self._proc.wait(timeout=10)

@@ -142,6 +142,22 @@ class TestAlerts:
         during = [json.loads(m.payload) for m in sub.on("asd/dev1/alert")]
         assert next(a for a in during if a["id"] == "during-0")["score"] is None  # NaN -> null
 
+    def test_unacknowledged_alerts_are_resent_after_reconnect(
+        self, mqtt_broker: Broker, make_link: LinkFactory
+    ) -> None:
+        """Alerts sent to a broker that died before acknowledging go again to the next one."""
+        link = connected(make_link(mqtt_broker))
+        mqtt_broker.pause()
+        for i in range(3):
+            link.submit_alert(f"lost-{i}", {}, phase="start")
+        wait_until(lambda: link.stats()["published"] == 3, what="three publishes")
+        mqtt_broker.kill()  # frozen, then gone: none of the three was acknowledged
+        wait_until(lambda: not link.connected, what="the link to notice")
+        assert link.stats()["outbox_depth"] == 3 and link.stats()["acked"] == 0
+        mqtt_broker.start()
+        wait_until(lambda: link.stats()["acked"] == 3, what="the re-sent alerts' PUBACKs")
+        assert link.stats()["outbox_depth"] == 0
+
     def test_what_a_stopped_link_left_is_sent_by_the_next(
         self, mqtt_broker: Broker, make_link: LinkFactory, tmp_path: Path
     ) -> None:
