@@ -159,7 +159,8 @@ class MqttLink:
         self._held_at_start: list[tuple[str, str, dict[str, Any]]] = []
         self._score_sent_s: dict[str, float] = {}
         # State of the link thread (only it writes these).
-        self._phase = "idle"  # idle | connecting | connected
+        self._phase = "idle"  # idle | dialing | connecting | connected
+        self._dial: threading.Thread | None = None
         self._connected = False
         self._stopping = False
         self._stop_timeout_s = 5.0
@@ -213,7 +214,7 @@ class MqttLink:
             return
         self._put(("stop", timeout_s))
         if thread is not threading.current_thread():
-            thread.join(timeout_s + 7.0)  # + paho's 5 s TCP connect timeout, if one is running
+            thread.join(timeout_s + 1.0)
             if thread.is_alive():
                 log.error("mqtt_stop_timeout", timeout_s=timeout_s)
 
@@ -297,10 +298,10 @@ class MqttLink:
             "last_ack_latency_s": self._last_ack_latency_s,
         }
 
-    def _put(self, item: tuple[Any, ...]) -> None:
+    def _put(self, item: tuple[Any, ...], *, internal: bool = False) -> None:
         if not self.config.enabled:
             return
-        if self._stopped and item[0] != "stop":
+        if self._stopped and not internal and item[0] != "stop":
             log.warning("mqtt_link_stopped", dropped=item[0])
             return
         self._queue.put(item)
@@ -414,7 +415,7 @@ class MqttLink:
         if self._stopping:
             return True
         now = self._clock()
-        if self._phase == "idle" and now >= self._next_attempt_s:
+        if self._phase == "idle" and now >= self._next_attempt_s and not self._stopping:
             self._connect()
         elif self._phase == "connecting" and now - self._attempt_s > CONNACK_TIMEOUT_S:
             self._failed(f"no CONNACK within {CONNACK_TIMEOUT_S:g} s")
@@ -429,7 +430,8 @@ class MqttLink:
     def _network(self, wait_s: float) -> None:
         """Wait for the socket or a wake-up for at most ``wait_s``, then let paho work."""
         assert self._client is not None
-        client, sock = self._client, self._client.socket()
+        client = self._client
+        sock = None if self._phase == "dialing" else client.socket()  # the dialer owns it
         readers: list[Any] = [self._wake_r]
         writers: list[Any] = []
         tls_pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
@@ -453,16 +455,38 @@ class MqttLink:
                 client.loop_write()
             if client.socket() is sock:
                 client.loop_misc()
-        if client.socket() is None and self._phase != "idle":
+        if sock is not None and client.socket() is None and self._phase != "idle":
             self._lost("connection closed")
 
     def _connect(self) -> None:
+        """Dial in a helper thread (DNS, TCP, TLS may block for seconds) while this one
+        keeps storing alerts; the helper reports back through the queue."""
+        self._phase = "dialing"
+        self._dial = threading.Thread(target=self._dial_broker, name="mqtt-dial", daemon=True)
+        self._dial.start()
+
+    def _dial_broker(self) -> None:
+        """In the helper thread: open the socket and send CONNECT; nothing else touches the
+        client meanwhile."""
         assert self._client is not None
-        self._phase, self._attempt_s = "connecting", self._clock()
+        error = None
         try:
             self._client.reconnect()
         except (OSError, ValueError) as exc:
-            self._failed(str(exc) or type(exc).__name__)
+            error = str(exc) or type(exc).__name__
+        except Exception as exc:  # reported, never lost with the thread
+            error = f"{type(exc).__name__}: {exc}"
+        self._put(("dialed", error), internal=True)
+
+    def _dialed(self, error: str | None) -> None:
+        """The helper thread is done: the attempt failed, or CONNACK is now awaited."""
+        assert self._client is not None
+        self._dial = None
+        if error is None and self._client.socket() is None:
+            error = "connection closed while connecting"
+        self._phase, self._attempt_s = "connecting", self._clock()
+        if error is not None:
+            self._failed(error)
 
     def _failed(self, error: str) -> None:
         """A connection attempt failed: back off and say so."""
@@ -514,6 +538,8 @@ class MqttLink:
 
     def _lost(self, reason: str) -> None:
         """The socket is gone: while connecting, a failed attempt; while connected, a drop."""
+        if self._phase == "dialing":
+            return  # called from the dialer thread: its own failure comes back as "dialed"
         was, self._phase, self._connected = self._phase, "idle", False
         if was == "connecting":
             self._failed(f"connection closed before CONNACK: {reason}")
@@ -576,6 +602,8 @@ class MqttLink:
             elif kind == "discovery":
                 self._discovery = (item[1], item[2])
                 self._dirty.add("discovery")
+            elif kind == "dialed":
+                self._dialed(item[1])
             elif kind == "stop":
                 self._stopping, self._stop_timeout_s = True, float(item[1])
 
@@ -717,9 +745,14 @@ class MqttLink:
     def _shutdown(self) -> None:
         """Status offline (retained), wait for it and the alerts in flight, then disconnect."""
         client = self._client
-        if client is None or not self._connected:
-            return
         deadline = self._clock() + self._stop_timeout_s
+        dial = self._dial
+        if dial is not None:  # let a running attempt finish, then close what it opened
+            dial.join(max(0.0, deadline - self._clock()))
+        if client is None or not self._connected:
+            if client is not None and not (dial and dial.is_alive()) and client.socket():
+                client.disconnect()  # CONNECT was sent: a DISCONNECT keeps the will unsent
+            return
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         info = client.publish(
             self.topics.status, self._status("offline", since=since, reason="stopped"), 1, True

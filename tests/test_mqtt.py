@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -157,6 +158,22 @@ class TestAlerts:
         mqtt_broker.start()
         wait_until(lambda: link.stats()["acked"] == 3, what="the re-sent alerts' PUBACKs")
         assert link.stats()["outbox_depth"] == 0
+
+    def test_alerts_are_stored_while_a_connect_hangs(
+        self, make_link: LinkFactory, tmp_path: Path
+    ) -> None:
+        """A server that takes the TCP connection but never answers TLS: alerts still hit disk."""
+        with socket.create_server((HOST, 0)) as server:
+            server.settimeout(10)
+            link = make_link(server.getsockname()[1], tls=TlsConfig(enabled=True))
+            conn, _ = server.accept()  # the link is now stuck in its TLS handshake
+            with conn:
+                link.submit_alert("while-dialing", {}, phase="start")
+                wait_until(
+                    lambda: rows_on_disk(tmp_path / "dev1.sqlite") == ["while-dialing"],
+                    what="the alert on disk",
+                )
+                assert link.stats()["connect_failures"] == 0 and not link.connected
 
     def test_what_a_stopped_link_left_is_sent_by_the_next(
         self, mqtt_broker: Broker, make_link: LinkFactory, tmp_path: Path
