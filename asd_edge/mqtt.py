@@ -121,8 +121,10 @@ class MqttLink:
     and may be called from any thread. The link thread runs paho's documented
     external-loop API (``loop_read``/``loop_write``/``loop_misc`` around its own
     ``select``) so that reconnects follow our jittered back-off, paho's callbacks
-    run on the same thread as the outbox (no locks), and a submitted alert wakes
-    the thread at once instead of waiting for a poll.
+    (``on_command`` included) run on the same thread as the outbox (no locks), and
+    a submitted alert wakes the thread at once instead of waiting for a poll. Each
+    connection attempt runs in a short-lived helper thread, since DNS, TCP and TLS
+    can block for seconds, during which alerts must still reach the disk.
     """
 
     def __init__(
@@ -415,7 +417,7 @@ class MqttLink:
         if self._stopping:
             return True
         now = self._clock()
-        if self._phase == "idle" and now >= self._next_attempt_s and not self._stopping:
+        if self._phase == "idle" and now >= self._next_attempt_s:
             self._connect()
         elif self._phase == "connecting" and now - self._attempt_s > CONNACK_TIMEOUT_S:
             self._failed(f"no CONNACK within {CONNACK_TIMEOUT_S:g} s")
