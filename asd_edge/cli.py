@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         configure_logging(config.logging.level, config.logging.format)
         detectors = load_detectors(config)
-        daemon = Daemon(config, detectors)
+        daemon = Daemon.from_config(config, detectors)
     except ConfigError as exc:
         return _config_error(exc)
     except AudioError as exc:  # a replay file that cannot be read

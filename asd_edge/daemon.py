@@ -5,19 +5,26 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
+from typing import Any, Protocol
 
-import numpy as np
 import structlog
 
+from .alerts import Alerts, AlertSink, MonitorInfo, lost_clip
 from .capture import AudioSource, SoundDeviceSource
+from .clips import ClipRecorder
+from .clipstore import ClipStore
+from .commands import Command, CommandRouter
 from .config import Config, InputConfig
 from .decision import Event
 from .detector import Detector
 from .errors import AudioError, ConfigError, ModelError
 from .filesource import FileSource
-from .monitor import Monitor
+from .monitor import Monitor, TickResult
+from .mqtt import MqttLink
+from .telemetry import MonitorState, Telemetry
 
 __all__ = [
     "EXIT_CONFIG",
@@ -25,10 +32,10 @@ __all__ = [
     "EXIT_SOFTWARE",
     "EXIT_UNAVAILABLE",
     "Daemon",
+    "Link",
     "load_detectors",
     "open_input",
     "replay_path",
-    "tick_summary",
 ]
 
 log = structlog.get_logger()
@@ -43,8 +50,8 @@ EXIT_CONFIG = 78
 
 POLL_S = 0.05
 """How often the loop wakes to look for completed windows (bounds the added latency)."""
-STATS_EVERY_S = 60.0
-"""How often a ``daemon_stats`` line is logged."""
+STOP_TIMEOUT_S = 5.0
+"""How long shutdown waits for the clip writer and for the broker to take the last messages."""
 REPLAY_PREFIX = "file:"
 """``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
 
@@ -97,23 +104,36 @@ def load_detectors(config: Config) -> dict[str, Detector]:
     return detectors
 
 
-def tick_summary(durations_s: list[float]) -> dict[str, float]:
-    """p50, p95 and max of tick durations in milliseconds (empty when none)."""
-    if not durations_s:
-        return {}
-    ms = np.asarray(durations_s) * 1e3
-    return {
-        "tick_p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "tick_p95_ms": round(float(np.percentile(ms, 95)), 3),
-        "tick_max_ms": round(float(ms.max()), 3),
-    }
+class Link(AlertSink, Protocol):
+    """The daemon's connection to the world (``MqttLink``): alerts, health, state."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None: ...
+
+    def held_alerts(self) -> list[tuple[str, str, dict[str, Any]]]: ...
+
+    def publish_health(self, payload: Mapping[str, Any]) -> None: ...
+
+    def publish_model(self, payload: Mapping[str, Any]) -> None: ...
+
+    def publish_monitor_state(self, monitor: str, payload: Mapping[str, Any]) -> None: ...
+
+    def publish_score(self, monitor: str, payload: Mapping[str, Any]) -> None: ...
+
+    def set_discovery(
+        self, monitors: Sequence[str], *, model_names: Mapping[str, str] = ...
+    ) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 class Daemon:
     """Runs the monitors of a configuration until asked to stop.
 
-    The audio source and the clock are injected (a file source in tests;
-    PortAudio and ``time.monotonic`` in production).
+    Its collaborators are injected: the audio source, the link to the broker (None:
+    no MQTT), the clip store (None: no clips) and the clocks. ``from_config`` builds
+    the real ones; tests pass a file source and real or no services.
     """
 
     def __init__(
@@ -122,17 +142,72 @@ class Daemon:
         detectors: dict[str, Detector],
         *,
         source: AudioSource | None = None,
+        link: Link | None = None,
+        clip_store: ClipStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.detectors = detectors
         self._clock = clock
+        self._wall = wall_clock
         self._stop = threading.Event()
         self._stop_reason: str | None = None
+        self._health_now = threading.Event()
         self.source = source if source is not None else self._open_source()
+        self.link = link
+        self.clip_store = clip_store
+        recorder = None
+        if clip_store is not None:
+            recorder = ClipRecorder(
+                clip_store, config.clips, device_id=self._device_id, wall_clock=wall_clock
+            )
+        self.alerts = Alerts(
+            device_id=self._device_id, sink=link, recorder=recorder, wall_clock=wall_clock
+        )
         self.monitors: list[Monitor] = []
-        self._durations_s: list[float] = []
+        self.telemetry: Telemetry | None = None
+        self._infos: dict[str, MonitorInfo] = {}
         self._reported_callback_errors = 0
+
+    @property
+    def _device_id(self) -> str:
+        return self.config.device_id or "asd-edge"
+
+    @classmethod
+    def from_config(cls, config: Config, detectors: dict[str, Detector]) -> Daemon:
+        """The daemon with its real services: PortAudio (or a replayed file), the clip
+        store under ``state_dir/clips`` and the MQTT link with its outbox."""
+        state_dir = Path(config.state_dir)
+        if config.clips.enabled or config.mqtt.enabled:
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"state_dir: cannot create {state_dir}: {exc.strerror or exc}"
+                ) from exc
+        holder: list[Daemon] = []  # the callbacks below need the daemon they belong to
+        link = None
+        if config.mqtt.enabled:
+            router = CommandRouter({"health": lambda _cmd: holder[0].request_health()})
+            link = MqttLink(
+                config.mqtt,
+                device_id=config.device_id or "asd-edge",
+                outbox_path=state_dir / "outbox.sqlite",
+                outbox=config.outbox,
+                on_command=router,
+            )
+            router.reply = link.publish_command_result
+        store = None
+        if config.clips.enabled:
+            store = ClipStore(
+                state_dir / "clips",
+                config.clips,
+                on_done=lambda result: holder[0].alerts.clip_done(result),
+            )
+        daemon = cls(config, detectors, link=link, clip_store=store)
+        holder.append(daemon)
+        return daemon
 
     def _open_source(self) -> AudioSource:
         rates = {d.spec.sample_rate for d in self.detectors.values()}
@@ -144,6 +219,10 @@ class Daemon:
         if self._stop_reason is None:
             self._stop_reason = reason
         self._stop.set()
+
+    def request_health(self, _command: Command | None = None) -> None:
+        """Publish a health report at the next wake (the ``cmd/health`` command)."""
+        self._health_now.set()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop the loop cleanly."""
@@ -163,6 +242,7 @@ class Daemon:
             return EXIT_UNAVAILABLE
         code = EXIT_SOFTWARE
         try:
+            self._start_services()
             # Anchored at the first captured sample: nothing is missed while we set up.
             self.monitors = [
                 Monitor.from_config(
@@ -174,9 +254,10 @@ class Daemon:
                 )
                 for m in self.config.monitors
             ]
+            self._describe_monitors()
             log.info(
                 "daemon_started",
-                device_id=self.config.device_id,
+                device_id=self._device_id,
                 sample_rate=self.source.sample_rate,
                 channels=self.source.channels,
                 monitors=[self._describe(m) for m in self.monitors],
@@ -187,13 +268,90 @@ class Daemon:
             code = EXIT_SOFTWARE
         finally:
             log.info("daemon_stopping", reason=self._stop_reason or "error")
-            for monitor in self.monitors:
-                event = monitor.close(monitor.now_s())
-                if event is not None:
-                    self._report(monitor, event)
-            self.source.stop()
+            self._shutdown()
             log.info("daemon_stopped", exit_code=code)
         return code
+
+    def _start_services(self) -> None:
+        if self.clip_store is not None:
+            self.clip_store.start()
+        if self.link is not None:
+            self.link.start()
+            for alert_id, phase, payload in self.link.held_alerts():
+                # An end alert whose clip a killed daemon never finished: send it now.
+                log.warning("held_alert_released", alert_id=alert_id, phase=phase)
+                self.link.release_alert(alert_id, phase, lost_clip(payload))
+
+    def _shutdown(self) -> None:
+        """Close events in progress, finish their clips, hand the last alerts over."""
+        for monitor in self.monitors:
+            event = monitor.close(monitor.now_s())
+            if event is not None:
+                self._event(monitor, event)
+        self.alerts.close()
+        self.source.stop()
+        if self.clip_store is not None:
+            self.clip_store.stop(STOP_TIMEOUT_S)
+        if self.link is not None:
+            self.link.stop(STOP_TIMEOUT_S)
+
+    def _model_facts(self, monitor: Monitor) -> dict[str, str]:
+        spec = monitor.detector.spec
+        return {"name": spec.name, "version": spec.version, "sha256": monitor.detector.sha256}
+
+    def _describe_monitors(self) -> None:
+        """Monitor facts for alerts, telemetry, Home Assistant and the model topic."""
+        channels = {m.channel for m in self.config.monitors}
+        self.telemetry = Telemetry(
+            device_id=self._device_id,
+            source=self.source,
+            channels=sorted(channels),
+            health=self.config.health,
+            clock=self._clock,
+            wall_clock=self._wall,
+        )
+        for cfg, monitor in zip(self.config.monitors, self.monitors, strict=True):
+            model = self._model_facts(monitor)
+            self._infos[monitor.name] = MonitorInfo(
+                name=monitor.name,
+                model=model,
+                window_s=monitor.detector.spec.window_s,
+                ring=monitor.source,
+                sample_rate=self.source.sample_rate,
+            )
+            self.telemetry.monitors[monitor.name] = MonitorState(
+                name=monitor.name,
+                channel=cfg.channel,
+                model={**model, "kind": monitor.detector.spec.kind},
+                threshold=monitor.decision.policy.threshold,
+            )
+        if self.link is not None:
+            self.link.set_discovery(
+                [m.name for m in self.monitors],
+                model_names={m.name: m.detector.spec.name for m in self.monitors},
+            )
+            self.link.publish_model(self._model_payload())
+            for monitor in self.monitors:
+                self.link.publish_monitor_state(
+                    monitor.name, self.telemetry.monitor_payload(monitor.name)
+                )
+
+    def _model_payload(self) -> dict[str, Any]:
+        """``<prefix>/model``: the active model of every monitor."""
+        return {
+            "device_id": self._device_id,
+            "monitors": {
+                m.name: {
+                    **self._model_facts(m),
+                    "kind": m.detector.spec.kind,
+                    "path": str(m.detector.path),
+                    "threshold": m.decision.policy.threshold,
+                    "loaded_at": m.detector.loaded_at,
+                    "last_error": None,
+                }
+                for m in self.monitors
+            },
+        }
 
     def _describe(self, monitor: Monitor) -> dict[str, object]:
         spec = monitor.detector.spec
@@ -209,9 +367,11 @@ class Daemon:
         }
 
     def _loop(self) -> int:
+        assert self.telemetry is not None
+        telemetry = self.telemetry
+        interval_s = self.config.mqtt.health_interval_s
         next_wake = self._clock()
-        next_stats = next_wake + STATS_EVERY_S
-        skipped_wakes = 0
+        next_report = next_wake + interval_s
         while not self._stop.is_set():
             now = self._clock()
             try:
@@ -223,17 +383,20 @@ class Daemon:
             end_of_input = isinstance(self.source, FileSource) and self.source.finished
             started = self._clock()
             if self._tick_all(final=end_of_input):
-                self._durations_s.append(self._clock() - started)
+                telemetry.durations_s.append(self._clock() - started)
+            telemetry.update()
+            self.alerts.poll()
             if end_of_input:
                 self.stop("end_of_input")
-            if now >= next_stats:
-                self._log_stats(skipped_wakes)
-                next_stats = now + STATS_EVERY_S
+            if now >= next_report or self._health_now.is_set():
+                self._health_now.clear()
+                self._report_health()
+                next_report = now + interval_s
             next_wake += POLL_S
             now = self._clock()
             if next_wake < now:  # late: skip the missed wakes rather than pile them up
                 missed = int((now - next_wake) // POLL_S) + 1
-                skipped_wakes += missed
+                telemetry.skipped_wakes += missed
                 next_wake += missed * POLL_S
             self._stop.wait(max(0.0, next_wake - now))
         return EXIT_OK
@@ -243,57 +406,87 @@ class Daemon:
         scored = False
         for monitor in self.monitors:
             result = monitor.tick(final=final)
-            trouble = {
-                "skipped_windows": result.skipped_windows,
-                "lost_samples": result.lost_samples,
-                "nonfinite_samples": result.nonfinite_samples,
-                "nonfinite_scores": result.nonfinite_scores,
-            }
-            if result.gap or any(trouble.values()):
-                log.warning("monitor_degraded", monitor=monitor.name, gap=result.gap, **trouble)
+            self._check(monitor, result)
             for window in result.scores:
                 scored = True
-                log.debug(
-                    "window_scored",
-                    monitor=monitor.name,
-                    end_s=round(window.end_s, 3),
-                    score=window.score,
-                )
+                self._scored(monitor, window.end_s, window.score)
             for event in result.events:
-                self._report(monitor, event)
+                self._event(monitor, event)
         return scored
 
-    def _report(self, monitor: Monitor, event: Event) -> None:
-        fields = {
-            "monitor": monitor.name,
-            "onset_s": round(event.onset_s, 3),
-            "at_s": round(event.at_s, 3),
-            "score": event.score,
-            "peak_score": event.peak_score,
-            "threshold": event.threshold,
-            "model": monitor.detector.spec.name,
-            "model_version": monitor.detector.spec.version,
+    def _check(self, monitor: Monitor, result: TickResult) -> None:
+        trouble = {
+            "skipped_windows": result.skipped_windows,
+            "lost_samples": result.lost_samples,
+            "nonfinite_samples": result.nonfinite_samples,
+            "nonfinite_scores": result.nonfinite_scores,
         }
-        if event.phase == "start":
-            log.warning("anomaly_started", **fields)
-        else:
-            log.info("anomaly_ended", duration_s=round(event.at_s - event.onset_s, 3), **fields)
+        if result.gap or any(trouble.values()):
+            log.warning("monitor_degraded", monitor=monitor.name, gap=result.gap, **trouble)
 
-    def _log_stats(self, skipped_wakes: int) -> None:
+    def _scored(self, monitor: Monitor, end_s: float, score: float) -> None:
+        log.debug("window_scored", monitor=monitor.name, end_s=round(end_s, 3), score=score)
+        assert self.telemetry is not None
+        self.telemetry.monitors[monitor.name].scored(score)
+        self.alerts.score(monitor.name, end_s, score)
+        if self.link is not None and self.config.mqtt.publish_scores:
+            self.link.publish_score(
+                monitor.name,
+                {
+                    "monitor": monitor.name,
+                    "score": score,
+                    "threshold": monitor.decision.policy.threshold,
+                    "end_s": round(end_s, 3),
+                },
+            )
+
+    def _event(self, monitor: Monitor, event: Event) -> None:
+        self.alerts.event(self._infos[monitor.name], event)
+        assert self.telemetry is not None
+        state = self.telemetry.monitors[monitor.name]
+        state.anomaly = event.phase == "start"
+        state.events += event.phase == "start"
+        if self.link is not None:
+            self.link.publish_monitor_state(
+                monitor.name, self.telemetry.monitor_payload(monitor.name)
+            )
+
+    def _report_health(self) -> None:
+        """Log ``daemon_stats`` and publish the retained health message."""
+        assert self.telemetry is not None
         stats = self.source.stats
-        rings = {id(m.source): m.source for m in self.monitors}  # monitors may share a ring
         if stats.callback_errors > self._reported_callback_errors:
             log.error("capture_callback_failing", errors=stats.callback_errors)
             self._reported_callback_errors = stats.callback_errors
+        extra: dict[str, Any] = {}
+        if self.clip_store is not None:
+            extra["clips"] = self.clip_store.usage().as_dict()
+        if self.link is not None:
+            link_stats = self.link.stats()
+            extra["mqtt"] = link_stats
+            extra["outbox"] = {
+                k: link_stats.get(k) for k in ("outbox_depth", "dropped_rows", "dropped_age")
+            }
+        payload = self.telemetry.report(extra)
+        audio = payload["audio"]
         log.info(
             "daemon_stats",
-            skipped_wakes=skipped_wakes,
-            overflows=stats.overflows,
+            skipped_wakes=payload["ticks"]["skipped_wakes"],
+            overflows=audio["overflows"],
             status_flags=stats.status_flags,
             callback_errors=stats.callback_errors,
             stalls=stats.stalls,
             restarts=stats.restarts,
-            lost_samples=sum(ring.lost_samples for ring in rings.values()),
-            **tick_summary(self._durations_s),
+            lost_samples=audio["lost_samples"],
+            silent=audio["silent"],
+            clipping=audio["clipping"],
+            cpu_percent=payload["process"]["cpu_percent"],
+            rss_mb=payload["process"]["rss_mb"],
+            **{k: v for k, v in payload["ticks"].items() if k != "skipped_wakes"},
         )
-        self._durations_s.clear()
+        if self.link is not None:
+            self.link.publish_health(payload)
+            for monitor in self.monitors:
+                self.link.publish_monitor_state(
+                    monitor.name, self.telemetry.monitor_payload(monitor.name)
+                )

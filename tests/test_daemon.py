@@ -46,6 +46,8 @@ def replay_config(tmp_path: Path, wav: Path, model: Path, **monitor: object) -> 
         yaml.safe_dump(
             {
                 "device_id": "replay",
+                "state_dir": str(tmp_path / "state"),
+                "mqtt": {"enabled": False},
                 "input": {"device": f"file:{wav}"},
                 "monitors": [{"name": "fan", "model": str(model), **monitor}],
                 "logging": {"format": "json", "level": "debug"},
@@ -99,6 +101,8 @@ class TestReplay:
         config.write_text(
             yaml.safe_dump(
                 {
+                    "state_dir": str(tmp_path / "state"),
+                    "mqtt": {"enabled": False},
                     "input": {"device": f"file:{wav}", "channels": 2},
                     "monitors": [
                         {"name": "left", "channel": 0, "model": str(level_model)},

@@ -74,6 +74,7 @@ def daemon_config(tmp_path: Path, level_model: Path, virtual_mic: Any) -> Path:
             {
                 "device_id": "test-device",
                 "state_dir": str(tmp_path / "state"),
+                "mqtt": {"enabled": False},
                 "input": {"device": virtual_mic.device, "channels": 1},
                 "monitors": [{"name": "pump", "channel": 0, "model": str(level_model)}],
                 "logging": {"level": "info", "format": "json"},

@@ -1,0 +1,257 @@
+"""Events to alerts: the payload contract, alert ids, and the clip each alert points to."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from .clips import ClipRecorder, ClipResult
+from .decision import Event
+from .ring import RingBuffer
+
+__all__ = ["AlertSink", "Alerts", "MonitorInfo", "iso_utc", "new_alert_id"]
+
+log = structlog.get_logger()
+
+CLIP_LOST = "the daemon stopped before the clip was saved"
+"""The clip error of an end alert held by a daemon that was killed meanwhile."""
+
+
+class AlertSink(Protocol):
+    """Where alerts go (``MqttLink`` in production): stored durably, then published."""
+
+    def submit_alert(
+        self, alert_id: str, payload: Mapping[str, Any], *, phase: str, held: bool = False
+    ) -> None:
+        """Queue an alert (``held``: stored, but not published before ``release_alert``)."""
+        ...
+
+    def release_alert(self, alert_id: str, phase: str, payload: Mapping[str, Any]) -> None:
+        """Publish a held alert with its final payload."""
+        ...
+
+    def publish_clip(self, alert_id: str, data: bytes) -> bool:
+        """Publish a saved clip's bytes (if configured and small enough)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorInfo:
+    """What an alert says about the monitor that raised it and where its audio is."""
+
+    name: str
+    model: Mapping[str, str]
+    """``name``, ``version`` and ``sha256`` of the model in force."""
+    window_s: float
+    """The model's window: an event's audio begins one window before its onset."""
+    ring: RingBuffer
+    """The capture ring of the monitor's channel."""
+    sample_rate: int
+    """Capture rate of that ring."""
+
+
+def iso_utc(epoch_s: float) -> str:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-21T10:15:02.250Z``."""
+    stamp = datetime.fromtimestamp(epoch_s, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def new_alert_id(monitor: str, epoch_s: float) -> str:
+    """A unique, time-ordered, readable alert id: ``20261121T101502Z-main-3f2a9c1d``."""
+    stamp = datetime.fromtimestamp(epoch_s, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{monitor}-{secrets.token_hex(4)}"
+
+
+@dataclass(slots=True)
+class _Open:
+    """An event in progress and the facts its end alert repeats."""
+
+    alert_id: str
+    started_at: str
+    clip_path: Path | None
+    start_payload: dict[str, Any]
+
+
+class Alerts:
+    """Turns each monitor's events into start and end alerts, and records their clips.
+
+    Called from the tick loop (``event``, ``score``, ``poll``, ``close``) and from the
+    clip writer thread (``clip_done``). The end alert of an event whose clip is still
+    being recorded is stored *held* (durable, unpublished) and released with the
+    clip's path, duration and sha256 once it is saved, or with the reason it was not.
+    """
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        sink: AlertSink | None,
+        recorder: ClipRecorder | None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.device_id = device_id
+        self._sink = sink
+        self._recorder = recorder
+        self._wall = wall_clock
+        self._open: dict[str, _Open] = {}
+        self._lock = threading.Lock()
+        self._waiting: dict[str, dict[str, Any]] = {}  # alert id → held end payload
+        self._clips: dict[str, ClipResult] = {}  # alert id → clip result before its end
+
+    def wall_time(self, info: MonitorInfo, stream_s: float) -> float:
+        """Wall-clock epoch seconds of a stream time of ``info``'s ring."""
+        newest_s = info.ring.written / info.sample_rate
+        return self._wall() - max(0.0, newest_s - stream_s)
+
+    def event(self, info: MonitorInfo, event: Event) -> str | None:
+        """Publish the alert of one event phase; returns its alert id."""
+        if event.phase == "start":
+            return self._start(info, event)
+        return self._end(info, event)
+
+    def _start(self, info: MonitorInfo, event: Event) -> str:
+        begin_s = max(0.0, event.onset_s - info.window_s)
+        started = self.wall_time(info, begin_s)
+        alert_id = new_alert_id(info.name, started)
+        clip_path = None
+        if self._recorder is not None:
+            clip_path = self._recorder.start(
+                alert_id=alert_id,
+                monitor=info.name,
+                event=event,
+                ring=info.ring,
+                sample_rate=info.sample_rate,
+                window_s=info.window_s,
+                model=info.model,
+            )
+        payload: dict[str, Any] = {
+            "id": alert_id,
+            "device_id": self.device_id,
+            "monitor": info.name,
+            "phase": "start",
+            "started_at": iso_utc(started),
+            "detected_at": iso_utc(self._wall()),
+            "score": event.score,
+            "peak_score": event.peak_score,
+            "threshold": event.threshold,
+            "model": dict(info.model),
+            "clip": {"path": str(clip_path), "status": "recording"} if clip_path else None,
+        }
+        self._open[info.name] = _Open(alert_id, payload["started_at"], clip_path, payload)
+        log.warning("anomaly_started", **_log_fields(alert_id, info, event))
+        if self._sink is not None:
+            self._sink.submit_alert(alert_id, payload, phase="start")
+        return alert_id
+
+    def _end(self, info: MonitorInfo, event: Event) -> str | None:
+        opened = self._open.pop(info.name, None)
+        if opened is None:  # an end without a start: nothing was announced
+            return None
+        ended = self.wall_time(info, event.last_anomalous_s)
+        payload = {
+            **opened.start_payload,
+            "phase": "end",
+            "ended_at": iso_utc(ended),
+            "duration_s": round(event.last_anomalous_s - event.onset_s + info.window_s, 3),
+            "score": event.score,
+            "peak_score": event.peak_score,
+        }
+        payload.pop("detected_at", None)
+        log.info(
+            "anomaly_ended",
+            duration_s=payload["duration_s"],
+            **_log_fields(opened.alert_id, info, event),
+        )
+        if self._recorder is not None and opened.clip_path is not None:
+            self._recorder.end(monitor=info.name, event=event)
+        with self._lock:
+            result = self._clips.pop(opened.alert_id, None)
+            held = opened.clip_path is not None and result is None
+            if result is not None:
+                payload["clip"] = clip_facts(result)
+            if held:
+                self._waiting[opened.alert_id] = payload
+        if self._sink is not None:
+            self._sink.submit_alert(opened.alert_id, payload, phase="end", held=held)
+        return opened.alert_id
+
+    def score(self, monitor: str, at_s: float, score: float) -> None:
+        """A window's score, for the timeline of the monitor's open clip."""
+        if self._recorder is not None:
+            self._recorder.score(monitor, at_s, score)
+
+    def poll(self) -> None:
+        """Hand every clip whose audio is complete to the writer (never blocks on disk)."""
+        if self._recorder is not None:
+            self._recorder.poll()
+
+    def close(self) -> None:
+        """At shutdown: cut every open clip at what the ring holds now."""
+        if self._recorder is not None:
+            self._recorder.flush()
+
+    def clip_done(self, result: ClipResult) -> None:
+        """The clip writer finished (or skipped) a clip: release its end alert."""
+        with self._lock:
+            payload = self._waiting.pop(result.alert_id, None)
+            if payload is None:  # the event is still going on (clip cut at max length)
+                self._clips[result.alert_id] = result
+            else:
+                payload["clip"] = clip_facts(result)
+        if self._sink is None:
+            return
+        if payload is not None:
+            self._sink.release_alert(result.alert_id, "end", payload)
+        if result.path is not None:
+            self._publish_clip(result)
+
+    def _publish_clip(self, result: ClipResult) -> None:
+        assert self._sink is not None and result.path is not None
+        try:
+            data = result.path.read_bytes()
+        except OSError as exc:
+            log.error("clip_unreadable", alert_id=result.alert_id, error=str(exc))
+            return
+        self._sink.publish_clip(result.alert_id, data)
+
+
+def _log_fields(alert_id: str, info: MonitorInfo, event: Event) -> dict[str, Any]:
+    return {
+        "alert_id": alert_id,
+        "monitor": info.name,
+        "onset_s": round(event.onset_s, 3),
+        "at_s": round(event.at_s, 3),
+        "score": event.score,
+        "peak_score": event.peak_score,
+        "threshold": event.threshold,
+        "model": info.model.get("name"),
+        "model_version": info.model.get("version"),
+    }
+
+
+def clip_facts(result: ClipResult) -> dict[str, Any]:
+    """The ``clip`` object of an end alert: where the clip is, or why there is none."""
+    if result.path is None:
+        return {"path": None, "status": "skipped", "error": result.error}
+    return {
+        "path": str(result.path),
+        "status": "saved",
+        "duration_s": round(result.duration_s, 3),
+        "sha256": result.sha256,
+        "bytes": result.bytes,
+    }
+
+
+def lost_clip(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A held end alert left by a daemon that died before its clip was saved."""
+    clip = payload.get("clip") or {}
+    path = clip.get("path") if isinstance(clip, Mapping) else None
+    return {**payload, "clip": {"path": path, "status": "lost", "error": CLIP_LOST}}
