@@ -159,6 +159,10 @@ class ClearMLTracker:
         if offline:
             Task.set_offline(offline_mode=True)
         self.offline = offline
+        # The run directory is the record of the code and config: skip ClearML's scan of
+        # the repository and of every import (minutes in a checkout with a virtualenv).
+        Task.force_store_standalone_script(True)
+        Task.force_requirements_env_freeze(True)
         try:
             self.task = Task.init(
                 project_name=project,
@@ -166,6 +170,7 @@ class ClearMLTracker:
                 auto_connect_frameworks=False,
                 auto_connect_arg_parser=False,
                 auto_resource_monitoring=False,
+                auto_connect_streams=False,
                 reuse_last_task_id=False,
             )
         except Exception as exc:  # ClearML raises many untyped errors on connection
