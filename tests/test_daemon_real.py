@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import queue
-import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,54 +13,9 @@ import numpy as np
 import pytest
 import yaml
 from conftest import asd_edge_command, tone_burst, write_wav
+from daemonproc import DaemonProcess
 
 pytestmark = pytest.mark.realaudio
-
-
-class DaemonProcess:
-    """``asd-edge run`` in the background, its JSON log lines on a queue."""
-
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [*asd_edge_command(), "run", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-        self.lines: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.lines.put((time.monotonic(), json.loads(line)))
-            except json.JSONDecodeError:
-                self.lines.put((time.monotonic(), {"event": "not_json", "line": line}))
-
-    def wait_for(self, event: str, timeout_s: float) -> tuple[float, dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                at, record = self.lines.get(timeout=left)
-            except queue.Empty:
-                break
-            self.seen.append(record)
-            if record.get("event") == event:
-                return at, record
-        stderr = (
-            self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
-        )
-        raise AssertionError(
-            f"no {event!r} within {timeout_s} s; saw {self.seen}; stderr: {stderr}"
-        )
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=15)
 
 
 @pytest.fixture
