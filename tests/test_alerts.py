@@ -1,0 +1,207 @@
+"""Tests of events → alerts: the payload contract, ids, held end alerts and their clips."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from asd_edge.alerts import CLIP_LOST, Alerts, MonitorInfo, iso_utc, lost_clip, new_alert_id
+from asd_edge.clips import ClipRecorder
+from asd_edge.clipstore import ClipStore
+from asd_edge.config import ClipsConfig
+from asd_edge.decision import Event
+from asd_edge.ring import RingBuffer
+
+RATE = 16000
+WALL = 1_790_000_000.0  # 2026-09-21
+
+
+class RecordingSink:
+    """An AlertSink that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, dict[str, Any], bool]] = []
+        self.clips: list[tuple[str, bytes]] = []
+        self.released = threading.Event()
+
+    def submit_alert(
+        self, alert_id: str, payload: Mapping[str, Any], *, phase: str, held: bool = False
+    ) -> None:
+        self.calls.append(("submit", alert_id, phase, dict(payload), held))
+
+    def release_alert(self, alert_id: str, phase: str, payload: Mapping[str, Any]) -> None:
+        self.calls.append(("release", alert_id, phase, dict(payload), False))
+        self.released.set()
+
+    def publish_clip(self, alert_id: str, data: bytes) -> bool:
+        self.clips.append((alert_id, data))
+        return True
+
+
+def event(phase: str, at_s: float, onset_s: float, last_s: float, score: float = 5.0) -> Event:
+    return Event(
+        phase=phase,  # type: ignore[arg-type]
+        at_s=at_s,
+        onset_s=onset_s,
+        last_anomalous_s=last_s,
+        peak_score=9.0,
+        score=score,
+        threshold=1.0,
+    )
+
+
+def info(ring: RingBuffer) -> MonitorInfo:
+    return MonitorInfo(
+        name="pump",
+        model={"name": "m", "version": "v1", "sha256": "ab" * 32},
+        window_s=1.0,
+        ring=ring,
+        sample_rate=RATE,
+    )
+
+
+def filled_ring(seconds: float) -> RingBuffer:
+    ring = RingBuffer(RATE * 60)
+    ring.write(np.full(round(seconds * RATE), 0.1, np.float32))
+    return ring
+
+
+class TestIds:
+    def test_alert_id_is_readable_time_ordered_and_unique(self) -> None:
+        """Ids carry the UTC second and the monitor, and never repeat."""
+        ids = {new_alert_id("pump", WALL) for _ in range(1000)}
+        assert len(ids) == 1000
+        assert all(re.fullmatch(r"20260921T\d{6}Z-pump-[0-9a-f]{8}", i) for i in ids)
+        assert new_alert_id("a", WALL) < new_alert_id("a", WALL + 1)
+
+    def test_iso_utc_has_milliseconds_and_z(self) -> None:
+        """Timestamps are ISO 8601 UTC with milliseconds."""
+        assert iso_utc(WALL + 0.25) == "2026-09-21T14:13:20.250Z"
+
+
+class TestWithoutClips:
+    def test_start_then_end_with_the_contract_fields(self) -> None:
+        """A start alert, then an end alert with the same id, both published at once."""
+        sink = RecordingSink()
+        ring = filled_ring(10.0)
+        alerts = Alerts(device_id="dev", sink=sink, recorder=None, wall_clock=lambda: WALL)
+        alert_id = alerts.event(info(ring), event("start", 6.0, 5.5, 6.0))
+        ended_id = alerts.event(info(ring), event("end", 8.0, 5.5, 7.0, score=0.2))
+        assert alert_id == ended_id
+        (_, _, p1, start, held1), (_, _, p2, end, held2) = sink.calls
+        assert (p1, held1, p2, held2) == ("start", False, "end", False)
+        assert start["id"] == end["id"] == alert_id
+        assert start["device_id"] == "dev" and start["monitor"] == "pump"
+        assert start["model"] == {"name": "m", "version": "v1", "sha256": "ab" * 32}
+        assert start["score"] == 5.0 and start["threshold"] == 1.0 and start["clip"] is None
+        # the anomaly's audio began one window before the onset: 10 - (5.5 - 1) s ago
+        assert start["started_at"] == iso_utc(WALL - 5.5)
+        assert end["started_at"] == start["started_at"]
+        assert end["ended_at"] == iso_utc(WALL - 3.0)
+        assert end["duration_s"] == 2.5 and end["score"] == 0.2 and end["peak_score"] == 9.0
+        assert "detected_at" in start and "detected_at" not in end
+
+    def test_end_without_a_start_is_ignored(self) -> None:
+        """An end the alerts never saw start (e.g. after a restart) publishes nothing."""
+        sink = RecordingSink()
+        alerts = Alerts(device_id="dev", sink=sink, recorder=None)
+        assert alerts.event(info(filled_ring(5.0)), event("end", 4.0, 2.0, 3.0)) is None
+        assert sink.calls == []
+
+    def test_no_sink_still_logs(self) -> None:
+        """Without MQTT the alerts are only logged, and nothing fails."""
+        alerts = Alerts(device_id="dev", sink=None, recorder=None)
+        ring = filled_ring(5.0)
+        assert alerts.event(info(ring), event("start", 3.0, 2.5, 3.0))
+        assert alerts.event(info(ring), event("end", 4.5, 2.5, 3.0))
+
+
+class TestWithClips:
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Any:
+        holder: list[Alerts] = []
+        store = ClipStore(
+            tmp_path / "clips",
+            ClipsConfig(pre_s=1.0, post_s=1.0, max_clip_s=20.0, spectrogram=False),
+            on_done=lambda result: holder[0].clip_done(result),
+        )
+        store.start()
+        yield store, holder
+        store.stop()
+
+    def test_end_alert_is_held_until_the_clip_is_saved(self, store: Any) -> None:
+        """The end alert is stored held and released with the saved clip's path, duration
+        and sha256; the clip's bytes go to the sink too."""
+        clip_store, holder = store
+        sink = RecordingSink()
+        recorder = ClipRecorder(clip_store, clip_store.config, device_id="dev")
+        alerts = Alerts(device_id="dev", sink=sink, recorder=recorder, wall_clock=time.time)
+        holder.append(alerts)
+        ring = filled_ring(6.0)
+        alert_id = alerts.event(info(ring), event("start", 6.0, 5.5, 6.0))
+        start = sink.calls[0][3]
+        assert start["clip"]["status"] == "recording" and start["clip"]["path"].endswith(".wav")
+        alerts.event(info(ring), event("end", 7.5, 5.5, 6.5))
+        assert sink.calls[1][2:] == ("end", sink.calls[1][3], True)  # held
+        ring.write(np.full(2 * RATE, 0.1, np.float32))  # the post-roll arrives
+        alerts.poll()
+        assert sink.released.wait(10)
+        kind, released_id, phase, payload, _ = sink.calls[2]
+        assert (kind, released_id, phase) == ("release", alert_id, "end")
+        clip = payload["clip"]
+        assert clip["status"] == "saved" and clip["path"] == start["clip"]["path"]
+        # from 1 s before the anomalous audio (onset 5.5 - window 1) to 1 s after the last
+        # anomalous window (6.5): 3.5 .. 7.5 s
+        assert clip["duration_s"] == pytest.approx(4.0, abs=0.01)
+        assert len(clip["sha256"]) == 64
+        assert sink.clips and sink.clips[0][0] == alert_id
+        assert Path(clip["path"]).read_bytes() == sink.clips[0][1]
+
+    def test_clip_finished_before_the_event_ends(self, store: Any) -> None:
+        """A clip cut at its maximum length while the event goes on: the end alert carries
+        its facts straight away, not held."""
+        clip_store, holder = store
+        sink = RecordingSink()
+        config = ClipsConfig(pre_s=1.0, post_s=1.0, max_clip_s=3.0, spectrogram=False)
+        recorder = ClipRecorder(clip_store, config, device_id="dev")
+        alerts = Alerts(device_id="dev", sink=sink, recorder=recorder)
+        holder.append(alerts)
+        ring = filled_ring(6.0)
+        alerts.event(info(ring), event("start", 6.0, 5.5, 6.0))
+        ring.write(np.full(RATE * 3, 0.1, np.float32))
+        alerts.poll()
+        wait = time.monotonic() + 10
+        while not clip_store.usage().saved and time.monotonic() < wait:
+            time.sleep(0.01)
+        alerts.event(info(ring), event("end", 9.0, 5.5, 8.5))
+        _, _, phase, payload, held = sink.calls[-1]
+        assert (phase, held) == ("end", False)
+        assert payload["clip"]["status"] == "saved"
+
+    def test_shutdown_closes_the_open_clip(self, store: Any) -> None:
+        """close() cuts an open clip at what the ring holds, so its end alert is released."""
+        clip_store, holder = store
+        sink = RecordingSink()
+        recorder = ClipRecorder(clip_store, clip_store.config, device_id="dev")
+        alerts = Alerts(device_id="dev", sink=sink, recorder=recorder)
+        holder.append(alerts)
+        ring = filled_ring(6.0)
+        alerts.event(info(ring), event("start", 6.0, 5.5, 6.0))
+        alerts.event(info(ring), event("end", 6.5, 5.5, 6.0))
+        alerts.close()
+        assert sink.released.wait(10)
+        assert sink.calls[-1][3]["clip"]["status"] == "saved"
+
+
+def test_lost_clip_keeps_the_path_and_says_why() -> None:
+    """A held end alert found after a crash is released with the reason its clip is missing."""
+    payload = {"id": "x", "phase": "end", "clip": {"path": "/c/x.wav", "status": "recording"}}
+    assert lost_clip(payload)["clip"] == {"path": "/c/x.wav", "status": "lost", "error": CLIP_LOST}
+    assert lost_clip({"id": "x", "clip": None})["clip"]["path"] is None
