@@ -30,6 +30,7 @@ class RecordingSink:
         self.calls: list[tuple[str, str, str, dict[str, Any], bool]] = []
         self.clips: list[tuple[str, bytes]] = []
         self.released = threading.Event()
+        self.clip_published = threading.Event()
 
     def submit_alert(
         self, alert_id: str, payload: Mapping[str, Any], *, phase: str, held: bool = False
@@ -42,6 +43,7 @@ class RecordingSink:
 
     def publish_clip(self, alert_id: str, data: bytes) -> bool:
         self.clips.append((alert_id, data))
+        self.clip_published.set()
         return True
 
 
@@ -161,7 +163,7 @@ class TestWithClips:
         # anomalous window (6.5): 3.5 .. 7.5 s
         assert clip["duration_s"] == pytest.approx(4.0, abs=0.01)
         assert len(clip["sha256"]) == 64
-        assert sink.clips and sink.clips[0][0] == alert_id
+        assert sink.clip_published.wait(10) and sink.clips[0][0] == alert_id
         assert Path(clip["path"]).read_bytes() == sink.clips[0][1]
 
     def test_clip_finished_before_the_event_ends(self, store: Any) -> None:
