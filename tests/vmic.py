@@ -1,214 +1,34 @@
-"""A virtual microphone: a private PulseAudio null sink whose monitor is the default source."""
+"""The ``virtual_mic`` fixture (``devkit.vmic``): skips where PulseAudio is missing."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from devkit import Unavailable
+from devkit import vmic as _vmic
+from devkit.vmic import VirtualMic
+
 __all__ = ["VirtualMic", "virtual_mic"]
-
-SINK = "vmic"
-SINK_RATE = 16000
-_PULSE_PLUGIN_GLOBS = (
-    "/usr/lib/*/alsa-lib/libasound_module_pcm_pulse.so",
-    "/usr/lib/alsa-lib/libasound_module_pcm_pulse.so",
-    "/usr/lib64/alsa-lib/libasound_module_pcm_pulse.so",
-)
-_ENV_KEYS = (
-    "XDG_RUNTIME_DIR",
-    "PULSE_RUNTIME_PATH",
-    "PULSE_SERVER",
-    "PULSE_COOKIE",
-    "PULSE_CLIENTCONFIG",
-)
-
-
-class VirtualMic:
-    """A private PulseAudio server: what is played on sink ``vmic`` is heard on ALSA ``pulse``.
-
-    Playback is paced in real time, as from a real microphone. Runs as root too:
-    ``pulseaudio -n`` only warns that it is "not intended to be run as root"; it
-    gets a private HOME so that it never writes to the real one.
-    """
-
-    device = "pulse"
-    """The ALSA PCM name to open with sounddevice."""
-    sink_rate = SINK_RATE
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.runtime = root / "pulse"
-        self.log_path = root / "pulseaudio.log"
-        self.pulse_env: dict[str, str] = {
-            "XDG_RUNTIME_DIR": str(root),
-            "PULSE_RUNTIME_PATH": str(self.runtime),
-            "PULSE_SERVER": f"unix:{self.runtime / 'native'}",
-            "PULSE_COOKIE": str(root / "cookie"),
-            # Clients must never autospawn a server of their own (with the real HOME)
-            # while ours is down.
-            "PULSE_CLIENTCONFIG": str(root / "client.conf"),
-        }
-        (root / "client.conf").write_text("autospawn = no\n")
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def env(self) -> dict[str, str]:
-        """A complete environment for a subprocess that should hear the virtual mic."""
-        return {**os.environ, **self.pulse_env}
-
-    def _server_env(self) -> dict[str, str]:
-        home = self.root / "home"
-        home.mkdir(exist_ok=True)
-        env = {
-            **self.env,
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-        }
-        env.pop("PULSE_SERVER", None)
-        return env
-
-    @property
-    def running(self) -> bool:
-        """Whether the server process is up."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        """Start the server and wait until it answers; fails the test with its log if not."""
-        if self.running:
-            return
-        args = [
-            "pulseaudio",
-            "-n",
-            "--daemonize=no",
-            "--system=no",
-            "--exit-idle-time=-1",
-            "--disallow-exit",
-            "--use-pid-file=no",
-            "--realtime=no",
-            "--high-priority=no",
-            "--no-cpu-limit",
-            "--log-target=stderr",
-            f"--load=module-native-protocol-unix auth-anonymous=1 cookie={self.root / 'cookie'}"
-            f" socket={self.runtime / 'native'}",
-            # norewinds=1: the null sink then renders in 50 ms blocks instead of 2 s ones,
-            # so a capture hears the sink within ~50 ms, not after up to 2 s of nothing.
-            f"--load=module-null-sink sink_name={SINK} rate={SINK_RATE} channels=1 norewinds=1",
-        ]
-        self.runtime.mkdir(mode=0o700, exist_ok=True)
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            args, env=self._server_env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
-        )
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self._proc.poll() is not None:
-                pytest.fail(f"pulseaudio exited with {self._proc.returncode}:\n{self.log_tail()}")
-            if self._pactl("info").returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"pulseaudio did not answer in {timeout_s} s:\n{self.log_tail()}")
-            time.sleep(0.05)
-        result = self._pactl("set-default-source", f"{SINK}.monitor")
-        if result.returncode != 0:
-            pytest.fail(f"pactl set-default-source failed: {result.stderr}")
-
-    def kill(self) -> None:
-        """Kill the server at once (SIGKILL), as a crash would; idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        """Kill the server if it runs, then start a fresh one in the same directory."""
-        self.kill()
-        self.start()
-
-    def play(self, path: str | os.PathLike[str], *, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Play a sound file into the microphone (``paplay``), by default to its end."""
-        proc = subprocess.Popen(
-            ["paplay", f"--device={SINK}", str(path)],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        if wait:
-            _, err = proc.communicate(timeout=600)
-            if proc.returncode != 0:
-                raise RuntimeError(f"paplay {path} failed ({proc.returncode}): {err.decode()}")
-        return proc
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The last lines of the server's log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _pactl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["pactl", *args],
-            env=self.env,
-            text=True,
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-
-
-def _missing_tools() -> list[str]:
-    missing = [t for t in ("pulseaudio", "pactl", "paplay") if shutil.which(t) is None]
-    if not any(glob.glob(g) for g in _PULSE_PLUGIN_GLOBS):
-        missing.append("the ALSA pulse plugin (libasound2-plugins)")
-    return missing
-
-
-def _reinitialise_portaudio() -> None:
-    """Make PortAudio see the ``pulse`` device: it enumerates ALSA only at initialisation."""
-    try:
-        import sounddevice as sd
-    except OSError as e:
-        pytest.skip(f"PortAudio is not available ({e}); apt-get install libportaudio2")
-    if not any(d["name"] == "pulse" for d in sd.query_devices()):
-        sd._terminate()
-        sd._initialize()
-    names = [d["name"] for d in sd.query_devices()]
-    if "pulse" not in names:
-        pytest.fail(f"PortAudio does not list the ALSA 'pulse' device; it lists {names}")
 
 
 @pytest.fixture(scope="session")
 def virtual_mic() -> Iterator[VirtualMic]:
-    """A running virtual microphone for the whole session (skips if PulseAudio is missing)."""
-    missing = _missing_tools()
-    if missing:
-        pytest.skip(f"virtual microphone needs {', '.join(missing)}")
-    root = Path(tempfile.mkdtemp(prefix="asd-vmic-"))
-    root.chmod(0o700)
-    saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-    mic = VirtualMic(root)
-    os.environ.update(mic.pulse_env)
+    """A running virtual microphone for the whole session, its environment set in this
+    process (so that PortAudio here hears it too); skips if PulseAudio is missing."""
+    saved = {k: os.environ.get(k) for k in _vmic.ENV_KEYS}
     try:
-        mic.start()
-        _reinitialise_portaudio()
-        yield mic
+        with _vmic.virtual_mic() as mic:
+            os.environ.update(mic.pulse_env)
+            _vmic.refresh_portaudio()
+            yield mic
+    except Unavailable as exc:
+        pytest.skip(str(exc))
     finally:
-        mic.kill()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        shutil.rmtree(root, ignore_errors=True)
