@@ -52,16 +52,18 @@ class TestDenseAutoencoder:
 
 
 class TestGaussianMixture:
-    @pytest.mark.parametrize("covariance", ["full", "diag"])
-    def test_matches_sklearn_score_samples(self, covariance: str) -> None:
+    @pytest.mark.parametrize(
+        ("covariance", "features"), [("full", "mean"), ("diag", "mean"), ("full", "mean_std")]
+    )
+    def test_matches_sklearn_score_samples(self, covariance: str, features: str) -> None:
         """The torch module's score is -score_samples of the sklearn pipeline (1e-4 relative)."""
         x = logmel_like(200, 2)
         stats = InputStats.of(x)
         params = {**get_kind("gmm").defaults, "covariance": covariance}
-        pipeline = fit_pipeline(window_features(x, stats), params, seed=0)
-        module = GaussianMixtureScore(stats, pipeline, "mean_std").eval()
+        pipeline = fit_pipeline(window_features(x, stats, features), params, seed=0)
+        module = GaussianMixtureScore(stats, pipeline, features).eval()
         test = np.concatenate([logmel_like(20, 3), logmel_like(20, 4, shift_db=4.0)])
-        expected = -pipeline.score_samples(window_features(test, stats))
+        expected = -pipeline.score_samples(window_features(test, stats, features))
         with torch.no_grad():
             got = module(torch.from_numpy(test)).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-4)
