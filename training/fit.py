@@ -127,12 +127,18 @@ def parse_params(pairs: list[str], defaults: Mapping[str, Any], what: str) -> di
 
 
 def fit(config: FitConfig, *, tracker: Tracker | None = None) -> FitResult:
-    """Train, export, calibrate and evaluate one model; write the run directory."""
+    """Train, export, calibrate and evaluate one model; write the run directory.
+
+    Raises DataError (the data cannot make a model), ExportError (the ONNX graph
+    disagrees with torch or the daemon would refuse it) and TrackerUnavailable.
+    """
     started = time.perf_counter()
     info = get_kind(config.kind)
     params = {**info.defaults, **config.params}
+    owned = tracker is None  # a tracker passed in is closed by whoever made it
+    if tracker is None:
+        tracker = make_tracker(config.tracker, project="asd-edge", task=config.name or "fit")
     run = RunDir(config.out, quiet=config.quiet)
-    tracker = tracker or make_tracker("none", project="", task="")
     try:
         with threadpool_limits(limits=config.threads):
             effective = {**asdict(config), "kind": info.name, "params": params}
@@ -142,6 +148,8 @@ def fit(config: FitConfig, *, tracker: Tracker | None = None) -> FitResult:
     finally:
         run.close()
         (run / STAGING).unlink(missing_ok=True)
+        if owned:
+            tracker.close()
 
 
 def _stages(
