@@ -268,6 +268,7 @@ class TestCommandLine:
         assert "pip install 'asd-edge[clearml]'" in capsys.readouterr().err
         assert not (tmp_path / "r").exists()
 
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ClearML's pyparsing use
     def test_clearml_offline_session(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """Without a server, the ClearML tracker records offline: the session folder holds
         the configuration, the scalars and the uploaded files."""
