@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +52,7 @@ __all__ = [
     "ScoreSequence",
     "TailModel",
     "calibrate",
+    "calibrate_files",
     "count_events",
     "fit_tail",
     "onset_rate",
@@ -327,3 +328,22 @@ def score_held_out(
         duration = float(times[-1]) if times.size else 0.0
         sequences.append(ScoreSequence(times, values, duration, str(path)))
     return sequences, skipped
+
+
+def calibrate_files(
+    model: str | os.PathLike[str],
+    normal_files: Sequence[str | os.PathLike[str]],
+    config: CalibrationConfig,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> Calibration:
+    """Score held-out normal files with the exported model (the daemon's pipeline, at
+    ``config.hop_s``) and choose the threshold; unreadable files are logged and skipped.
+
+    Raises ValueError when no usable scores remain for a method that needs them.
+    """
+    sequences, skipped = score_held_out(model, normal_files, config.hop_s)
+    for path, reason in skipped:
+        if log is not None:
+            log(f"calibration skipped {path}: {reason}")
+    return calibrate(sequences, config)

@@ -21,19 +21,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .calibrate import METHODS, Calibration, CalibrationConfig, calibrate, score_held_out
+from .calibrate import METHODS, CalibrationConfig, calibrate_files
 from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE
 from .errors import DataError, ExportError
 from .evaluate import compare_quantized, evaluate_files
-from .export import export_model, make_version, quantize_model, read_metadata, update_metadata
+from .export import (
+    contract_metadata,
+    export_model,
+    make_version,
+    quantize_model,
+    read_metadata,
+    update_metadata,
+)
 from .kinds import DEFAULT_KIND, KIND_NAMES, InputStats, KindInfo, ScoreModel, get_kind
 from .plots import plot_learning_curve
 from .runs import RunDir, Tracker, TrackerUnavailable, make_tracker
-from .trainer import Augment, TrainConfig, save_checkpoint, seed_everything, train
-from .windows import Windows, WindowSpec, load_windows
+from .trainer import TrainConfig, save_checkpoint, seed_everything, train
+from .windows import Windows, WindowSpec, augmenting, load_windows
 
 __all__ = ["FitConfig", "FitResult", "configure", "fit", "parse_params", "run"]
 
@@ -195,15 +201,14 @@ def _stages(
     # 3. Export and parity on real held-out windows, then calibrate the exported model.
     created = datetime.now(UTC).replace(microsecond=0)
     name = c.name or f"{dataset.root.name}-{info.name}"
-    metadata = {
-        "schema": 1,
-        "name": name,
-        "version": make_version(created, dataset.sha256, info.name, params, c.seed),
-        "kind": info.name,
-        **spec.metadata(frames=int(params.get("frames", 1))),
-        "threshold": 0.0,  # provisional: replaced by the calibrated one below
-        "calibration": {"method": "pending"},
-        "training": {
+    metadata = contract_metadata(
+        name=name,
+        version=make_version(created, dataset.sha256, info.name, params, c.seed),
+        kind=info.name,
+        spec_fields=spec.metadata(frames=int(params.get("frames", 1))),
+        threshold=0.0,  # provisional: replaced by the calibrated one below
+        calibration={"method": "pending"},
+        training={
             "data_sha256": dataset.sha256,
             "files": len(train_w.files),
             "windows": len(train_w),
@@ -214,7 +219,7 @@ def _stages(
             "epochs_run": summary["epochs_run"],
             "hop_s": c.hop_s,
         },
-    }
+    )
     staging = run / STAGING
     parity_x = valid_w.x if len(valid_w) else train_w.x
     report = export_model(model, staging, metadata=metadata, parity_inputs=parity_x)
@@ -222,7 +227,21 @@ def _stages(
         f"exported: ONNX vs torch on {report.parity['windows']} held-out windows, "
         f"max |diff| {report.parity['max_abs_diff']:.3g}"
     )
-    cal = _calibrate(c, dataset, staging, run)
+    held_out, source = dataset.split("valid", "normal"), "valid"
+    if not held_out:
+        held_out, source = dataset.split("train", "normal"), "train"
+        run.log("no held-out normal files: calibrating on the training files (optimistic)")
+    try:
+        cal = calibrate_files(
+            staging, [f.path for f in held_out], c.calibration_config(), log=run.log
+        )
+    except ValueError as exc:
+        raise DataError(f"{c.data}: cannot calibrate: {exc}") from None
+    cal.metadata["held_out_source"] = source
+    run.log(
+        f"threshold {cal.threshold:.6g} ({c.calibration}; {cal.metadata['held_out_windows']} "
+        f"held-out windows, {cal.metadata['empirical_events']} events on them)"
+    )
     model_path = run / "model.onnx"
     update_metadata(staging, {"threshold": cal.threshold, "calibration": cal.metadata})
     os.replace(staging, model_path)
@@ -311,7 +330,7 @@ def _train(
             valid_w.x,
             valid_w.label,
             train_config,
-            augment=_augment_hook(c, train_w),
+            augment=augmenting(train_w, c.augment, c.seed) if c.augment else None,
             on_improve=lambda m, epoch, hist: save_checkpoint(
                 run / "checkpoint.pt", m, **ckpt, epoch=epoch, history=hist
             ),
@@ -338,48 +357,6 @@ def _train(
         run / "checkpoint.pt", model, **ckpt, epoch=summary["best_epoch"], history=history
     )
     return model, summary, history
-
-
-def _augment_hook(c: FitConfig, windows: Windows) -> Augment | None:
-    """Augment each training window's waveform, then compute its model input (per batch)."""
-    if not c.augment:
-        return None
-    from .augment import AugmentConfig, Augmenter
-
-    settings = {
-        key: tuple(Path(v) for v in value) if key == "noise_files" else
-        tuple(value) if isinstance(value, list) else value
-        for key, value in c.augment.items()
-    }  # fmt: skip
-    augmenter = Augmenter(AugmentConfig(**settings), windows.spec.sample_rate, seed=c.seed)
-
-    def hook(idx: np.ndarray, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        waves = windows.waveforms(idx)
-        return windows.spec.model_input(np.stack([augmenter(w, rng) for w in waves]))
-
-    return hook
-
-
-def _calibrate(c: FitConfig, dataset: Any, model_path: Path, run: RunDir) -> Calibration:
-    """Score held-out normal files with the exported model (daemon's path); pick the threshold."""
-    held_out = [f.path for f in dataset.split("valid", "normal")]
-    source = "valid"
-    if not held_out:
-        held_out, source = [f.path for f in dataset.split("train", "normal")], "train"
-        run.log("no held-out normal files: calibrating on the training files (optimistic)")
-    sequences, skipped = score_held_out(model_path, held_out, c.deploy_hop_s)
-    for path, reason in skipped:
-        run.log(f"calibration skipped {path}: {reason}")
-    try:
-        cal = calibrate(sequences, c.calibration_config())
-    except ValueError as exc:
-        raise DataError(f"{c.data}: cannot calibrate: {exc}") from None
-    cal.metadata["held_out_source"] = source
-    run.log(
-        f"threshold {cal.threshold:.6g} ({c.calibration}; {cal.metadata['held_out_windows']} "
-        f"held-out windows, {cal.metadata['empirical_events']} events on them)"
-    )
-    return cal
 
 
 OPTIONS: list[tuple[str, dict[str, Any]]] = [

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 __all__ = [
+    "ClearMLTracker",
     "NullTracker",
     "RunDir",
     "Tracker",
     "TrackerUnavailable",
+    "csv_bytes",
     "json_ready",
     "make_tracker",
     "write_atomic",

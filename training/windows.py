@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from math import gcd
 from pathlib import Path
@@ -44,6 +44,7 @@ __all__ = [
     "Skipped",
     "WindowSpec",
     "Windows",
+    "augmenting",
     "file_stream",
     "load_windows",
     "stream_windows",
@@ -351,3 +352,28 @@ def load_windows(
 def _bar(items: Sequence[LabelledFile], progress: bool, desc: str) -> Iterable[LabelledFile]:
     enabled = progress and sys.stderr.isatty()
     return tqdm(items, desc=desc, unit="file", disable=not enabled, file=sys.stderr, leave=False)
+
+
+def augmenting(
+    windows: Windows, settings: Mapping[str, Any], seed: int
+) -> Callable[[np.ndarray, np.ndarray, np.random.Generator], FloatArray]:
+    """A trainer augmentation hook: each window's waveform (pre-filtered, from the kept
+    streams) goes through ``training.augment.Augmenter``, then becomes model input.
+
+    ``settings`` are ``AugmentConfig`` fields as JSON gives them (lists for ranges,
+    paths as strings).
+    """
+    from .augment import AugmentConfig, Augmenter
+
+    fields = {
+        key: tuple(Path(v) for v in value) if key == "noise_files" else
+        tuple(value) if isinstance(value, list) else value
+        for key, value in settings.items()
+    }  # fmt: skip
+    augmenter = Augmenter(AugmentConfig(**fields), windows.spec.sample_rate, seed=seed)
+
+    def hook(idx: np.ndarray, batch: np.ndarray, rng: np.random.Generator) -> FloatArray:
+        waves = windows.waveforms(idx)
+        return windows.spec.model_input(np.stack([augmenter(w, rng) for w in waves]))
+
+    return hook
