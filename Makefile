@@ -18,7 +18,7 @@ APT_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils \
                 mosquitto mosquitto-clients ffmpeg python3-venv
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: help system venv dev run test lint typecheck bench models clean
+.PHONY: help system venv dev run test lint typecheck bench models demo clean
 
 help:
 	@echo "make run        run the daemon on the default input ($(CONFIG))"
@@ -29,6 +29,7 @@ help:
 	@echo "make lint       ruff;  make typecheck: mypy --strict on asd_edge"
 	@echo "make bench      the benchmarks in benchmarks/ (results/*.jsonl)"
 	@echo "make models     rebuild models/level.onnx"
+	@echo "make demo       hear a synthetic machine, see its alerts over MQTT (demo-output/)"
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -82,6 +83,9 @@ bench: dev
 
 models: dev
 	$(BIN)/python -m training.level --out models/level.onnx
+
+demo: dev
+	$(BIN)/python -m devkit.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
