@@ -60,6 +60,7 @@ class Console:
                     file=sys.stderr,
                     bar_format="  playing {n:5.1f} / {total:.1f} s |{bar}|",
                     leave=False,
+                    ncols=72,
                 )
             except ImportError:
                 bar = None
