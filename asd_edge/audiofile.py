@@ -85,9 +85,17 @@ def read_audio(path: str | os.PathLike[str]) -> AudioData:
     if magic in _RIFF_MAGIC:
         try:
             return _read_wav(p)
-        except (ValueError, TypeError, EOFError, OSError, IndexError, struct.error) as e:
+        except (
+            ValueError,
+            TypeError,
+            EOFError,
+            OSError,
+            IndexError,
+            struct.error,
+            UnboundLocalError,  # scipy 1.17 on a RIFF header with no fmt chunk
+        ) as e:
             # A WAV variant scipy does not parse (e.g. some extensible or compressed
-            # formats): let ffmpeg try before giving up.
+            # formats), or a truncated file: let ffmpeg try before giving up.
             log.debug("wav_fallback_to_ffmpeg", path=name, error=str(e))
     return _read_ffmpeg(p, name)
 

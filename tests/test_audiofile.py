@@ -291,3 +291,12 @@ class TestRealRecordings:
         assert isinstance(audio, AudioData)
         assert (audio.sample_rate, audio.channels) == (48000, 1)
         assert np.abs(audio.samples).max() > 0.1
+
+
+def test_truncated_riff_header_is_a_decode_error(tmp_path: Path) -> None:
+    """A RIFF file cut off before its format chunk is an AudioDecodeError naming the file
+    (scipy raises UnboundLocalError on it), never a crash."""
+    bad = tmp_path / "cut.wav"
+    bad.write_bytes(b"RIFF\0\0\0\0WAVEjunk")
+    with pytest.raises(AudioDecodeError, match=r"cut\.wav"):
+        read_audio(bad)
