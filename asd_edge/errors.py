@@ -8,6 +8,7 @@ __all__ = [
     "AudioError",
     "ConfigError",
     "ModelError",
+    "OutboxError",
 ]
 
 
@@ -48,3 +49,11 @@ class AudioDecodeError(AudioError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class OutboxError(AsdEdgeError):
+    """The outbox file cannot be opened or created, even after moving a bad one aside.
+
+    The message names the file, e.g. ``/var/lib/asd-edge/outbox.sqlite: cannot
+    create the outbox: unable to open database file``.
+    """

@@ -12,7 +12,7 @@ from typing import Final
 
 import structlog
 
-from .errors import AsdEdgeError
+from .errors import OutboxError
 
 __all__ = ["MEMORY", "Outbox", "OutboxError", "OutboxRow", "OutboxStats"]
 
@@ -50,10 +50,6 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
         return True
     name = getattr(exc, "sqlite_errorname", "")
     return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
-
-
-class OutboxError(AsdEdgeError):
-    """The outbox file cannot be opened or created, even after moving a bad one aside."""
 
 
 @dataclass(frozen=True, slots=True)

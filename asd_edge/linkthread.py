@@ -1,0 +1,343 @@
+"""The link thread: it owns the paho client and the outbox, and runs the select loop."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from paho.mqtt.client import Client, MQTTMessage
+from paho.mqtt.reasoncodes import ReasonCode
+
+from . import __version__
+from .backlog import Backlog
+from .brokerclient import build_client
+from .config import MqttConfig, OutboxConfig
+from .connection import Connection
+from .delivery import MAX_INFLIGHT, Delivery
+from .topics import Topics, encode_json
+
+__all__ = ["WAKE_S", "LinkThread"]
+
+log = structlog.get_logger()
+
+WAKE_S: Final = 1.0
+"""Longest sleep of the link thread (keep-alive and timers are checked at least this often)."""
+
+
+class LinkThread:
+    """The link thread: it owns the paho client (through Connection) and the outbox (Delivery).
+
+    Work arrives as tuples through ``put`` (from any thread); everything else runs
+    on the link thread. It drives paho's documented external-loop API
+    (``loop_read``/``loop_write``/``loop_misc`` around its own ``select``) so that
+    reconnects follow our jittered back-off, paho's callbacks run on this thread
+    (no locks), and a queued item wakes it at once. Each connection attempt runs
+    in a short-lived helper thread (see Connection).
+
+    Queued items: ``("alert", alert_id, phase, body, held, at_s)``,
+    ``("release", alert_id, phase, body, at_s)``, ``("retain", topic, body)``,
+    ``("score", body)``, ``("send", topic, body, "clips" | "replies")``,
+    ``("discovery", monitors, model_names)``; internal: ``("dialed", error)``,
+    ``("stop", timeout_s)``.
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        *,
+        device_id: str,
+        topics: Topics,
+        client_id: str,
+        outbox_path: Path,
+        outbox: OutboxConfig,
+        on_command: Callable[[str, bytes], None] | None,
+        clock: Callable[[], float],
+        seed: int | None,
+        max_inflight: int = MAX_INFLIGHT,
+    ) -> None:
+        self.config = config
+        self.device_id = device_id
+        self.topics = topics
+        self.client_id = client_id
+        self.on_command = on_command
+        self.backlog = Backlog(
+            device_id=device_id,
+            topic_prefix=topics.prefix,
+            discovery_prefix=config.homeassistant.discovery_prefix,
+        )
+        self.delivery = Delivery(
+            topic=topics.alert,
+            outbox_path=outbox_path,
+            outbox=outbox,
+            clock=clock,
+            max_inflight=max_inflight,
+        )
+        self.connection = Connection(
+            config,
+            client_id=client_id,
+            clock=clock,
+            seed=seed,
+            report=lambda error: self.put(("dialed", error)),
+        )
+        self._clock = clock
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+        self._thread: threading.Thread | None = None
+        self._opened = threading.Event()
+        self._client: Client | None = None
+        # State of the link thread (only it writes these).
+        self._stop_timeout_s = 5.0
+        self._offline_mid: int | None = None
+        self._counts = {"commands_received": 0, "commands_failed": 0}
+
+    # --- any thread -----------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """True once ``start`` has run the link thread."""
+        return self._thread is not None
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful CONNACK and the loss of that connection."""
+        return self.connection.connected
+
+    def start(self) -> None:
+        """Build the client (ConfigError for unreadable credentials or TLS files) and start."""
+        self._client = self._build_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the link thread to shut down and wait for it (see ``_shutdown``)."""
+        thread = self._thread
+        if thread is None:
+            self._wake_r.close()
+            self._wake_w.close()
+            return
+        self.put(("stop", timeout_s))
+        if thread is not threading.current_thread():
+            thread.join(timeout_s + 1.0)
+            if thread.is_alive():
+                log.error("mqtt_stop_timeout", timeout_s=timeout_s)
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        """Queue one item (see the class docstring) and wake the link thread."""
+        self._queue.put(item)
+        with contextlib.suppress(OSError):  # full (the thread is awake anyway) or closed
+            self._wake_w.send(b"\0")
+
+    def held_alerts(self, timeout_s: float) -> list[tuple[str, str, dict[str, Any]]]:
+        """(alert_id, phase, payload) a previous run left held, once the outbox is open."""
+        if self._thread is None:
+            return []
+        self._opened.wait(timeout_s)
+        return list(self.delivery.held_at_start)
+
+    def counts(self) -> dict[str, int]:
+        """Every counter of the link: connection, commands, backlog and delivery."""
+        return {
+            **self.connection.counts,
+            **self._counts,
+            **self.backlog.counts,
+            **self.delivery.counts,
+        }
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def _build_client(self) -> Client:
+        client = build_client(
+            self.config,
+            client_id=self.client_id,
+            will_topic=self.topics.status,
+            will_payload=self._status("offline", reason="connection_lost"),
+        )
+        self.connection.attach(client)
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _status(self, state: str, **extra: Any) -> bytes:
+        return encode_json(
+            {"state": state, "device_id": self.device_id, "version": __version__, **extra}
+        )
+
+    # --- the link thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self.delivery.open()
+        except Exception:  # supervisor boundary: the link must run even without its outbox
+            log.exception(
+                "outbox_unavailable", path=str(self.delivery.outbox_path), fallback="memory"
+            )
+        finally:
+            self._opened.set()
+        self.delivery.ensure_open()
+        while True:
+            try:
+                if self._step():
+                    break
+            except Exception:  # supervisor boundary: log, back off, go on
+                log.exception("mqtt_link_error")
+                time.sleep(WAKE_S)
+        try:
+            self._shutdown()
+        finally:
+            self.delivery.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _step(self) -> bool:
+        """One turn: network I/O, queued work, connect or pump; True once asked to stop."""
+        assert self._client is not None
+        connection = self.connection
+        self._network(connection.wait_s(self._clock(), WAKE_S))
+        self._drain()
+        if connection.stopping:
+            return True
+        connection.advance()
+        if connection.just_connected:
+            self._after_connect()
+        if connection.connected:
+            self.backlog.flush(self._client)
+            self.delivery.pump(self._client)
+        return False
+
+    def _network(self, wait_s: float) -> None:
+        """Wait for the socket or a wake-up for at most ``wait_s``, then let paho work."""
+        assert self._client is not None
+        client = self._client
+        sock = None if self.connection.phase == "dialing" else client.socket()  # dialer owns it
+        readers: list[Any] = [self._wake_r]
+        writers: list[Any] = []
+        tls_pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        if sock is not None:
+            readers.append(sock)
+            if client.want_write():
+                writers.append(sock)
+        try:
+            readable, writable, _ = select.select(
+                readers, writers, [], 0 if tls_pending else wait_s
+            )
+        except (OSError, ValueError):
+            readable, writable = [], []
+        if self._wake_r in readable:
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(4096)
+        if sock is not None:
+            if sock in readable or tls_pending:
+                client.loop_read()
+            if client.socket() is sock and sock in writable:
+                client.loop_write()
+            if client.socket() is sock:
+                client.loop_misc()
+        if sock is not None and client.socket() is None and self.connection.phase != "idle":
+            self.connection.lost("connection closed")
+
+    def _after_connect(self) -> None:
+        """Status online, subscriptions, then every retained state again (the broker may be new)."""
+        assert self._client is not None
+        self.connection.just_connected = False
+        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self._client.publish(self.topics.status, self._status("online", since=since), 1, True)
+        subscriptions = [(self.topics.commands, 1)]
+        if self.config.homeassistant.enabled:
+            subscriptions.append((f"{self.config.homeassistant.discovery_prefix}/status", 1))
+        self._client.subscribe(subscriptions)
+        self.backlog.reconnected()
+        self.delivery.replay()
+
+    def _drain(self) -> None:
+        """Apply everything queued by the API methods."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            kind, live = item[0], self._client if self.connection.connected else None
+            if kind == "alert":
+                self.delivery.store(*item[1:])
+            elif kind == "release":
+                self.delivery.release(*item[1:])
+            elif kind == "retain":
+                self.backlog.retain(item[1], item[2])
+            elif kind == "score":
+                self.backlog.score(live, self.topics.score, item[1])
+            elif kind == "send":  # a clip or a reply: now, or kept (bounded) until connected
+                self.backlog.send(live, *item[1:])
+            elif kind == "discovery":
+                self.backlog.set_discovery(item[1], item[2])
+            elif kind == "dialed":
+                self.connection.dialed(item[1])
+            elif kind == "stop":
+                self.connection.stopping, self._stop_timeout_s = True, float(item[1])
+
+    def _on_publish(self, _c: Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        if mid == self._offline_mid:
+            self._offline_mid = None
+        self.delivery.acknowledged(mid, reason)
+
+    def _on_message(self, _c: Client, _u: Any, message: MQTTMessage) -> None:
+        topic = message.topic
+        command_prefix = self.topics.commands[:-1]
+        if topic.startswith(command_prefix) and self.on_command is not None:
+            self._counts["commands_received"] += 1
+            try:
+                self.on_command(topic[len(command_prefix) :], bytes(message.payload))
+            except Exception as exc:  # a handler's error must not reach paho
+                self._counts["commands_failed"] += 1
+                log.error(
+                    "command_rejected",
+                    command=topic[len(command_prefix) :][:64],
+                    reason=f"{type(exc).__name__}: {exc}",
+                )
+        elif (
+            topic == f"{self.config.homeassistant.discovery_prefix}/status"
+            and message.payload == b"online"
+        ):
+            self.backlog.rediscover()
+
+    def _shutdown(self) -> None:
+        """Status offline (retained), wait for it and the alerts in flight, then disconnect."""
+        client = self._client
+        deadline = self._clock() + self._stop_timeout_s
+        dial = self.connection.dial
+        if dial is not None:  # let a running attempt finish, then close what it opened
+            dial.join(max(0.0, deadline - self._clock()))
+        if client is None or not self.connection.connected:
+            if client is not None and not (dial and dial.is_alive()) and client.socket():
+                client.disconnect()  # CONNECT was sent: a DISCONNECT keeps the will unsent
+            return
+        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        info = client.publish(
+            self.topics.status, self._status("offline", since=since, reason="stopped"), 1, True
+        )
+        self._offline_mid = info.mid
+        while self.connection.connected and (
+            self._offline_mid is not None or self.delivery.in_flight
+        ):
+            left = deadline - self._clock()
+            if left <= 0:
+                log.warning(
+                    "mqtt_stop_unacknowledged",
+                    alerts_in_flight=self.delivery.in_flight,
+                    status_acked=self._offline_mid is None,
+                )
+                break
+            self._network(min(left, WAKE_S))
+        if client.socket() is not None:
+            client.disconnect()
+            self._network(0)

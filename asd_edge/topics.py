@@ -1,0 +1,62 @@
+"""The MQTT topics of one device and the JSON body of every message (see ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .homeassistant import monitor_topic, status_topic
+from .logs import json_safe
+
+__all__ = ["Topics", "encode_json"]
+
+
+class Topics:
+    """The topics of one device, all under ``prefix`` (see ARCHITECTURE.md)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.status = status_topic(prefix)
+        self.alert, self.health, self.score = (
+            f"{prefix}/alert",
+            f"{prefix}/health",
+            f"{prefix}/score",
+        )
+        self.model, self.command_result = f"{prefix}/model", f"{prefix}/cmd_result"
+        self.commands = f"{prefix}/cmd/#"
+        """Subscribed: every command topic."""
+
+    def monitor(self, name: str) -> str:
+        """``<prefix>/monitor/<name>``, retained state of one monitor."""
+        return monitor_topic(self.prefix, _level(name, "monitor"))
+
+    def clip(self, alert_id: str) -> str:
+        """``<prefix>/clip/<alert id>``, the clip's bytes."""
+        return f"{self.prefix}/clip/{_level(alert_id, 'alert_id')}"
+
+
+def encode_json(payload: Mapping[str, Any]) -> bytes:
+    """Standard JSON (UTF-8, NaN as null, numpy scalars as numbers) for a message body."""
+    return json.dumps(
+        json_safe(dict(payload)),
+        ensure_ascii=False,
+        allow_nan=False,
+        separators=(",", ":"),
+        default=_plain,
+    ).encode("utf-8")
+
+
+def _level(name: str, what: str) -> str:
+    """``name`` if it is usable as one topic level; ValueError otherwise."""
+    if not name or any(c in name for c in "/+#\x00"):
+        raise ValueError(f"{what}: expected a non-empty name without / + # or NUL, got {name!r}")
+    return name
+
+
+def _plain(value: Any) -> Any:
+    """json.dumps fallback: numpy scalars and arrays as Python numbers and lists."""
+    for method in ("item", "tolist"):
+        if hasattr(value, method):
+            return json_safe(getattr(value, method)())
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
