@@ -11,9 +11,10 @@ import structlog
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .backoff import Backoff
 from .config import MqttConfig
 
-__all__ = ["CONNACK_TIMEOUT_S", "STABLE_S", "Backoff", "Connection"]
+__all__ = ["CONNACK_TIMEOUT_S", "RECONNECT_JITTER", "STABLE_S", "Backoff", "Connection"]
 
 log = structlog.get_logger()
 
@@ -21,23 +22,9 @@ CONNACK_TIMEOUT_S: Final = 10.0
 """A connection whose CONNACK has not come after this long is dropped and retried."""
 STABLE_S: Final = 10.0
 """A connection that lasted this long resets the reconnect back-off."""
-
-
-class Backoff:
-    """Capped, jittered, doubling delays: attempt k waits in [max(lo, hi/2), hi], hi=lo*2^(k+1)."""
-
-    def __init__(self, min_s: float, max_s: float, rng: random.Random) -> None:
-        self.min_s, self.max_s, self._rng, self._attempt = min_s, max(min_s, max_s), rng, 0
-
-    def next(self) -> float:
-        """The delay before the next attempt, in seconds, within [min_s, max_s]."""
-        high = min(self.max_s, self.min_s * 2.0 ** min(self._attempt + 1, 60))
-        self._attempt += 1
-        return self._rng.uniform(max(self.min_s, high / 2.0), high)
-
-    def reset(self) -> None:
-        """Start again from min_s (after a connection that held)."""
-        self._attempt = 0
+RECONNECT_JITTER: Final = 0.5
+"""Each reconnect delay is its doubling base times a factor drawn from [0.5, 1.5], so a
+fleet that lost its broker does not come back in lockstep."""
 
 
 class Connection:
@@ -77,7 +64,9 @@ class Connection:
         self.counts = {"connects": 0, "disconnects": 0, "connect_failures": 0}
         self._clock = clock
         self._report = report
-        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, random.Random(seed))
+        self._backoff = Backoff(
+            config.reconnect_min_s, config.reconnect_max_s, RECONNECT_JITTER, random.Random(seed)
+        )
         self._next_attempt_s = 0.0
         self._attempt_s = 0.0
         self._connected_s = 0.0
@@ -138,7 +127,7 @@ class Connection:
         """A connection attempt failed: back off and say so."""
         self.phase = "idle"
         self.counts["connect_failures"] += 1
-        delay = self._backoff.next()
+        delay = self._backoff.next_delay()
         self._next_attempt_s = self._clock() + delay
         log.warning(
             "mqtt_connect_failed",
@@ -154,7 +143,7 @@ class Connection:
         if reason.is_failure:
             self.phase = "idle"
             self.counts["connect_failures"] += 1
-            delay = self._backoff.next()
+            delay = self._backoff.next_delay()
             self._next_attempt_s = self._clock() + delay
             log.error(
                 "mqtt_connect_refused",
@@ -196,6 +185,6 @@ class Connection:
                 return
             if self._clock() - self._connected_s >= STABLE_S:
                 self._backoff.reset()
-            delay = self._backoff.next()
+            delay = self._backoff.next_delay()
             self._next_attempt_s = self._clock() + delay
             log.warning("mqtt_disconnected", reason=reason, retry_in_s=round(delay, 3))

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from asd_edge.commands import CommandRouter
 from asd_edge.config import HomeAssistantConfig, MqttConfig, OutboxConfig, TlsConfig
+from asd_edge.connection import RECONNECT_JITTER
 from asd_edge.errors import ConfigError
 from asd_edge.mqtt import Backoff, MqttLink
 
@@ -255,7 +256,7 @@ class TestStatus:
             link = MqttLink(cfg, device_id="victim", outbox_path=Path({str(mqtt_broker.root)!r})
                             / "victim.sqlite", outbox=OutboxConfig())
             link.start()
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while not link.connected and time.monotonic() < deadline:
                 time.sleep(0.01)
             print("connected" if link.connected else f"not connected: {{link.stats()}}", flush=True)
@@ -342,19 +343,23 @@ class TestConnection:
                 what="four failed attempts",
             )
         delays = [e["retry_in_s"] for e in logs if e["event"] == "mqtt_connect_failed"]
-        assert all(0.1 <= d <= 0.4 for d in delays)
-        assert delays[3] >= 0.2  # the envelope doubled: attempt 4 waits in [0.2, 0.4]
+        assert all(0.05 <= d <= 0.4 for d in delays)
+        assert delays[3] >= 0.2  # the base doubled to the cap: attempt 4 waits in [0.2, 0.4]
         assert not link.connected
 
     def test_backoff_is_capped_jittered_and_resets(self) -> None:
         """Delays double within [min, max], differ between devices, and reset after success."""
-        a, b = Backoff(1.0, 60.0, random.Random(1)), Backoff(1.0, 60.0, random.Random(2))
-        da, db = [a.next() for _ in range(12)], [b.next() for _ in range(12)]
-        assert all(1.0 <= d <= 60.0 for d in da + db)
+
+        def backoff(seed: int) -> Backoff:
+            return Backoff(1.0, 60.0, RECONNECT_JITTER, random.Random(seed))
+
+        a, b = backoff(1), backoff(2)
+        da, db = [a.next_delay() for _ in range(12)], [b.next_delay() for _ in range(12)]
+        assert all(0.5 <= d <= 60.0 for d in da + db)
         assert da != db
-        assert 1.0 <= da[0] <= 2.0 and 30.0 <= da[-1] <= 60.0
+        assert 0.5 <= da[0] <= 1.5 and 30.0 <= da[-1] <= 60.0
         a.reset()
-        assert a.next() <= 2.0
+        assert a.next_delay() <= 1.5
 
     def test_tls_with_client_certificate(
         self, mqtt_broker_factory: Callable[..., Broker], make_link: LinkFactory, tmp_path: Path
