@@ -321,6 +321,10 @@ class LinkThread:
             if client is not None and not (dial and dial.is_alive()) and client.socket():
                 client.disconnect()  # CONNECT was sent: a DISCONNECT keeps the will unsent
             return
+        # What was handed over just before the stop (the end alert of an event that
+        # shutdown closed, its clip) goes out before the offline status.
+        self.backlog.flush(client)
+        self.delivery.pump(client)
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         info = client.publish(
             self.topics.status, self._status("offline", since=since, reason="stopped"), 1, True
@@ -338,6 +342,7 @@ class LinkThread:
                 )
                 break
             self._network(min(left, WAKE_S))
+            self.delivery.pump(client)  # more ready rows than fit in flight at once
         if client.socket() is not None:
             client.disconnect()
             self._network(0)

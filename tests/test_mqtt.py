@@ -176,6 +176,21 @@ class TestAlerts:
                 )
                 assert link.stats()["connect_failures"] == 0 and not link.connected
 
+    def test_alerts_handed_over_just_before_stop_are_published(
+        self, mqtt_broker: Broker, make_link: LinkFactory, tmp_path: Path
+    ) -> None:
+        """Alerts submitted right before stop() (the end of an event that shutdown closed)
+        are published and acknowledged before the link goes offline, not left behind."""
+        sub = mqtt_broker.subscriber("asd/dev1/alert", "asd/dev1/status")
+        link = connected(make_link(mqtt_broker))
+        for n in range(15):  # more than fit in flight at once
+            link.submit_alert(f"last-{n}", {"n": n}, phase="end")
+        link.stop(timeout_s=5.0)
+        assert ids(sub.wait_for("asd/dev1/alert", 15)) == [f"last-{n}" for n in range(15)]
+        assert rows_on_disk(tmp_path / "dev1.sqlite") == []
+        status = [json.loads(m.payload)["state"] for m in sub.on("asd/dev1/status")]
+        assert status[-1] == "offline"
+
     def test_what_a_stopped_link_left_is_sent_by_the_next(
         self, mqtt_broker: Broker, make_link: LinkFactory, tmp_path: Path
     ) -> None:
