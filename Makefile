@@ -1,6 +1,7 @@
 # asd-edge: set-up and everyday commands. Every target installs what it needs.
-#   make run    the daemon on the default input with config/asd-edge.yaml
+#   make demo   a synthetic machine, its anomalies, the daemon and its MQTT alerts
 #   make test   the whole test suite
+#   make run    the daemon on the default input with config/asd-edge.yaml
 # Other targets: make help
 
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ help:
 	@echo "make dev        $(VENV) with the training stack and developer tools"
 	@echo "make lint       ruff;  make typecheck: mypy --strict on asd_edge"
 	@echo "make bench      the benchmarks in benchmarks/ (results/*.jsonl)"
-	@echo "make models     rebuild models/level.onnx"
+	@echo "make models     rebuild models/level.onnx and models/demo.onnx"
 	@echo "make demo       hear a synthetic machine, see its alerts over MQTT (demo-output/)"
 
 system:
@@ -67,12 +68,14 @@ run: venv
 	$(BIN)/asd-edge run --config $(CONFIG)
 
 test: dev
-	$(BIN)/ruff check asd_edge training tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: dev
-	$(BIN)/ruff check asd_edge training tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: dev
 	$(BIN)/mypy
@@ -83,6 +86,7 @@ bench: dev
 
 models: dev
 	$(BIN)/python -m training.level --out models/level.onnx
+	models/build_demo.sh
 
 demo: dev
 	$(BIN)/python -m devkit.demo
