@@ -35,6 +35,8 @@ class DaemonProcess:
     def __init__(self, config: Path, *, env: Mapping[str, str], log_path: Path) -> None:
         self.log_path = log_path
         self.records: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []
+        """``time.monotonic()`` at which each record was read, for latency measurements."""
         self._cond = threading.Condition()
         self._log: TextIO = log_path.open("a", encoding="utf-8")
         self.proc = subprocess.Popen(
@@ -68,6 +70,7 @@ class DaemonProcess:
                 record = {"event": "not_json", "line": line.rstrip("\n")}
             with self._cond:
                 self.records.append(record)
+                self.arrivals.append(time.monotonic())
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
@@ -80,12 +83,16 @@ class DaemonProcess:
     def wait_for(self, name: str, timeout_s: float) -> dict[str, Any]:
         """The first log record ``name``; :class:`DevkitError` if the daemon exits first
         or ``timeout_s`` passes (the message quotes the end of its log)."""
+        return self.wait_for_at(name, timeout_s)[1]
+
+    def wait_for_at(self, name: str, timeout_s: float) -> tuple[float, dict[str, Any]]:
+        """Like ``wait_for``, with the ``time.monotonic()`` at which the record was read."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
-                found = [r for r in self.records if r.get("event") == name]
-                if found:
-                    return found[0]
+                for at, record in zip(self.arrivals, self.records, strict=True):
+                    if record.get("event") == name:
+                        return at, record
                 if self.proc.poll() is not None and not self._reader.is_alive():
                     raise DevkitError(
                         f"the daemon exited with {self.proc.returncode} before {name}:\n"
@@ -103,6 +110,13 @@ class DaemonProcess:
         with self._cond:
             tail = self.records[-lines:]
         return "\n".join(r.get("line") or json.dumps(r) for r in tail) or "(no output)"
+
+    def kill(self) -> int:
+        """SIGKILL, with no clean-up of any kind (a power cut, an OOM kill); the exit code."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        code = self.proc.wait()
+        self._reader.join(timeout=5)
+        return code
 
     def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM, wait up to ``timeout_s`` (then SIGKILL); return the exit code."""

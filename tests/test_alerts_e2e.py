@@ -19,7 +19,7 @@ import pytest
 import yaml
 from broker import Broker, Subscriber, wait_until
 from conftest import write_wav
-from daemonproc import DaemonProcess
+from daemonproc import start_daemon
 from scipy import signal
 
 from asd_edge.audiofile import read_audio
@@ -122,7 +122,7 @@ class TestOnTheVirtualMicrophone:
         wav = write_wav(tmp_path / "stream.wav", stream, RATE)
         sub = mqtt_broker.subscriber(f"{PREFIX}/#")
         config = daemon_config(tmp_path, mqtt_broker, level_model, virtual_mic.device)
-        daemon = DaemonProcess(config, virtual_mic.env)
+        daemon = start_daemon(config, virtual_mic.env)
         try:
             daemon.wait_for("daemon_started", 20)
             wait_until(lambda: sub.on(f"{PREFIX}/status"), 10, "status online")
@@ -176,7 +176,7 @@ class TestNothingIsLost:
         stream = stream_with_bursts(12.0, [(1.5, 0.8), (5.0, 0.8), (8.5, 0.8)])
         wav = write_wav(tmp_path / "stream.wav", stream, RATE)
         broker.stop()
-        daemon = DaemonProcess(daemon_config(tmp_path, broker, level_model, f"file:{wav}"), {})
+        daemon = start_daemon(daemon_config(tmp_path, broker, level_model, f"file:{wav}"), {})
         try:
             daemon.wait_for("daemon_started", 20)
             wait_until(lambda: len(daemon.events("anomaly_ended")) == 3, 30, "three events")
@@ -206,7 +206,7 @@ class TestNothingIsLost:
             tmp_path, mqtt_broker, level_model, f"file:{wav}", clips={"post_s": 3.0}
         )
         mqtt_broker.stop()
-        daemon = DaemonProcess(config, {})
+        daemon = start_daemon(config)
         daemon.wait_for("daemon_started", 20)
         wait_until(lambda: len(daemon.events("anomaly_started")) == 2, 20, "second event")
         wait_until(lambda: daemon.events("clip_saved"), 10, "the first clip")
@@ -217,7 +217,7 @@ class TestNothingIsLost:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         clips = tmp_path / "state" / "clips"
         mqtt_broker.start()
-        restarted = DaemonProcess(config, {})
+        restarted = start_daemon(config)
         try:
             restarted.wait_for("daemon_started", 20)
             # the first event (start and end) and the second's start, from before the kill
@@ -255,7 +255,7 @@ class TestNothingIsLost:
             clips={"min_free_mb": 10_000_000.0},
             mqtt={"health_interval_s": 5.0},
         )
-        daemon = DaemonProcess(config, {})
+        daemon = start_daemon(config)
         try:
             daemon.wait_for("daemon_started", 20)
             wait_until(lambda: len(first_of_each(alerts(sub))) == 4, 30, "four alerts")
@@ -287,7 +287,7 @@ class TestAvailabilityAndCommands:
         def states() -> list[str]:
             return [json.loads(m.payload)["state"] for m in sub.on(f"{PREFIX}/status")]
 
-        daemon = DaemonProcess(config, {})
+        daemon = start_daemon(config)
         daemon.wait_for("daemon_started", 20)
         wait_until(lambda: states() == ["online"], 10, "online")
         daemon.kill()
@@ -297,7 +297,7 @@ class TestAvailabilityAndCommands:
         wait_until(lambda: late.on(f"{PREFIX}/status"), 5, "the retained status")
         retained = late.on(f"{PREFIX}/status")[-1]
         assert retained.retain and json.loads(retained.payload)["state"] == "offline"
-        again = DaemonProcess(config, {})
+        again = start_daemon(config)
         try:
             again.wait_for("daemon_started", 20)
             wait_until(lambda: states()[-1:] == ["online"], 10, "online again")
@@ -335,7 +335,7 @@ class TestAvailabilityAndCommands:
             ("ping", b'{"id": "x", "pad": "' + b"a" * 100_000 + b'"}'),
             ("ping", b"NaN"),
         ]
-        daemon = DaemonProcess(config, {})
+        daemon = start_daemon(config)
         try:
             daemon.wait_for("daemon_started", 20)
             wait_until(lambda: daemon.events("mqtt_connected"), 10, "connected")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import asd_edge_command, tone_burst, write_wav
-from daemonproc import DaemonProcess
+from daemonproc import start_daemon
 
 pytestmark = pytest.mark.realaudio
 
@@ -42,28 +42,28 @@ class TestRunOnVirtualMicrophone:
     ) -> None:
         """A loud second played into the microphone is logged as anomaly_started within 2 s
         of its start, ended afterwards, and SIGTERM stops the daemon with exit 0."""
-        daemon = DaemonProcess(daemon_config, virtual_mic.env)
+        daemon = start_daemon(daemon_config, virtual_mic.env)
         try:
-            _, started = daemon.wait_for("daemon_started", 20)
+            started = daemon.wait_for("daemon_started", 20)
             assert started["sample_rate"] == 16000
             assert started["monitors"][0]["name"] == "pump"
             time.sleep(1.5)  # let the monitor fill its first window with quiet audio
             wav = write_wav(tmp_path / "burst.wav", tone_burst(16000, 5.0, (2.0, 3.0)), 16000)
             played_at = time.monotonic()
             player = virtual_mic.play(wav, wait=False)
-            at, alert = daemon.wait_for("anomaly_started", 10)
+            at, alert = daemon.wait_for_at("anomaly_started", 10)
             loud_at = played_at + 2.0
             assert at - loud_at < 2.0, f"logged {at - loud_at:.2f} s after the loud part began"
             assert alert["monitor"] == "pump" and alert["level"] == "warning"
             assert alert["peak_score"] > alert["threshold"] == -30.0
-            _, ended = daemon.wait_for("anomaly_ended", 10)
+            ended = daemon.wait_for("anomaly_ended", 10)
             assert 0.5 <= ended["duration_s"] <= 3.0
             player.wait(timeout=10)
         finally:
             code = daemon.stop()
         assert code == 0
         daemon.wait_for("daemon_stopped", 5)
-        assert not [r for r in daemon.seen if r.get("event") == "anomaly_started"][1:]
+        assert not [r for r in daemon.records if r.get("event") == "anomaly_started"][1:]
 
 
 class TestRecordAndDevices:
