@@ -12,7 +12,6 @@ benchmarks/results/kinds.jsonl. Run it on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import sys
 import tempfile
@@ -27,35 +26,20 @@ pin_math_threads()  # as the asd-edge command does, before numpy loads
 import numpy as np  # noqa: E402
 from common import record, stats_us  # noqa: E402
 
-from asd_edge.audiofile import write_wav  # noqa: E402
 from asd_edge.detector import Detector  # noqa: E402
-from training.dataset import MANIFEST_COLUMNS, file_sha256  # noqa: E402
 from training.fit import FitConfig, fit  # noqa: E402
 from training.kinds import KIND_NAMES, get_kind  # noqa: E402
-from training.synth import ANOMALY_KINDS, Machine  # noqa: E402
+from training.synth import write_labelled_dataset  # noqa: E402
 
 
 def labelled_data(root: Path) -> Path:
     """A small manifest dataset with labelled anomalies in every split (any kind trains)."""
-    machine = Machine(machine_id=0, seed=0)
-    rows = []
-    for split, n in (("train", 6), ("valid", 2), ("test", 2)):
-        for label in ("normal", "anomaly"):
-            for i in range(n):
-                rng = np.random.default_rng([len(rows), i])
-                wave = (
-                    machine.normal(2.0, rng)
-                    if label == "normal"
-                    else machine.anomaly(ANOMALY_KINDS[i % len(ANOMALY_KINDS)], 2.0, rng)
-                )
-                rel = f"{split}_{label}_{i}.wav"
-                write_wav(root / rel, wave, machine.sample_rate)
-                rows.append([rel, label, split, rel, file_sha256(root / rel)])
-    with (root / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
-    return root
+    plan = [
+        (split, label, n)
+        for split, n in (("train", 6), ("valid", 2), ("test", 2))
+        for label in ("normal", "anomaly")
+    ]
+    return write_labelled_dataset(root, plan)
 
 
 def time_detector(path: Path, n: int) -> dict[str, object]:

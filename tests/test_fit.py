@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from asd_edge.audiofile import write_wav
 from asd_edge.detector import Detector
 from asd_edge.model import parse_model_spec
 from training.cli import main as asd_train
@@ -27,7 +26,7 @@ from training.dataset import MANIFEST_COLUMNS, file_sha256
 from training.export import ATOL, RTOL, read_metadata
 from training.fit import FitConfig, FitResult, fit
 from training.kinds import KIND_NAMES, get_kind
-from training.synth import ANOMALY_KINDS, Machine, write_dataset
+from training.synth import write_dataset, write_labelled_dataset
 
 RECORDS = (
     "config.json",
@@ -60,7 +59,6 @@ def synthetic_manifest(
     ``train_anomaly``/``valid_anomaly`` put labelled anomalies into train/valid, as
     supervised kinds need. Anomaly kinds cycle through ``training.synth.ANOMALY_KINDS``.
     """
-    machine = Machine(machine_id=0, seed=seed)
     plan = [
         ("train", "normal", train),
         ("train", "anomaly", train_anomaly),
@@ -69,24 +67,7 @@ def synthetic_manifest(
         ("test", "normal", test_normal),
         ("test", "anomaly", test_anomaly),
     ]
-    rows = []
-    root.mkdir(parents=True, exist_ok=True)
-    for code, (split, label, count) in enumerate(plan):
-        for i in range(count):
-            rng = np.random.default_rng([seed, code, i])
-            if label == "normal":
-                wave = machine.normal(duration_s, rng)
-            else:
-                wave = machine.anomaly(ANOMALY_KINDS[i % len(ANOMALY_KINDS)], duration_s, rng)
-            rel = f"{split}/{label}_{i:03d}.wav"
-            (root / split).mkdir(exist_ok=True)
-            write_wav(root / rel, wave, machine.sample_rate)
-            rows.append([rel, label, split, rel, file_sha256(root / rel)])
-    with (root / "manifest.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
-    return root
+    return write_labelled_dataset(root, plan, duration_s=duration_s, seed=seed)
 
 
 def fit_fast(kind: str, data: Path, out: Path, **overrides: Any) -> FitResult:

@@ -43,6 +43,7 @@ __all__ = [
     "parse_events",
     "run",
     "write_dataset",
+    "write_labelled_dataset",
 ]
 
 ANOMALY_KINDS: tuple[str, ...] = ("bearing", "shift", "imbalance", "impact", "squeal")
@@ -418,6 +419,36 @@ def write_dataset(
         write_wav(path, wave, sample_rate)
         written.append(path)
     return written
+
+
+def write_labelled_dataset(
+    root: Path,
+    plan: Sequence[tuple[str, str, int]],
+    *,
+    duration_s: float = 2.0,
+    seed: int = 0,
+) -> Path:
+    """A prepared dataset (``root/manifest.csv``) of machine 0: ``plan`` lists
+    ``(split, label, count)``; anomaly kinds cycle through ``ANOMALY_KINDS``. Unlike
+    ``write_dataset`` (DCASE layout, normal-only train), it can put labelled anomalies
+    in any split, as the supervised kind needs. Deterministic given ``seed``."""
+    from training.dataset import file_sha256, write_manifest  # pulls no heavy dependency
+
+    machine = Machine(machine_id=0, seed=seed)
+    rows = []
+    for code, (split, label, count) in enumerate(plan):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            rng = np.random.default_rng([seed, code, i])
+            if label == "normal":
+                wave = machine.normal(duration_s, rng)
+            else:
+                wave = machine.anomaly(ANOMALY_KINDS[i % len(ANOMALY_KINDS)], duration_s, rng)
+            rel = f"{split}/{label}_{i:03d}.wav"
+            write_wav(root / rel, wave, machine.sample_rate)
+            rows.append([rel, label, split, rel, file_sha256(root / rel)])
+    write_manifest(root, rows)
+    return root
 
 
 def parse_events(text: str) -> list[tuple[float, float, str]]:

@@ -28,7 +28,7 @@ from torch import nn
 
 from asd_edge.features import NormalizeMethod, PrefilterSpec
 
-__all__ = ["InputStats", "KindInfo", "ScoreModel"]
+__all__ = ["Autoencoder", "InputStats", "KindInfo", "ScoreModel"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,24 @@ class ScoreModel(nn.Module):
         """Training loss of a batch (mean over it). ``y`` is 0 normal / 1 anomaly;
         unsupervised kinds ignore it. Only gradient kinds need this."""
         raise NotImplementedError
+
+
+class Autoencoder(ScoreModel):
+    """A reconstruction model: the score of a window is its mean squared reconstruction
+    error, and training minimises the mean score of normal windows."""
+
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target, reconstruction)`` of a batch, same shape, batch first."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean squared reconstruction error per window, ``[batch]``."""
+        target, recon = self.reconstruct(x)
+        return ((recon - target) ** 2).flatten(1).mean(dim=1)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The mean of the scores (``y`` is ignored: normal-only training)."""
+        return self.forward(x).mean()
 
 
 @dataclass(frozen=True)

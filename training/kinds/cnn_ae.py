@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import InputStats, KindInfo, ScoreModel
+from .base import Autoencoder, InputStats, KindInfo, ScoreModel
 
 __all__ = ["INFO", "CnnAutoencoder", "Standardize", "build", "read_params", "require_positive"]
 
@@ -102,7 +102,7 @@ def _up(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class CnnAutoencoder(ScoreModel):
+class CnnAutoencoder(Autoencoder):
     """Conv encoder / transposed-conv decoder over ``[n_frames, n_mels]``; score = MSE."""
 
     def __init__(
@@ -136,15 +136,6 @@ class CnnAutoencoder(ScoreModel):
         image = F.pad(z.unsqueeze(1), (0, self.pad_mels, 0, self.pad_frames))
         out = self.decoder(self.encoder(image))
         return z, out[:, 0, : self.n_frames, : self.n_mels]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean squared reconstruction error per window, ``[batch]``."""
-        z, recon = self.reconstruct(x)
-        return ((recon - z) ** 2).mean(dim=(1, 2))
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The mean of the scores (``y`` is ignored: normal-only training)."""
-        return self.forward(x).mean()
 
 
 DEFAULTS: dict[str, Any] = {"channels": 16, "depth": 3, "bottleneck": 2}

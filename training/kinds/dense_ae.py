@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import InputStats, KindInfo, ScoreModel
+from .base import Autoencoder, InputStats, KindInfo, ScoreModel
 
 __all__ = ["INFO", "DenseAutoencoder", "build"]
 
@@ -29,7 +29,7 @@ def _block(n_in: int, n_out: int) -> list[nn.Module]:
     return [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.ReLU()]
 
 
-class DenseAutoencoder(ScoreModel):
+class DenseAutoencoder(Autoencoder):
     """Log-mel window ``[batch, n_frames, n_mels]`` → mean squared reconstruction error."""
 
     mean: torch.Tensor
@@ -79,20 +79,12 @@ class DenseAutoencoder(ScoreModel):
         z = (x - self.mean) / self.std
         return torch.cat([z[:, i : i + self.n_vectors] for i in range(self.frames)], dim=-1)
 
-    def errors(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared reconstruction errors ``[batch, n_vectors, dim]``."""
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stacked vectors ``[batch, n_vectors, dim]`` and their reconstruction; the
+        score is the mean squared error over all stacked vectors of each window."""
         v = self.stack(x)
         flat = v.reshape(-1, v.shape[-1])
-        recon = self.decoder(self.encoder(flat)).reshape(v.shape)
-        return (recon - v) ** 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Score ``[batch]``: mean squared error over all stacked vectors of each window."""
-        return self.errors(x).mean(dim=(1, 2))
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean of the scores of the batch (the labels are not used)."""
-        return self.forward(x).mean()
+        return v, self.decoder(self.encoder(flat)).reshape(v.shape)
 
 
 def build(shape: tuple[int, ...], stats: InputStats, params: Mapping[str, Any]) -> ScoreModel:

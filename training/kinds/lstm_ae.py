@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import InputStats, KindInfo, ScoreModel
+from .base import Autoencoder, InputStats, KindInfo, ScoreModel
 from .cnn_ae import Standardize, read_params, require_positive
 
 __all__ = ["INFO", "LstmAutoencoder", "build"]
 
 
-class LstmAutoencoder(ScoreModel):
+class LstmAutoencoder(Autoencoder):
     """Encoder LSTM → latent → repeated → decoder LSTM → frames; score = MSE."""
 
     def __init__(
@@ -49,15 +49,6 @@ class LstmAutoencoder(ScoreModel):
         steps = code.unsqueeze(1).repeat(1, self.n_frames, 1)
         out, _ = self.decoder(steps)
         return z, self.to_frames(out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean squared reconstruction error per window, ``[batch]``."""
-        z, recon = self.reconstruct(x)
-        return ((recon - z) ** 2).mean(dim=(1, 2))
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The mean of the scores (``y`` is ignored: normal-only training)."""
-        return self.forward(x).mean()
 
 
 DEFAULTS: dict[str, Any] = {"hidden": 64, "latent": 16, "layers": 1}
