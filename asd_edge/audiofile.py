@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import secrets
@@ -16,7 +15,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from scipy.io import wavfile
 
 from asd_edge.errors import AudioDecodeError
 
@@ -101,6 +99,8 @@ def read_audio(path: str | os.PathLike[str]) -> AudioData:
 
 
 def _read_wav(path: Path) -> AudioData:
+    from scipy.io import wavfile  # not needed (nor its memory) by a daemon on a microphone
+
     with warnings.catch_warnings():
         # Unknown chunks (LIST, bext, ...) are harmless; scipy skips them.
         warnings.simplefilter("ignore", wavfile.WavFileWarning)
@@ -196,9 +196,26 @@ def wav_bytes(samples: npt.ArrayLike, sample_rate: int) -> bytes:
     pcm = pcm16(samples)
     if pcm.ndim not in (1, 2):
         raise ValueError(f"samples must be 1-D or 2-D (frames, channels), got shape {pcm.shape}")
-    buffer = io.BytesIO()
-    wavfile.write(buffer, int(sample_rate), pcm)
-    return buffer.getvalue()
+    channels = 1 if pcm.ndim == 1 else pcm.shape[1]
+    data = np.ascontiguousarray(pcm, dtype="<i2").tobytes()
+    rate = int(sample_rate)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(data),
+        b"WAVE",
+        b"fmt ",
+        16,  # PCM fmt chunk
+        1,  # WAVE_FORMAT_PCM
+        channels,
+        rate,
+        rate * channels * 2,  # bytes per second
+        channels * 2,  # block align
+        16,  # bits per sample
+        b"data",
+        len(data),
+    )
+    return header + data
 
 
 def write_wav(path: str | os.PathLike[str], samples: npt.ArrayLike, sample_rate: int) -> None:

@@ -7,7 +7,6 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal
 
 __all__ = [
     "DB_FLOOR",
@@ -19,6 +18,7 @@ __all__ = [
     "mel_filterbank",
     "mel_to_hz",
     "normalize_window",
+    "periodic_hann",
 ]
 
 FloatArray = npt.NDArray[np.float32]
@@ -113,6 +113,12 @@ def mel_filterbank(
     return weights.astype(np.float32)
 
 
+def periodic_hann(n: int) -> Float64Array:
+    """The periodic ("fftbins") Hann window of ``n`` samples, as
+    ``scipy.signal.get_window("hann", n)`` and librosa use it."""
+    return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)
+
+
 class LogMel:
     """Log-mel frames of fixed-length windows: ``float32[..., n_frames, n_mels]``.
 
@@ -124,7 +130,7 @@ class LogMel:
 
     def __init__(self, params: LogMelParams) -> None:
         self.params = params
-        self._window = signal.get_window("hann", params.n_fft, fftbins=True).astype(np.float64)
+        self._window = periodic_hann(params.n_fft)
         self._fb_t = (
             mel_filterbank(
                 params.sample_rate, params.n_fft, params.n_mels, params.fmin, params.fmax_hz
@@ -164,6 +170,8 @@ class PrefilterSpec:
 
     def sos(self, sample_rate: int) -> Float64Array:
         """Second-order sections for ``sample_rate``; a band edge at or past Nyquist is dropped."""
+        from scipy import signal  # only models with a pre-filter pay for scipy.signal
+
         nyquist = sample_rate / 2.0
         low = self.low_hz if self.type != "butter_lowpass" else None
         high = self.high_hz if self.type != "butter_highpass" else None
@@ -187,12 +195,15 @@ class StreamingFilter:
     so filtering a signal in pieces equals filtering it whole."""
 
     def __init__(self, sos: npt.ArrayLike) -> None:
+        from scipy import signal  # only models with a pre-filter pay for scipy.signal
+
+        self._sosfilt = signal.sosfilt
         self._sos = np.asarray(sos, dtype=np.float64)
         self._zi = np.zeros((self._sos.shape[0], 2), dtype=np.float64)
 
     def __call__(self, block: npt.ArrayLike) -> FloatArray:
         """Filter the next block of the stream."""
-        y, self._zi = signal.sosfilt(self._sos, np.asarray(block, dtype=np.float64), zi=self._zi)
+        y, self._zi = self._sosfilt(self._sos, np.asarray(block, dtype=np.float64), zi=self._zi)
         return np.asarray(y, dtype=np.float32)
 
     def reset(self) -> None:

@@ -6,7 +6,6 @@ from math import ceil, gcd
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal
 
 __all__ = ["StreamResampler"]
 
@@ -35,6 +34,9 @@ class StreamResampler:
         half_len = 10 * max(self.up, self.down)
         self._taps = np.zeros(0, dtype=np.float64)
         if not self.passthrough:  # the same filter resample_poly designs by default
+            from scipy import signal  # only a rate conversion pays for scipy.signal
+
+            self._resample_poly = signal.resample_poly
             self._taps = np.asarray(
                 signal.firwin(
                     2 * half_len + 1, 1.0 / max(self.up, self.down), window=("kaiser", 5.0)
@@ -81,7 +83,7 @@ class StreamResampler:
             return np.zeros(0, dtype=np.float32)
         seg_start = self._buf_start
         seg = self._buf
-        y = signal.resample_poly(seg, self.up, self.down, window=self._taps)
+        y = self._resample_poly(seg, self.up, self.down, window=self._taps)
         first = self._out_next - seg_start * self.up // self.down
         out = np.asarray(y[first : first + out_stop - self._out_next], dtype=np.float32)
         self._out_next = out_stop

@@ -40,6 +40,36 @@ class TestDaemonIsLight:
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "[]"
 
+    def test_a_microphone_daemon_does_not_load_scipy_signal(self, level_model: Path) -> None:
+        """scipy.signal (about 80 MB of resident memory) and scipy.io are loaded only when a
+        model needs a pre-filter or a rate conversion, or a WAV file is read: a daemon
+        on a microphone at the model's rate, with clips and MQTT, stays without them."""
+        code = textwrap.dedent(
+            f"""
+            import sys
+            import numpy as np
+            from asd_edge.daemon import Daemon
+            from asd_edge.detector import Detector
+            from asd_edge.monitor import Monitor
+            from asd_edge.config import MonitorConfig
+            from asd_edge.ring import RingBuffer
+            from asd_edge.audiofile import wav_bytes
+            import asd_edge.cli, asd_edge.mqtt, asd_edge.clipstore, asd_edge.spectrogram
+            detector = Detector({str(level_model)!r})
+            ring = RingBuffer(16000 * 4)
+            monitor = Monitor.from_config(
+                MonitorConfig(name="m", model="m.onnx"), detector, ring, 16000, start_index=0)
+            ring.write(np.zeros(32000, np.float32))
+            assert monitor.tick().scores
+            wav_bytes(np.zeros(100, np.float32), 16000)
+            loaded = sorted(m for m in sys.modules if m in ("scipy.signal", "scipy.io"))
+            print(loaded)
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[]"
+
     def test_score_runs_without_heavy_imports(self, tmp_path: Path, level_model: Path) -> None:
         """`asd-edge score` runs end to end with the heavy packages barred."""
         wav = write_wav(tmp_path / "a.wav", tone_burst(16000, 3.0, (1.0, 2.0)), 16000)
