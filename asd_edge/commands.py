@@ -93,7 +93,9 @@ def parse_command(
     spec = commands.get(suffix)
     if spec is None:
         known = ", ".join(sorted(commands))
-        raise CommandError(f"unknown command {shown!r}; known: {known}", command=shown)
+        raise CommandError(
+            f"unknown command {shown!r}; known: {known}", command=shown, id=_peek_id(payload)
+        )
     limit = min(spec.max_bytes, MAX_COMMAND_BYTES)
     if len(payload) > limit:
         raise CommandError(
@@ -296,3 +298,18 @@ def _is_json_type(value: object, types: tuple[type, ...]) -> bool:
     if isinstance(value, bool) and bool not in types:
         return False
     return isinstance(value, types)
+
+
+def _peek_id(payload: bytes) -> str | None:
+    """The request id of a payload that will be refused anyway, so that the reply can
+    still name it; None when there is no usable one."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        return None
+    try:
+        data = json.loads(bytes(payload).decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    request_id = data.get("id") if isinstance(data, dict) else None
+    if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS:
+        return request_id
+    return None

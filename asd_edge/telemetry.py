@@ -105,6 +105,8 @@ class Telemetry:
         """``<prefix>/monitor/<name>``: what Home Assistant's entities show."""
         state = self.monitors[name]
         level = self.level(state.channel)
+        if level is None or not level.samples:  # a report just began a new interval
+            level = self._levels.get(state.channel)
         return {
             "anomaly": state.anomaly,
             "score": _finite(state.last_score),

@@ -164,3 +164,13 @@ class TestRouter:
         with capture_logs() as logs:
             router("ping", b"{}")
         assert [e["event"] for e in logs][-1] == "command_reply_failed"
+
+
+def test_unknown_command_reply_keeps_the_request_id() -> None:
+    """A sender that asked for a command this daemon does not know still gets its id back."""
+    with pytest.raises(CommandError) as info:
+        parse_command("reboot", b'{"id": "req-7"}')
+    assert info.value.id == "req-7" and "unknown command" in info.value.reason
+    with pytest.raises(CommandError) as info:
+        parse_command("reboot", b"\xff not json")
+    assert info.value.id is None

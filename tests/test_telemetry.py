@@ -92,6 +92,8 @@ class TestTelemetry:
         assert state["anomaly"] is True and state["score"] == 4.0 and state["threshold"] == 3.0
         assert state["level_dbfs"] == pytest.approx(-20.0, abs=0.01)
         assert state["at"].endswith("Z")
+        t.report({})  # starts a new interval: the state keeps the last level, not null
+        assert t.monitor_payload("pump")["level_dbfs"] == pytest.approx(-20.0, abs=0.01)
 
 
 def test_tick_summary() -> None:

@@ -199,8 +199,8 @@ INFO = KindInfo(
     input="logmel",
     supervised=False,
     fit_method="closed_form",
-    description="scaler + PCA + Gaussian mixture (BIC-sized) on per-band mean and std of "
-    "each window, score = negative log-likelihood",
+    description="scaler + PCA + Gaussian mixture (BIC-sized) on per-band means of each "
+    "window (features=mean_std adds the stds), score = negative log-likelihood",
     defaults=DEFAULTS,
     fit=fit,
 )
