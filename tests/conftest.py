@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from broker import mqtt_broker, mqtt_broker_factory  # noqa: F401  (fixtures: real mosquitto)
 from vmic import virtual_mic  # noqa: F401  (fixture: PulseAudio null sink as a microphone)
 
@@ -14,6 +17,16 @@ from asd_edge import audiofile
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Undo ``configure_logging`` after each test: code run in-process (the CLIs) points
+    the loggers at pytest's captured stream, which is closed once the test is over; a
+    later test's thread logging there would fail."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []
 
 
 @pytest.fixture(scope="session")
