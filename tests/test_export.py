@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,13 +18,18 @@ from asd_edge.model import parse_model_spec
 from training.errors import ExportError
 from training.export import (
     OPSET,
+    SOURCE_DATE_EPOCH,
+    build_time,
+    contract_metadata,
     export_model,
     make_version,
     quantize_model,
     read_metadata,
     update_metadata,
 )
+from training.fit import FitConfig, fit
 from training.kinds import InputStats, ScoreModel, get_kind
+from training.synth import write_dataset
 from training.windows import WindowSpec
 
 
@@ -150,3 +156,48 @@ class TestVersion:
         }
         assert v not in others and len(others) == 4
         assert json.dumps(v)
+
+
+class TestSourceDateEpoch:
+    EPOCH = 1_790_000_000  # 2026-09-21T14:13:20Z
+
+    def test_it_is_the_build_time(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With SOURCE_DATE_EPOCH set, the version's time and training.created are it,
+        whatever time the caller passes; without it, the caller's time is kept."""
+        later = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+        assert make_version(later, "ab" * 32, "gmm", {}, 0).startswith("20300102T030405Z-")
+        monkeypatch.setenv(SOURCE_DATE_EPOCH, str(self.EPOCH))
+        assert build_time(later) == datetime(2026, 9, 21, 14, 13, 20, tzinfo=UTC)
+        assert make_version(later, "ab" * 32, "gmm", {}, 0).startswith("20260921T141320Z-")
+        meta = contract_metadata(
+            name="m", version="v", kind="gmm", spec_fields={}, threshold=1.0,
+            calibration={}, training={"created": "2030-01-02T03:04:05Z", "files": 3},
+        )  # fmt: skip
+        assert meta["training"] == {"created": "2026-09-21T14:13:20Z", "files": 3}
+
+    def test_a_bad_value_names_the_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A value that is not whole seconds is an ExportError naming SOURCE_DATE_EPOCH."""
+        monkeypatch.setenv(SOURCE_DATE_EPOCH, "yesterday")
+        with pytest.raises(ExportError, match=r"SOURCE_DATE_EPOCH.*'yesterday'"):
+            build_time()
+
+    def test_same_command_same_bytes(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Two trainings on the same data with the same seed, a clock second apart, write
+        byte-identical model files when SOURCE_DATE_EPOCH is set."""
+        monkeypatch.setenv(SOURCE_DATE_EPOCH, str(self.EPOCH))
+        write_dataset(
+            tmp_path / "data", train_files=5, test_normal=1, test_anomaly=1, duration_s=2.0,
+            progress=False,
+        )  # fmt: skip
+        blobs = []
+        for run in ("a", "b"):
+            config = FitConfig(
+                data=tmp_path / "data" / "machine_00", out=tmp_path / run, kind="dense_ae",
+                epochs=2, batch_size=16, threads=1, quiet=True,
+            )  # fmt: skip
+            blobs.append(fit(config).model_path.read_bytes())
+            time.sleep(1.0)  # so that the clock's time stamps of the two runs differ
+        assert blobs[0] == blobs[1]
+        meta = read_metadata(tmp_path / "a" / "model.onnx")
+        assert meta["training"]["created"] == "2026-09-21T14:13:20Z"
+        assert meta["version"].startswith("20260921T141320Z-")

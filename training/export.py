@@ -5,6 +5,11 @@ The export pins the opset, names the input after the contract (``logmel`` or
 checker, compares onnxruntime with torch on real inputs (held-out windows), and
 loads the result in the daemon's own ``Detector``. Only a model that passes all of
 it is written, atomically; otherwise ``ExportError`` and no file.
+
+Reproducible builds: when ``SOURCE_DATE_EPOCH`` (seconds since 1970, UTC; see
+reproducible-builds.org) is set, it is the build time of every model made here: the
+time in the version and ``training.created``, so the same data, kind, parameters and
+seed give byte-identical files.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ __all__ = [
     "ATOL",
     "OPSET",
     "RTOL",
+    "SOURCE_DATE_EPOCH",
     "ExportReport",
+    "build_time",
     "check_parity",
     "contract_metadata",
     "export_model",
@@ -56,12 +63,36 @@ ATOL = 1e-4
 RTOL = 1e-3
 PARITY_MAX_WINDOWS = 512
 """At most this many real windows are compared (spread over the given ones)."""
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
+"""Environment variable fixing the build time (integer seconds since 1970-01-01 UTC)."""
+
+
+def build_time(now: datetime | None = None) -> datetime:
+    """The build time: ``SOURCE_DATE_EPOCH`` when set, else ``now``, else the clock (UTC, s).
+
+    ExportError names the variable when its value is not a non-negative integer.
+    """
+    text = os.environ.get(SOURCE_DATE_EPOCH, "").strip()
+    if not text:
+        return (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    if not (text.isascii() and text.isdigit()):
+        raise ExportError(
+            f"{SOURCE_DATE_EPOCH}: expected whole seconds since 1970-01-01 UTC, got {text!r}"
+        )
+    try:
+        return datetime.fromtimestamp(int(text), UTC)
+    except (OverflowError, OSError, ValueError):
+        raise ExportError(f"{SOURCE_DATE_EPOCH}: {text} is out of range") from None
 
 
 def make_version(
     created: datetime, data_sha256: str, kind: str, params: Mapping[str, Any], seed: int
 ) -> str:
-    """``<UTC yyyymmddThhmmssZ>-<7 hex of sha256(data hash + kind + params + seed)>``."""
+    """``<UTC yyyymmddThhmmssZ>-<7 hex of sha256(data hash + kind + params + seed)>``.
+
+    The time is ``created``, or ``SOURCE_DATE_EPOCH`` when that is set (:func:`build_time`).
+    """
+    created = build_time(created)
     digest = hashlib.sha256(
         json.dumps(
             {"data": data_sha256, "kind": kind, "params": dict(params), "seed": seed},
@@ -82,7 +113,13 @@ def contract_metadata(
     calibration: Mapping[str, Any],
     training: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The ``asd_edge`` metadata object (schema 1); ``spec_fields`` from ``WindowSpec.metadata``."""
+    """The ``asd_edge`` metadata object (schema 1); ``spec_fields`` from ``WindowSpec.metadata``.
+
+    When ``SOURCE_DATE_EPOCH`` is set, it replaces ``training.created`` (:func:`build_time`).
+    """
+    training = dict(training)
+    if os.environ.get(SOURCE_DATE_EPOCH, "").strip():
+        training["created"] = build_time().isoformat().replace("+00:00", "Z")
     return {
         "schema": SCHEMA_VERSION,
         "name": name,
@@ -91,7 +128,7 @@ def contract_metadata(
         **dict(spec_fields),
         "threshold": float(threshold),
         "calibration": dict(calibration),
-        "training": dict(training),
+        "training": training,
     }
 
 
