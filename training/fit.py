@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILAB
 from .errors import DataError, ExportError
 from .evaluate import compare_quantized, evaluate_files
 from .export import (
+    build_time,
     contract_metadata,
     export_model,
     make_version,
@@ -199,7 +199,7 @@ def _stages(
     model, summary, history = _train(c, info, params, spec, train_w, valid_w, run, tracker)
 
     # 3. Export and parity on real held-out windows, then calibrate the exported model.
-    created = datetime.now(UTC).replace(microsecond=0)
+    created = build_time()  # SOURCE_DATE_EPOCH when set: reproducible builds
     name = c.name or f"{dataset.root.name}-{info.name}"
     metadata = contract_metadata(
         name=name,
