@@ -32,7 +32,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from asd_edge.errors import AudioDecodeError
 from asd_edge.scoring import score_file
 
 __all__ = [
+    "DEVICE_RULE",
     "METHODS",
     "Calibration",
     "CalibrationConfig",
@@ -83,6 +84,11 @@ class ScoreSequence:
     """Where it came from (a file name)."""
 
 
+DEVICE_RULE: dict[str, Any] = {f.name: f.default for f in fields(MonitorConfig)}
+"""The defaults of a ``monitors[]`` entry: the decision rule a model meets on a device
+unless its configuration says otherwise (one source, so they cannot drift apart)."""
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
     """How the threshold is chosen, and the decision rule it is chosen for."""
@@ -97,12 +103,12 @@ class CalibrationConfig:
     """``mean_std``: mean + k standard deviations of the held-out normal window scores."""
     threshold: float | None = None
     """``fixed``: this value."""
-    hop_s: float = 0.5
+    hop_s: float = DEVICE_RULE["hop_s"]
     """Seconds between scored windows on the device (the daemon's ``monitors[].hop_s``)."""
-    onset_k: int = 2
-    onset_n: int = 3
-    hold_s: float = 1.0
-    refractory_s: float = 5.0
+    onset_k: int = DEVICE_RULE["onset_k"]
+    onset_n: int = DEVICE_RULE["onset_n"]
+    hold_s: float = DEVICE_RULE["hold_s"]
+    refractory_s: float = DEVICE_RULE["refractory_s"]
     tail_fraction: float = 0.1
     """Share of the highest held-out window scores the tail model is fitted to."""
 

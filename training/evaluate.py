@@ -30,6 +30,7 @@ from asd_edge.detector import Detector
 from asd_edge.errors import AudioDecodeError, ModelError
 from asd_edge.scoring import score_samples
 
+from .calibrate import DEVICE_RULE
 from .cli import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK
 from .errors import DataError
 from .plots import plot_roc, plot_score_hist
@@ -72,7 +73,7 @@ def evaluate_files(
     files: Sequence[LabelledFile],
     out_dir: str | os.PathLike[str],
     *,
-    hop_s: float = 0.5,
+    hop_s: float = DEVICE_RULE["hop_s"],
     copy_anomalies: str | os.PathLike[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -249,7 +250,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hop-s",
         type=float,
-        default=0.5,
+        default=DEVICE_RULE["hop_s"],
         help="seconds between scored windows, as the daemon's hop (default: %(default)s)",
     )
     parser.add_argument(
@@ -322,7 +323,7 @@ def compare_quantized(
     files: Sequence[LabelledFile],
     out_dir: str | os.PathLike[str],
     *,
-    hop_s: float = 0.5,
+    hop_s: float = DEVICE_RULE["hop_s"],
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate an int8 copy like the float model was; report what quantisation changed."""

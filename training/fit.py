@@ -22,7 +22,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from .calibrate import METHODS, CalibrationConfig, calibrate_files
+from .calibrate import DEVICE_RULE, METHODS, CalibrationConfig, calibrate_files
 from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE
 from .errors import DataError, ExportError
 from .evaluate import compare_quantized, evaluate_files
@@ -67,7 +67,7 @@ class FitConfig:
     window_s: float = 1.0
     hop_s: float = 0.5
     """Hop of the training windows."""
-    deploy_hop_s: float = 0.5
+    deploy_hop_s: float = DEVICE_RULE["hop_s"]
     """The daemon's hop: calibration and evaluation score at it."""
     valid_fraction: float = 0.15
     calibration: str = "fa_per_day"
@@ -369,7 +369,10 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--lr", {"type": float, "default": 1e-3, "help": "Adam's learning rate"}),
     ("--patience", {"type": int, "default": 5, "help": "early-stopping patience, epochs"}),
     ("--hop-s", {"type": float, "default": 0.5, "help": "hop of the training windows, s"}),
-    ("--deploy-hop-s", {"type": float, "default": 0.5, "help": "the daemon's hop, s"}),
+    (
+        "--deploy-hop-s",
+        {"type": float, "default": DEVICE_RULE["hop_s"], "help": "the daemon's hop, s"},
+    ),
     ("--window-s", {"type": float, "default": 1.0, "help": "window length, s"}),
     ("--rate", {"type": int, "default": 16000, "help": "model sample rate, Hz"}),
     ("--valid-fraction", {"type": float, "default": 0.15, "help": "DCASE train files held out"}),
