@@ -18,34 +18,10 @@ from .config import ClipsConfig
 from .decision import Event
 from .ring import RingBuffer
 
-if TYPE_CHECKING:
-    from .clipstore import MB, WORKER_NICE, ClipStore, ClipUsage, encode_audio
+if TYPE_CHECKING:  # clipstore imports ClipRequest and ClipResult from here
+    from .clipstore import ClipStore
 
-__all__ = [
-    "MB",
-    "WORKER_NICE",
-    "ClipRecorder",
-    "ClipRequest",
-    "ClipResult",
-    "ClipStore",
-    "ClipUsage",
-    "encode_audio",
-]
-
-# The writing side (worker thread, quota, crash recovery) is asd_edge.clipstore; its names stay
-# importable from here. It imports ClipRequest and ClipResult from this module, so importing it
-# at the top would be an import cycle: they are looked up when first asked for (PEP 562).
-_FROM_CLIPSTORE = frozenset({"MB", "WORKER_NICE", "ClipStore", "ClipUsage", "encode_audio"})
-
-
-def __getattr__(name: str) -> object:
-    """``ClipStore``, ``ClipUsage``, ``MB``, ``WORKER_NICE``, ``encode_audio``: the objects
-    of ``asd_edge.clipstore``."""
-    if name in _FROM_CLIPSTORE:
-        from . import clipstore
-
-        return getattr(clipstore, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["ClipRecorder", "ClipRequest", "ClipResult"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,30 +247,3 @@ class TestRecorder:
         assert rig.recorder.poll() == [] and rig.recorder.flush() == []
         assert rig.finish() == {}
         assert list((tmp_path / "clips").rglob("*.wav")) == []
-
-
-class TestLayout:
-    """Code written when clips.py held the store keeps working."""
-
-    @pytest.mark.parametrize("first", ["asd_edge.clips", "asd_edge.clipstore"])
-    def test_store_names_import_from_clips(self, first: str) -> None:
-        """ClipStore, ClipUsage, MB, WORKER_NICE and encode_audio import from asd_edge.clips
-        as the very objects of asd_edge.clipstore, whichever a fresh process imports first
-        (the two modules import each other's names: no import cycle may break either)."""
-        code = textwrap.dedent(
-            f"""
-            import importlib
-            importlib.import_module({first!r})
-            from asd_edge import clipstore
-            from asd_edge.clips import MB, WORKER_NICE, ClipStore, ClipUsage, encode_audio
-            names = (MB, WORKER_NICE, ClipStore, ClipUsage, encode_audio)
-            assert names == (clipstore.MB, clipstore.WORKER_NICE, clipstore.ClipStore,
-                             clipstore.ClipUsage, clipstore.encode_audio)
-            import asd_edge.clips
-            assert not hasattr(asd_edge.clips, "Nothing")
-            print("ok")
-            """
-        )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout == "ok\n"
