@@ -31,6 +31,7 @@ __all__ = [
     "MonitorConfig",
     "MqttConfig",
     "OutboxConfig",
+    "PushConfig",
     "TlsConfig",
     "config_to_dict",
     "load_config",
@@ -109,6 +110,32 @@ class DetectorConfig:
 
     threads: int = field(default=1, metadata={"min": 1, "max": 64})
     """onnxruntime intra-op threads per model."""
+    watch_s: float = field(default=2.0, metadata={"min": 0.0, "max": 3600.0})
+    """Seconds between two checks of each monitor's model file for a replacement; 0: never
+    (SIGHUP still reloads)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushConfig:
+    """Models pushed over MQTT (``asd-train push``) and how they are authenticated."""
+
+    key_file: str | None = field(default=None, metadata={"path": True})
+    """Ed25519 public key (PEM, ``asd-train keygen``'s device.key) that pushed models must be
+    signed with; None: signed pushes cannot be checked and are refused."""
+    allow_unsigned: bool = False
+    """Accept pushes without a signature (anyone who can publish to the broker can then
+    replace the model: for a lab only)."""
+    max_mb: float = field(default=16.0, metadata={"min": 0.01, "max": 200.0})
+    """Largest model accepted by push, in megabytes."""
+    fleet_prefix: str | None = field(
+        default="asd/fleet",
+        metadata={
+            "pattern": r"^[^+#/\x00](?:[^+#\x00]*[^+#/\x00])?$",
+            "describe": "a topic prefix without '+' or '#' that neither starts nor ends with '/'",
+        },
+    )
+    """Prefix whose cmd/model and cmd/model/rollback reach every device (``push --all``);
+    None: only this device's own prefix."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,6 +237,9 @@ class HealthConfig:
     """A channel whose RMS level stays below this (dBFS) is flagged silent."""
     clipping_ratio: float = field(default=0.001, metadata={"min": 0.0, "max": 1.0})
     """A channel with more than this fraction of samples at full scale is flagged clipping."""
+    hold_s: float = field(default=5.0, metadata={"min": 0.5, "max": 60.0})
+    """Seconds silence, clipping or overruns must last before an input alert is raised, and
+    be gone before it clears."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -262,6 +292,8 @@ class Config:
     """The models, one per monitored channel (a list in the file)."""
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     """How the models are run."""
+    push: PushConfig = field(default_factory=PushConfig)
+    """Models pushed over MQTT."""
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     """The MQTT broker; once parsed, topic_prefix and client_id are never None."""
     clips: ClipsConfig = field(default_factory=ClipsConfig)
