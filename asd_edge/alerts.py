@@ -105,6 +105,7 @@ class Alerts:
         self._lock = threading.Lock()
         self._waiting: dict[str, dict[str, Any]] = {}  # alert id → held end payload
         self._clips: dict[str, ClipResult] = {}  # alert id → clip result before its end
+        self._input_open: dict[tuple[str, int | None], tuple[dict[str, Any], float]] = {}
 
     def wall_time(self, info: MonitorInfo, stream_s: float) -> float:
         """Wall-clock epoch seconds of a stream time of ``info``'s ring."""
@@ -134,6 +135,7 @@ class Alerts:
             )
         payload: dict[str, Any] = {
             "id": alert_id,
+            "type": "anomaly",
             "device_id": self.device_id,
             "monitor": info.name,
             "phase": "start",
@@ -182,6 +184,69 @@ class Alerts:
         if self._sink is not None:
             self._sink.submit_alert(opened.alert_id, payload, phase="end", held=held)
         return opened.alert_id
+
+    def input_problem(
+        self,
+        condition: str,
+        channel: int | None,
+        phase: str,
+        *,
+        since_s: float,
+        monitors: list[str],
+        details: Mapping[str, Any],
+    ) -> str | None:
+        """Publish an input alert (``type: input``): ``condition`` (input_lost, silence,
+        clipping, overrun) on ``channel`` started or ended; ``since_s`` is the wall-clock
+        epoch at which it began (used by a start). Start and end share one alert id."""
+        key = (condition, channel)
+        if phase == "start":
+            where = "device" if channel is None else f"ch{channel}"
+            alert_id = new_alert_id(f"input-{condition}-{where}", since_s)
+            payload: dict[str, Any] = {
+                "id": alert_id,
+                "type": "input",
+                "device_id": self.device_id,
+                "condition": condition,
+                "channel": channel,
+                "monitors": monitors,
+                "phase": "start",
+                "started_at": iso_utc(since_s),
+                "detected_at": iso_utc(self._wall()),
+                "details": dict(details),
+            }
+            self._input_open[key] = (payload, since_s)
+            log.error(
+                "input_problem",
+                alert_id=alert_id,
+                condition=condition,
+                channel=channel,
+                **dict(details),
+            )
+        else:
+            found = self._input_open.pop(key, None)
+            if found is None:
+                return None
+            opened, began = found
+            ended = self._wall()
+            alert_id = opened["id"]
+            payload = {
+                **opened,
+                "phase": "end",
+                "ended_at": iso_utc(ended),
+                "duration_s": round(max(0.0, ended - began), 3),
+                "details": dict(details),
+            }
+            payload.pop("detected_at", None)
+            log.warning(
+                "input_recovered",
+                alert_id=alert_id,
+                condition=condition,
+                channel=channel,
+                duration_s=payload["duration_s"],
+            )
+        if self._sink is not None:
+            self._sink.submit_alert(alert_id, payload, phase=phase)
+        return alert_id
 
     def score(self, monitor: str, at_s: float, score: float) -> None:
         """A window's score, for the timeline of the monitor's open clip."""

@@ -68,6 +68,11 @@ class AudioSource(Protocol):
         """Whether samples are expected to be arriving now."""
         ...
 
+    @property
+    def recovering(self) -> bool:
+        """Whether a dead input is being reopened (with back-off) right now."""
+        ...
+
 
 def _sounddevice() -> ModuleType:
     try:
@@ -140,6 +145,14 @@ class SoundDeviceSource:
     def alive(self) -> bool:
         """True while the stream is open and has not finished."""
         return self._started and self._stream is not None and not self._finished
+
+    @property
+    def recovering(self) -> bool:
+        """True while a dead stream is being reopened (a retry is due, or a reopened
+        stream has not yet delivered for ``stall_timeout_s``)."""
+        return self._started and (
+            (self._stream is None and self._retry_at_s is not None) or self._on_probation
+        )
 
     def start(self) -> None:
         """Open the stream (choosing the rate at the first start); raises ``AudioError``."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
 
+from .config import PushConfig
 from .errors import AsdEdgeError
 
 __all__ = [
@@ -19,6 +22,7 @@ __all__ = [
     "CommandRouter",
     "CommandSpec",
     "Handler",
+    "command_specs",
     "parse_command",
 ]
 
@@ -63,17 +67,44 @@ class CommandSpec:
     required: frozenset[str] = frozenset()
     """Fields that must be present."""
     max_bytes: int = 4096
-    """Largest payload accepted, in bytes (at most MAX_COMMAND_BYTES)."""
+    """Largest payload accepted, in bytes (at most MAX_COMMAND_BYTES unless ``bulk``)."""
+    bulk: bool = False
+    """The payload carries a file (a model push): only ``max_bytes`` limits its size."""
 
 
 COMMANDS: Final[Mapping[str, CommandSpec]] = {
     "health": CommandSpec(),
     "ping": CommandSpec(),
 }
-"""The commands understood: ``health`` (publish health now) and ``ping`` (reply at once).
+"""The control commands: ``health`` (publish health now) and ``ping`` (reply at once)."""
 
-Issue 5 adds ``model`` (push) and ``model/rollback`` here with their own specs.
-"""
+_SIGNED = {"target": (str,), "monitor": (str,), "issued_at": (str,)}
+_SIGNATURE = {"key_id": (str,), "signature": (str,)}
+PUSH_OVERHEAD_BYTES: Final = 4096
+"""Room for a push message's fields besides the base64 model."""
+
+
+def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
+    """Every command the daemon understands, with ``model`` sized for ``push.max_mb``.
+
+    ``model`` (a push, see ``asd_edge.signing``) carries the model as base64, 4/3 of
+    its size; ``model/rollback`` returns a monitor to its previous model.
+    """
+    max_model_bytes = math.ceil(push.max_mb * 1e6)
+    return {
+        **COMMANDS,
+        "model": CommandSpec(
+            fields={**_SIGNED, **_SIGNATURE, "sha256": (str,), "size": (int,), "model": (str,)},
+            required=frozenset({"target", "issued_at", "sha256", "size", "model"}),
+            max_bytes=4 * math.ceil(max_model_bytes / 3) + PUSH_OVERHEAD_BYTES,
+            bulk=True,
+        ),
+        "model/rollback": CommandSpec(
+            fields={**_SIGNED, **_SIGNATURE},
+            required=frozenset({"target", "issued_at"}),
+        ),
+    }
+
 
 Handler = Callable[[Command], Mapping[str, Any] | None]
 """Carries out one command; may return a result mapping that goes into the reply."""
@@ -96,10 +127,12 @@ def parse_command(
         raise CommandError(
             f"unknown command {shown!r}; known: {known}", command=shown, id=_peek_id(payload)
         )
-    limit = min(spec.max_bytes, MAX_COMMAND_BYTES)
+    limit = spec.max_bytes if spec.bulk else min(spec.max_bytes, MAX_COMMAND_BYTES)
     if len(payload) > limit:
         raise CommandError(
-            f"payload too large: {len(payload)} bytes, at most {limit}", command=suffix
+            f"payload too large: {len(payload)} bytes, at most {limit}",
+            command=suffix,
+            id=_peek_id(payload),
         )
     if not payload.strip():
         data: object = {}
@@ -300,11 +333,20 @@ def _is_json_type(value: object, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
+_LEADING_ID = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,128})"')
+"""An ``id`` written first in a JSON object (``asd-train push`` does): found without parsing."""
+
+
 def _peek_id(payload: bytes) -> str | None:
     """The request id of a payload that will be refused anyway, so that the reply can
-    still name it; None when there is no usable one."""
+    still name it; None when there is no usable one. A payload too large to parse is
+    searched for a leading ``"id"`` only."""
     if len(payload) > MAX_COMMAND_BYTES:
-        return None
+        match = _LEADING_ID.match(payload[:512])
+        try:
+            return match.group(1).decode("utf-8") if match else None
+        except UnicodeDecodeError:
+            return None
     try:
         data = json.loads(bytes(payload).decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):

@@ -67,6 +67,11 @@ class FileSource:
         return self._started
 
     @property
+    def recovering(self) -> bool:
+        """A recording never needs reopening."""
+        return False
+
+    @property
     def finished(self) -> bool:
         """True once every sample of the file has been written (never when looping)."""
         return not self.loop and self._pos >= self._samples.shape[1]

@@ -254,6 +254,7 @@ class LinkThread:
         since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self._client.publish(self.topics.status, self._status("online", since=since), 1, True)
         subscriptions = [(self.topics.commands, 1)]
+        subscriptions += [(topic, 1) for topic in self.topics.fleet_commands]
         if self.config.homeassistant.enabled:
             subscriptions.append((f"{self.config.homeassistant.discovery_prefix}/status", 1))
         self._client.subscribe(subscriptions)
@@ -292,16 +293,16 @@ class LinkThread:
 
     def _on_message(self, _c: Client, _u: Any, message: MQTTMessage) -> None:
         topic = message.topic
-        command_prefix = self.topics.commands[:-1]
-        if topic.startswith(command_prefix) and self.on_command is not None:
+        command = self.topics.command_name(topic)
+        if command is not None and self.on_command is not None:
             self._counts["commands_received"] += 1
             try:
-                self.on_command(topic[len(command_prefix) :], bytes(message.payload))
+                self.on_command(command, bytes(message.payload))
             except Exception as exc:  # a handler's error must not reach paho
                 self._counts["commands_failed"] += 1
                 log.error(
                     "command_rejected",
-                    command=topic[len(command_prefix) :][:64],
+                    command=command[:64],
                     reason=f"{type(exc).__name__}: {exc}",
                 )
         elif (

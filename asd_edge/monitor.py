@@ -168,6 +168,11 @@ class Monitor:
             block = self._filter(block)
         self._stream.write(block)
 
+    @property
+    def cursor(self) -> int:
+        """Capture-ring index of the next sample this monitor will consume."""
+        return self._cursor
+
     def now_s(self) -> float:
         """Stream time of the newest audio this monitor has consumed."""
         return self.stream_time(self._stream.written)

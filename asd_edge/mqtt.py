@@ -62,13 +62,14 @@ class MqttLink:
         outbox_path: Path,
         outbox: OutboxConfig,
         on_command: Callable[[str, bytes], None] | None = None,
+        fleet_prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
         max_inflight: int = MAX_INFLIGHT,
     ) -> None:
         self.config = config
         self.device_id = device_id
-        self.topics = Topics(config.topic_prefix or f"asd/{device_id}")
+        self.topics = Topics(config.topic_prefix or f"asd/{device_id}", fleet_prefix)
         self.client_id = config.client_id or f"asd-edge-{device_id}"
         self.outbox_path = Path(outbox_path)
         self.outbox_config = outbox

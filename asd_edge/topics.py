@@ -15,7 +15,10 @@ __all__ = ["Topics", "encode_json"]
 class Topics:
     """The topics of one device, all under ``prefix`` (see ARCHITECTURE.md)."""
 
-    def __init__(self, prefix: str) -> None:
+    FLEET_COMMANDS = ("model", "model/rollback")
+    """The commands a fleet prefix carries (``asd-train push --all``)."""
+
+    def __init__(self, prefix: str, fleet_prefix: str | None = None) -> None:
         self.prefix = prefix
         self.status = status_topic(prefix)
         self.alert, self.health, self.score = (
@@ -26,6 +29,20 @@ class Topics:
         self.model, self.command_result = f"{prefix}/model", f"{prefix}/cmd_result"
         self.commands = f"{prefix}/cmd/#"
         """Subscribed: every command topic."""
+        self.fleet_commands = tuple(
+            f"{fleet_prefix}/cmd/{name}" for name in self.FLEET_COMMANDS if fleet_prefix
+        )
+        """Subscribed too: the fleet-wide model commands."""
+
+    def command_name(self, topic: str) -> str | None:
+        """The command a message on ``topic`` carries (``ping``, ``model/rollback``...), or
+        None when ``topic`` is not a command topic of this device or of its fleet."""
+        own = self.commands[:-1]
+        if topic.startswith(own):
+            return topic[len(own) :]
+        if topic in self.fleet_commands:
+            return self.FLEET_COMMANDS[self.fleet_commands.index(topic)]
+        return None
 
     def monitor(self, name: str) -> str:
         """``<prefix>/monitor/<name>``, retained state of one monitor."""
