@@ -1,0 +1,451 @@
+"""Signed model push and rollback messages: Ed25519 keys, building and checking the JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from .errors import AsdEdgeError
+
+if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+__all__ = [
+    "DEVICE_KEY_NAME",
+    "PUSH_CONTEXT",
+    "PUSH_KEY_NAME",
+    "ROLLBACK_CONTEXT",
+    "KeyFileError",
+    "PushRefused",
+    "PushRequest",
+    "RollbackRequest",
+    "canonical_bytes",
+    "format_issued_at",
+    "generate_keys",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "parse_push",
+    "parse_rollback",
+    "push_message",
+    "rollback_message",
+]
+
+PUSH_CONTEXT: Final = b"asd-edge-push/1\n"
+"""Prefix of the signed bytes of a push: a push signature never verifies as anything else."""
+ROLLBACK_CONTEXT: Final = b"asd-edge-rollback/1\n"
+"""Prefix of the signed bytes of a rollback."""
+PUSH_KEY_NAME: Final = "push.key"
+"""``generate_keys``' private key file: stays on the workstation (``asd-train push --key``)."""
+DEVICE_KEY_NAME: Final = "device.key"
+"""``generate_keys``' public key file: goes to each device (config ``push.key_file``)."""
+MAX_ID_CHARS: Final = 128
+"""Longest request id accepted."""
+
+_PUSH_FIELDS: Final = frozenset(
+    {"target", "monitor", "sha256", "size", "issued_at", "key_id", "signature", "model"}
+)
+_ROLLBACK_FIELDS: Final = frozenset({"target", "monitor", "issued_at", "key_id", "signature"})
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_ISSUED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_ISSUED_AT_EXAMPLE: Final = "2026-11-21T10:15:00.123Z"
+
+
+class PushRefused(AsdEdgeError):
+    """A push or rollback is refused; ``reason`` is one sentence naming the field."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class KeyFileError(AsdEdgeError):
+    """A key file cannot be used; the message names the file and what is wrong with it."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    """A checked push: the model bytes match their size and sha256, the signature verified."""
+
+    id: str
+    target: str
+    """This device's id, or ``*`` (every device of the fleet)."""
+    monitor: str | None
+    """The monitor to load the model into; None: the device's only monitor."""
+    sha256: str
+    size: int
+    issued_at: str
+    """ISO 8601 UTC with milliseconds; later pushes compare greater as strings."""
+    model: bytes
+    signed: bool
+    """Whether a signature was verified (False only when unsigned pushes are allowed)."""
+    key_id: str | None
+    """Id of the key that verified the signature; None when unsigned."""
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRequest:
+    """A checked rollback to a monitor's previous model."""
+
+    id: str
+    target: str
+    monitor: str | None
+    issued_at: str
+    signed: bool
+    key_id: str | None
+
+
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """The Ed25519 public key in the PEM file ``path`` (``device.key``); KeyFileError if not."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    data = _read_key(path)
+    if b"PRIVATE KEY-----" in data:
+        raise KeyFileError(
+            path,
+            f"this is a private key ({PUSH_KEY_NAME}); a device needs the public key "
+            f"({DEVICE_KEY_NAME})",
+        )
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(path, f"not a valid PEM public key ({_cause(exc)})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(path, f"expected an Ed25519 public key, got {_key_type(key)}")
+    return key
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """The Ed25519 private key in the PEM file ``path`` (``push.key``); KeyFileError if not."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = _read_key(path)
+    if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
+        raise KeyFileError(
+            path,
+            f"this is a public key ({DEVICE_KEY_NAME}); signing needs the private key "
+            f"({PUSH_KEY_NAME})",
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyFileError(
+            path, "the private key is encrypted; expected an unencrypted key"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(path, f"not a valid PEM private key ({_cause(exc)})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(path, f"expected an Ed25519 private key, got {_key_type(key)}")
+    return key
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """First 16 hex digits of the sha256 of the raw 32-byte public key."""
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def generate_keys(out_dir: str | os.PathLike[str], *, force: bool = False) -> tuple[Path, Path]:
+    """Write a new key pair: ``push.key`` (private, 0600) and ``device.key`` (public, 0644).
+
+    Returns ``(push.key, device.key)``. Refuses (KeyFileError naming the file) to replace
+    either file unless ``force``; nothing is written then. Each file appears whole or not
+    at all (written to a temporary name, fsynced, renamed).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    folder = Path(out_dir)
+    push_path, device_path = folder / PUSH_KEY_NAME, folder / DEVICE_KEY_NAME
+    if not force:
+        for path in (push_path, device_path):
+            if path.exists():
+                raise KeyFileError(path, "already exists; refusing to replace it without force")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KeyFileError(folder, f"cannot create the folder ({exc.strerror or exc})") from None
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_atomic(push_path, private_pem, 0o600)
+    _write_atomic(device_path, public_pem, 0o644)
+    return push_path, device_path
+
+
+def format_issued_at(moment: datetime | None = None) -> str:
+    """``moment`` (default now) as the contract's ISO 8601 UTC with milliseconds."""
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def canonical_bytes(context: bytes, fields: Mapping[str, Any]) -> bytes:
+    """What is signed: ``context`` then the fields as sorted, compact, ASCII JSON."""
+    text = json.dumps(dict(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return context + text.encode("ascii")
+
+
+def push_message(
+    model: bytes,
+    *,
+    request_id: str,
+    target: str,
+    monitor: str | None,
+    private_key: Ed25519PrivateKey | None,
+    issued_at: str | None = None,
+) -> dict[str, Any]:
+    """The JSON object of a push of ``model`` (signed when ``private_key`` is given)."""
+    signed = {
+        "id": request_id,
+        "target": target,
+        "monitor": monitor,
+        "sha256": hashlib.sha256(model).hexdigest(),
+        "size": len(model),
+        "issued_at": issued_at or format_issued_at(),
+    }
+    message = _message(signed, PUSH_CONTEXT, private_key)
+    message["model"] = base64.b64encode(model).decode("ascii")
+    return message
+
+
+def rollback_message(
+    *,
+    request_id: str,
+    target: str,
+    monitor: str | None,
+    private_key: Ed25519PrivateKey | None,
+    issued_at: str | None = None,
+) -> dict[str, Any]:
+    """The JSON object of a rollback (signed when ``private_key`` is given)."""
+    signed = {
+        "id": request_id,
+        "target": target,
+        "monitor": monitor,
+        "issued_at": issued_at or format_issued_at(),
+    }
+    return _message(signed, ROLLBACK_CONTEXT, private_key)
+
+
+def parse_push(
+    args: Mapping[str, Any],
+    *,
+    request_id: str | None,
+    device_id: str,
+    max_bytes: int,
+    public_key: Ed25519PublicKey | None,
+    allow_unsigned: bool,
+) -> PushRequest:
+    """Check a push (``args`` is its JSON object without ``id``); PushRefused says why not.
+
+    In order: the id, the target, the size limit, the base64 of the model, its length,
+    its sha256, then the signature. The model is not parsed as ONNX here.
+    """
+    rid, target, monitor, issued_at = _common(args, request_id, device_id, _PUSH_FIELDS)
+    size = args.get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise PushRefused(f"size: expected an integer number of bytes, got {_shown(size)}")
+    if size > max_bytes:
+        raise PushRefused(f"model too large: {size} bytes, at most {max_bytes} (push.max_mb)")
+    if size < 1:
+        raise PushRefused(f"size: expected at least 1 byte, got {size}")
+    encoded = args.get("model")
+    if not isinstance(encoded, str):
+        raise PushRefused(f"model: expected a base64 string, got {_shown(encoded)}")
+    try:
+        model = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise PushRefused("model: not valid base64 (standard alphabet, padded)") from None
+    if len(model) < size:
+        raise PushRefused(f"truncated: got {len(model)} bytes of {size} (model)")
+    if len(model) > size:
+        raise PushRefused(f"model: got {len(model)} bytes, more than its size field {size}")
+    declared = args.get("sha256")
+    if not isinstance(declared, str) or not _SHA256.fullmatch(declared):
+        raise PushRefused(f"sha256: expected 64 lowercase hex digits, got {_shown(declared)}")
+    if not hmac.compare_digest(hashlib.sha256(model).hexdigest(), declared):
+        raise PushRefused("sha256 mismatch: the model was altered or corrupted in transit")
+    signed_fields = {
+        "id": rid,
+        "target": target,
+        "monitor": monitor,
+        "sha256": declared,
+        "size": size,
+        "issued_at": issued_at,
+    }
+    signed, kid = _verify(args, PUSH_CONTEXT, signed_fields, public_key, allow_unsigned, "push")
+    return PushRequest(rid, target, monitor, declared, size, issued_at, model, signed, kid)
+
+
+def parse_rollback(
+    args: Mapping[str, Any],
+    *,
+    request_id: str | None,
+    device_id: str,
+    public_key: Ed25519PublicKey | None,
+    allow_unsigned: bool,
+) -> RollbackRequest:
+    """Check a rollback (``args`` without ``id``) as ``parse_push`` checks a push."""
+    rid, target, monitor, issued_at = _common(args, request_id, device_id, _ROLLBACK_FIELDS)
+    signed_fields = {"id": rid, "target": target, "monitor": monitor, "issued_at": issued_at}
+    signed, kid = _verify(
+        args, ROLLBACK_CONTEXT, signed_fields, public_key, allow_unsigned, "rollback"
+    )
+    return RollbackRequest(rid, target, monitor, issued_at, signed, kid)
+
+
+def _common(
+    args: Mapping[str, Any], request_id: str | None, device_id: str, allowed: frozenset[str]
+) -> tuple[str, str, str | None, str]:
+    """Checks shared by push and rollback: id, target, unknown fields, monitor, issued_at."""
+    if not isinstance(request_id, str) or not request_id:
+        raise PushRefused("id: a request id is required")
+    if len(request_id) > MAX_ID_CHARS:
+        raise PushRefused(f"id: expected at most {MAX_ID_CHARS} characters, got {len(request_id)}")
+    target = args.get("target")
+    if not isinstance(target, str):
+        raise PushRefused(f"target: expected a device id or '*', got {_shown(target)}")
+    if target not in (device_id, "*"):
+        raise PushRefused(
+            f"target: addressed to {_shown(target)}, not to this device {device_id!r}"
+        )
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise PushRefused(
+            f"unknown field {_shown(unknown[0])}; expected: {', '.join(sorted(allowed))}"
+        )
+    monitor = args.get("monitor")
+    if monitor is not None and (not isinstance(monitor, str) or not monitor):
+        raise PushRefused(f"monitor: expected a monitor name, got {_shown(monitor)}")
+    issued_at = args.get("issued_at")
+    if not isinstance(issued_at, str) or not _valid_issued_at(issued_at):
+        raise PushRefused(
+            f"issued_at: expected ISO 8601 UTC with milliseconds like {_ISSUED_AT_EXAMPLE}, "
+            f"got {_shown(issued_at)}"
+        )
+    return request_id, target, monitor, issued_at
+
+
+def _verify(
+    args: Mapping[str, Any],
+    context: bytes,
+    fields: Mapping[str, Any],
+    public_key: Ed25519PublicKey | None,
+    allow_unsigned: bool,
+    what: str,
+) -> tuple[bool, str | None]:
+    """(signed, key id) if the signature checks out or unsigned is allowed; PushRefused if not."""
+    signature = args.get("signature")
+    claimed = args.get("key_id")
+    if claimed is not None and not isinstance(claimed, str):
+        raise PushRefused(f"key_id: expected a string, got {_shown(claimed)}")
+    if signature is None:
+        if allow_unsigned:
+            return False, None
+        raise PushRefused(f"unsigned {what} refused (push.allow_unsigned is false)")
+    if public_key is None:
+        raise PushRefused("push.key_file is not set: cannot check the signature")
+    from cryptography.exceptions import InvalidSignature
+
+    if not isinstance(signature, str):
+        raise PushRefused(f"signature: expected a base64 string, got {_shown(signature)}")
+    ours = key_id(public_key)
+    try:
+        raw = base64.b64decode(signature.encode("ascii"), validate=True)
+        public_key.verify(raw, canonical_bytes(context, fields))
+    except (ValueError, binascii.Error, InvalidSignature):
+        named = f"the {what} names key_id {claimed[:40]}" if claimed else "it names no key_id"
+        raise PushRefused(
+            f"bad signature: it does not verify with push.key_file (key_id {ours}; {named})"
+        ) from None
+    return True, ours
+
+
+def _message(
+    signed: dict[str, Any], context: bytes, private_key: Ed25519PrivateKey | None
+) -> dict[str, Any]:
+    """``signed`` (monitor left out when None) plus key_id and signature when signing."""
+    message = {k: v for k, v in signed.items() if not (k == "monitor" and v is None)}
+    if private_key is not None:
+        message["key_id"] = key_id(private_key.public_key())
+        signature = private_key.sign(canonical_bytes(context, signed))
+        message["signature"] = base64.b64encode(signature).decode("ascii")
+    return message
+
+
+def _valid_issued_at(text: str) -> bool:
+    if not _ISSUED_AT.fullmatch(text):
+        return False
+    try:
+        datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return False
+    return True
+
+
+def _read_key(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFileError(path, f"cannot read the key file ({exc.strerror or exc})") from None
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with exactly ``mode`` (umask aside): temp, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o600)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(fd, mode)
+            file.write(data)
+            file.flush()
+            os.fsync(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise KeyFileError(path, f"cannot write the key file ({exc.strerror or exc})") from None
+
+
+def _key_type(key: object) -> str:
+    return type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
+
+
+def _cause(exc: BaseException) -> str:
+    """cryptography's reason without its FAQ link."""
+    text = str(exc).split(" See https://")[0].strip().rstrip(".")
+    return text or type(exc).__name__
+
+
+def _shown(value: object) -> str:
+    """A field's value for a refusal: repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
