@@ -192,13 +192,14 @@ class InputHealth:
         self,
         channels: Sequence[int],
         config: HealthConfig,
-        stall_timeout_s: float,
+        stall_timeout_s: float | None = None,
         now_s: float | None = None,
     ) -> list[InputChange]:
         """After a reload: watch these channels with these settings from now on.
 
         Active conditions carry over (they clear by the new settings' rules); those of a
-        channel no longer watched end now (reason ``channel_unwatched``), returned.
+        channel no longer watched end now (reason ``channel_unwatched``) and are returned
+        for the caller to report. ``stall_timeout_s`` None keeps the current one.
         """
         if not channels:
             raise ValueError("InputHealth needs at least one channel to watch")
@@ -222,7 +223,8 @@ class InputHealth:
             self._channels[channel] = state
         self._config = config
         self._hold_samples = max(1, round(config.hold_s * self._rate))
-        self._stall_timeout_s = stall_timeout_s
+        if stall_timeout_s is not None:
+            self._stall_timeout_s = stall_timeout_s
         self._flow_ring = self._channels[min(channels)].ring  # every ring is written together
         self._last_written = self._flow_ring.written
         shift = self._lost_total() - before  # other rings' old losses are not new ones
@@ -247,7 +249,7 @@ class InputHealth:
                 self._judge(channel, state, level, now, changes)
         return changes
 
-    def active(self, now_s: float | None = None) -> list[InputCondition]:
+    def active(self) -> list[InputCondition]:
         """The conditions active now (input_lost with its current restart count)."""
         found: list[InputCondition] = []
         if self._lost is not None:
@@ -269,10 +271,17 @@ class InputHealth:
                     found.append(InputCondition(name, channel, held.since_s, held.details))
         return found
 
+    def active_names(self) -> list[str]:
+        """Short names of the active conditions (``silence ch1``), for a status line."""
+        return [
+            c.condition if c.channel is None else f"{c.condition} ch{c.channel}"
+            for c in self.active()
+        ]
+
     def as_dict(self, now_s: float | None = None) -> list[dict[str, Any]]:
         """The active conditions, JSON-ready, for the health payload (empty when healthy)."""
         now = self._clock() if now_s is None else now_s
-        return [condition.as_dict(now) for condition in self.active(now)]
+        return [condition.as_dict(now) for condition in self.active()]
 
     def _check_flow(self, now_s: float, changes: list[InputChange]) -> None:
         written = previous = self._flow_ring.written

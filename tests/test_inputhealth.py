@@ -341,6 +341,7 @@ class TestChannels:
         rig.run(WAKE_S, noise(seed=4), zeros)
         active = {(d["condition"], d["channel"]): d for d in rig.health.as_dict()}
         assert set(active) == {("silence", 1), ("overrun", None)}
+        assert rig.health.active_names() == ["overrun", "silence ch1"]
         assert active["silence", 1]["for_s"] == pytest.approx(HOLD_S + 1.05, abs=0.1)
         assert active["silence", 1]["details"]["digital"] is True
         assert active["overrun", None]["details"]["overflows_total"] == 1
@@ -381,7 +382,7 @@ class TestReload:
             ("silence", 1, "start"),
         ]
         assert rig.source.rings[2].read(0, rig.source.rings[2].written).lost > 0
-        ended = rig.health.configure([0, 2], HealthConfig(hold_s=1.0), STALL_S, now_s=rig.now_s)
+        ended = rig.health.configure([0, 2], HealthConfig(hold_s=1.0), now_s=rig.now_s)
         assert summary(ended) == [("silence", 1, "end")]
         assert ended[0].details["reason"] == "channel_unwatched"
         assert rig.health.update(rig.now_s) == []
