@@ -1,8 +1,10 @@
 """The ``asd-train`` command line: one subcommand per stage, each in its own module.
 
 Every stage module provides ``configure(parser)`` (adds its arguments) and
-``run(args) -> int`` (does the work, returns an exit code). Modules are imported
-only when their subcommand runs, so ``asd-train synth --help`` does not load torch.
+``run(args) -> int`` (does the work, returns an exit code); ``module:name`` names an
+object of the module that does (one module may serve two commands). Modules are
+imported only when their subcommand runs, so ``asd-train synth --help`` does not load
+torch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = [
     "EXIT_NOINPUT",
     "EXIT_OK",
     "EXIT_SOFTWARE",
+    "EXIT_TEMPFAIL",
+    "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
     "main",
 ]
@@ -41,6 +45,8 @@ EXIT_SOFTWARE = 70
 """EX_SOFTWARE: internal error, or an export whose ONNX disagrees with the framework."""
 EXIT_UNAVAILABLE = 69
 """EX_UNAVAILABLE: a service (broker, tracker) could not be reached."""
+EXIT_TEMPFAIL = 75
+"""EX_TEMPFAIL: no answer in time (a device may be offline); trying later may work."""
 
 EXIT_CODES = """exit codes:
   0   success
@@ -50,6 +56,7 @@ EXIT_CODES = """exit codes:
   66  an input does not exist or cannot be read (EX_NOINPUT)
   69  a service (broker, tracker) could not be reached (EX_UNAVAILABLE)
   70  internal error, or the exported ONNX disagrees with the framework (EX_SOFTWARE)
+  75  no answer in time: a device may be offline (EX_TEMPFAIL; push, rollback)
 """
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -57,6 +64,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("training.prepare", "turn recordings into a segmented, split dataset"),
     "fit": ("training.fit", "train a detector, calibrate its threshold, export ONNX"),
     "evaluate": ("training.evaluate", "score a dataset with an ONNX model as the daemon does"),
+    "keygen": ("training.keygen", "make the Ed25519 key pair that signs pushed models"),
+    "push": ("training.push", "send a model to a device (or every device) over MQTT"),
+    "rollback": ("training.push:rollback", "return a device's monitor to its previous model"),
 }
 """Subcommand → (module, one-line help). Later stages add themselves here."""
 
@@ -70,7 +80,10 @@ class Stage(Protocol):
 
 
 def _stage(module: str) -> Stage:
-    return importlib.import_module(module)  # type: ignore[return-value]
+    """The stage named ``module`` or ``module:name`` (an object of the module)."""
+    module_name, _, attribute = module.partition(":")
+    loaded = importlib.import_module(module_name)
+    return getattr(loaded, attribute) if attribute else loaded  # type: ignore[no-any-return]
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

@@ -1,0 +1,393 @@
+"""``asd-train keygen``, ``push`` and ``rollback`` as a user runs them, against a real mosquitto.
+
+A small paho responder stands in for each device: it checks commands with
+``asd_edge.signing`` and the daemon's own model loader and answers on
+``<prefix>/model`` and ``<prefix>/cmd_result`` as the issue 5 contract says. The real
+daemon's push path is tested against the daemon itself elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Broker, free_port, wait_until
+from paho.mqtt.client import Client, MQTTMessage
+
+from asd_edge.detector import Detector
+from asd_edge.errors import ModelError
+from asd_edge.signing import (
+    PushRefused,
+    format_issued_at,
+    load_public_key,
+    parse_push,
+    parse_rollback,
+)
+
+OLD = {"name": "factory", "version": "20260101T000000Z-0000000", "sha256": "0" * 64}
+"""The model each fake device runs before any push."""
+
+
+def asd_train(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """The installed ``asd-train`` console script, as a user runs it."""
+    script = Path(sys.executable).with_name("asd-train")
+    if not script.exists():
+        pytest.skip(f"the asd-train console script is not installed beside {sys.executable}")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=timeout_s)
+
+
+class FakeDevice:
+    """A paho client answering model pushes and rollbacks the way the daemon's contract says.
+
+    It keeps the current and previous model of one monitor (``main``), publishes its
+    retained status and model state, and remembers the model bytes it accepted.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        device_id: str,
+        folder: Path,
+        *,
+        key_file: Path | None,
+        allow_unsigned: bool = False,
+        router_limit: int | None = None,
+        router_echoes_id: bool = True,
+    ) -> None:
+        self.device_id = device_id
+        self.prefix = f"asd/{device_id}"
+        self.folder = folder
+        self.public_key = load_public_key(key_file) if key_file else None
+        self.allow_unsigned = allow_unsigned
+        self.router_limit = router_limit
+        """Payloads larger than this are refused on cmd_result, as the daemon's router does."""
+        self.router_echoes_id = router_echoes_id
+        self.current: dict[str, Any] = dict(OLD)
+        self.previous: dict[str, Any] | None = None
+        self.accepted: list[bytes] = []
+        self.commands: list[str] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client: Client = broker.client(client_id=f"fake-{device_id}")
+        self.client.will_set(f"{self.prefix}/status", b'{"state":"offline"}', qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *_: self._ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        wait_until(self._ready.is_set, what=f"{device_id} subscribed")
+        # A stale answer to someone else's push, retained: the CLI must ignore it.
+        self._publish_state({"id": "stale", "command": "model", "ok": False, "error": "old"})
+
+    def _on_connect(self, client: Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        client.subscribe([(f"{self.prefix}/cmd/#", 1), ("asd/fleet/cmd/#", 1)])
+        status = {"state": "online", "device_id": self.device_id}
+        client.publish(f"{self.prefix}/status", json.dumps(status), qos=1, retain=True)
+
+    def _on_message(self, _c: Client, _u: Any, message: MQTTMessage) -> None:
+        suffix = message.topic.split("/cmd/", 1)[1]
+        with self._lock:
+            self.commands.append(suffix)
+            if self.router_limit is not None and len(message.payload) > self.router_limit:
+                peeked = json.loads(message.payload)["id"] if self.router_echoes_id else None
+                limit = (
+                    f"payload too large: {len(message.payload)} bytes, at most {self.router_limit}"
+                )
+                self._reply(suffix, peeked, limit)
+                return
+            try:
+                data = json.loads(message.payload)
+            except ValueError as exc:
+                self._reply(suffix, None, f"payload is not JSON: {exc}")
+                return
+            request_id = data.pop("id", None)
+            try:
+                if suffix == "model":
+                    last = self._push(data, request_id)
+                elif suffix == "model/rollback":
+                    last = self._rollback(data, request_id)
+                else:
+                    self._reply(suffix, request_id, f"unknown command {suffix!r}")
+                    return
+            except PushRefused as exc:
+                last = {"id": request_id, "command": suffix, "ok": False, "error": exc.reason}
+            self._publish_state(last)
+
+    def _push(self, data: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        request = parse_push(
+            data,
+            request_id=request_id,
+            device_id=self.device_id,
+            max_bytes=16_000_000,
+            public_key=self.public_key,
+            allow_unsigned=self.allow_unsigned,
+        )
+        path = self.folder / f"{self.device_id}-{request.sha256[:12]}.onnx"
+        path.write_bytes(request.model)
+        try:
+            spec = Detector(path).spec
+        except ModelError as exc:
+            raise PushRefused(f"model: {exc.field}: {exc.problem}") from None
+        self.accepted.append(request.model)
+        self.previous = self.current
+        self.current = {"name": spec.name, "version": spec.version, "sha256": request.sha256}
+        return {"id": request.id, "command": "model", "ok": True, "error": None}
+
+    def _rollback(self, data: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+        request = parse_rollback(
+            data,
+            request_id=request_id,
+            device_id=self.device_id,
+            public_key=self.public_key,
+            allow_unsigned=self.allow_unsigned,
+        )
+        if self.previous is None:
+            raise PushRefused("rollback: no previous model for monitor 'main'")
+        self.current, self.previous = self.previous, self.current
+        return {"id": request.id, "command": "model/rollback", "ok": True, "error": None}
+
+    def _publish_state(self, last: dict[str, Any]) -> None:
+        last_push = {**last, "monitor": "main", **self.current, "at": format_issued_at()}
+        monitor = {**self.current, "kind": "level", "previous": self.previous, "last_error": None}
+        state = {"device_id": self.device_id, "monitors": {"main": monitor}, "last_push": last_push}
+        self.client.publish(f"{self.prefix}/model", json.dumps(state), qos=1, retain=True)
+
+    def _reply(self, command: str, request_id: str | None, error: str) -> None:
+        answer = {"command": command, "id": request_id, "ok": False, "error": error}
+        self.client.publish(f"{self.prefix}/cmd_result", json.dumps(answer), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(push.key, device.key) made by ``asd-train keygen``."""
+    out = tmp_path_factory.mktemp("keys")
+    result = asd_train("keygen", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out / "push.key", out / "device.key"
+
+
+@pytest.fixture
+def devices(mqtt_broker: Broker, tmp_path: Path) -> Iterator[list[FakeDevice]]:
+    """Fake devices made during the test (``make_device``); closed after it."""
+    made: list[FakeDevice] = []
+    yield made
+    for device in made:
+        device.close()
+
+
+def make_device(
+    made: list[FakeDevice], broker: Broker, device_id: str, folder: Path, **kw: Any
+) -> FakeDevice:
+    device = FakeDevice(broker, device_id, folder, **kw)
+    made.append(device)
+    return device
+
+
+def broker_args(broker: Broker) -> list[str]:
+    return ["--broker", f"{broker.host}:{broker.port}"]
+
+
+def model_version(path: Path) -> tuple[str, str]:
+    spec = Detector(path).spec
+    return spec.name, spec.version
+
+
+class TestKeygen:
+    def test_keygen_prints_what_to_do_and_refuses_to_overwrite(self, tmp_path: Path) -> None:
+        """keygen names both files and the key id; run again it exits 73 and keeps the keys."""
+        first = asd_train("keygen", "--out", str(tmp_path))
+        assert first.returncode == 0, first.stderr
+        assert "push.key" in first.stdout and "push.key_file" in first.stdout
+        kid = first.stdout.split("key id: ")[1].split()[0]
+        assert len(kid) == 16
+        before = (tmp_path / "push.key").read_bytes()
+        again = asd_train("keygen", "--out", str(tmp_path))
+        assert again.returncode == 73 and "already exists" in again.stderr
+        assert (tmp_path / "push.key").read_bytes() == before
+
+
+class TestPush:
+    def test_accepted(
+        self,
+        mqtt_broker: Broker,
+        devices: list[FakeDevice],
+        keys: tuple[Path, Path],
+        level_model: Path,
+        tmp_path: Path,
+    ) -> None:
+        """A signed push is accepted: exit 0, the new version printed, the exact bytes
+        delivered; the stale retained answer on the model topic is not taken for it."""
+        device = make_device(devices, mqtt_broker, "press-1", tmp_path, key_file=keys[1])
+        result = asd_train(
+            "push", str(level_model), *broker_args(mqtt_broker), "--device", "press-1",
+            "--key", str(keys[0]), "--timeout", "10",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        name, version = model_version(level_model)
+        assert f"accepted: main now runs {name} {version}" in result.stdout
+        assert device.accepted == [level_model.read_bytes()]
+        assert "publishing" in result.stderr and "waiting" in result.stderr
+
+    def test_refused_by_the_device(
+        self,
+        mqtt_broker: Broker,
+        devices: list[FakeDevice],
+        keys: tuple[Path, Path],
+        level_model: Path,
+        tmp_path: Path,
+    ) -> None:
+        """A device that holds another key refuses: exit 1 with its reason; an unsigned push
+        to a device that does not allow it is refused the same way."""
+        other = tmp_path / "other"
+        assert asd_train("keygen", "--out", str(other)).returncode == 0
+        device = make_device(
+            devices, mqtt_broker, "press-2", tmp_path, key_file=other / "device.key"
+        )
+        common = [str(level_model), *broker_args(mqtt_broker), "--device", "press-2"]
+        signed = asd_train("push", *common, "--key", str(keys[0]), "--timeout", "10")
+        assert signed.returncode == 1, signed.stdout + signed.stderr
+        assert "refused: bad signature" in signed.stdout
+        unsigned = asd_train("push", *common, "--unsigned", "--timeout", "10", "--json")
+        assert unsigned.returncode == 1, unsigned.stdout + unsigned.stderr
+        document = json.loads(unsigned.stdout)
+        assert document["results"][0]["status"] == "refused"
+        assert document["results"][0]["error"].startswith("unsigned push refused")
+        assert device.accepted == [] and device.commands == ["model", "model"]
+
+    @pytest.mark.parametrize("echoes_id", [True, False])
+    def test_refused_by_the_router(
+        self,
+        mqtt_broker: Broker,
+        devices: list[FakeDevice],
+        keys: tuple[Path, Path],
+        level_model: Path,
+        tmp_path: Path,
+        echoes_id: bool,
+    ) -> None:
+        """A refusal on cmd_result (the command router: a payload over its limit) ends the
+        wait at once with exit 1 and the reason, with or without the request id in it."""
+        make_device(
+            devices, mqtt_broker, "press-5", tmp_path, key_file=keys[1], router_limit=1000,
+            router_echoes_id=echoes_id,
+        )  # fmt: skip
+        result = asd_train(
+            "push", str(level_model), *broker_args(mqtt_broker), "--device", "press-5",
+            "--key", str(keys[0]), "--timeout", "20",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "refused: payload too large" in result.stdout
+        assert ("without a request id" in result.stdout) is not echoes_id
+
+    def test_no_answer(
+        self, mqtt_broker: Broker, keys: tuple[Path, Path], level_model: Path
+    ) -> None:
+        """Nobody answers: exit 75 after --timeout, saying the device may be offline."""
+        result = asd_train(
+            "push", str(level_model), *broker_args(mqtt_broker), "--device", "gone",
+            "--key", str(keys[0]), "--timeout", "1",
+        )  # fmt: skip
+        assert result.returncode == 75, result.stdout + result.stderr
+        assert "may be offline" in result.stderr and "reconnects" in result.stderr
+
+    def test_unreachable_broker(self, keys: tuple[Path, Path], level_model: Path) -> None:
+        """No broker on the port: exit 69 naming the broker."""
+        port = free_port()
+        result = asd_train(
+            "push", str(level_model), "--broker", f"127.0.0.1:{port}", "--device", "x",
+            "--key", str(keys[0]), "--timeout", "2",
+        )  # fmt: skip
+        assert result.returncode == 69, result.stdout + result.stderr
+        assert f"127.0.0.1:{port}" in result.stderr
+
+    def test_not_a_model_is_refused_locally(
+        self, mqtt_broker: Broker, keys: tuple[Path, Path], tmp_path: Path
+    ) -> None:
+        """A file the daemon's loader rejects exits 65 with the reason and is never sent."""
+        bogus = tmp_path / "model.onnx"
+        bogus.write_bytes(b"this is not an ONNX file\n" * 10)
+        watcher = mqtt_broker.subscriber("asd/#")
+        result = asd_train(
+            "push", str(bogus), *broker_args(mqtt_broker), "--device", "press-3",
+            "--key", str(keys[0]),
+        )  # fmt: skip
+        assert result.returncode == 65, result.stdout + result.stderr
+        assert "not a loadable ONNX model" in result.stderr and str(bogus) in result.stderr
+        assert watcher.on("asd/press-3/cmd/model") == []
+
+    def test_all_devices(
+        self,
+        mqtt_broker: Broker,
+        devices: list[FakeDevice],
+        keys: tuple[Path, Path],
+        level_model: Path,
+        tmp_path: Path,
+    ) -> None:
+        """--all: two online devices accept through the fleet topic, the offline one is listed
+        as such and does not fail the command."""
+        for name in ("line-a", "line-b"):
+            make_device(devices, mqtt_broker, name, tmp_path, key_file=keys[1])
+        offline = {"state": "offline", "device_id": "line-c"}
+        mqtt_broker.publish("asd/line-c/status", json.dumps(offline), retain=True)
+        result = asd_train(
+            "push", str(level_model), *broker_args(mqtt_broker), "--all",
+            "--key", str(keys[0]), "--timeout", "10", "--json",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        document = json.loads(result.stdout)
+        assert document["topic"] == "asd/fleet/cmd/model"
+        statuses = {r["device_id"]: r["status"] for r in document["results"]}
+        assert statuses == {"line-a": "accepted", "line-b": "accepted", "line-c": "offline"}
+        assert "line-c: offline: will receive it on reconnect" in result.stderr
+        digest = hashlib.sha256(level_model.read_bytes()).hexdigest()
+        for device in devices:
+            assert [hashlib.sha256(m).hexdigest() for m in device.accepted] == [digest]
+
+    def test_all_without_devices(
+        self, mqtt_broker: Broker, keys: tuple[Path, Path], level_model: Path
+    ) -> None:
+        """--all with no device status on the broker: exit 69 saying none was found."""
+        result = asd_train(
+            "push", str(level_model), *broker_args(mqtt_broker), "--all", "--unsigned",
+        )  # fmt: skip
+        assert result.returncode == 69, result.stdout + result.stderr
+        assert "no device found" in result.stderr
+
+
+class TestRollback:
+    def test_rollback_after_a_push(
+        self,
+        mqtt_broker: Broker,
+        devices: list[FakeDevice],
+        keys: tuple[Path, Path],
+        level_model: Path,
+        tmp_path: Path,
+    ) -> None:
+        """After a push, rollback returns the monitor to the model before it (exit 0); a
+        second rollback of a device without a previous model is refused (exit 1)."""
+        device = make_device(devices, mqtt_broker, "press-4", tmp_path, key_file=keys[1])
+        common = [*broker_args(mqtt_broker), "--device", "press-4", "--key", str(keys[0])]
+        assert asd_train("push", str(level_model), *common, "--quiet").returncode == 0
+        back = asd_train("rollback", *common, "--monitor", "main", "--timeout", "10")
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert f"accepted: main now runs {OLD['name']} {OLD['version']}" in back.stdout
+        assert device.current["version"] == OLD["version"]
+        device.previous = None
+        again = asd_train("rollback", *common, "--timeout", "10")
+        assert again.returncode == 1 and "no previous model" in again.stdout
+
+    def test_help_lists_exit_codes(self) -> None:
+        """--help of push and rollback explains the exit codes, 75 included."""
+        for command in ("push", "rollback"):
+            result = asd_train(command, "--help")
+            assert result.returncode == 0 and "75  no answer in time" in result.stdout

@@ -1,0 +1,637 @@
+"""``asd-train push`` and ``asd-train rollback``: signed model commands over MQTT and the answers.
+
+Both publish one command (QoS 1, not retained) on a device's ``<prefix>/cmd/model[/rollback]``
+or, with ``--all``, on the fleet topic, then wait for each device's answer: a
+``<prefix>/model`` message whose ``last_push`` carries the request id, or a refusal on
+``<prefix>/cmd_result``. The message format is ``asd_edge.signing``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from asd_edge.signing import KeyFileError, load_private_key, push_message, rollback_message
+
+from .cli import (
+    EXIT_DATA,
+    EXIT_FAILED,
+    EXIT_NOINPUT,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+)
+
+__all__ = [
+    "DISCOVER_S",
+    "BrokerAddress",
+    "BrokerError",
+    "MqttSession",
+    "Outcome",
+    "configure",
+    "exchange",
+    "parse_broker",
+    "rollback",
+    "run",
+]
+
+DISCOVER_S: Final = 1.0
+"""--all: how long retained ``<base>/+/status`` messages are collected."""
+
+EXIT_CODES: Final = """exit codes:
+  0   every device that was asked (every online device with --all) accepted
+  1   a device refused; its reason is printed
+  2   bad command-line usage
+  65  the model would be refused by the daemon's own loader (the reason is printed), or the
+      key file is not an Ed25519 private key
+  66  the model, key, password or CA file does not exist or cannot be read
+  69  the broker cannot be reached or refused the connection; --all found no device
+  75  no answer in time: the device may be offline (EX_TEMPFAIL); its persistent session
+      still receives the command when it reconnects
+"""
+
+Builder = Callable[[str, str], dict[str, Any]]
+"""(request id, target) -> the JSON object to publish."""
+
+
+@dataclass
+class Outcome:
+    """What one device answered (or did not)."""
+
+    device_id: str
+    prefix: str
+    status: str
+    """``accepted``, ``refused``, ``no_answer`` or ``offline`` (--all, not awaited)."""
+    error: str | None = None
+    answer: dict[str, Any] | None = None
+    """The device's ``last_push`` (or its ``cmd_result`` refusal) as it sent it."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``asd-train push``."""
+    parser.epilog = EXIT_CODES
+    parser.add_argument("model", type=Path, metavar="MODEL.onnx", help="the model to send")
+    _configure_common(parser, "push")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``asd-train push``: check the model as the daemon would, send it, print the answers."""
+    from asd_edge.config import PushConfig
+    from asd_edge.detector import Detector
+    from asd_edge.errors import ModelError
+
+    say = _sayer(args)
+    problem = _check_usage(args)
+    if problem:
+        return _fail(args, problem, EXIT_USAGE)
+    if not args.model.is_file():
+        return _fail(args, f"{args.model}: no such model file", EXIT_NOINPUT)
+    say(f"checking {args.model} with the daemon's loader")
+    try:
+        detector = Detector(args.model)
+        blob = args.model.read_bytes()
+    except ModelError as exc:
+        return _fail(args, f"the device would refuse this model: {exc}", EXIT_DATA)
+    except OSError as exc:
+        return _fail(args, f"{args.model}: cannot read ({exc.strerror or exc})", EXIT_NOINPUT)
+    spec = detector.spec
+    say(f"model {spec.name} {spec.version} ({spec.kind}, sha256 {detector.sha256[:12]})")
+    default_mb = PushConfig().max_mb
+    if len(blob) > default_mb * 1e6:
+        say(
+            f"note: {len(blob) / 1e6:.1f} MB is more than the daemon's default push.max_mb "
+            f"({default_mb:g}): a device refuses it unless its push.max_mb is raised"
+        )
+    key, code = _private_key(args)
+    if code:
+        return code
+
+    def build(request_id: str, target: str) -> dict[str, Any]:
+        return push_message(
+            blob, request_id=request_id, target=target, monitor=args.monitor, private_key=key
+        )
+
+    return exchange(args, command="model", build=build)
+
+
+class _Rollback:
+    """``asd-train rollback`` as a stage of ``asd-train`` (``training.push:rollback``)."""
+
+    @staticmethod
+    def configure(parser: argparse.ArgumentParser) -> None:
+        """The arguments of ``asd-train rollback``."""
+        parser.epilog = EXIT_CODES.replace("the model would be", "(push only) the model would be")
+        _configure_common(parser, "rollback")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        """``asd-train rollback``: ask for the previous model back, print the answers."""
+        problem = _check_usage(args)
+        if problem:
+            return _fail(args, problem, EXIT_USAGE)
+        key, code = _private_key(args)
+        if code:
+            return code
+
+        def build(request_id: str, target: str) -> dict[str, Any]:
+            return rollback_message(
+                request_id=request_id, target=target, monitor=args.monitor, private_key=key
+            )
+
+        return exchange(args, command="model/rollback", build=build)
+
+
+rollback = _Rollback()
+
+
+def exchange(args: argparse.Namespace, *, command: str, build: Builder) -> int:
+    """Publish ``command`` (``model`` or ``model/rollback``) and wait for the answers.
+
+    Shared by push and rollback: connect, subscribe to the answer topics (and, with
+    ``--all``, discover the devices from their retained status) before publishing, then
+    match answers on the request id. Returns the command's exit code.
+    """
+    say = _sayer(args)
+    request_id = f"{command.split('/')[-1]}-{uuid.uuid4().hex[:16]}"
+    address: BrokerAddress = args.broker
+    what = "push" if command == "model" else "rollback"
+    try:
+        session = MqttSession(args, request_id=request_id, command=command)
+    except _FileProblem as exc:
+        return _fail(args, str(exc), EXIT_NOINPUT)
+    try:
+        say(f"connecting to {address}")
+        session.connect(timeout_s=min(args.timeout, 10.0))
+        if args.all:
+            devices = _discover(session, args, say)
+            if not devices:
+                return _fail(
+                    args,
+                    f"no device found: no retained status on {args.base}/+/status",
+                    EXIT_UNAVAILABLE,
+                )
+            topic, target = f"{args.fleet_prefix}/cmd/{command}", "*"
+        else:
+            prefix = args.prefix or f"asd/{args.device}"
+            session.subscribe([f"{prefix}/model", f"{prefix}/cmd_result"])
+            devices = {prefix: (args.device, True)}
+            topic, target = f"{prefix}/cmd/{command}", args.device
+        payload = json.dumps(build(request_id, target), separators=(",", ":")).encode()
+        say(f"publishing {_size(len(payload))} on {topic} (request {request_id})")
+        session.publish(topic, payload, timeout_s=max(args.timeout, 10.0))
+        awaited = [p for p, (_, online) in devices.items() if online]
+        if awaited:
+            say(f"waiting up to {args.timeout:g} s for {len(awaited)} answer(s)")
+        answers = session.wait(awaited, timeout_s=args.timeout)
+    except BrokerError as exc:
+        return _fail(args, str(exc), EXIT_UNAVAILABLE)
+    finally:
+        session.close()
+    outcomes = _outcomes(devices, answers)
+    _report(args, outcomes, request_id, command, topic, what)
+    return _exit_code(outcomes)
+
+
+def _discover(
+    session: MqttSession, args: argparse.Namespace, say: Callable[[str], None]
+) -> dict[str, tuple[str, bool]]:
+    """prefix -> (device id, online) from the retained ``<base>/+/status`` messages."""
+    base = args.base
+    session.subscribe([f"{base}/+/status", f"{base}/+/model", f"{base}/+/cmd_result"])
+    say(f"looking for devices on {base}/+/status ({DISCOVER_S:g} s)")
+    devices = session.devices(settle_s=DISCOVER_S)
+    for prefix, (device_id, online) in sorted(devices.items()):
+        say(f"  {device_id}: {'online' if online else 'offline'} ({prefix})")
+    return devices
+
+
+def _outcomes(
+    devices: dict[str, tuple[str, bool]], answers: dict[str, tuple[str, str | None, dict[str, Any]]]
+) -> list[Outcome]:
+    """One Outcome per known device, plus any other device that answered."""
+    outcomes: list[Outcome] = []
+    for prefix, (device_id, online) in sorted(devices.items()):
+        if prefix in answers:
+            status, error, answer = answers[prefix]
+            outcomes.append(Outcome(device_id, prefix, status, error, answer))
+        else:
+            outcomes.append(Outcome(device_id, prefix, "no_answer" if online else "offline"))
+    for prefix, (status, error, answer) in sorted(answers.items()):
+        if prefix not in devices:
+            device_id = prefix.rsplit("/", 1)[-1]
+            outcomes.append(Outcome(device_id, prefix, status, error, answer))
+    return outcomes
+
+
+def _report(
+    args: argparse.Namespace,
+    outcomes: list[Outcome],
+    request_id: str,
+    command: str,
+    topic: str,
+    what: str,
+) -> None:
+    """One line per device (stdout, or stderr under --json), and the JSON with --json."""
+    lines = [_line(o, args, what) for o in outcomes]
+    out = sys.stderr if args.json else sys.stdout
+    for line in lines:
+        print(line, file=out)
+    if args.all:
+        counts = {s: sum(o.status == s for o in outcomes) for s in ("accepted", "refused")}
+        online = sum(o.status != "offline" for o in outcomes)
+        print(
+            f"asd-train {what}: {counts['accepted']} of {online} online device(s) accepted, "
+            f"{counts['refused']} refused",
+            file=sys.stderr,
+        )
+    elif outcomes[0].status == "no_answer":
+        print(
+            f"asd-train {what}: no answer from {outcomes[0].device_id} within {args.timeout:g} s: "
+            f"the device may be offline; its persistent session will still receive the {what} "
+            "when it reconnects",
+            file=sys.stderr,
+        )
+    if args.json:
+        document = {
+            "command": command,
+            "request_id": request_id,
+            "topic": topic,
+            "results": [asdict(o) for o in outcomes],
+        }
+        print(json.dumps(document, indent=2))
+
+
+def _line(outcome: Outcome, args: argparse.Namespace, what: str) -> str:
+    head = f"{outcome.device_id}: " if args.all else ""
+    answer = outcome.answer or {}
+    if outcome.status == "accepted":
+        monitor = answer.get("monitor") or "the monitor"
+        tail = " (rolled back)" if what == "rollback" else ""
+        return (
+            f"{head}accepted: {monitor} now runs {answer.get('name')} {answer.get('version')}{tail}"
+        )
+    if outcome.status == "refused":
+        return f"{head}refused: {outcome.error}"
+    if outcome.status == "offline":
+        return f"{head}offline: will receive it on reconnect"
+    return f"{head}no answer within {args.timeout:g} s"
+
+
+def _exit_code(outcomes: list[Outcome]) -> int:
+    statuses = {o.status for o in outcomes}
+    if "refused" in statuses:
+        return EXIT_FAILED
+    if "no_answer" in statuses:
+        return EXIT_TEMPFAIL
+    return EXIT_OK
+
+
+def _configure_common(parser: argparse.ArgumentParser, what: str) -> None:
+    """Target, signing and broker options shared by push and rollback."""
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--device", metavar="ID", help="the device_id to address")
+    who.add_argument(
+        "--all", action="store_true", help="every device behind the fleet topic (target '*')"
+    )
+    parser.add_argument(
+        "--monitor", metavar="NAME", help="the monitor to change (default: the device's only one)"
+    )
+    sign = parser.add_mutually_exclusive_group(required=True)
+    sign.add_argument(
+        "--key", type=Path, metavar="FILE", help="push.key from asd-train keygen: sign with it"
+    )
+    sign.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="send unsigned (a device refuses it unless push.allow_unsigned is true)",
+    )
+    parser.add_argument(
+        "--broker", required=True, type=parse_broker, metavar="HOST[:PORT]", help="MQTT broker"
+    )
+    parser.add_argument("--prefix", metavar="P", help="the device's topic prefix (default asd/ID)")
+    parser.add_argument(
+        "--fleet-prefix",
+        default="asd/fleet",
+        metavar="P",
+        help="with --all: the fleet prefix (the devices' push.fleet_prefix; default %(default)s)",
+    )
+    parser.add_argument(
+        "--base",
+        default="asd",
+        metavar="B",
+        help="with --all: find devices from retained B/+/status (default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help=f"seconds to wait for the answers to the {what} (default %(default)g)",
+    )
+    parser.add_argument("--username", metavar="U", help="broker user name")
+    parser.add_argument("--password-file", type=Path, metavar="F", help="file holding the password")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (default port 8883)")
+    parser.add_argument("--ca-file", type=Path, metavar="F", help="CA certificate(s) for --tls")
+    parser.add_argument("--cert-file", type=Path, metavar="F", help="client certificate for --tls")
+    parser.add_argument("--key-file", type=Path, metavar="F", help="client certificate's key")
+    parser.add_argument("--json", action="store_true", help="print the answers as JSON on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _check_usage(args: argparse.Namespace) -> str | None:
+    """A problem with the options that argparse cannot see, or None."""
+    if args.timeout <= 0:
+        return f"--timeout must be positive, got {args.timeout:g}"
+    names = {"--device": args.device, "--monitor": args.monitor}
+    for option, value in names.items():
+        if value is not None and (not value or any(c in value for c in "/+#\x00")):
+            return f"{option}: expected a name without / + # or NUL, got {value!r}"
+    prefixes = {"--prefix": args.prefix, "--fleet-prefix": args.fleet_prefix, "--base": args.base}
+    for option, value in prefixes.items():
+        if value is not None and (not value.strip("/") or any(c in value for c in "+#\x00")):
+            return f"{option}: expected a topic prefix without + # or NUL, got {value!r}"
+    if args.all and args.prefix:
+        return "--prefix names one device's prefix; with --all use --base and --fleet-prefix"
+    if (args.cert_file or args.ca_file) and not args.tls:
+        return "--ca-file and --cert-file need --tls"
+    if args.password_file and not args.username:
+        return "--password-file needs --username"
+    return None
+
+
+def _private_key(args: argparse.Namespace) -> tuple[Any, int]:
+    """(the signing key or None for --unsigned, 0) or (None, exit code) after printing why."""
+    if args.unsigned:
+        _sayer(args)("unsigned: a device accepts it only with push.allow_unsigned: true")
+        return None, EXIT_OK
+    if not args.key.is_file():
+        return None, _fail(args, f"{args.key}: no such key file (asd-train keygen)", EXIT_NOINPUT)
+    try:
+        return load_private_key(args.key), EXIT_OK
+    except KeyFileError as exc:
+        return None, _fail(args, str(exc), EXIT_DATA)
+
+
+def _sayer(args: argparse.Namespace) -> Callable[[str], None]:
+    def say(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    return say
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"asd-train {args.command}: {message}", file=sys.stderr)
+    return code
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes} bytes" if n_bytes < 10_000 else f"{n_bytes / 1e6:.2f} MB"
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """``--broker HOST[:PORT]``; no port: 1883, or 8883 with --tls."""
+
+    host: str
+    port: int | None = None
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+def parse_broker(text: str) -> BrokerAddress:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]`` or ``[IPv6]:PORT``; argparse error otherwise."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise argparse.ArgumentTypeError(f"expected HOST[:PORT], got {text!r}")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host:
+        raise argparse.ArgumentTypeError(f"expected HOST[:PORT], got {text!r}")
+    if not port:
+        return BrokerAddress(host)
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {port!r}")
+    return BrokerAddress(host, int(port))
+
+
+class BrokerError(Exception):
+    """The broker cannot be reached, refused the connection or a subscription, or left."""
+
+
+class _FileProblem(Exception):
+    """A password, CA or client certificate file cannot be used; the message names it."""
+
+
+Answer = tuple[str, str | None, dict[str, Any]]
+"""(``accepted`` or ``refused``, the device's reason, what it sent)."""
+
+
+class MqttSession:
+    """One short-lived paho connection (clean session) for one request id.
+
+    It records the retained ``status`` of devices and the answers that carry the
+    request id, on whatever topics it was asked to subscribe to, keyed by the
+    device's prefix (the topic less its last level).
+    """
+
+    def __init__(self, args: argparse.Namespace, *, request_id: str, command: str) -> None:
+        from paho.mqtt.client import Client
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.address: BrokerAddress = args.broker
+        self.request_id = request_id
+        self.command = command
+        self._client = Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"asd-train-{uuid.uuid4().hex[:12]}",
+            clean_session=True,
+        )
+        if args.username:
+            self._client.username_pw_set(args.username, _password(args.password_file))
+        self._tls = bool(args.tls)
+        if self._tls:
+            _set_tls(self._client, args)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._changed = threading.Condition()
+        self._connack: str | None = None
+        self._refused: str | None = None
+        self._lost = False
+        self._granted: dict[int, list[Any]] = {}
+        self._published = False
+        self._statuses: dict[str, tuple[str, bool]] = {}
+        self._answers: dict[str, Answer] = {}
+        self._started = False
+
+    def connect(self, *, timeout_s: float) -> None:
+        """Connect and wait for the broker's CONNACK; BrokerError if unreachable or refused."""
+        port = self.address.port or (8883 if self._tls else 1883)
+        self._client.connect_timeout = timeout_s
+        try:
+            self._client.connect(self.address.host, port, keepalive=60)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            raise BrokerError(f"cannot reach the broker {self.address}: {reason}") from None
+        self._client.loop_start()
+        self._started = True
+        with self._changed:
+            self._changed.wait_for(lambda: self._connack or self._refused, timeout_s)
+        if self._refused:
+            raise BrokerError(f"the broker {self.address} refused the connection: {self._refused}")
+        if not self._connack:
+            raise BrokerError(f"the broker {self.address} did not answer within {timeout_s:g} s")
+
+    def subscribe(self, topics: Sequence[str], *, timeout_s: float = 10.0) -> None:
+        """Subscribe (QoS 1) and wait for the grant; BrokerError if refused."""
+        _rc, mid = self._client.subscribe([(topic, 1) for topic in topics])
+        with self._changed:
+            self._changed.wait_for(lambda: mid in self._granted or self._lost, timeout_s)
+            codes = self._granted.get(mid)
+        if codes is None or any(code.is_failure for code in codes):
+            raise BrokerError(f"the broker refused the subscription to {', '.join(topics)}")
+
+    def devices(self, *, settle_s: float) -> dict[str, tuple[str, bool]]:
+        """prefix -> (device id, online) from the retained status seen within ``settle_s``."""
+        time.sleep(settle_s)
+        with self._changed:
+            return dict(self._statuses)
+
+    def publish(self, topic: str, payload: bytes, *, timeout_s: float) -> None:
+        """Publish QoS 1, not retained; BrokerError unless the broker acknowledged it."""
+        with self._changed:
+            self._published = True
+        info = self._client.publish(topic, payload, qos=1, retain=False)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            raise BrokerError(f"cannot publish on {topic}: {exc}") from None
+        if not info.is_published():
+            raise BrokerError(f"the broker did not acknowledge the command within {timeout_s:g} s")
+
+    def wait(self, prefixes: Sequence[str], *, timeout_s: float) -> dict[str, Answer]:
+        """Wait until every prefix answered or ``timeout_s`` passed; prefix -> answer.
+
+        Answers from other prefixes that came in meanwhile are included."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self._lost or all(p in self._answers for p in prefixes), timeout_s
+            )
+            if self._lost and not all(p in self._answers for p in prefixes):
+                raise BrokerError(f"lost the connection to the broker {self.address}")
+            return dict(self._answers)
+
+    def close(self) -> None:
+        """Disconnect and stop paho's thread."""
+        if self._started:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        with self._changed:
+            if reason.is_failure:
+                self._refused = str(reason)
+            else:
+                self._connack = "ok"
+            self._changed.notify_all()
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, codes: list[Any], _p: Any) -> None:
+        with self._changed:
+            self._granted[mid] = list(codes)
+            self._changed.notify_all()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        with self._changed:
+            self._lost = True
+            if not self._connack and reason.is_failure:
+                self._refused = str(reason)
+            self._changed.notify_all()
+
+    def _on_message(self, _c: Any, _u: Any, message: Any) -> None:
+        prefix, _, leaf = message.topic.rpartition("/")
+        try:
+            data = json.loads(bytes(message.payload).decode("utf-8")) if message.payload else None
+        except (UnicodeDecodeError, ValueError):
+            return
+        with self._changed:
+            if leaf == "status":
+                if isinstance(data, dict) and isinstance(data.get("state"), str):
+                    device_id = data.get("device_id")
+                    name = device_id if isinstance(device_id, str) else prefix.rsplit("/")[-1]
+                    self._statuses[prefix] = (name, data["state"] == "online")
+                else:
+                    self._statuses.pop(prefix, None)
+                return
+            answer = self._match(leaf, data)
+            if answer is not None and prefix not in self._answers:
+                self._answers[prefix] = answer
+                self._changed.notify_all()
+
+    def _match(self, leaf: str, data: Any) -> Answer | None:
+        """The answer ``data`` gives to this request, or None if it is not one."""
+        if not isinstance(data, dict):
+            return None
+        if leaf == "model":
+            last = data.get("last_push")
+            if not isinstance(last, dict) or last.get("id") != self.request_id:
+                return None
+            if last.get("command", self.command) != self.command:
+                return None
+            if last.get("ok") is True:
+                return "accepted", None, last
+            return "refused", str(last.get("error") or "refused without a reason"), last
+        if leaf == "cmd_result" and data.get("ok") is False and self._published:
+            if data.get("id") == self.request_id:
+                return "refused", str(data.get("error")), data
+            if data.get("id") is None and data.get("command") == self.command:
+                # The router could not read the id (e.g. a payload over its size limit).
+                return "refused", f"{data.get('error')} (reply without a request id)", data
+        return None
+
+
+def _password(path: Path | None) -> str | None:
+    """The password in ``path`` less its trailing line break."""
+    if path is None:
+        return None
+    try:
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise _FileProblem(f"{path}: cannot read the password file ({reason})") from None
+    if not password:
+        raise _FileProblem(f"{path}: the password file is empty")
+    return password
+
+
+def _set_tls(client: Any, args: argparse.Namespace) -> None:
+    """TLS with the system's CAs, or --ca-file, and a client certificate if given."""
+    import ssl
+
+    for option, path in (("--ca-file", args.ca_file), ("--cert-file", args.cert_file)):
+        if path is not None and not path.is_file():
+            raise _FileProblem(f"{path}: no such file ({option})")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        if args.ca_file is not None:
+            context.load_verify_locations(cafile=str(args.ca_file))
+        if args.cert_file is not None:
+            context.load_cert_chain(str(args.cert_file), args.key_file and str(args.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise _FileProblem(f"cannot load the TLS files: {exc}") from None
+    client.tls_set_context(context)
