@@ -31,6 +31,9 @@ help:
 	@echo "make bench      the benchmarks in benchmarks/ (results/*.jsonl)"
 	@echo "make models     rebuild models/level.onnx and models/demo.onnx"
 	@echo "make demo       hear a synthetic machine, see its alerts over MQTT (demo-output/)"
+	@echo "make install    (root) the daemon as a systemd service: user asd-edge, /opt/asd-edge,"
+	@echo "                /etc/asd-edge/config.yaml (kept if present), unit enabled; START=1 starts it"
+	@echo "make uninstall  (root) remove it; keeps /var/lib/asd-edge and /etc/asd-edge unless PURGE=1"
 
 system:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -90,6 +93,18 @@ models: dev
 
 demo: dev
 	$(BIN)/python -m devkit.demo
+
+# The service: scripts/service.sh --help says what they do and which variables
+# (DESTDIR, START, PURGE, PYTHON, VENV_ARGS, PIP_ARGS, APT) they take.
+.PHONY: install uninstall
+SERVICE_ENV = DESTDIR="$(DESTDIR)" START="$(START)" PURGE="$(PURGE)" PYTHON="$(PYTHON)" \
+              VENV_ARGS="$(VENV_ARGS)" PIP_ARGS="$(PIP_ARGS)" APT="$(APT)"
+
+install:
+	@$(SERVICE_ENV) scripts/service.sh install
+
+uninstall:
+	@$(SERVICE_ENV) scripts/service.sh uninstall
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
