@@ -31,6 +31,7 @@ from .daemon import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
     Daemon,
+    check_push_key,
     load_detectors,
     open_input,
     replay_path,
@@ -108,8 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "(see config/asd-edge.yaml for an example)"
             )
         configure_logging(config.logging.level, config.logging.format)
-        detectors = load_detectors(config)
-        daemon = Daemon.from_config(config, detectors)
+        daemon = Daemon.from_config(config)
     except ConfigError as exc:
         return _config_error(exc)
     except AudioError as exc:  # a replay file that cannot be read
@@ -123,6 +123,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
         load_detectors(config)
+        check_push_key(config)
     except ConfigError as exc:
         return _config_error(exc)
     print(f"# effective configuration of {config.source or 'the built-in defaults'}")

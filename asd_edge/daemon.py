@@ -16,14 +16,19 @@ from .alerts import Alerts, AlertSink, MonitorInfo, lost_clip
 from .capture import AudioSource, SoundDeviceSource
 from .clips import ClipRecorder
 from .clipstore import ClipStore
-from .commands import Command, CommandRouter
-from .config import Config, InputConfig
+from .commands import Command, CommandRouter, command_specs
+from .config import Config, InputConfig, MonitorConfig, load_config
 from .decision import Event
 from .detector import Detector
 from .errors import AudioError, ConfigError, ModelError
 from .filesource import FileSource
+from .inputhealth import InputChange, InputHealth
+from .logs import configure_logging
+from .modelstore import ModelManager, Swap
 from .monitor import Monitor, TickResult
 from .mqtt import MqttLink
+from .reload import plan_reload
+from .sdnotify import Notifier
 from .telemetry import MonitorState, Telemetry
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "Daemon",
     "Link",
+    "check_push_key",
     "load_detectors",
     "open_input",
     "replay_path",
@@ -52,6 +58,11 @@ POLL_S = 0.05
 """How often the loop wakes to look for completed windows (bounds the added latency)."""
 STOP_TIMEOUT_S = 5.0
 """How long shutdown waits for the clip writer and for the broker to take the last messages."""
+SWAP_WARMUP_S = 1.0
+"""Audio before the swap point that a new model's monitor is fed (pre-filter settling), so
+that its first window ends where the old monitor stopped: no scoring gap."""
+STATUS_EVERY_S = 10.0
+"""How often the one-line STATUS= sent to systemd is refreshed (only when it changed)."""
 REPLAY_PREFIX = "file:"
 """``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
 
@@ -104,6 +115,18 @@ def load_detectors(config: Config) -> dict[str, Detector]:
     return detectors
 
 
+def check_push_key(config: Config) -> None:
+    """ConfigError naming ``push.key_file`` if it is set and is not an Ed25519 public key."""
+    if config.push.key_file is None:
+        return
+    from .signing import KeyFileError, load_public_key
+
+    try:
+        load_public_key(config.push.key_file)
+    except KeyFileError as exc:
+        raise ConfigError(f"push.key_file: {exc}") from exc
+
+
 class Link(AlertSink, Protocol):
     """The daemon's connection to the world (``MqttLink``): alerts, health, state."""
 
@@ -144,16 +167,26 @@ class Daemon:
         source: AudioSource | None = None,
         link: Link | None = None,
         clip_store: ClipStore | None = None,
+        models: ModelManager | None = None,
+        notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.detectors = detectors
+        self.models = models
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
         self._clock = clock
         self._wall = wall_clock
         self._stop = threading.Event()
         self._stop_reason: str | None = None
         self._health_now = threading.Event()
+        self._reload_now = threading.Event()
+        self.input_health: InputHealth | None = None
+        self._progress_written = -1
+        self._progress_at_s = 0.0
+        self._status = ""
+        self._status_at_s = -STATUS_EVERY_S
         self.source = source if source is not None else self._open_source()
         self.link = link
         self.clip_store = clip_store
@@ -175,27 +208,38 @@ class Daemon:
         return self.config.device_id or "asd-edge"
 
     @classmethod
-    def from_config(cls, config: Config, detectors: dict[str, Detector]) -> Daemon:
-        """The daemon with its real services: PortAudio (or a replayed file), the clip
-        store under ``state_dir/clips`` and the MQTT link with its outbox."""
+    def from_config(cls, config: Config) -> Daemon:
+        """The daemon with its real services: the models (the configured ones, or those
+        pushed since, from ``state_dir/models``), PortAudio (or a replayed file), the
+        clip store under ``state_dir/clips`` and the MQTT link with its outbox.
+        Raises ConfigError naming every bad key, model or key file."""
         state_dir = Path(config.state_dir)
-        if config.clips.enabled or config.mqtt.enabled:
-            try:
-                state_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(
-                    f"state_dir: cannot create {state_dir}: {exc.strerror or exc}"
-                ) from exc
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"state_dir: cannot create {state_dir}: {exc.strerror or exc}"
+            ) from exc
+        models = ModelManager(state_dir, device_id=config.device_id or "asd-edge")
+        detectors = models.load(config)
         holder: list[Daemon] = []  # the callbacks below need the daemon they belong to
         link = None
         if config.mqtt.enabled:
-            router = CommandRouter({"health": lambda _cmd: holder[0].request_health()})
+            router = CommandRouter(
+                {
+                    "health": lambda _cmd: holder[0].request_health(),
+                    "model": lambda cmd: _queued(models.submit_push, cmd),
+                    "model/rollback": lambda cmd: _queued(models.submit_rollback, cmd),
+                },
+                commands=command_specs(config.push),
+            )
             link = MqttLink(
                 config.mqtt,
                 device_id=config.device_id or "asd-edge",
                 outbox_path=state_dir / "outbox.sqlite",
                 outbox=config.outbox,
                 on_command=router,
+                fleet_prefix=config.push.fleet_prefix,
             )
             router.reply = link.publish_command_result
         store = None
@@ -205,7 +249,7 @@ class Daemon:
                 config.clips,
                 on_done=lambda result: holder[0].alerts.clip_done(result),
             )
-        daemon = cls(config, detectors, link=link, clip_store=store)
+        daemon = cls(config, detectors, link=link, clip_store=store, models=models)
         holder.append(daemon)
         return daemon
 
@@ -224,14 +268,19 @@ class Daemon:
         """Publish a health report at the next wake (the ``cmd/health`` command)."""
         self._health_now.set()
 
+    def request_reload(self) -> None:
+        """Reload the configuration and models at the next wake (SIGHUP). Only sets a flag."""
+        self._reload_now.set()
+
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT stop the loop cleanly."""
+        """SIGTERM and SIGINT stop the loop cleanly; SIGHUP reloads."""
 
         def handler(signum: int, _frame: FrameType | None) -> None:
             self.stop(signal.Signals(signum).name)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.request_reload())
 
     def run(self) -> int:
         """Capture and tick until stopped; return the process exit code."""
@@ -255,6 +304,16 @@ class Daemon:
                 for m in self.config.monitors
             ]
             self._describe_monitors()
+            self.input_health = InputHealth(
+                self.source,
+                channels=sorted({m.channel for m in self.config.monitors}),
+                config=self.config.health,
+                stall_timeout_s=self.config.input.stall_timeout_s,
+                clock=self._clock,
+            )
+            if self.models is not None:
+                self.models.set_capture(self.source.sample_rate, self.config.input.ring_s)
+                self.models.start()
             log.info(
                 "daemon_started",
                 device_id=self._device_id,
@@ -262,6 +321,7 @@ class Daemon:
                 channels=self.source.channels,
                 monitors=[self._describe(m) for m in self.monitors],
             )
+            self.notifier.ready(self._status_line())
             code = self._loop()
         except Exception:  # the supervisor boundary: log it, exit so systemd restarts us
             log.exception("daemon_failed")
@@ -284,6 +344,9 @@ class Daemon:
 
     def _shutdown(self) -> None:
         """Close events in progress, finish their clips, hand the last alerts over."""
+        self.notifier.stopping()
+        if self.models is not None:
+            self.models.stop(STOP_TIMEOUT_S)
         for monitor in self.monitors:
             event = monitor.close(monitor.now_s())
             if event is not None:
@@ -294,6 +357,7 @@ class Daemon:
             self.clip_store.stop(STOP_TIMEOUT_S)
         if self.link is not None:
             self.link.stop(STOP_TIMEOUT_S)
+        self.notifier.close()
 
     def _model_facts(self, monitor: Monitor) -> dict[str, str]:
         spec = monitor.detector.spec
@@ -311,20 +375,7 @@ class Daemon:
             wall_clock=self._wall,
         )
         for cfg, monitor in zip(self.config.monitors, self.monitors, strict=True):
-            model = self._model_facts(monitor)
-            self._infos[monitor.name] = MonitorInfo(
-                name=monitor.name,
-                model=model,
-                window_s=monitor.detector.spec.window_s,
-                ring=monitor.source,
-                sample_rate=self.source.sample_rate,
-            )
-            self.telemetry.monitors[monitor.name] = MonitorState(
-                name=monitor.name,
-                channel=cfg.channel,
-                model={**model, "kind": monitor.detector.spec.kind},
-                threshold=monitor.decision.policy.threshold,
-            )
+            self._describe_monitor(cfg, monitor)
         if self.link is not None:
             self.link.set_discovery(
                 [m.name for m in self.monitors],
@@ -336,22 +387,47 @@ class Daemon:
                     monitor.name, self.telemetry.monitor_payload(monitor.name)
                 )
 
+    def _describe_monitor(self, cfg: MonitorConfig, monitor: Monitor) -> None:
+        """The facts alerts and telemetry give about one monitor (again after a swap)."""
+        model = self._model_facts(monitor)
+        self._infos[monitor.name] = MonitorInfo(
+            name=monitor.name,
+            model=model,
+            window_s=monitor.detector.spec.window_s,
+            ring=monitor.source,
+            sample_rate=self.source.sample_rate,
+        )
+        if self.telemetry is None:
+            return
+        state = self.telemetry.monitors.get(monitor.name)
+        described = {**model, "kind": monitor.detector.spec.kind}
+        threshold = monitor.decision.policy.threshold
+        if state is None:
+            self.telemetry.monitors[monitor.name] = MonitorState(
+                name=monitor.name, channel=cfg.channel, model=described, threshold=threshold
+            )
+        else:  # a swap keeps the monitor's counters
+            state.channel, state.model, state.threshold = cfg.channel, described, threshold
+            state.anomaly = False
+
     def _model_payload(self) -> dict[str, Any]:
-        """``<prefix>/model``: the active model of every monitor."""
-        return {
-            "device_id": self._device_id,
-            "monitors": {
-                m.name: {
-                    **self._model_facts(m),
-                    "kind": m.detector.spec.kind,
-                    "path": str(m.detector.path),
-                    "threshold": m.decision.policy.threshold,
-                    "loaded_at": m.detector.loaded_at,
-                    "last_error": None,
-                }
-                for m in self.monitors
-            },
-        }
+        """``<prefix>/model``: the active model of every monitor, what it replaced, and the
+        answer to the last push or rollback."""
+        monitors: dict[str, Any] = {}
+        for m in self.monitors:
+            facts: dict[str, Any] = {"source": "config", "previous": None, "last_error": None}
+            if self.models is not None:
+                facts.update(self.models.facts(m.name))
+            monitors[m.name] = {
+                **self._model_facts(m),
+                "kind": m.detector.spec.kind,
+                "path": str(m.detector.path),
+                "threshold": m.decision.policy.threshold,
+                "loaded_at": m.detector.loaded_at,
+                **facts,
+            }
+        last_push = self.models.last_push() if self.models is not None else None
+        return {"device_id": self._device_id, "monitors": monitors, "last_push": last_push}
 
     def _describe(self, monitor: Monitor) -> dict[str, object]:
         spec = monitor.detector.spec
@@ -372,6 +448,7 @@ class Daemon:
         interval_s = self.config.mqtt.health_interval_s
         next_wake = self._clock()
         next_report = next_wake + interval_s
+        self._progress_at_s = next_wake
         while not self._stop.is_set():
             now = self._clock()
             try:
@@ -380,12 +457,19 @@ class Daemon:
                 log.error("audio_failed", error=str(exc))
                 self.stop("audio_failed")
                 return EXIT_UNAVAILABLE
+            if self._reload_now.is_set():
+                self._reload_now.clear()
+                self._reload()
+                interval_s = self.config.mqtt.health_interval_s
+            self._apply_model_results()
             end_of_input = isinstance(self.source, FileSource) and self.source.finished
             started = self._clock()
             if self._tick_all(final=end_of_input):
                 telemetry.durations_s.append(self._clock() - started)
             telemetry.update()
             self.alerts.poll()
+            self._supervise_input(now)
+            self._feed_watchdog(now)
             if end_of_input:
                 self.stop("end_of_input")
             if now >= next_report or self._health_now.is_set():
@@ -413,6 +497,203 @@ class Daemon:
             for event in result.events:
                 self._event(monitor, event)
         return scored
+
+    # --- input health, watchdog, status --------------------------------------------------
+
+    def _supervise_input(self, now: float) -> None:
+        """Raise and clear input alerts (lost, silent, clipping, overrun); publish health
+        at once when a condition changes."""
+        if self.input_health is None:
+            return
+        self._input_changes(self.input_health.update(now), now)
+
+    def _input_changes(self, changes: Sequence[InputChange], now: float) -> None:
+        if not changes:
+            return
+        wall_now = self._wall()
+        for change in changes:
+            monitors = [
+                m.name
+                for m in self.config.monitors
+                if change.channel is None or m.channel == change.channel
+            ]
+            self.alerts.input_problem(
+                change.condition,
+                change.channel,
+                change.phase,
+                since_s=wall_now - max(0.0, now - change.since_s),
+                monitors=monitors,
+                details=change.details,
+            )
+        self._health_now.set()
+        self._send_status(now, force=True)
+
+    def _feed_watchdog(self, now: float) -> None:
+        """WATCHDOG=1, only while ticks run and audio arrives (or a dead stream is being
+        reopened under the capture supervisor, which exits non-zero if that keeps failing).
+        A stuck tick or a stream dead without supervision lets systemd's watchdog fire."""
+        written = (
+            self.source.ring(self.config.monitors[0].channel).written
+            if (self.config.monitors)
+            else self.source.ring(0).written
+        )
+        if written != self._progress_written:
+            self._progress_written = written
+            self._progress_at_s = now
+        fresh = now - self._progress_at_s <= self.config.input.stall_timeout_s + 2 * POLL_S
+        if fresh or self.source.recovering:
+            self.notifier.watchdog()
+        self._send_status(now)
+
+    def _status_line(self) -> str:
+        """One line for ``systemctl status``: monitors, rate, events, input problems."""
+        events = 0
+        if self.telemetry is not None:
+            events = sum(state.events for state in self.telemetry.monitors.values())
+        problems = self.input_health.active_names() if self.input_health is not None else []
+        names = ", ".join(
+            f"{m.name} ({m.detector.spec.name} {m.detector.spec.version})" for m in self.monitors
+        )
+        return (
+            f"listening at {self.source.sample_rate} Hz: {names}; {events} event(s); "
+            f"input {', '.join(problems) if problems else 'ok'}"
+        )
+
+    def _send_status(self, now: float, *, force: bool = False) -> None:
+        if not force and now - self._status_at_s < STATUS_EVERY_S:
+            return
+        self._status_at_s = now
+        line = self._status_line()
+        if line != self._status:
+            self._status = line
+            self.notifier.status(line)
+
+    # --- models: swaps, refusals, reloads -------------------------------------------------
+
+    def _apply_model_results(self) -> None:
+        """Put models the manager validated into service between two ticks."""
+        if self.models is None:
+            return
+        results = self.models.take_results()
+        for result in results:
+            if isinstance(result, Swap):
+                cfg = self._monitor_config(result.monitor)
+                if cfg is None:  # the monitor went away in a reload meanwhile
+                    self.models.discard(result, f"monitor {result.monitor!r} is not running")
+                    continue
+                self._replace_monitor(cfg, result.detector, why=result.source)
+                self.models.applied(result)
+            else:
+                log.warning(
+                    "model_refused",
+                    monitor=result.monitor,
+                    command=result.command,
+                    id=result.request_id,
+                    reason=result.reason,
+                )
+        if results and self.link is not None:
+            self.link.publish_model(self._model_payload())
+
+    def _monitor_config(self, name: str) -> MonitorConfig | None:
+        return next((m for m in self.config.monitors if m.name == name), None)
+
+    def _replace_monitor(self, cfg: MonitorConfig, detector: Detector, *, why: str) -> None:
+        """Run ``cfg`` with ``detector`` from the next tick on, continuing the old monitor's
+        audio without a gap: an event in progress is ended (alerting with the old model)
+        and the new monitor is fed the last window of audio again, so its first score
+        covers the audio right before the swap."""
+        old = next((m for m in self.monitors if m.name == cfg.name), None)
+        ring = self.source.ring(cfg.channel)
+        rate = self.source.sample_rate
+        if old is not None and old.source is ring:
+            event = old.close(old.now_s())
+            if event is not None:
+                self._event(old, event)
+            back = round((detector.spec.window_s + SWAP_WARMUP_S) * rate)
+            start = max(ring.oldest, old.cursor - back)
+        else:
+            start = ring.written
+        monitor = Monitor.from_config(cfg, detector, ring, rate, start_index=start)
+        self.monitors = [monitor if m.name == cfg.name else m for m in self.monitors]
+        if old is None:
+            self.monitors.append(monitor)
+        self.detectors[cfg.name] = detector
+        self._describe_monitor(cfg, monitor)
+        log.info(
+            "model_swapped",
+            monitor=cfg.name,
+            why=why,
+            old=self._model_facts(old) if old is not None else None,
+            new=self._model_facts(monitor),
+            threshold=monitor.decision.policy.threshold,
+        )
+
+    def _reload(self) -> None:
+        """SIGHUP: load the configuration file again and apply it without stopping the
+        audio; a file that does not validate (or whose models do not) changes nothing."""
+        self.notifier.reloading()
+        try:
+            loaded = load_config(self.config.source)
+            plan = plan_reload(self.config, loaded)
+            if not plan.config.monitors:
+                raise ConfigError("monitors: at least one monitor is needed to run, got none")
+            detectors = (
+                self.models.load(plan.config)
+                if self.models is not None
+                else load_detectors(plan.config)
+            )
+        except ConfigError as exc:
+            log.error("reload_rejected", problems=exc.problems, kept=self.config.source)
+            self.notifier.ready(self._status_line())
+            return
+        old_config, new = self.config, plan.config
+        if new.logging != old_config.logging:
+            configure_logging(new.logging.level, new.logging.format)
+        self.config = new
+        keep = {cfg.name for cfg in new.monitors}
+        for monitor in [m for m in self.monitors if m.name not in keep]:
+            event = monitor.close(monitor.now_s())
+            if event is not None:
+                self._event(monitor, event)
+            self.monitors.remove(monitor)
+            self.detectors.pop(monitor.name, None)
+            self._infos.pop(monitor.name, None)
+        changed = []
+        for cfg in new.monitors:
+            running = next((m for m in self.monitors if m.name == cfg.name), None)
+            before = next((c for c in old_config.monitors if c.name == cfg.name), None)
+            detector = detectors[cfg.name]
+            if running is not None and before == cfg and running.detector.sha256 == detector.sha256:
+                continue  # unchanged: keeps its state (an event in progress goes on)
+            self._replace_monitor(cfg, detector, why="reload")
+            changed.append(cfg.name)
+        order = [cfg.name for cfg in new.monitors]
+        self.monitors.sort(key=lambda m: order.index(m.name))
+        if self.telemetry is not None:
+            self.telemetry.configure(sorted({m.channel for m in new.monitors}), new.health)
+            for name in [n for n in self.telemetry.monitors if n not in keep]:
+                del self.telemetry.monitors[name]
+        if self.input_health is not None:
+            ended = self.input_health.configure(
+                channels=sorted({m.channel for m in new.monitors}), config=new.health
+            )
+            self._input_changes(ended, self._clock())
+        if self.link is not None:
+            self.link.set_discovery(
+                [m.name for m in self.monitors],
+                model_names={m.name: m.detector.spec.name for m in self.monitors},
+            )
+            self.link.publish_model(self._model_payload())
+        log.info(
+            "config_reloaded",
+            source=new.source,
+            monitors_changed=changed,
+            needs_restart=list(plan.needs_restart),
+        )
+        if plan.needs_restart:
+            log.warning("reload_needs_restart", keys=list(plan.needs_restart))
+        self._health_now.set()
+        self.notifier.ready(self._status_line())
 
     def _check(self, monitor: Monitor, result: TickResult) -> None:
         trouble = {
@@ -459,6 +740,8 @@ class Daemon:
             log.error("capture_callback_failing", errors=stats.callback_errors)
             self._reported_callback_errors = stats.callback_errors
         extra: dict[str, Any] = {}
+        if self.input_health is not None:
+            extra["input"] = self.input_health.as_dict()
         if self.clip_store is not None:
             extra["clips"] = self.clip_store.usage().as_dict()
         if self.link is not None:
@@ -490,3 +773,12 @@ class Daemon:
                 self.link.publish_monitor_state(
                     monitor.name, self.telemetry.monitor_payload(monitor.name)
                 )
+
+
+def _queued(
+    submit: Callable[[Mapping[str, Any], str | None], None], command: Command
+) -> dict[str, Any]:
+    """Hand a push or rollback to the model manager's worker; the immediate reply says it
+    is queued, the outcome follows on ``<prefix>/model``."""
+    submit(command.args, command.id)
+    return {"queued": True}

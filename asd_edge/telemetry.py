@@ -91,6 +91,14 @@ class Telemetry:
         self.skipped_wakes = 0
         self.monitors: dict[str, MonitorState] = {}
 
+    def configure(self, channels: Sequence[int], health: HealthConfig) -> None:
+        """After a reload: meter these channels against these thresholds from now on."""
+        self._meters = {
+            ch: LevelMeter(self._source.ring(ch), self._source.sample_rate, health)
+            for ch in sorted(channels)
+        }
+        self._levels = {ch: lv for ch, lv in self._levels.items() if ch in self._meters}
+
     def update(self) -> None:
         """Measure the audio captured since the last call (every loop wake)."""
         for meter in self._meters.values():

@@ -239,7 +239,13 @@ class Demo:
         """paho's thread: print each alert phase as it arrives."""
         if message.topic != f"{PREFIX}/alert":
             return
+        before = len(self.book.input_alerts)
         added = self.book.add(message)
+        for alert in self.book.input_alerts[before:]:
+            self.console.say(
+                f"input alert: {alert.get('condition')} {alert.get('phase')} "
+                f"(channel {alert.get('channel')}, {alert.get('details')})"
+            )
         if added is not None:
             record, phase = added
             for line in describe_phase(record, phase, self.playback_start_s):

@@ -69,12 +69,18 @@ class AlertBook:
         self._alerts: dict[str, AlertRecord] = {}
         self.invalid: list[str] = []
         """Alert messages that were not an alert (with the reason)."""
+        self.input_alerts: list[dict[str, Any]] = []
+        """Input alerts (``type: input``: the microphone lost, silent, clipping, overrun)."""
 
     def add(self, message: Received) -> tuple[AlertRecord, str] | None:
         """Record an alert message; the record and its phase, or None for a repeat
         (QoS 1 may deliver twice) or an invalid payload (kept in ``invalid``)."""
         try:
             payload = json.loads(message.payload)
+            if isinstance(payload, dict) and payload.get("type") == "input":
+                with self._lock:
+                    self.input_alerts.append(payload)
+                return None
             alert_id, phase = str(payload["id"]), str(payload["phase"])
             monitor = str(payload["monitor"])
         except (ValueError, KeyError, TypeError) as exc:

@@ -79,8 +79,10 @@ def daemon_config(
     return path
 
 
-def alerts(sub: Subscriber) -> list[dict[str, Any]]:
-    return [json.loads(m.payload) for m in sub.on(ALERT)]
+def alerts(sub: Subscriber, kind: str = "anomaly") -> list[dict[str, Any]]:
+    """The alerts of type ``kind`` received so far (input alerts, e.g. the digital silence
+    of the virtual microphone between two plays, are another type)."""
+    return [a for m in sub.on(ALERT) if (a := json.loads(m.payload)).get("type") == kind]
 
 
 def phases(sub: Subscriber) -> list[tuple[str, str]]:

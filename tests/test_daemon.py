@@ -67,7 +67,9 @@ class TestReplay:
         code, records, stderr = run_daemon(replay_config(tmp_path, wav, level_model))
         assert code == 0, stderr
         events = [r["event"] for r in records]
-        assert events[0] == "daemon_started"
+        loaded = [r for r in records if r["event"] == "model_loaded"]
+        assert len(loaded) == 1 and loaded[0]["monitor"] == "fan"  # which model, from where
+        assert events[len(loaded)] == "daemon_started"
         assert events[-1] == "daemon_stopped"
         # the file ends inside the event's hold time: shutdown closes the event
         assert events.index("daemon_stopping") < events.index("anomaly_ended")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import tone_burst, write_wav
 
-HEAVY = ("torch", "librosa", "sklearn", "matplotlib", "onnx")
+HEAVY = ("cryptography", "torch", "librosa", "sklearn", "matplotlib", "onnx")
 
 GUARD = textwrap.dedent(
     f"""

@@ -1,0 +1,108 @@
+"""systemd's watchdog is fed only while ticks really happen: a real NOTIFY_SOCKET owned by
+the test, a daemon replaying a recording in real time, and a tick stalled on purpose."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import tone_burst, write_wav
+
+from asd_edge.config import parse_config
+from asd_edge.daemon import Daemon, load_detectors
+from asd_edge.filesource import FileSource
+from asd_edge.sdnotify import Notifier
+
+WATCHDOG_USEC = 300_000
+"""A short interval: WATCHDOG=1 about every 0.1 s."""
+
+
+@pytest.fixture
+def notify_socket() -> Iterator[tuple[socket.socket, str]]:
+    """A datagram socket in a short directory (unix socket paths stop at 107 bytes)."""
+    with tempfile.TemporaryDirectory(prefix="asd-notify-") as folder:
+        path = os.path.join(folder, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        sock.settimeout(0.05)
+        yield sock, path
+        sock.close()
+
+
+def receive(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
+    """Every message that arrives within ``seconds``, with its arrival time."""
+    got: list[tuple[float, str]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            got.append((time.monotonic(), sock.recv(4096).decode()))
+    return got
+
+
+def pings(messages: list[tuple[float, str]]) -> list[float]:
+    return [at for at, text in messages if "WATCHDOG=1" in text.splitlines()]
+
+
+def test_watchdog_stops_while_a_tick_is_stuck_and_resumes_after(
+    tmp_path: Path, level_model: Path, notify_socket: tuple[socket.socket, str]
+) -> None:
+    """READY=1 after capture starts; WATCHDOG=1 every ~interval/3 while ticks run; none at
+    all while one tick is blocked (so systemd would kill and restart the service); pings
+    again once the tick returns."""
+    wav = write_wav(tmp_path / "hum.wav", tone_burst(16000, 60.0, (100.0, 101.0)), 16000)
+    config = parse_config(
+        {"monitors": [{"name": "fan", "model": str(level_model)}]}, base_dir=tmp_path
+    )
+    detectors = load_detectors(config)
+    detector = detectors["fan"]
+    stall = threading.Event()
+    stuck_now = threading.Event()
+    release = threading.Event()
+    real_score = detector.score
+
+    def score(windows: Any) -> np.ndarray:
+        if stall.is_set():
+            stuck_now.set()
+            release.wait(30)  # the tick is stuck here, as a hung inference would be
+        return real_score(windows)
+
+    detector.score = score  # type: ignore[method-assign]
+    sock, address = notify_socket
+    notifier = Notifier(address, watchdog_usec=WATCHDOG_USEC)
+    daemon = Daemon(config, detectors, source=FileSource(wav), notifier=notifier)
+    runner = threading.Thread(target=daemon.run, name="daemon")
+    runner.start()
+    try:
+        first = receive(sock, 2.0)
+        ready = [at for at, text in first if "READY=1" in text.splitlines()]
+        assert ready, first
+        assert daemon.source.alive, "READY=1 before capture ran"
+        steady = pings(first)
+        assert len(steady) >= 8, f"{len(steady)} pings in 2 s with a 0.3 s watchdog"
+
+        stall.set()
+        assert stuck_now.wait(5), "no window was scored"
+        receive(sock, 0.05)  # what was sent before the tick got stuck
+        stuck = pings(receive(sock, 1.5))
+        assert stuck == [], f"{len(stuck)} pings while the tick was stuck"
+
+        stall.clear()
+        release.set()
+        resumed = pings(receive(sock, 1.0))
+        assert len(resumed) >= 3
+    finally:
+        release.set()
+        daemon.stop("test")
+        runner.join(10)
+    assert not runner.is_alive()
+    tail = [text for _at, text in receive(sock, 0.2)]
+    assert any("STOPPING=1" in text for text in tail) or notifier.sent > 0
