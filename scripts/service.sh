@@ -154,7 +154,8 @@ make_venv() {
   trap "rm -rf '$src'" EXIT
   tar -C "$REPO" --exclude=__pycache__ --exclude='*.pyc' -cf - pyproject.toml README.md asd_edge |
     tar -C "$src" -xf -
-  say "installing asd-edge and its dependencies into $venv"
+  say "installing asd-edge and its dependencies into $venv (the first time, pip downloads" \
+    "numpy, scipy and onnxruntime: a few minutes on a small board)"
   # shellcheck disable=SC2086 # PIP_ARGS is a list of arguments
   "$venv/bin/python" -m pip install --disable-pip-version-check --no-warn-script-location -q \
     --upgrade ${PIP_ARGS:-} "$src"
