@@ -1,0 +1,81 @@
+"""The checks a candidate model passes, beside the running one, before it may replace it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from .config import MonitorConfig
+from .detector import Detector
+from .errors import AsdEdgeError
+from .monitor import Monitor
+from .ring import RingBuffer
+
+__all__ = ["NOISE_RMS", "RING_MARGIN_S", "CaptureFacts", "Unfit", "validate_candidate"]
+
+RING_MARGIN_S: Final = 2.0
+"""A model's window must leave this much of the input ring free (as clips.pre_s does)."""
+NOISE_RMS: Final = 0.1
+"""Level of the noise a candidate must score finitely (about -20 dBFS)."""
+_NOISE_SEED: Final = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureFacts:
+    """What the open audio input offers a model."""
+
+    sample_rate: int
+    """Capture rate in Hz."""
+    ring_s: float
+    """Seconds of audio the input's ring holds per channel."""
+
+
+class Unfit(AsdEdgeError):
+    """A model that loads but cannot serve this input; the message is one sentence
+    naming the field."""
+
+
+def validate_candidate(
+    path: str | os.PathLike[str],
+    cfg: MonitorConfig,
+    *,
+    threads: int = 1,
+    capture: CaptureFacts | None = None,
+) -> Detector:
+    """Load a candidate for monitor ``cfg`` and check that it can serve the input.
+
+    Besides the Detector's own checks (metadata, shapes, a test inference on
+    silence): its rate must not exceed the capture rate (the daemon resamples down,
+    never up), its window must fit in the ring with ``RING_MARGIN_S`` to spare, and a
+    window of noise run through the very pipeline a monitor runs (resampler,
+    pre-filter, features, model, decision) must give a finite score. Raises
+    ModelError (file and field) or Unfit. ``capture`` None: the model's own rate.
+    """
+    detector = Detector(path, threads=threads)
+    spec = detector.spec
+    rate = spec.sample_rate
+    if capture is not None:
+        if spec.sample_rate > capture.sample_rate:
+            raise Unfit(
+                f"sample_rate: the model needs {spec.sample_rate} Hz but the input captures "
+                f"at {capture.sample_rate} Hz"
+            )
+        room_s = capture.ring_s - RING_MARGIN_S
+        if spec.window_s > room_s:
+            raise Unfit(
+                f"window_s: the model's {spec.window_s:g} s window does not fit the input "
+                f"ring (input.ring_s - {RING_MARGIN_S:g} = {room_s:g} s)"
+            )
+        rate = capture.sample_rate
+    samples = round((spec.window_s + cfg.hop_s + 0.5) * rate)
+    ring = RingBuffer(samples)
+    monitor = Monitor.from_config(cfg, detector, ring, rate, start_index=0)
+    noise = np.random.default_rng(_NOISE_SEED).standard_normal(samples) * NOISE_RMS
+    ring.write(noise.astype(np.float32))
+    result = monitor.tick(final=True)
+    if not result.scores or result.nonfinite_scores:
+        raise Unfit("score: the model gives no finite score on a window of noise")
+    return detector

@@ -1,0 +1,159 @@
+"""Pushes and rollbacks as the device checks them: signature, target monitor, replay."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from .config import Config, PushConfig
+from .errors import AsdEdgeError, ConfigError
+from .modelfiles import ModelRecord
+
+if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+__all__ = [
+    "COMMAND_SOURCES",
+    "CheckedRequest",
+    "Refused",
+    "check_replay",
+    "check_request",
+    "iso_utc",
+    "load_key",
+    "outcome",
+    "pick_monitor",
+]
+
+COMMAND_SOURCES: Final[Mapping[str, Literal["push", "rollback"]]] = {
+    "model": "push",
+    "model/rollback": "rollback",
+}
+"""The commands that change a model, and the source they give it."""
+
+
+class Refused(AsdEdgeError):
+    """A push, rollback or file change is refused; ``reason`` is one sentence naming the
+    field, ``monitor`` the monitor it was for when known."""
+
+    def __init__(self, monitor: str | None, reason: str) -> None:
+        self.monitor = monitor
+        self.reason = reason
+        super().__init__(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRequest:
+    """A push or rollback whose fields, size, hash and signature checked out."""
+
+    command: str
+    """``model`` or ``model/rollback``."""
+    request_id: str
+    """The sender's id."""
+    monitor: str | None
+    """The monitor it names; None: the device's only one."""
+    issued_at: str
+    """ISO 8601 UTC with milliseconds (compares as a string)."""
+    model: bytes | None
+    """The pushed model's bytes; None for a rollback."""
+
+
+def check_request(
+    command: str,
+    args: Mapping[str, Any],
+    request_id: str | None,
+    *,
+    device_id: str,
+    push: PushConfig,
+    key: Ed25519PublicKey | None,
+) -> CheckedRequest:
+    """``signing.parse_push`` or ``parse_rollback`` with the device's settings; Refused
+    (monitor unknown yet) with signing's reason when it refuses."""
+    from . import signing
+
+    try:
+        if command == "model":
+            req = signing.parse_push(
+                args,
+                request_id=request_id,
+                device_id=device_id,
+                max_bytes=math.ceil(push.max_mb * 1e6),
+                public_key=key,
+                allow_unsigned=push.allow_unsigned,
+            )
+            return CheckedRequest(command, req.id, req.monitor, req.issued_at, req.model)
+        back = signing.parse_rollback(
+            args,
+            request_id=request_id,
+            device_id=device_id,
+            public_key=key,
+            allow_unsigned=push.allow_unsigned,
+        )
+        return CheckedRequest(command, back.id, back.monitor, back.issued_at, None)
+    except signing.PushRefused as exc:
+        raise Refused(None, exc.reason) from None
+
+
+def pick_monitor(name: str | None, monitors: Sequence[str]) -> str:
+    """The monitor a request is for: the one named, or the device's only one."""
+    names = ", ".join(sorted(monitors))
+    if name is None:
+        if len(monitors) == 1:
+            return monitors[0]
+        raise Refused(None, f"monitor: the device runs several monitors ({names}): name one")
+    if name not in monitors:
+        raise Refused(None, f"monitor: no monitor named {name!r} on this device ({names})")
+    return name
+
+
+def check_replay(monitor: str, issued_at: str, last_issued_at: str | None) -> None:
+    """Refused unless ``issued_at`` is later than the monitor's last accepted request."""
+    if last_issued_at is not None and issued_at <= last_issued_at:
+        raise Refused(
+            monitor,
+            f"issued_at: {issued_at} is not later than the last accepted push or rollback "
+            f"of monitor {monitor!r} ({last_issued_at}): a replay is refused",
+        )
+
+
+def load_key(config: Config) -> Ed25519PublicKey | None:
+    """The public key ``push.key_file`` names (None if unset); ConfigError naming the key
+    when it cannot be used."""
+    if config.push.key_file is None:
+        return None
+    from .signing import KeyFileError, load_public_key
+
+    try:
+        return load_public_key(config.push.key_file)
+    except KeyFileError as exc:
+        raise ConfigError(f"push.key_file: {exc}") from None
+
+
+def outcome(
+    command: str,
+    request_id: str | None,
+    monitor: str | None,
+    at: str,
+    record: ModelRecord | None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The ``last_push`` object of the ``model`` topic."""
+    return {
+        "id": request_id,
+        "command": command,
+        "monitor": monitor,
+        "ok": error is None,
+        "error": error,
+        "name": None if record is None else record.name,
+        "version": None if record is None else record.version,
+        "sha256": None if record is None else record.sha256,
+        "at": at,
+    }
+
+
+def iso_utc(wall_s: float) -> str:
+    """ISO 8601 UTC with milliseconds, as issued_at is written."""
+    moment = datetime.fromtimestamp(wall_s, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
