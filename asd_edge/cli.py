@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .assembly import check_push_key, load_detectors, open_input, replay_path
 from .audiofile import write_wav
 from .capture import list_input_devices
 from .config import (
@@ -26,16 +27,7 @@ from .config import (
     config_to_dict,
     load_config,
 )
-from .daemon import (
-    EXIT_CONFIG,
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    Daemon,
-    check_push_key,
-    load_detectors,
-    open_input,
-    replay_path,
-)
+from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon
 from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
 from .logs import configure_logging, json_safe

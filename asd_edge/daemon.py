@@ -13,14 +13,15 @@ from typing import Any, Protocol
 import structlog
 
 from .alerts import Alerts, AlertSink, MonitorInfo, lost_clip
-from .capture import AudioSource, SoundDeviceSource
+from .assembly import command_router, load_detectors, open_input
+from .capture import AudioSource
 from .clips import ClipRecorder
 from .clipstore import ClipStore
-from .commands import Command, CommandRouter, command_specs
-from .config import Config, InputConfig, MonitorConfig, load_config
+from .commands import Command
+from .config import Config, MonitorConfig, load_config
 from .decision import Event
 from .detector import Detector
-from .errors import AudioError, ConfigError, ModelError
+from .errors import AudioError, ConfigError
 from .filesource import FileSource
 from .inputhealth import InputChange, InputHealth
 from .logs import configure_logging
@@ -28,7 +29,8 @@ from .modelstore import ModelManager, Swap
 from .monitor import Monitor, TickResult
 from .mqtt import MqttLink
 from .reload import plan_reload
-from .sdnotify import Notifier
+from .reporting import describe, model_facts, model_payload, status_line
+from .sdnotify import Liveness, Notifier
 from .telemetry import MonitorState, Telemetry
 
 __all__ = [
@@ -38,10 +40,6 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "Daemon",
     "Link",
-    "check_push_key",
-    "load_detectors",
-    "open_input",
-    "replay_path",
 ]
 
 log = structlog.get_logger()
@@ -61,70 +59,6 @@ STOP_TIMEOUT_S = 5.0
 SWAP_WARMUP_S = 1.0
 """Audio before the swap point that a new model's monitor is fed (pre-filter settling), so
 that its first window ends where the old monitor stopped: no scoring gap."""
-STATUS_EVERY_S = 10.0
-"""How often the one-line STATUS= sent to systemd is refreshed (only when it changed)."""
-REPLAY_PREFIX = "file:"
-"""``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
-
-
-def replay_path(cfg: InputConfig) -> str | None:
-    """The recording ``input.device: "file:PATH"`` names, or None for a real device."""
-    if isinstance(cfg.device, str) and cfg.device.startswith(REPLAY_PREFIX):
-        return cfg.device.removeprefix(REPLAY_PREFIX)
-    return None
-
-
-def open_input(
-    cfg: InputConfig, *, preferred_rate: int | None, ring_s: float | None = None
-) -> AudioSource:
-    """The audio source ``input`` describes: a PortAudio device, or a recording
-    replayed in real time for ``device: "file:PATH"``. Nothing is opened yet."""
-    ring_s = cfg.ring_s if ring_s is None else ring_s
-    recording = replay_path(cfg)
-    if recording is not None:
-        return FileSource(
-            recording,
-            channels=cfg.channels,
-            block_s=cfg.block_s,
-            ring_s=ring_s,
-        )
-    return SoundDeviceSource(
-        device=cfg.device,
-        channels=cfg.channels,
-        sample_rate=cfg.sample_rate,
-        preferred_rate=preferred_rate,
-        ring_s=ring_s,
-        block_s=cfg.block_s,
-        stall_timeout_s=cfg.stall_timeout_s,
-        restart_backoff_max_s=cfg.restart_backoff_max_s,
-    )
-
-
-def load_detectors(config: Config) -> dict[str, Detector]:
-    """Load and check every monitor's model; ConfigError lists every model that fails,
-    each with its ``monitors[i].model`` path, the file and the field."""
-    detectors: dict[str, Detector] = {}
-    problems = []
-    for index, monitor in enumerate(config.monitors):
-        try:
-            detectors[monitor.name] = Detector(monitor.model, threads=config.detector.threads)
-        except ModelError as exc:
-            problems.append(f"monitors[{index}].model: {exc}")
-    if problems:
-        raise ConfigError(problems)
-    return detectors
-
-
-def check_push_key(config: Config) -> None:
-    """ConfigError naming ``push.key_file`` if it is set and is not an Ed25519 public key."""
-    if config.push.key_file is None:
-        return
-    from .signing import KeyFileError, load_public_key
-
-    try:
-        load_public_key(config.push.key_file)
-    except KeyFileError as exc:
-        raise ConfigError(f"push.key_file: {exc}") from exc
 
 
 class Link(AlertSink, Protocol):
@@ -183,10 +117,9 @@ class Daemon:
         self._health_now = threading.Event()
         self._reload_now = threading.Event()
         self.input_health: InputHealth | None = None
-        self._progress_written = -1
-        self._progress_at_s = 0.0
-        self._status = ""
-        self._status_at_s = -STATUS_EVERY_S
+        self.liveness = Liveness(
+            self.notifier, stall_timeout_s=config.input.stall_timeout_s, clock=clock
+        )
         self.source = source if source is not None else self._open_source()
         self.link = link
         self.clip_store = clip_store
@@ -214,25 +147,19 @@ class Daemon:
         clip store under ``state_dir/clips`` and the MQTT link with its outbox.
         Raises ConfigError naming every bad key, model or key file."""
         state_dir = Path(config.state_dir)
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"state_dir: cannot create {state_dir}: {exc.strerror or exc}"
-            ) from exc
+        if config.clips.enabled or config.mqtt.enabled:
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"state_dir: cannot create {state_dir}: {exc.strerror or exc}"
+                ) from exc
         models = ModelManager(state_dir, device_id=config.device_id or "asd-edge")
         detectors = models.load(config)
         holder: list[Daemon] = []  # the callbacks below need the daemon they belong to
         link = None
         if config.mqtt.enabled:
-            router = CommandRouter(
-                {
-                    "health": lambda _cmd: holder[0].request_health(),
-                    "model": lambda cmd: _queued(models.submit_push, cmd),
-                    "model/rollback": lambda cmd: _queued(models.submit_rollback, cmd),
-                },
-                commands=command_specs(config.push),
-            )
+            router = command_router(config, models, lambda: holder[0].request_health())
             link = MqttLink(
                 config.mqtt,
                 device_id=config.device_id or "asd-edge",
@@ -319,7 +246,7 @@ class Daemon:
                 device_id=self._device_id,
                 sample_rate=self.source.sample_rate,
                 channels=self.source.channels,
-                monitors=[self._describe(m) for m in self.monitors],
+                monitors=[describe(m) for m in self.monitors],
             )
             self.notifier.ready(self._status_line())
             code = self._loop()
@@ -359,10 +286,6 @@ class Daemon:
             self.link.stop(STOP_TIMEOUT_S)
         self.notifier.close()
 
-    def _model_facts(self, monitor: Monitor) -> dict[str, str]:
-        spec = monitor.detector.spec
-        return {"name": spec.name, "version": spec.version, "sha256": monitor.detector.sha256}
-
     def _describe_monitors(self) -> None:
         """Monitor facts for alerts, telemetry, Home Assistant and the model topic."""
         channels = {m.channel for m in self.config.monitors}
@@ -389,7 +312,7 @@ class Daemon:
 
     def _describe_monitor(self, cfg: MonitorConfig, monitor: Monitor) -> None:
         """The facts alerts and telemetry give about one monitor (again after a swap)."""
-        model = self._model_facts(monitor)
+        model = model_facts(monitor)
         self._infos[monitor.name] = MonitorInfo(
             name=monitor.name,
             model=model,
@@ -410,45 +333,13 @@ class Daemon:
             state.channel, state.model, state.threshold = cfg.channel, described, threshold
             state.anomaly = False
 
-    def _model_payload(self) -> dict[str, Any]:
-        """``<prefix>/model``: the active model of every monitor, what it replaced, and the
-        answer to the last push or rollback."""
-        monitors: dict[str, Any] = {}
-        for m in self.monitors:
-            facts: dict[str, Any] = {"source": "config", "previous": None, "last_error": None}
-            if self.models is not None:
-                facts.update(self.models.facts(m.name))
-            monitors[m.name] = {
-                **self._model_facts(m),
-                "kind": m.detector.spec.kind,
-                "path": str(m.detector.path),
-                "threshold": m.decision.policy.threshold,
-                "loaded_at": m.detector.loaded_at,
-                **facts,
-            }
-        last_push = self.models.last_push() if self.models is not None else None
-        return {"device_id": self._device_id, "monitors": monitors, "last_push": last_push}
-
-    def _describe(self, monitor: Monitor) -> dict[str, object]:
-        spec = monitor.detector.spec
-        return {
-            "name": monitor.name,
-            "model": spec.name,
-            "version": spec.version,
-            "kind": spec.kind,
-            "sha256": monitor.detector.sha256,
-            "threshold": monitor.decision.policy.threshold,
-            "model_rate": spec.sample_rate,
-            "hop_s": monitor.hop_s,
-        }
-
     def _loop(self) -> int:
         assert self.telemetry is not None
         telemetry = self.telemetry
         interval_s = self.config.mqtt.health_interval_s
         next_wake = self._clock()
         next_report = next_wake + interval_s
-        self._progress_at_s = next_wake
+        self.liveness.start(next_wake)
         while not self._stop.is_set():
             now = self._clock()
             try:
@@ -526,47 +417,21 @@ class Daemon:
                 details=change.details,
             )
         self._health_now.set()
-        self._send_status(now, force=True)
+        self.liveness.status(now, self._status_line, force=True)
 
     def _feed_watchdog(self, now: float) -> None:
-        """WATCHDOG=1, only while ticks run and audio arrives (or a dead stream is being
-        reopened under the capture supervisor, which exits non-zero if that keeps failing).
-        A stuck tick or a stream dead without supervision lets systemd's watchdog fire."""
-        written = (
-            self.source.ring(self.config.monitors[0].channel).written
-            if (self.config.monitors)
-            else self.source.ring(0).written
+        channel = self.config.monitors[0].channel if self.config.monitors else 0
+        self.liveness.tick(
+            now, self.source.ring(channel).written, self.source.recovering, self._status_line
         )
-        if written != self._progress_written:
-            self._progress_written = written
-            self._progress_at_s = now
-        fresh = now - self._progress_at_s <= self.config.input.stall_timeout_s + 2 * POLL_S
-        if fresh or self.source.recovering:
-            self.notifier.watchdog()
-        self._send_status(now)
 
     def _status_line(self) -> str:
-        """One line for ``systemctl status``: monitors, rate, events, input problems."""
-        events = 0
-        if self.telemetry is not None:
-            events = sum(state.events for state in self.telemetry.monitors.values())
-        problems = self.input_health.active_names() if self.input_health is not None else []
-        names = ", ".join(
-            f"{m.name} ({m.detector.spec.name} {m.detector.spec.version})" for m in self.monitors
-        )
-        return (
-            f"listening at {self.source.sample_rate} Hz: {names}; {events} event(s); "
-            f"input {', '.join(problems) if problems else 'ok'}"
+        return status_line(
+            self.source.sample_rate, self.monitors, self.telemetry, self.input_health
         )
 
-    def _send_status(self, now: float, *, force: bool = False) -> None:
-        if not force and now - self._status_at_s < STATUS_EVERY_S:
-            return
-        self._status_at_s = now
-        line = self._status_line()
-        if line != self._status:
-            self._status = line
-            self.notifier.status(line)
+    def _model_payload(self) -> dict[str, Any]:
+        return model_payload(self._device_id, self.monitors, self.models)
 
     # --- models: swaps, refusals, reloads -------------------------------------------------
 
@@ -623,8 +488,8 @@ class Daemon:
             "model_swapped",
             monitor=cfg.name,
             why=why,
-            old=self._model_facts(old) if old is not None else None,
-            new=self._model_facts(monitor),
+            old=model_facts(old) if old is not None else None,
+            new=model_facts(monitor),
             threshold=monitor.decision.policy.threshold,
         )
 
@@ -773,12 +638,3 @@ class Daemon:
                 self.link.publish_monitor_state(
                     monitor.name, self.telemetry.monitor_payload(monitor.name)
                 )
-
-
-def _queued(
-    submit: Callable[[Mapping[str, Any], str | None], None], command: Command
-) -> dict[str, Any]:
-    """Hand a push or rollback to the model manager's worker; the immediate reply says it
-    is queued, the outcome follows on ``<prefix>/model``."""
-    submit(command.args, command.id)
-    return {"queued": True}

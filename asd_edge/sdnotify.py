@@ -7,10 +7,11 @@ import re
 import socket
 import time
 from collections.abc import Callable, Mapping
+from typing import Final
 
 import structlog
 
-__all__ = ["STATUS_MAX_CHARS", "Notifier"]
+__all__ = ["STATUS_MAX_CHARS", "Liveness", "Notifier"]
 
 log = structlog.get_logger()
 
@@ -196,3 +197,52 @@ class Notifier:
         if status is not None:
             fields["STATUS"] = _one_line(status, STATUS_MAX_CHARS)
         return self.notify(**fields)
+
+
+class Liveness:
+    """What systemd hears from the tick loop: WATCHDOG=1 only while ticks run and audio
+    arrives (or a dead stream is being reopened by the capture supervisor, which exits
+    non-zero when that keeps failing), and a STATUS= line when it changes.
+
+    A stuck tick sends nothing, and neither does a stream that is dead without anyone
+    reopening it, so systemd's watchdog fires and restarts the service.
+    """
+
+    STATUS_EVERY_S: Final = 10.0
+    """How often the status line is rebuilt (it is sent only when it changed)."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        *,
+        stall_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._notifier = notifier
+        self._grace_s = stall_timeout_s + 0.1
+        self._written = -1
+        self._progress_at_s = clock()
+        self._status = ""
+        self._status_at_s = -self.STATUS_EVERY_S
+
+    def start(self, now_s: float) -> None:
+        """The loop begins: audio counts as fresh from now."""
+        self._progress_at_s = now_s
+
+    def tick(self, now_s: float, written: int, recovering: bool, line: Callable[[], str]) -> None:
+        """One wake of the loop: ``written`` is a capture ring's sample count."""
+        if written != self._written:
+            self._written, self._progress_at_s = written, now_s
+        if now_s - self._progress_at_s <= self._grace_s or recovering:
+            self._notifier.watchdog()
+        self.status(now_s, line)
+
+    def status(self, now_s: float, line: Callable[[], str], *, force: bool = False) -> None:
+        """Send the status line if it changed (checked every STATUS_EVERY_S, or now)."""
+        if not force and now_s - self._status_at_s < self.STATUS_EVERY_S:
+            return
+        self._status_at_s = now_s
+        text = line()
+        if text != self._status:
+            self._status = text
+            self._notifier.status(text)

@@ -14,8 +14,9 @@ import yaml
 from conftest import asd_edge_command, tone_burst, write_wav
 from structlog.testing import capture_logs
 
+from asd_edge.assembly import load_detectors
 from asd_edge.config import parse_config
-from asd_edge.daemon import EXIT_SOFTWARE, EXIT_UNAVAILABLE, Daemon, load_detectors
+from asd_edge.daemon import EXIT_SOFTWARE, EXIT_UNAVAILABLE, Daemon
 from asd_edge.errors import AudioError
 from asd_edge.filesource import FileSource
 

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from conftest import tone_burst, write_wav
 
+from asd_edge.assembly import load_detectors
 from asd_edge.config import parse_config
-from asd_edge.daemon import Daemon, load_detectors
+from asd_edge.daemon import Daemon
 from asd_edge.filesource import FileSource
-from asd_edge.sdnotify import Notifier
+from asd_edge.sdnotify import Liveness, Notifier
 
 WATCHDOG_USEC = 300_000
 """A short interval: WATCHDOG=1 about every 0.1 s."""
@@ -106,3 +107,41 @@ def test_watchdog_stops_while_a_tick_is_stuck_and_resumes_after(
     assert not runner.is_alive()
     tail = [text for _at, text in receive(sock, 0.2)]
     assert any("STOPPING=1" in text for text in tail) or notifier.sent > 0
+
+
+class CountingNotifier(Notifier):
+    """A disabled Notifier that counts what the daemon would send."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.pings = 0
+        self.statuses: list[str] = []
+
+    def watchdog(self) -> bool:
+        self.pings += 1
+        return True
+
+    def status(self, text: str) -> bool:
+        self.statuses.append(text)
+        return True
+
+
+def test_liveness_pings_while_audio_arrives_or_is_being_reopened() -> None:
+    """No new samples for longer than the stall timeout: no ping, unless the capture
+    supervisor is reopening the stream; the status line is sent only when it changes."""
+    notifier = CountingNotifier()
+    live = Liveness(notifier, stall_timeout_s=2.0, clock=lambda: 0.0)
+    live.start(0.0)
+    for step in range(20):  # 1 s of audio arriving
+        live.tick(step * 0.05, written=step * 800, recovering=False, line=lambda: "ok")
+    assert notifier.pings == 20 and notifier.statuses == ["ok"]
+    for step in range(20, 80):  # 3 s without a sample, nobody reopening
+        live.tick(step * 0.05, written=19 * 800, recovering=False, line=lambda: "ok")
+    silent = notifier.pings
+    assert 20 < silent < 80  # pings for the stall timeout, then none
+    live.tick(4.5, written=19 * 800, recovering=False, line=lambda: "ok")
+    assert notifier.pings == silent
+    live.tick(4.55, written=19 * 800, recovering=True, line=lambda: "ok")
+    assert notifier.pings == silent + 1
+    live.status(4.6, lambda: "input input_lost", force=True)
+    assert notifier.statuses == ["ok", "input input_lost"]
