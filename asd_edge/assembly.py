@@ -79,7 +79,7 @@ def check_push_key(config: Config) -> None:
     """ConfigError naming ``push.key_file`` if it is set and is not an Ed25519 public key."""
     if config.push.key_file is None:
         return
-    from .signing import KeyFileError, load_public_key
+    from .keyfiles import KeyFileError, load_public_key
 
     try:
         load_public_key(config.push.key_file)

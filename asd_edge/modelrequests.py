@@ -123,7 +123,7 @@ def load_key(config: Config) -> Ed25519PublicKey | None:
     when it cannot be used."""
     if config.push.key_file is None:
         return None
-    from .signing import KeyFileError, load_public_key
+    from .keyfiles import KeyFileError, load_public_key
 
     try:
         return load_public_key(config.push.key_file)

@@ -1,4 +1,4 @@
-"""Signed model push and rollback messages: Ed25519 keys, building and checking the JSON."""
+"""Signed model push and rollback messages: building and checking the JSON."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .errors import AsdEdgeError
+from .keyfiles import key_id
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -24,20 +23,13 @@ if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemo
     )
 
 __all__ = [
-    "DEVICE_KEY_NAME",
     "PUSH_CONTEXT",
-    "PUSH_KEY_NAME",
     "ROLLBACK_CONTEXT",
-    "KeyFileError",
     "PushRefused",
     "PushRequest",
     "RollbackRequest",
     "canonical_bytes",
     "format_issued_at",
-    "generate_keys",
-    "key_id",
-    "load_private_key",
-    "load_public_key",
     "parse_push",
     "parse_rollback",
     "push_message",
@@ -48,10 +40,6 @@ PUSH_CONTEXT: Final = b"asd-edge-push/1\n"
 """Prefix of the signed bytes of a push: a push signature never verifies as anything else."""
 ROLLBACK_CONTEXT: Final = b"asd-edge-rollback/1\n"
 """Prefix of the signed bytes of a rollback."""
-PUSH_KEY_NAME: Final = "push.key"
-"""``generate_keys``' private key file: stays on the workstation (``asd-train push --key``)."""
-DEVICE_KEY_NAME: Final = "device.key"
-"""``generate_keys``' public key file: goes to each device (config ``push.key_file``)."""
 MAX_ID_CHARS: Final = 128
 """Longest request id accepted."""
 
@@ -70,15 +58,6 @@ class PushRefused(AsdEdgeError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
-
-
-class KeyFileError(AsdEdgeError):
-    """A key file cannot be used; the message names the file and what is wrong with it."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,96 +90,6 @@ class RollbackRequest:
     issued_at: str
     signed: bool
     key_id: str | None
-
-
-def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    """The Ed25519 public key in the PEM file ``path`` (``device.key``); KeyFileError if not."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    data = _read_key(path)
-    if b"PRIVATE KEY-----" in data:
-        raise KeyFileError(
-            path,
-            f"this is a private key ({PUSH_KEY_NAME}); a device needs the public key "
-            f"({DEVICE_KEY_NAME})",
-        )
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(path, f"not a valid PEM public key ({_cause(exc)})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(path, f"expected an Ed25519 public key, got {_key_type(key)}")
-    return key
-
-
-def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """The Ed25519 private key in the PEM file ``path`` (``push.key``); KeyFileError if not."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    data = _read_key(path)
-    if b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data:
-        raise KeyFileError(
-            path,
-            f"this is a public key ({DEVICE_KEY_NAME}); signing needs the private key "
-            f"({PUSH_KEY_NAME})",
-        )
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise KeyFileError(
-            path, "the private key is encrypted; expected an unencrypted key"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(path, f"not a valid PEM private key ({_cause(exc)})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(path, f"expected an Ed25519 private key, got {_key_type(key)}")
-    return key
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex digits of the sha256 of the raw 32-byte public key."""
-    from cryptography.hazmat.primitives import serialization
-
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
-
-
-def generate_keys(out_dir: str | os.PathLike[str], *, force: bool = False) -> tuple[Path, Path]:
-    """Write a new key pair: ``push.key`` (private, 0600) and ``device.key`` (public, 0644).
-
-    Returns ``(push.key, device.key)``. Refuses (KeyFileError naming the file) to replace
-    either file unless ``force``; nothing is written then. Each file appears whole or not
-    at all (written to a temporary name, fsynced, renamed).
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    folder = Path(out_dir)
-    push_path, device_path = folder / PUSH_KEY_NAME, folder / DEVICE_KEY_NAME
-    if not force:
-        for path in (push_path, device_path):
-            if path.exists():
-                raise KeyFileError(path, "already exists; refusing to replace it without force")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KeyFileError(folder, f"cannot create the folder ({exc.strerror or exc})") from None
-    private = Ed25519PrivateKey.generate()
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    _write_atomic(push_path, private_pem, 0o600)
-    _write_atomic(device_path, public_pem, 0o644)
-    return push_path, device_path
 
 
 def format_issued_at(moment: datetime | None = None) -> str:
@@ -410,39 +299,6 @@ def _valid_issued_at(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _read_key(path: str | os.PathLike[str]) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyFileError(path, f"cannot read the key file ({exc.strerror or exc})") from None
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with exactly ``mode`` (umask aside): temp, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o600)
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(fd, mode)
-            file.write(data)
-            file.flush()
-            os.fsync(fd)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise KeyFileError(path, f"cannot write the key file ({exc.strerror or exc})") from None
-
-
-def _key_type(key: object) -> str:
-    return type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
-
-
-def _cause(exc: BaseException) -> str:
-    """cryptography's reason without its FAQ link."""
-    text = str(exc).split(" See https://")[0].strip().rstrip(".")
-    return text or type(exc).__name__
 
 
 def _shown(value: object) -> str:

@@ -17,8 +17,9 @@ from structlog.testing import capture_logs
 from asd_edge.commands import CommandError
 from asd_edge.config import Config, parse_config
 from asd_edge.errors import ConfigError
+from asd_edge.keyfiles import generate_keys, load_private_key
 from asd_edge.modelstore import ModelManager, Refusal, Swap
-from asd_edge.signing import generate_keys, load_private_key, push_message, rollback_message
+from asd_edge.signing import push_message, rollback_message
 
 DEVICE = "dev-1"
 CAPTURE_RATE = 16000

@@ -23,10 +23,10 @@ from paho.mqtt.client import Client, MQTTMessage
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
+from asd_edge.keyfiles import load_public_key
 from asd_edge.signing import (
     PushRefused,
     format_issued_at,
-    load_public_key,
     parse_push,
     parse_rollback,
 )

@@ -25,7 +25,7 @@ from conftest import write_wav
 from daemonproc import start_daemon
 from test_alerts_e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 
-from asd_edge import signing
+from asd_edge import keyfiles, signing
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 
@@ -125,7 +125,7 @@ def test_signed_push_refusals_restart_and_rollback(
         assert burst_alert(sub, virtual_mic, burst)["model"]["version"] == "v2"
 
         # refusals, each with its reason; detection goes on with v2
-        key = signing.load_private_key(keys / "push.key")
+        key = keyfiles.load_private_key(keys / "push.key")
         good = pushed.read_bytes()
 
         def message(model: bytes, **change: Any) -> dict[str, Any]:

@@ -20,16 +20,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from asd_edge.signing import (
-    PUSH_CONTEXT,
-    ROLLBACK_CONTEXT,
+from asd_edge.keyfiles import (
     KeyFileError,
-    PushRefused,
-    canonical_bytes,
     generate_keys,
     key_id,
     load_private_key,
     load_public_key,
+)
+from asd_edge.signing import (
+    PUSH_CONTEXT,
+    ROLLBACK_CONTEXT,
+    PushRefused,
+    canonical_bytes,
     parse_push,
     parse_rollback,
     push_message,
