@@ -248,6 +248,18 @@ class Alerts:
             self._sink.submit_alert(alert_id, payload, phase=phase)
         return alert_id
 
+    def end_input_problems(self, reason: str) -> None:
+        """End every open input alert (at shutdown), so that none is left without an end."""
+        for condition, channel in list(self._input_open):
+            self.input_problem(
+                condition,
+                channel,
+                "end",
+                since_s=self._wall(),
+                monitors=[],
+                details={"reason": reason},
+            )
+
     def score(self, monitor: str, at_s: float, score: float) -> None:
         """A window's score, for the timeline of the monitor's open clip."""
         if self._recorder is not None:

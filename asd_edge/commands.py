@@ -78,7 +78,7 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = {
 }
 """The control commands: ``health`` (publish health now) and ``ping`` (reply at once)."""
 
-_SIGNED = {"target": (str,), "monitor": (str,), "issued_at": (str,)}
+_SIGNED = {"target": (str,), "monitor": (str, type(None)), "issued_at": (str,)}
 _SIGNATURE = {"key_id": (str,), "signature": (str,)}
 PUSH_OVERHEAD_BYTES: Final = 4096
 """Room for a push message's fields besides the base64 model."""

@@ -125,8 +125,9 @@ class PushConfig:
     allow_unsigned: bool = False
     """Accept pushes without a signature (anyone who can publish to the broker can then
     replace the model: for a lab only)."""
-    max_mb: float = field(default=16.0, metadata={"min": 0.01, "max": 200.0})
-    """Largest model accepted by push, in megabytes."""
+    max_mb: float = field(default=16.0, metadata={"min": 0.01, "max": 32.0})
+    """Largest model accepted by push, in megabytes (a push briefly takes about 6 times
+    its size in memory: the unit's MemoryMax=256M leaves room for 32)."""
     fleet_prefix: str | None = field(
         default="asd/fleet",
         metadata={
@@ -238,8 +239,8 @@ class HealthConfig:
     clipping_ratio: float = field(default=0.001, metadata={"min": 0.0, "max": 1.0})
     """A channel with more than this fraction of samples at full scale is flagged clipping."""
     hold_s: float = field(default=5.0, metadata={"min": 0.5, "max": 60.0})
-    """Seconds silence, clipping or overruns must last before an input alert is raised, and
-    be gone before it clears."""
+    """Seconds silence or clipping must last before an input alert is raised, and be gone
+    before it clears; an overrun alert starts at once and clears after this long without."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -279,6 +279,7 @@ class Daemon:
             if event is not None:
                 self._event(monitor, event)
         self.alerts.close()
+        self.alerts.end_input_problems("daemon_stopped")
         self.source.stop()
         if self.clip_store is not None:
             self.clip_store.stop(STOP_TIMEOUT_S)
@@ -470,15 +471,19 @@ class Daemon:
         old = next((m for m in self.monitors if m.name == cfg.name), None)
         ring = self.source.ring(cfg.channel)
         rate = self.source.sample_rate
-        if old is not None and old.source is ring:
+        if old is not None:
             event = old.close(old.now_s())
             if event is not None:
                 self._event(old, event)
+        resume = None
+        if old is not None and old.source is ring:
             back = round((detector.spec.window_s + SWAP_WARMUP_S) * rate)
-            start = max(ring.oldest, old.cursor - back)
+            start, resume = max(ring.oldest, old.cursor - back), old.cursor
         else:
             start = ring.written
-        monitor = Monitor.from_config(cfg, detector, ring, rate, start_index=start)
+        monitor = Monitor.from_config(
+            cfg, detector, ring, rate, start_index=start, score_after=resume
+        )
         self.monitors = [monitor if m.name == cfg.name else m for m in self.monitors]
         if old is None:
             self.monitors.append(monitor)
@@ -502,6 +507,13 @@ class Daemon:
             plan = plan_reload(self.config, loaded)
             if not plan.config.monitors:
                 raise ConfigError("monitors: at least one monitor is needed to run, got none")
+            opened = self.source.channels
+            for index, cfg in enumerate(plan.config.monitors):
+                if cfg.channel >= opened:
+                    raise ConfigError(
+                        f"monitors[{index}].channel: expected 0-{opened - 1}, the channels "
+                        f"open now (a change of input.channels needs a restart), got {cfg.channel}"
+                    )
             detectors = (
                 self.models.load(plan.config)
                 if self.models is not None

@@ -88,7 +88,12 @@ class Monitor:
         hop_s: float,
         *,
         start_index: int | None = None,
+        score_after: int | None = None,
     ) -> None:
+        """``start_index``: the capture index to begin reading at (default: now).
+        ``score_after``: windows ending at or before this capture index are neither
+        scored nor counted as skipped (a monitor taking over from another one, fed some
+        audio the other already scored so that its first window is complete)."""
         spec = detector.spec
         self.name = name
         self.detector = detector
@@ -108,6 +113,11 @@ class Monitor:
         self._cursor = source.written if start_index is None else start_index
         self._gap_seen = source.last_gap
         self._restart(self._cursor)
+        self._quiet_until = -1
+        if score_after is not None:
+            self._quiet_until = self._model_base + math.floor(
+                (score_after - self._cursor) * self.model_rate / source_rate
+            )
 
     @classmethod
     def from_config(
@@ -120,6 +130,7 @@ class Monitor:
         threshold: float | None = None,
         hop_s: float | None = None,
         start_index: int | None = None,
+        score_after: int | None = None,
     ) -> Monitor:
         """The monitor a ``monitors[]`` entry describes (optionally overridden)."""
         return cls(
@@ -130,6 +141,7 @@ class Monitor:
             source_rate,
             cfg.hop_s if hop_s is None else hop_s,
             start_index=start_index,
+            score_after=score_after,
         )
 
     def _restart(self, capture_index: int) -> None:
@@ -197,7 +209,8 @@ class Monitor:
         self._consume(self.source.since(self._cursor), result, final=final)
         ends: list[int] = []
         while self._next_end <= self._stream.written:
-            ends.append(self._next_end)
+            if self._next_end > self._quiet_until:
+                ends.append(self._next_end)
             self._next_end += self.hop_samples
         due = len(ends)
         if not catch_up and len(ends) > 1:

@@ -36,9 +36,10 @@ def plan_reload(running: Config, loaded: Config) -> ReloadPlan:
         if getattr(running, name) != getattr(loaded, name):
             pending.extend(_changed(name, getattr(running, name), getattr(loaded, name)))
     push = loaded.push
-    if push.fleet_prefix != running.push.fleet_prefix:  # a subscription of the MQTT link
-        pending.append("push.fleet_prefix")
-        push = dataclasses.replace(push, fleet_prefix=running.push.fleet_prefix)
+    for key in ("fleet_prefix", "max_mb"):  # the MQTT link's subscriptions, its size limit
+        if getattr(push, key) != getattr(running.push, key):
+            pending.append(f"push.{key}")
+            push = dataclasses.replace(push, **{key: getattr(running.push, key)})
     merged = dataclasses.replace(
         running,
         **{name: getattr(loaded, name) for name in RELOADABLE if name != "push"},

@@ -216,6 +216,9 @@ install_files() {
   mv -f "$conf/config.yaml.dist.tmp" "$conf/config.yaml.dist"
   if [ -e "$conf/config.yaml" ]; then
     say "kept $conf/config.yaml (yours); the shipped one is config.yaml.dist beside it"
+    # a reinstall after an uninstall made a new group asd-edge, maybe with another gid:
+    # the kept file must stay readable by the service
+    [ "$STAGED" = 1 ] || chgrp "$SERVICE_USER" "$conf/config.yaml"
     if ! cmp -s "$conf/config.yaml" "$conf/config.yaml.dist"; then
       echo "    see what differs: diff -u $conf/config.yaml.dist $conf/config.yaml"
     fi

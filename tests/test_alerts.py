@@ -207,3 +207,36 @@ def test_lost_clip_keeps_the_path_and_says_why() -> None:
     payload = {"id": "x", "phase": "end", "clip": {"path": "/c/x.wav", "status": "recording"}}
     assert lost_clip(payload)["clip"] == {"path": "/c/x.wav", "status": "lost", "error": CLIP_LOST}
     assert lost_clip({"id": "x", "clip": None})["clip"]["path"] is None
+
+
+class TestInputAlerts:
+    def test_start_and_end_share_an_id_and_shutdown_ends_what_is_open(self) -> None:
+        """An input problem's start and end carry one id, type input, the condition and
+        the monitors it blinds; at shutdown every open one gets its end, with the reason."""
+        sink = RecordingSink()
+        now = [1_763_700_000.0]
+        alerts = Alerts(device_id="dev", sink=sink, recorder=None, wall_clock=lambda: now[0])
+        lost = alerts.input_problem(
+            "input_lost", None, "start", since_s=now[0] - 0.5, monitors=["pump"],
+            details={"reason": "stream_stalled"},
+        )  # fmt: skip
+        silent = alerts.input_problem(
+            "silence", 0, "start", since_s=now[0], monitors=["pump"], details={"level_dbfs": -200}
+        )
+        now[0] += 3.0
+        alerts.input_problem("input_lost", None, "end", since_s=now[0], monitors=[], details={})
+        alerts.end_input_problems("daemon_stopped")
+        alerts.end_input_problems("daemon_stopped")  # nothing open any more: nothing sent
+        got = [(c[1], c[2], c[3]) for c in sink.calls]
+        assert [(i, p) for i, p, _ in got] == [
+            (lost, "start"),
+            (silent, "start"),
+            (lost, "end"),
+            (silent, "end"),
+        ]
+        start, _, end, stopped = (payload for _, _, payload in got)
+        assert start["type"] == "input" and start["condition"] == "input_lost"
+        assert start["channel"] is None and start["monitors"] == ["pump"]
+        assert end["duration_s"] == 3.5 and end["ended_at"] == iso_utc(now[0])
+        assert stopped["details"] == {"reason": "daemon_stopped"}
+        assert stopped["condition"] == "silence" and stopped["channel"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,41 @@ class TestDaemonInProcess:
             code = Daemon(config, detectors, source=source).run()
         assert code == EXIT_UNAVAILABLE
         assert any(e["event"] == "audio_failed" for e in logs)
+
+
+def test_reload_naming_a_channel_not_open_is_rejected_and_the_daemon_goes_on(
+    tmp_path: Path, level_model: Path
+) -> None:
+    """SIGHUP with a monitor on a channel the running input did not open (input.channels
+    needs a restart): the reload is rejected naming the key; the daemon keeps scoring."""
+    from asd_edge.config import load_config
+
+    wav = write_wav(tmp_path / "long.wav", tone_burst(16000, 30.0, (20.0, 21.0)), 16000)
+    path = tmp_path / "c.yaml"
+    data: dict[str, Any] = {
+        "monitors": [{"name": "fan", "model": str(level_model)}],
+        "mqtt": {"enabled": False},
+        "clips": {"enabled": False},
+    }
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    daemon = Daemon(config, load_detectors(config), source=FileSource(wav))
+    runner = threading.Thread(target=daemon.run)
+    with capture_logs() as logs:
+        runner.start()
+        try:
+            time.sleep(1.5)
+            data["input"] = {"channels": 2}
+            data["monitors"][0]["channel"] = 1
+            path.write_text(yaml.safe_dump(data))
+            daemon.request_reload()
+            time.sleep(1.5)
+        finally:
+            daemon.stop("test")
+            runner.join(10)
+    names = [entry["event"] for entry in logs]
+    rejected = [entry for entry in logs if entry["event"] == "reload_rejected"]
+    assert rejected and "monitors[0].channel" in rejected[0]["problems"][0]
+    assert "daemon_failed" not in names and "config_reloaded" not in names
+    after = names.index("reload_rejected")
+    assert "window_scored" in names[after:]

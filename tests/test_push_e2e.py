@@ -48,8 +48,20 @@ def level_model(path: Path, *, version: str, rate: int = RATE, threshold: float 
     return save_model(model, path)
 
 
-def model_state(sub: Subscriber) -> dict[str, Any]:
-    return json.loads(sub.on(MODEL_TOPIC)[-1].payload)
+def model_state(sub: Subscriber, version: str | None = None) -> dict[str, Any]:
+    """The latest ``<prefix>/model`` message, once one runs ``version`` (if given)."""
+
+    def latest() -> dict[str, Any] | None:
+        got = sub.on(MODEL_TOPIC)
+        if not got:
+            return None
+        state: dict[str, Any] = json.loads(got[-1].payload)
+        if version is not None and state["monitors"]["pump"]["version"] != version:
+            return None
+        return state
+
+    found: dict[str, Any] = wait_until(latest, 10, f"model {version}")
+    return found
 
 
 def answer(sub: Subscriber, request_id: str, timeout_s: float = 15) -> dict[str, Any]:
@@ -119,7 +131,7 @@ def test_signed_push_refusals_restart_and_rollback(
         live_s = time.monotonic() - asked
         assert done.returncode == 0, done.stdout + done.stderr
         assert "v2" in done.stdout
-        state = model_state(sub)["monitors"]["pump"]
+        state = model_state(sub, "v2")["monitors"]["pump"]
         assert (state["version"], state["source"]) == ("v2", "push")
         assert state["previous"]["version"] == "v1" and state["threshold"] == -28.0
         assert burst_alert(sub, virtual_mic, burst)["model"]["version"] == "v2"
@@ -163,8 +175,9 @@ def test_signed_push_refusals_restart_and_rollback(
         )  # fmt: skip
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "48000" in refused.stdout + refused.stderr
+        wait_until(lambda: model_state(sub)["monitors"]["pump"]["last_error"], 10, "last_error")
         state = model_state(sub)["monitors"]["pump"]
-        assert state["version"] == "v2" and state["last_error"]
+        assert state["version"] == "v2" and "48000" in state["last_error"]
         assert burst_alert(sub, virtual_mic, burst)["model"]["version"] == "v2"
     finally:
         assert daemon.stop() == 0
@@ -182,7 +195,7 @@ def test_signed_push_refusals_restart_and_rollback(
             "--key", str(keys / "push.key"), "--timeout", "20",
         )  # fmt: skip
         assert back.returncode == 0, back.stdout + back.stderr
-        state = model_state(sub)["monitors"]["pump"]
+        state = model_state(sub, "v1")["monitors"]["pump"]
         assert (state["version"], state["source"]) == ("v1", "rollback")
         assert state["previous"]["version"] == "v2"
         assert burst_alert(sub, virtual_mic, burst)["model"]["version"] == "v1"

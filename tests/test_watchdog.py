@@ -39,6 +39,17 @@ def notify_socket() -> Iterator[tuple[socket.socket, str]]:
         sock.close()
 
 
+class ReadyProbe(Notifier):
+    """A real Notifier that also notes whether capture ran when READY=1 was sent."""
+
+    source: Any = None
+    alive_at_ready: bool | None = None
+
+    def ready(self, status: str | None = None) -> bool:
+        self.alive_at_ready = self.source is not None and self.source.alive
+        return super().ready(status)
+
+
 def receive(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
     """Every message that arrives within ``seconds``, with its arrival time."""
     got: list[tuple[float, str]] = []
@@ -78,17 +89,19 @@ def test_watchdog_stops_while_a_tick_is_stuck_and_resumes_after(
 
     detector.score = score  # type: ignore[method-assign]
     sock, address = notify_socket
-    notifier = Notifier(address, watchdog_usec=WATCHDOG_USEC)
+    notifier = ReadyProbe(address, watchdog_usec=WATCHDOG_USEC)
     daemon = Daemon(config, detectors, source=FileSource(wav), notifier=notifier)
+    notifier.source = daemon.source
     runner = threading.Thread(target=daemon.run, name="daemon")
     runner.start()
     try:
         first = receive(sock, 2.0)
         ready = [at for at, text in first if "READY=1" in text.splitlines()]
         assert ready, first
-        assert daemon.source.alive, "READY=1 before capture ran"
-        steady = pings(first)
-        assert len(steady) >= 8, f"{len(steady)} pings in 2 s with a 0.3 s watchdog"
+        assert notifier.alive_at_ready is True, "READY=1 before capture ran"
+        steady = [at for at in pings(first) if at > ready[0]]
+        gaps = np.diff(steady)
+        assert len(steady) >= 2 and gaps.max() < WATCHDOG_USEC / 1e6, gaps
 
         stall.set()
         assert stuck_now.wait(5), "no window was scored"
@@ -98,15 +111,15 @@ def test_watchdog_stops_while_a_tick_is_stuck_and_resumes_after(
 
         stall.clear()
         release.set()
-        resumed = pings(receive(sock, 1.0))
-        assert len(resumed) >= 3
+        resumed = pings(receive(sock, 1.5))
+        assert resumed, "no ping after the tick returned"
     finally:
         release.set()
         daemon.stop("test")
         runner.join(10)
     assert not runner.is_alive()
     tail = [text for _at, text in receive(sock, 0.2)]
-    assert any("STOPPING=1" in text for text in tail) or notifier.sent > 0
+    assert any("STOPPING=1" in text.splitlines() for text in tail), tail
 
 
 class CountingNotifier(Notifier):
