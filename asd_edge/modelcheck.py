@@ -14,7 +14,14 @@ from .errors import AsdEdgeError
 from .monitor import Monitor
 from .ring import RingBuffer
 
-__all__ = ["NOISE_RMS", "RING_MARGIN_S", "CaptureFacts", "Unfit", "validate_candidate"]
+__all__ = [
+    "NOISE_RMS",
+    "RING_MARGIN_S",
+    "CaptureFacts",
+    "Unfit",
+    "check_fit",
+    "validate_candidate",
+]
 
 RING_MARGIN_S: Final = 2.0
 """A model's window must leave this much of the input ring free (as clips.pre_s does)."""
@@ -55,6 +62,14 @@ def validate_candidate(
     ModelError (file and field) or Unfit. ``capture`` None: the model's own rate.
     """
     detector = Detector(path, threads=threads)
+    check_fit(detector, cfg, capture)
+    return detector
+
+
+def check_fit(detector: Detector, cfg: MonitorConfig, capture: CaptureFacts | None) -> None:
+    """Raise Unfit unless the loaded ``detector`` can serve monitor ``cfg`` on
+    ``capture`` (rate, window in the ring, a finite score on noise; see
+    ``validate_candidate``). ``capture`` None: the model's own rate."""
     spec = detector.spec
     rate = spec.sample_rate
     if capture is not None:
@@ -78,4 +93,3 @@ def validate_candidate(
     result = monitor.tick(final=True)
     if not result.scores or result.nonfinite_scores:
         raise Unfit("score: the model gives no finite score on a window of noise")
-    return detector

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import structlog
 
 from .commands import CommandError
-from .config import Config
+from .config import Config, MonitorConfig
 from .detector import Detector
 from .errors import ConfigError, ModelError
-from .modelcheck import CaptureFacts, Unfit, validate_candidate
+from .modelcheck import CaptureFacts, Unfit, check_fit, validate_candidate
 from .modelfiles import HeldFile, ModelRecord, MonitorFiles, MonitorState, StatKey, stat_key
 from .modelrequests import (
     COMMAND_SOURCES,
@@ -122,6 +122,9 @@ class _Job:
     detector: Detector
 
 
+SUPERSEDED: Final = "superseded: the configuration was reloaded while it was validated"
+"""Why a candidate validated across a ``load`` (SIGHUP) is refused."""
+
 _STOP: Final = object()
 _NUDGE: Final = object()
 
@@ -164,6 +167,7 @@ class ModelManager:
         self._generation = 0
         self._tickets = 0
         self._in_flight = 0
+        self._flight: _Command | None = None  # the push or rollback in flight
         self._last_push: dict[str, Any] | None = None
         self._thread: threading.Thread | None = None
 
@@ -174,6 +178,8 @@ class ModelManager:
 
         Raises ConfigError listing every failing ``monitors[i].model``, or naming
         ``push.key_file``; the store is then unchanged (a failed SIGHUP changes nothing).
+        Once ``set_capture`` was called (a reload), each model must also fit the running
+        capture (``check_capture``).
         """
         key = load_key(config)
         self._wait_persisted()
@@ -190,6 +196,10 @@ class ModelManager:
                     problems.append(f"monitors[{index}].model: {exc}")
                     continue
                 slots[cfg.name], detectors[cfg.name] = slot, detector
+                unfit = self.check_capture(detector, cfg)
+                if unfit is not None:
+                    problems.append(f"monitors[{index}].model: {unfit}")
+                    continue
                 if demote is not None:
                     demotions.append((slot, demote))
             if problems:
@@ -221,6 +231,19 @@ class ModelManager:
         with self._lock:
             self._capture = CaptureFacts(int(sample_rate), float(ring_s))
 
+    def check_capture(self, detector: Detector, cfg: MonitorConfig) -> str | None:
+        """Why ``detector`` cannot serve monitor ``cfg`` on the running capture (rate
+        servable, window fits ``ring_s`` with room, noise through the monitor's pipeline
+        scores finitely), as pushes and file swaps are checked; None when it can. Before
+        ``set_capture`` only the noise check runs, at the model's own rate."""
+        with self._lock:
+            capture = self._capture
+        try:
+            check_fit(detector, cfg, capture)
+        except Unfit as exc:
+            return str(exc)
+        return None
+
     def take_results(self) -> list[Swap | Refusal]:
         """Swaps ready to be put in service and refusals to report; never waits on work.
 
@@ -237,8 +260,7 @@ class ModelManager:
                 ):
                     out.append(item)
                 else:
-                    reason = "superseded: the configuration was reloaded while it was validated"
-                    out.append(self._drop(pending, reason))
+                    out.append(self._drop(pending, SUPERSEDED))
             return out
 
     def applied(self, swap: Swap) -> None:
@@ -250,6 +272,9 @@ class ModelManager:
             slot = self._slots.get(swap.monitor)
             if pending is None or slot is None or pending.generation != self._generation:
                 log.warning("model_swap_unknown", monitor=swap.monitor, ticket=swap.ticket)
+                if pending is not None:  # its command ends here: the in-flight slot is free
+                    gone = slot is None
+                    self._drop(pending, f"monitor {swap.monitor!r} is gone" if gone else SUPERSEDED)
                 return
             now = iso_utc(self._wall())
             config_sha = pending.record.config_sha256 or slot.config_sha256
@@ -268,7 +293,7 @@ class ModelManager:
             if new.stored:
                 swap.detector.path = str(slot.files.active)
             if swap.command is not None:
-                self._in_flight -= 1
+                self._release()
                 self._last_push = outcome(swap.command, swap.request_id, swap.monitor, now, new)
             self._jobs.append(_Job(slot, new, state, outgoing, held, swap.detector))
         self._tasks.put(_NUDGE)
@@ -311,13 +336,43 @@ class ModelManager:
         self._submit("model/rollback", args, request_id)
 
     def _submit(self, command: str, args: Mapping[str, Any], request_id: str | None) -> None:
+        item = _Command(command, dict(args), request_id)
         with self._lock:
+            if self._duplicate(item):
+                log.debug("model_command_duplicate", command=command, id=request_id)
+                return
             if self._in_flight >= MAX_IN_FLIGHT:
                 raise CommandError(
                     "busy: a model push is already being processed", command=command, id=request_id
                 )
             self._in_flight += 1
-        self._tasks.put(_Command(command, dict(args), request_id))
+            self._flight = item
+        self._tasks.put(item)
+
+    def _duplicate(self, item: _Command) -> bool:
+        """A second delivery (MQTT QoS 1) of the command in flight or of the monitor's
+        last accepted one: same id (and, for the latter, same issued_at). Lock held."""
+        if item.request_id is None:
+            return False
+        flight = self._flight
+        if flight is not None and flight.request_id == item.request_id:
+            return True
+        named = item.args.get("monitor")
+        if named is None and len(self._slots) == 1:
+            slot: ModelSlot | None = next(iter(self._slots.values()))
+        else:
+            slot = self._slots.get(named) if isinstance(named, str) else None
+        return (
+            slot is not None
+            and slot.last_request_id == item.request_id
+            and slot.last_issued_at is not None
+            and slot.last_issued_at == item.args.get("issued_at")
+        )
+
+    def _release(self) -> None:
+        """The push or rollback in flight has ended (lock held)."""
+        self._in_flight -= 1
+        self._flight = None
 
     # --- the worker ----------------------------------------------------------------
 
@@ -349,7 +404,7 @@ class ModelManager:
     def _run(self) -> None:
         next_watch = time.monotonic()
         while True:
-            self._write_jobs()
+            self._write_jobs()  # never raises: a failed write is logged and reported
             with self._lock:
                 watch_s = self._config.detector.watch_s if self._config is not None else 0.0
             timeout = None if watch_s <= 0 else max(0.0, next_watch - time.monotonic())
@@ -360,21 +415,35 @@ class ModelManager:
             if item is _STOP:
                 self._write_jobs()
                 return
+            self._write_jobs()  # swaps in service are stored before the next change
             try:
-                self._write_jobs()
                 if isinstance(item, _Command):
                     self._command(item)
                 elif isinstance(item, _Discard):
                     with self._disk_lock:
                         item.files.discard_incoming()
-                if watch_s > 0 and time.monotonic() >= next_watch:
-                    self._watch()
-                    next_watch = time.monotonic() + watch_s
             except Exception:  # supervisor boundary: the worker must outlive a bug
                 log.exception("model_worker_failed")
                 if isinstance(item, _Command):
-                    source = COMMAND_SOURCES[item.name]
-                    self._refuse(item.name, source, item.request_id, None, "internal error")
+                    self._internal_error(item)
+            if watch_s > 0 and time.monotonic() >= next_watch:
+                next_watch = time.monotonic() + watch_s
+                try:
+                    self._watch()
+                except Exception:  # supervisor boundary, as above
+                    log.exception("model_watch_failed")
+
+    def _internal_error(self, item: _Command) -> None:
+        """Refuse a command a bug interrupted, unless it already ended or was handed over."""
+        with self._lock:
+            handed = any(p.swap.request_id == item.request_id for p in self._pending.values())
+            open_ = self._flight is item and not handed
+        if open_:
+            named = item.args.get("monitor")
+            with self._lock:
+                known = named if isinstance(named, str) and named in self._slots else None
+            source = COMMAND_SOURCES[item.name]
+            self._refuse(item.name, source, item.request_id, known, "internal error")
 
     def _wait_persisted(self) -> None:
         """Swaps already in service reach the disk before ``load`` reads it."""
@@ -394,7 +463,12 @@ class ModelManager:
                     self._persisted.notify_all()
                     return
                 job = self._jobs[0]
-            self._write(job)
+            try:
+                self._write(job)
+            except Exception:  # supervisor boundary: one bad write must not stop the worker
+                log.exception("model_store_write_failed", monitor=job.slot.name)
+                with self._lock:
+                    job.slot.last_error = "the model runs but could not be stored: internal error"
             with self._lock:
                 self._jobs.popleft()
 
@@ -420,7 +494,7 @@ class ModelManager:
     def _command(self, item: _Command) -> None:
         source = COMMAND_SOURCES[item.name]
         try:
-            slot, request_id, issued_at, detector = self._prepare(item)
+            slot, request_id, issued_at, detector, generation = self._prepare(item)
         except Refused as exc:
             named = item.args.get("monitor")
             with self._lock:  # name the monitor when the request names a known one
@@ -428,12 +502,16 @@ class ModelManager:
             self._refuse(item.name, source, item.request_id, exc.monitor or known, exc.reason)
             return
         record = new_record(source, detector, config_sha256=None, request_id=request_id)
-        self._hand_over(slot, detector, record, item.name, request_id, issued_at=issued_at)
+        self._hand_over(
+            slot, detector, record, item.name, request_id, generation, issued_at=issued_at
+        )
 
-    def _prepare(self, item: _Command) -> tuple[ModelSlot, str, str, Detector]:
-        """Check a push or rollback and validate its model; Refused says why not."""
+    def _prepare(self, item: _Command) -> tuple[ModelSlot, str, str, Detector, int]:
+        """Check a push or rollback and validate its model; Refused says why not. Also
+        returns the configuration generation it was picked up under."""
         with self._lock:
             config, key, capture = self._config, self._key, self._capture
+            generation = self._generation
             names = list(self._slots)
         if config is None:
             raise Refused(None, "the daemon has no models loaded yet")
@@ -468,7 +546,7 @@ class ModelManager:
         except Unfit as exc:
             reason = str(exc)
         else:
-            return slot, request.request_id, request.issued_at, detector
+            return slot, request.request_id, request.issued_at, detector, generation
         with self._disk_lock:
             files.discard_incoming()
         raise Refused(monitor, reason)
@@ -493,7 +571,7 @@ class ModelManager:
         """Validate the config's replaced model file; hand over a Swap or a Refusal."""
         path, name = slot.config.model, slot.config.name
         with self._lock:
-            config, capture = self._config, self._capture
+            config, capture, generation = self._config, self._capture, self._generation
         if config is None:
             return
         try:
@@ -523,7 +601,7 @@ class ModelManager:
                     slot.seen_stat = None
                 return
             record = new_record("file", detector, config_sha256=held.sha256, request_id=None)
-            self._hand_over(slot, detector, record, None, None, held=held)
+            self._hand_over(slot, detector, record, None, None, generation, held=held)
             return
         held.close()
         self._refuse(None, "file", None, name, reason)
@@ -537,17 +615,22 @@ class ModelManager:
         record: ModelRecord,
         command: str | None,
         request_id: str | None,
+        generation: int,
         *,
         held: HeldFile | None = None,
         issued_at: str | None = None,
     ) -> None:
+        """Hand a validated candidate to the daemon, or refuse it as superseded when the
+        configuration was reloaded since it was picked up (``generation``)."""
         source: SwapSource = COMMAND_SOURCES[command] if command is not None else "file"
         with self._lock:
             self._tickets += 1
             swap = Swap(slot.config.name, detector, source, request_id, command, self._tickets)
-            self._pending[swap.ticket] = _Pending(
-                swap, self._generation, record, slot.files, held=held, issued_at=issued_at
-            )
+            pending = _Pending(swap, generation, record, slot.files, held=held, issued_at=issued_at)
+            self._pending[swap.ticket] = pending
+            if generation != self._generation:
+                self._results.append(self._drop(pending, SUPERSEDED))
+                return
             self._results.append(swap)
         log.info(
             "model_candidate_ready",
@@ -573,7 +656,7 @@ class ModelManager:
             if slot is not None:
                 slot.last_error = reason
             if command is not None:
-                self._in_flight -= 1
+                self._release()
                 at = iso_utc(self._wall())
                 self._last_push = outcome(command, request_id, monitor, at, None, reason)
         log.debug("model_candidate_refused", monitor=monitor, id=request_id, reason=reason)
@@ -587,7 +670,7 @@ class ModelManager:
         if slot is not None:
             slot.last_error = reason
         if swap.command is not None:
-            self._in_flight -= 1
+            self._release()
             at = iso_utc(self._wall())
             self._last_push = outcome(swap.command, swap.request_id, swap.monitor, at, None, reason)
             self._tasks.put(_Discard(pending.files))

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from asd_edge import modelfiles, modelstore
 from asd_edge.commands import CommandError
 from asd_edge.config import Config, parse_config
+from asd_edge.detector import Detector
 from asd_edge.errors import ConfigError
 from asd_edge.keyfiles import generate_keys, load_private_key
 from asd_edge.modelstore import ModelManager, Refusal, Swap
@@ -257,9 +260,14 @@ class TestPush:
         again, detectors = rig.manager(config)
         assert detectors["pump"].sha256 == sha(rig.models["v2"])
         assert again.facts("pump")["source"] == "push"
-        # the replay marker survived too
+        # the replay marker survived too: the same message again is a redelivery
+        # (ignored), the same issued_at under another id a replay (refused)
         submit(again, message)
-        assert "not later than the last accepted" in one_refusal(again).reason
+        replayed = rig.push(rig.models["v3"], request_id="other", issued_at=message["issued_at"])
+        submit(again, replayed)
+        refusal = one_refusal(again)
+        assert refusal.request_id == "other"
+        assert "not later than the last accepted" in refusal.reason
 
     def test_a_changed_config_model_wins_over_the_push(self, rig: Rig) -> None:
         """Replacing the config's model file while the daemon is down: at start that
@@ -279,7 +287,8 @@ class TestPush:
         assert again.facts("pump")["previous"]["version"] == "2"
         loaded = next(e for e in logs if e["event"] == "model_loaded")
         assert "changed since the stored model was adopted" in loaded["reason"]
-        submit(again, message)
+        replayed = rig.push(rig.models["v2"], request_id="other", issued_at=message["issued_at"])
+        submit(again, replayed)
         assert "a replay is refused" in one_refusal(again).reason
         # rolling back returns to the push, which then survives restarts again
         submit(again, rig.rollback(), rollback=True)
@@ -567,3 +576,156 @@ class TestRecovery:
         assert manager.facts("pump")["previous"] is None
         submit(manager, rig.rollback(), rollback=True)
         assert one_refusal(manager).reason == "no previous model to roll back to"
+
+
+class TestRobustness:
+    def test_a_push_validated_across_a_reload_is_superseded(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A SIGHUP while a push is being validated: the push comes back refused as
+        superseded, the running model and its previous stay as they were."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager, _ = rig.manager(config)
+        submit(manager, rig.push(rig.models["v2"]))
+        manager.applied(one_swap(manager))
+        started, release = threading.Event(), threading.Event()
+        real = modelstore.validate_candidate
+
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            started.set()
+            assert release.wait(10)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(modelstore, "validate_candidate", slow)
+        message = rig.push(rig.models["v3"])
+        submit(manager, message)
+        assert started.wait(10)
+        manager.load(config)
+        release.set()
+        refusal = one_refusal(manager)
+        assert refusal.reason == modelstore.SUPERSEDED
+        assert refusal.request_id == message["id"]
+        last = manager.last_push()
+        assert last is not None and not last["ok"] and last["id"] == message["id"]
+        facts = manager.facts("pump")
+        assert facts["source"] == "push" and facts["previous"]["version"] == "1"
+        submit(manager, rig.rollback(), rollback=True)  # not busy; goes back to v1
+        assert one_swap(manager).detector.sha256 == sha(rig.models["v1"])
+        folder = rig.state_dir / "models" / "pump"
+        assert (folder / "active.onnx").read_bytes() == rig.models["v2"]
+
+    def test_a_push_delivered_twice_while_in_flight_is_ignored(self, rig: Rig) -> None:
+        """QoS 1 redelivery of the push in flight is not 'busy' and makes no second swap;
+        another id is still busy."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager = ModelManager(rig.state_dir, device_id=DEVICE)
+        rig.managers.append(manager)
+        manager.load(config)
+        manager.set_capture(CAPTURE_RATE, RING_S)
+        message = rig.push(rig.models["v2"])
+        submit(manager, message)
+        with capture_logs() as logs:
+            submit(manager, message)  # the same command again: silently ignored
+        assert [e["event"] for e in logs] == ["model_command_duplicate"]
+        with pytest.raises(CommandError, match=r"^busy"):
+            submit(manager, rig.push(rig.models["v3"]))
+        manager.start()
+        swap = one_swap(manager)
+        submit(manager, message)  # still pending: still ignored
+        time.sleep(0.3)
+        assert manager.take_results() == []
+        manager.applied(swap)
+        last = manager.last_push()
+        assert last is not None and last["ok"] and last["id"] == message["id"]
+
+    def test_a_push_delivered_again_after_it_was_accepted_is_ignored(self, rig: Rig) -> None:
+        """Redelivery of the last accepted push (same id and issued_at), even after a
+        restart, is neither refused as a replay nor allowed to spoil last_push."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager, _ = rig.manager(config)
+        message = rig.push(rig.models["v2"])
+        submit(manager, message)
+        manager.applied(one_swap(manager))
+        submit(manager, message)
+        time.sleep(0.3)
+        assert manager.take_results() == []
+        last = manager.last_push()
+        assert last is not None and last["ok"] and last["id"] == message["id"]
+        manager.stop()
+        again, _ = rig.manager(config)
+        submit(again, message)
+        time.sleep(0.3)
+        assert again.take_results() == [] and again.last_push() is None
+        # the same id with another issued_at is no redelivery: it is checked as usual
+        forged = rig.push(
+            rig.models["v3"], request_id=message["id"], issued_at="2020-01-01T00:00:00.000Z"
+        )
+        submit(again, forged)
+        assert "a replay is refused" in one_refusal(again).reason
+
+    @pytest.mark.parametrize("case", ["reloaded", "monitor_removed"])
+    def test_a_swap_applied_after_a_reload_frees_the_push_slot(self, rig: Rig, case: str) -> None:
+        """A push's swap that reaches ``applied`` only after a reload ends the push (as
+        refused): the next push is not answered 'busy'."""
+        paths = {n: rig.model_file(f"{n}.onnx", rig.models["v1"]) for n in ("a", "b")}
+        manager, _ = rig.manager(rig.config(paths))
+        submit(manager, rig.push(rig.models["v2"], "b"))
+        swap = one_swap(manager)
+        manager.load(rig.config(paths if case == "reloaded" else {"a": paths["a"]}))
+        manager.applied(swap)
+        last = manager.last_push()
+        assert last is not None and not last["ok"]
+        submit(manager, rig.push(rig.models["v3"], "a"))
+        assert one_swap(manager).monitor == "a"
+
+    def test_the_worker_survives_an_unexpected_error(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A bug while storing a swap is logged and reported in last_error; the worker
+        goes on handling pushes."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager, _ = rig.manager(config)
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("injected")
+
+        monkeypatch.setattr(modelfiles.MonitorFiles, "adopt", broken)
+        submit(manager, rig.push(rig.models["v2"]))
+        manager.applied(one_swap(manager))
+        deadline = time.monotonic() + 10
+        while manager.facts("pump")["last_error"] is None:
+            assert time.monotonic() < deadline, "the failed write was not reported"
+            time.sleep(0.02)
+        assert "could not be stored" in manager.facts("pump")["last_error"]
+        monkeypatch.undo()
+        submit(manager, rig.push(rig.models["v3"]))
+        swap = (results(manager, timeout_s=5.0) or [None])[0]
+        assert isinstance(swap, Swap) and swap.detector.threshold == -10.0
+        manager.applied(swap)
+        settle(manager)
+        folder = rig.state_dir / "models" / "pump"
+        assert (folder / "active.onnx").read_bytes() == rig.models["v3"]
+
+
+class TestCaptureCheck:
+    def test_a_reload_with_a_model_the_capture_cannot_serve_is_rejected(self, rig: Rig) -> None:
+        """Once the capture runs, SIGHUP to a 48 kHz model on 16 kHz input is rejected as
+        a whole (naming monitors[i].model); the running model and watcher go on."""
+        path = rig.model_file("pump.onnx", rig.models["v1"])
+        wide = rig.model_file("wide.onnx", rig.models["48k"])
+        config = rig.config({"pump": path})
+        manager, detectors = rig.manager(config)
+        cfg = config.monitors[0]
+        assert manager.check_capture(detectors["pump"], cfg) is None
+        reason = "sample_rate: the model needs 48000 Hz but the input captures at 16000 Hz"
+        assert manager.check_capture(Detector(wide), cfg) == reason
+        with pytest.raises(ConfigError) as info:
+            manager.load(rig.config({"pump": wide}))
+        assert info.value.problems == [f"monitors[0].model: {reason}"]
+        assert manager.facts("pump")["source"] == "config"
+        replace_atomically(path, rig.models["v2"])  # still watching the old config's file
+        assert one_swap(manager).detector.sha256 == sha(rig.models["v2"])
+        # before the capture is open (the daemon's start) only the model itself is checked
+        fresh = ModelManager(rig.root / "other", device_id=DEVICE)
+        assert fresh.load(rig.config({"pump": wide}))["pump"].spec.sample_rate == 48000
+        fresh.stop()
