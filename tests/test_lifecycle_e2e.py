@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from broker import Broker, Subscriber, wait_until
@@ -289,3 +290,43 @@ class TestInputLoss:
         assert health["input"]
         assert len(daemon.events("daemon_started")) == 1
         assert daemon.events("stream_restarted")
+
+
+class TestSilenceAndClipping:
+    def test_digital_silence_then_sustained_clipping_raise_input_alerts(
+        self, tmp_path: Path, level_model: Path, virtual_mic: Any, mqtt_broker: Broker
+    ) -> None:
+        """Nothing played into the microphone is digital silence: a silence alert within
+        10 s; a full-scale square wave is sustained clipping: the silence ends and a
+        clipping alert starts, then ends once the wave stops."""
+        sub = mqtt_broker.subscriber(ALERT)
+        config = daemon_config(
+            tmp_path, mqtt_broker, level_model, virtual_mic.device, health={"hold_s": 2.0}
+        )
+        t = np.arange(8 * RATE) / RATE
+        square = np.where(np.sin(2 * np.pi * 220 * t) >= 0, 1.0, -1.0).astype(np.float32)
+        loud = write_wav(tmp_path / "square.wav", square, RATE)
+        daemon = start_daemon(config, virtual_mic.env)
+
+        def inputs(condition: str, phase: str) -> list[dict[str, Any]]:
+            return [
+                a
+                for a in alerts(sub, "input")
+                if a["condition"] == condition and a["phase"] == phase
+            ]
+
+        try:
+            daemon.wait_for("daemon_started", 20)
+            started = time.monotonic()
+            silence = wait_until(lambda: inputs("silence", "start"), 10, "a silence alert")[0]
+            silence_s = time.monotonic() - started
+            virtual_mic.play(loud, wait=False)
+            wait_until(lambda: inputs("silence", "end"), 10, "the silence ended")
+            clipping = wait_until(lambda: inputs("clipping", "start"), 10, "a clipping alert")[0]
+            wait_until(lambda: inputs("clipping", "end"), 20, "the clipping ended")
+        finally:
+            code = daemon.stop()
+        print(f"silence alert {silence_s:.2f} s after the daemon started (hold_s 2)")
+        assert code == 0
+        assert silence["channel"] == 0 and silence["details"].get("digital") is True
+        assert clipping["channel"] == 0 and clipping["monitors"] == ["pump"]
