@@ -233,7 +233,7 @@ class Daemon:
             self._describe_monitors()
             self.input_health = InputHealth(
                 self.source,
-                channels=sorted({m.channel for m in self.config.monitors}),
+                channels=_channels(self.config),
                 config=self.config.health,
                 stall_timeout_s=self.config.input.stall_timeout_s,
                 clock=self._clock,
@@ -275,9 +275,7 @@ class Daemon:
         if self.models is not None:
             self.models.stop(STOP_TIMEOUT_S)
         for monitor in self.monitors:
-            event = monitor.close(monitor.now_s())
-            if event is not None:
-                self._event(monitor, event)
+            self._end_event(monitor)
         self.alerts.close()
         self.alerts.end_input_problems("daemon_stopped")
         self.source.stop()
@@ -289,11 +287,10 @@ class Daemon:
 
     def _describe_monitors(self) -> None:
         """Monitor facts for alerts, telemetry, Home Assistant and the model topic."""
-        channels = {m.channel for m in self.config.monitors}
         self.telemetry = Telemetry(
             device_id=self._device_id,
             source=self.source,
-            channels=sorted(channels),
+            channels=_channels(self.config),
             health=self.config.health,
             clock=self._clock,
             wall_clock=self._wall,
@@ -301,15 +298,27 @@ class Daemon:
         for cfg, monitor in zip(self.config.monitors, self.monitors, strict=True):
             self._describe_monitor(cfg, monitor)
         if self.link is not None:
-            self.link.set_discovery(
-                [m.name for m in self.monitors],
-                model_names={m.name: m.detector.spec.name for m in self.monitors},
-            )
-            self.link.publish_model(self._model_payload())
+            self._announce_monitors()
             for monitor in self.monitors:
                 self.link.publish_monitor_state(
                     monitor.name, self.telemetry.monitor_payload(monitor.name)
                 )
+
+    def _announce_monitors(self) -> None:
+        """Home Assistant discovery and the model topic for the monitors running now."""
+        assert self.link is not None
+        self.link.set_discovery(
+            [m.name for m in self.monitors],
+            model_names={m.name: m.detector.spec.name for m in self.monitors},
+        )
+        self.link.publish_model(self._model_payload())
+
+    def _end_event(self, monitor: Monitor) -> None:
+        """End the monitor's event in progress, if any (shutdown, swap, removal), with
+        its end alert."""
+        event = monitor.close(monitor.now_s())
+        if event is not None:
+            self._event(monitor, event)
 
     def _describe_monitor(self, cfg: MonitorConfig, monitor: Monitor) -> None:
         """The facts alerts and telemetry give about one monitor (again after a swap)."""
@@ -472,9 +481,7 @@ class Daemon:
         ring = self.source.ring(cfg.channel)
         rate = self.source.sample_rate
         if old is not None:
-            event = old.close(old.now_s())
-            if event is not None:
-                self._event(old, event)
+            self._end_event(old)
         resume = None
         if old is not None and old.source is ring:
             back = round((detector.spec.window_s + SWAP_WARMUP_S) * rate)
@@ -529,9 +536,7 @@ class Daemon:
         self.config = new
         keep = {cfg.name for cfg in new.monitors}
         for monitor in [m for m in self.monitors if m.name not in keep]:
-            event = monitor.close(monitor.now_s())
-            if event is not None:
-                self._event(monitor, event)
+            self._end_event(monitor)
             self.monitors.remove(monitor)
             self.detectors.pop(monitor.name, None)
             self._infos.pop(monitor.name, None)
@@ -547,20 +552,14 @@ class Daemon:
         order = [cfg.name for cfg in new.monitors]
         self.monitors.sort(key=lambda m: order.index(m.name))
         if self.telemetry is not None:
-            self.telemetry.configure(sorted({m.channel for m in new.monitors}), new.health)
+            self.telemetry.configure(_channels(new), new.health)
             for name in [n for n in self.telemetry.monitors if n not in keep]:
                 del self.telemetry.monitors[name]
         if self.input_health is not None:
-            ended = self.input_health.configure(
-                channels=sorted({m.channel for m in new.monitors}), config=new.health
-            )
+            ended = self.input_health.configure(channels=_channels(new), config=new.health)
             self._input_changes(ended, self._clock())
         if self.link is not None:
-            self.link.set_discovery(
-                [m.name for m in self.monitors],
-                model_names={m.name: m.detector.spec.name for m in self.monitors},
-            )
-            self.link.publish_model(self._model_payload())
+            self._announce_monitors()
         log.info(
             "config_reloaded",
             source=new.source,
@@ -650,3 +649,8 @@ class Daemon:
                 self.link.publish_monitor_state(
                     monitor.name, self.telemetry.monitor_payload(monitor.name)
                 )
+
+
+def _channels(config: Config) -> list[int]:
+    """The input channels the configuration's monitors listen to, in order."""
+    return sorted({m.channel for m in config.monitors})
