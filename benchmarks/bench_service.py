@@ -17,11 +17,9 @@ the first push and after the last (``cryptography`` is loaded by the first one).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from common import record  # noqa: E402
 from asd_edge import keyfiles, signing  # noqa: E402
 from devkit.broker import Broker, Subscriber, wait_until  # noqa: E402
 from devkit.daemonproc import DaemonProcess  # noqa: E402
+from devkit.notify import NotifyListener  # noqa: E402
 from devkit.vmic import virtual_mic  # noqa: E402
 
 DEVICE = "bench"
@@ -65,24 +64,6 @@ def write_config(root: Path, broker: Broker, model: Path, device: str, **extra: 
     path = root / "asd-edge.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-class NotifyReader:
-    """Reads sd_notify datagrams; ``wait`` returns when a line arrived."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.messages: list[tuple[float, str]] = []
-
-    def wait(self, line: str, timeout_s: float = 30.0) -> float:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for at, text in self.messages:
-                if line in text.splitlines():
-                    return at
-            with contextlib.suppress(TimeoutError):
-                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
-        raise TimeoutError(f"no {line} in {self.messages}")
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -114,26 +95,21 @@ def bench_ready(runs: int) -> dict[str, Any]:
             model = level_model(root / "level.onnx", "1", -30.0)
             config = write_config(root, broker, model, mic.device)
             for i in range(runs):
-                address = str(root / f"n{i}.sock")
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                sock.bind(address)
-                sock.settimeout(0.05)
-                started = time.monotonic()
-                daemon = DaemonProcess(
-                    config,
-                    env={**mic.env, "NOTIFY_SOCKET": address},
-                    log_path=root / f"daemon{i}.log",
-                )
-                notify = NotifyReader(sock)
-                ready_s.append(notify.wait("READY=1") - started)
-                rss.append(rss_mb(daemon.pid))
-                time.sleep(1.0)
-                asked = time.monotonic()
-                daemon.proc.send_signal(signal.SIGTERM)
-                stopping_s.append(notify.wait("STOPPING=1") - asked)
-                code = daemon.stop()
-                exit_s.append(time.monotonic() - asked)
-                sock.close()
+                with NotifyListener() as notify:
+                    started = time.monotonic()
+                    daemon = DaemonProcess(
+                        config,
+                        env={**mic.env, "NOTIFY_SOCKET": notify.address},
+                        log_path=root / f"daemon{i}.log",
+                    )
+                    ready_s.append(notify.wait("READY", "1", 30)[0] - started)
+                    rss.append(rss_mb(daemon.pid))
+                    time.sleep(1.0)
+                    asked = time.monotonic()
+                    daemon.proc.send_signal(signal.SIGTERM)
+                    stopping_s.append(notify.wait("STOPPING", "1", 30)[0] - asked)
+                    code = daemon.stop()
+                    exit_s.append(time.monotonic() - asked)
                 if code != 0:
                     raise RuntimeError(f"run {i}: exit {code}:\n{daemon.log_tail()}")
         finally:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
-import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,8 @@ from broker import Broker, Subscriber, wait_until
 from conftest import write_wav
 from daemonproc import start_daemon
 from test_alerts_e2e import ALERT, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
+
+from devkit.notify import NotifyListener
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 
@@ -152,44 +151,6 @@ class TestSighup:
         assert set(pending) == {"input.ring_s", "clips.max_clip_s"}
 
 
-class NotifySocket:
-    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, dict[str, str]]] = []
-
-    def drain(self, seconds: float) -> None:
-        """Receive for ``seconds``."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
-
-    def wait(self, key: str, value: str | None = None, timeout_s: float = 10.0) -> dict[str, str]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for _at, fields in self.messages:
-                if key in fields and (value is None or fields[key] == value):
-                    return fields
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {key}={value} in {self.messages}")
-            self.drain(0.2)
-
-    def count(self, key: str) -> int:
-        return sum(1 for _at, fields in self.messages if key in fields)
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 class TestSdNotify:
     def test_ready_watchdog_status_reloading_stopping_on_a_real_socket(
         self, tmp_path: Path, level_model: Path, virtual_mic: Any, mqtt_broker: Broker
@@ -197,39 +158,38 @@ class TestSdNotify:
         """Under Type=notify: READY=1 once capture runs, WATCHDOG=1 about every third of
         WATCHDOG_USEC, a STATUS= line, RELOADING=1 (with MONOTONIC_USEC) then READY=1 on
         SIGHUP, and STOPPING=1 on SIGTERM."""
-        folder = Path(tempfile.mkdtemp(prefix="asd-notify-"))  # socket paths stop at 107 bytes
-        notify = NotifySocket(folder / "notify.sock")
+        notify = NotifyListener()
         config = daemon_config(tmp_path, mqtt_broker, level_model, virtual_mic.device)
         env = {
             **virtual_mic.env,
-            "NOTIFY_SOCKET": str(notify.path),
+            "NOTIFY_SOCKET": notify.address,
             "WATCHDOG_USEC": "900000",
         }
         daemon = start_daemon(config, env)
         try:
-            ready = notify.wait("READY", "1", 20)
+            _at, ready = notify.wait("READY", "1", 20)
             daemon.wait_for("daemon_started", 5)  # logged before READY=1 is sent
             assert "listening at" in ready.get("STATUS", "") or notify.wait("STATUS")
             start = time.monotonic()
-            notify.drain(3.0)
-            pings = [at for at, f in notify.messages if "WATCHDOG" in f and at >= start]
+            pings = NotifyListener.times(notify.receive(3.0), "WATCHDOG", "1")
             gaps = [b - a for a, b in zip([start, *pings], [*pings, start + 3.0], strict=True)]
             assert max(gaps) < 0.9, f"a {max(gaps):.2f} s gap between pings (WATCHDOG_USEC 0.9 s)"
             os.kill(daemon.pid, signal.SIGHUP)
-            reloading = notify.wait("RELOADING", "1", 10)
+            _at, reloading = notify.wait("RELOADING", "1", 10)
             now_us = time.monotonic_ns() // 1000
             assert abs(int(reloading["MONOTONIC_USEC"]) - now_us) < 30_000_000
             daemon.wait_for("config_reloaded", 10)
-            readies = lambda: sum(  # noqa: E731
-                1 for _at, f in notify.messages if f.get("READY") == "1"
-            )
-            wait_until(lambda: notify.drain(0.2) or readies() >= 2, 10, "READY=1 again")
+
+            def ready_again() -> bool:
+                notify.receive(0.2)
+                return len(NotifyListener.times(notify.messages, "READY", "1")) >= 2
+
+            wait_until(ready_again, 10, "READY=1 again")
             daemon.proc.send_signal(signal.SIGTERM)
             notify.wait("STOPPING", "1", 10)
         finally:
             code = daemon.stop()
             notify.close()
-            shutil.rmtree(folder, ignore_errors=True)
         assert code == 0
 
 

@@ -3,12 +3,7 @@ the test, a daemon replaying a recording in real time, and a tick stalled on pur
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,21 +17,16 @@ from asd_edge.config import parse_config
 from asd_edge.daemon import Daemon
 from asd_edge.filesource import FileSource
 from asd_edge.sdnotify import Liveness, Notifier
+from devkit.notify import NotifyListener
 
 WATCHDOG_USEC = 300_000
 """A short interval: WATCHDOG=1 about every 0.1 s."""
 
 
 @pytest.fixture
-def notify_socket() -> Iterator[tuple[socket.socket, str]]:
-    """A datagram socket in a short directory (unix socket paths stop at 107 bytes)."""
-    with tempfile.TemporaryDirectory(prefix="asd-notify-") as folder:
-        path = os.path.join(folder, "notify.sock")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.bind(path)
-        sock.settimeout(0.05)
-        yield sock, path
-        sock.close()
+def notify_socket() -> Iterator[NotifyListener]:
+    with NotifyListener() as listener:
+        yield listener
 
 
 class ReadyProbe(Notifier):
@@ -50,22 +40,12 @@ class ReadyProbe(Notifier):
         return super().ready(status)
 
 
-def receive(sock: socket.socket, seconds: float) -> list[tuple[float, str]]:
-    """Every message that arrives within ``seconds``, with its arrival time."""
-    got: list[tuple[float, str]] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(TimeoutError):
-            got.append((time.monotonic(), sock.recv(4096).decode()))
-    return got
-
-
-def pings(messages: list[tuple[float, str]]) -> list[float]:
-    return [at for at, text in messages if "WATCHDOG=1" in text.splitlines()]
+def pings(messages: list[tuple[float, dict[str, str]]]) -> list[float]:
+    return NotifyListener.times(messages, "WATCHDOG", "1")
 
 
 def test_watchdog_stops_while_a_tick_is_stuck_and_resumes_after(
-    tmp_path: Path, level_model: Path, notify_socket: tuple[socket.socket, str]
+    tmp_path: Path, level_model: Path, notify_socket: NotifyListener
 ) -> None:
     """READY=1 after capture starts; WATCHDOG=1 every ~interval/3 while ticks run; none at
     all while one tick is blocked (so systemd would kill and restart the service); pings
@@ -88,15 +68,15 @@ def test_watchdog_stops_while_a_tick_is_stuck_and_resumes_after(
         return real_score(windows)
 
     detector.score = score  # type: ignore[method-assign]
-    sock, address = notify_socket
-    notifier = ReadyProbe(address, watchdog_usec=WATCHDOG_USEC)
+    listener = notify_socket
+    notifier = ReadyProbe(listener.address, watchdog_usec=WATCHDOG_USEC)
     daemon = Daemon(config, detectors, source=FileSource(wav), notifier=notifier)
     notifier.source = daemon.source
     runner = threading.Thread(target=daemon.run, name="daemon")
     runner.start()
     try:
-        first = receive(sock, 2.0)
-        ready = [at for at, text in first if "READY=1" in text.splitlines()]
+        first = listener.receive(2.0)
+        ready = NotifyListener.times(first, "READY", "1")
         assert ready, first
         assert notifier.alive_at_ready is True, "READY=1 before capture ran"
         steady = [at for at in pings(first) if at > ready[0]]
@@ -105,21 +85,21 @@ def test_watchdog_stops_while_a_tick_is_stuck_and_resumes_after(
 
         stall.set()
         assert stuck_now.wait(5), "no window was scored"
-        receive(sock, 0.05)  # what was sent before the tick got stuck
-        stuck = pings(receive(sock, 1.5))
+        listener.receive(0.05)  # what was sent before the tick got stuck
+        stuck = pings(listener.receive(1.5))
         assert stuck == [], f"{len(stuck)} pings while the tick was stuck"
 
         stall.clear()
         release.set()
-        resumed = pings(receive(sock, 1.5))
+        resumed = pings(listener.receive(1.5))
         assert resumed, "no ping after the tick returned"
     finally:
         release.set()
         daemon.stop("test")
         runner.join(10)
     assert not runner.is_alive()
-    tail = [text for _at, text in receive(sock, 0.2)]
-    assert any("STOPPING=1" in text.splitlines() for text in tail), tail
+    tail = listener.receive(0.2)
+    assert NotifyListener.times(tail, "STOPPING", "1"), tail
 
 
 class CountingNotifier(Notifier):
