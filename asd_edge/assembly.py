@@ -16,7 +16,6 @@ from .modelstore import ModelManager
 
 __all__ = [
     "REPLAY_PREFIX",
-    "check_push_key",
     "command_router",
     "load_detectors",
     "open_input",
@@ -73,18 +72,6 @@ def load_detectors(config: Config) -> dict[str, Detector]:
     if problems:
         raise ConfigError(problems)
     return detectors
-
-
-def check_push_key(config: Config) -> None:
-    """ConfigError naming ``push.key_file`` if it is set and is not an Ed25519 public key."""
-    if config.push.key_file is None:
-        return
-    from .keyfiles import KeyFileError, load_public_key
-
-    try:
-        load_public_key(config.push.key_file)
-    except KeyFileError as exc:
-        raise ConfigError(f"push.key_file: {exc}") from exc
 
 
 def command_router(

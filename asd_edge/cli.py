@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .assembly import check_push_key, load_detectors, open_input, replay_path
+from .assembly import load_detectors, open_input, replay_path
 from .audiofile import write_wav
 from .capture import list_input_devices
 from .config import (
@@ -31,6 +31,7 @@ from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon
 from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
 from .logs import configure_logging, json_safe
+from .modelrequests import load_key
 from .scoring import score_file
 
 __all__ = ["main"]
@@ -115,7 +116,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
         load_detectors(config)
-        check_push_key(config)
+        load_key(config)  # push.key_file, as the daemon will read it
     except ConfigError as exc:
         return _config_error(exc)
     print(f"# effective configuration of {config.source or 'the built-in defaults'}")
