@@ -26,7 +26,8 @@ class Detector:
     Everything that can be checked is checked at load time, so a bad model is a
     clear ``ModelError`` (file and field) before the first tick: the metadata, the
     input and output names, ranks and fixed sizes, and a test inference on a
-    silent window.
+    silent window. The outputs are ``score`` and, optionally, ``bands`` (with its
+    ``bands`` metadata: ``asd_edge.model``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:
@@ -53,7 +54,8 @@ class Detector:
         self.spec: ModelSpec = parse_model_spec(self.path, meta)
         self._logmel = LogMel(self.spec.features) if self.spec.features else None
         self._input_name = self._check_io()
-        self.score(np.zeros((1, self.spec.window_samples), dtype=np.float32))
+        self._outputs = ["score", "bands"] if self.spec.bands is not None else ["score"]
+        self.score_bands(np.zeros((1, self.spec.window_samples), dtype=np.float32))
 
     def _check_io(self) -> str:
         inputs = self._session.get_inputs()
@@ -88,16 +90,55 @@ class Detector:
                     f"graph.inputs[0].shape[{axis}]",
                     f"expected {expected} for {layout} from the metadata, got {got}",
                 )
-        names = [o.name for o in outputs]
-        if names != ["score"]:
-            raise ModelError(
-                self.path, "graph.outputs", f"expected one output 'score', got {names}"
-            )
-        if len(outputs[0].shape) != 1:
-            raise ModelError(
-                self.path, "graph.outputs[0].shape", f"expected [batch], got {outputs[0].shape}"
-            )
+        self._check_outputs(outputs)
         return str(tensor.name)
+
+    def _check_outputs(self, outputs: list[ort.NodeArg]) -> None:
+        """``score[batch]``, and ``bands[batch, n_bands]`` exactly when the metadata has
+        ``bands``."""
+        names = [o.name for o in outputs]
+        if sorted(names) not in (["score"], ["bands", "score"]):
+            raise ModelError(
+                self.path,
+                "graph.outputs",
+                f"expected an output 'score' and optionally 'bands', got {names}",
+            )
+        index = {name: i for i, name in enumerate(names)}
+        score = outputs[index["score"]]
+        if len(score.shape) != 1:
+            raise ModelError(
+                self.path,
+                f"graph.outputs[{index['score']}].shape",
+                f"expected score[batch], got {score.shape}",
+            )
+        spec = self.spec.bands
+        if "bands" not in index:
+            if spec is not None:
+                raise ModelError(
+                    self.path,
+                    "graph.outputs",
+                    f"metadata.bands describes a 'bands' output the graph does not have "
+                    f"(outputs: {names})",
+                )
+            return
+        if spec is None:
+            raise ModelError(
+                self.path, "metadata.bands", "required field is missing: the graph has 'bands'"
+            )
+        at = index["bands"]
+        shape = list(outputs[at].shape)
+        if len(shape) != 2:
+            raise ModelError(
+                self.path,
+                f"graph.outputs[{at}].shape",
+                f"expected bands[batch, n_bands], got {shape}",
+            )
+        if isinstance(shape[1], int) and shape[1] != spec.n_bands:
+            raise ModelError(
+                self.path,
+                f"graph.outputs[{at}].shape[1]",
+                f"expected {spec.n_bands} bands (metadata.bands.edges_hz), got {shape[1]}",
+            )
 
     @property
     def threshold(self) -> float:
@@ -115,14 +156,30 @@ class Detector:
 
     def score(self, windows: npt.ArrayLike) -> FloatArray:
         """Anomaly scores of a batch of windows at the model's rate (one per window)."""
+        return self.score_bands(windows)[0]
+
+    def score_bands(self, windows: npt.ArrayLike) -> tuple[FloatArray, FloatArray | None]:
+        """Scores ``[batch]`` and, for a model with a ``bands`` output, the band deviations
+        ``[batch, n_bands]`` in dB (None otherwise), from one inference."""
         x = self.model_input(windows)
         try:
-            (scores,) = self._session.run(["score"], {self._input_name: x})
+            outputs = self._session.run(self._outputs, {self._input_name: x})
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(self.path, "graph", f"inference failed ({exc})") from None
-        out = np.asarray(scores, dtype=np.float32).reshape(-1)
+        out = np.asarray(outputs[0], dtype=np.float32).reshape(-1)
         if out.shape[0] != x.shape[0]:
             raise ModelError(
-                self.path, "graph.outputs[0]", f"{out.shape[0]} scores for {x.shape[0]} windows"
+                self.path, "graph.outputs.score", f"{out.shape[0]} scores for {x.shape[0]} windows"
             )
-        return out
+        if len(outputs) == 1:
+            return out, None
+        bands = np.asarray(outputs[1], dtype=np.float32)
+        assert self.spec.bands is not None
+        want = (x.shape[0], self.spec.bands.n_bands)
+        if bands.shape != want:
+            raise ModelError(
+                self.path,
+                "graph.outputs.bands",
+                f"expected shape {list(want)} (windows, metadata.bands), got {list(bands.shape)}",
+            )
+        return out, bands

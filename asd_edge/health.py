@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .config import HealthConfig
 from .ring import RingBuffer
 
-__all__ = ["ChannelLevel", "LevelMeter", "ProcessMeter", "dbfs"]
+__all__ = ["ChannelLevel", "LevelMeter", "ProcessMeter", "dbfs", "window_level_dbfs"]
 
 FULL_SCALE = 0.999
 """A sample at or above this magnitude counts as clipped."""
@@ -29,6 +30,25 @@ def dbfs(mean_square: float) -> float:
     if mean_square <= 0.0 or not math.isfinite(mean_square):
         return DB_FLOOR
     return max(DB_FLOOR, 10.0 * math.log10(mean_square))
+
+
+def window_level_dbfs(windows: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """The level of each window, ``dbfs(mean(x**2))``, as ``float32[batch]``.
+
+    ``windows`` is ``[batch, window_samples]`` (or one window) at the model's rate, as
+    the monitor hands them to the detector. This is the ``measure`` of the model
+    contract's ``level`` metadata (``window_mean_square``): training computes the
+    normal level range with this very function, the daemon each window's level.
+    """
+    x = np.asarray(windows, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    # float32 accumulation (several partial sums): within 1e-4 dB of float64, 5x cheaper
+    mean_square = np.einsum("ij,ij->i", x, x).astype(np.float64) / max(1, x.shape[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = 10.0 * np.log10(mean_square)
+    level = np.where(np.isfinite(level), level, DB_FLOOR)
+    return np.maximum(level, DB_FLOOR).astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,35 @@
-"""The model contract: the ``asd_edge`` metadata an ONNX model carries, parsed and checked."""
+"""The model contract: the ``asd_edge`` metadata an ONNX model carries, parsed and checked.
+
+Besides the required fields (see ``parse_model_spec``), a model may carry two optional
+parts; a model without them works as before:
+
+- ``bands``: the graph has a second output ``bands``, ``float32[batch, n_bands]``, the
+  signed deviation in dB of each band's level in the window from its normal level, and
+  the metadata describes the columns::
+
+      "bands": {"unit": "dB", "edges_hz": [[lo, hi], ...], "spread_db": [s1, ...]}
+
+  (``edges_hz``: one ``[lo, hi]`` per band, ``0 <= lo < hi <= Nyquist``, both edges
+  strictly increasing from band to band; ``spread_db``: the normal spread, a robust
+  standard deviation > 0, of each band's level). The daemon turns the peak window's
+  bands into ``evidence`` on events (``asd_edge.evidence``). The output and the
+  metadata come together or not at all.
+- ``level``: the level range of the normal recordings, from which a monitor tells a
+  stopped machine from an anomaly (``asd_edge.machine``)::
+
+      "level": {"unit": "dBFS", "measure": "window_mean_square",
+                "p01": -41.2, "p50": -35.0, "p99": -30.1, "stopped_below_dbfs": -53.2}
+
+  A window's level is ``asd_edge.health.window_level_dbfs`` of the window as the
+  monitor hands it to the detector: at the model's rate, after the model's streaming
+  pre-filter if it names one (as training's windows are), before any normalisation.
+  Only ``stopped_below_dbfs`` is required; the percentiles are informative, must be
+  ordered, and ``stopped_below_dbfs`` must lie below the lowest one given.
+"""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -12,8 +40,11 @@ from .errors import ModelError
 from .features import LogMelParams, NormalizeMethod, PrefilterSpec
 
 __all__ = [
+    "MAX_BANDS",
     "METADATA_KEY",
     "SCHEMA_VERSION",
+    "BandsSpec",
+    "LevelSpec",
     "ModelSpec",
     "parse_model_spec",
 ]
@@ -26,6 +57,41 @@ SCHEMA_VERSION = 1
 MIN_RATE_HZ = 8000
 MAX_RATE_HZ = 192_000
 MAX_WINDOW_S = 30.0
+MAX_BANDS = 1024
+"""Most columns a ``bands`` output may have."""
+MIN_LEVEL_DBFS = -200.0
+"""Lowest window level (``health.DB_FLOOR``, digital silence)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BandsSpec:
+    """The optional ``bands`` output: what each of its columns is."""
+
+    edges_hz: tuple[tuple[float, float], ...]
+    """``(lo, hi)`` in Hz of each band, in column order (increasing frequency)."""
+    spread_db: tuple[float, ...]
+    """Normal spread (robust standard deviation, > 0) of each band's level, in dB."""
+    unit: str = "dB"
+    """Unit of the output's values (signed deviation from normal)."""
+
+    @property
+    def n_bands(self) -> int:
+        """Columns of the ``bands`` output."""
+        return len(self.edges_hz)
+
+
+@dataclass(frozen=True, slots=True)
+class LevelSpec:
+    """The optional ``level`` metadata: the normal level range and the stopped level."""
+
+    stopped_below_dbfs: float
+    """A window below this level (dBFS, ``health.window_level_dbfs``) sounds stopped."""
+    p01_dbfs: float | None = None
+    """1st percentile of the normal windows' levels."""
+    p50_dbfs: float | None = None
+    """Median of the normal windows' levels."""
+    p99_dbfs: float | None = None
+    """99th percentile of the normal windows' levels."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +118,10 @@ class ModelSpec:
     """Filter applied to the stream before windowing, if any."""
     normalize: NormalizeMethod = "none"
     """Per-window normalisation of waveform input."""
+    bands: BandsSpec | None = None
+    """The ``bands`` output's columns; None: the model has no ``bands`` output."""
+    level: LevelSpec | None = None
+    """The normal level range; None: the monitor cannot tell a stopped machine."""
     raw: Mapping[str, Any] = field(default_factory=dict)
     """The metadata as stored (calibration, training, ... are passed through)."""
 
@@ -106,6 +176,14 @@ class _Fields:
             raise self.fail(key, f"expected an integer {lo}-{hi}, got {value!r}")
         return value
 
+    def number_list(self, key: str, lo: float, hi: float) -> list[float]:
+        """A non-empty list of finite numbers in [lo, hi] (``key[i]`` named on failure)."""
+        value = self.get(key)
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, f"expected a non-empty list, got {value!r}")
+        items = _Fields(self.path, {f"{key}[{i}]": v for i, v in enumerate(value)}, self.prefix)
+        return [items.number(f"{key}[{i}]", lo, hi) for i in range(len(value))]
+
     def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
         value = self.get(key, default)
         if value not in options:
@@ -147,6 +225,8 @@ def parse_model_spec(path: str, metadata: Mapping[str, str]) -> ModelSpec:
         features = _parse_features(f, rate, window_samples)
     prefilter = _parse_prefilter(f, rate)
     normalize = f.choice("normalize", ("none", "peak", "zscore"), "none")
+    bands = _parse_bands(f, rate)
+    level = _parse_level(f)
     return ModelSpec(
         name=f.text("name"),
         version=f.text("version"),
@@ -158,7 +238,73 @@ def parse_model_spec(path: str, metadata: Mapping[str, str]) -> ModelSpec:
         features=features,
         prefilter=prefilter,
         normalize=cast(NormalizeMethod, normalize),
+        bands=bands,
+        level=level,
         raw=dict(data),
+    )
+
+
+def _parse_bands(f: _Fields, rate: int) -> BandsSpec | None:
+    """The optional ``bands`` metadata (whether the graph has the output: ``Detector``)."""
+    bands = f.section("bands")
+    if bands is None:
+        return None
+    unit = bands.choice("unit", ("dB",), "dB")
+    edges = bands.get("edges_hz")
+    if not isinstance(edges, list) or not edges:
+        raise bands.fail("edges_hz", f"expected a non-empty list of [lo, hi] pairs, got {edges!r}")
+    if len(edges) > MAX_BANDS:
+        raise bands.fail("edges_hz", f"expected at most {MAX_BANDS} bands, got {len(edges)}")
+    nyquist = rate / 2.0
+    pairs: list[tuple[float, float]] = []
+    for i, pair in enumerate(edges):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise bands.fail(f"edges_hz[{i}]", f"expected [lo, hi], got {pair!r}")
+        item = _Fields(f.path, {"lo": pair[0], "hi": pair[1]}, f"{bands.prefix}edges_hz[{i}].")
+        lo, hi = item.number("lo", 0.0, nyquist), item.number("hi", 0.0, nyquist)
+        if hi <= lo:
+            raise bands.fail(f"edges_hz[{i}]", f"expected lo < hi, got [{lo:g}, {hi:g}]")
+        if pairs and (lo <= pairs[-1][0] or hi <= pairs[-1][1]):
+            raise bands.fail(
+                f"edges_hz[{i}]",
+                f"expected edges increasing from band to band, got [{lo:g}, {hi:g}] after "
+                f"[{pairs[-1][0]:g}, {pairs[-1][1]:g}]",
+            )
+        pairs.append((lo, hi))
+    spread = bands.number_list("spread_db", 1e-6, 1e6)
+    if len(spread) != len(pairs):
+        raise bands.fail(
+            "spread_db", f"expected {len(pairs)} values (one per band), got {len(spread)}"
+        )
+    return BandsSpec(edges_hz=tuple(pairs), spread_db=tuple(spread), unit=unit)
+
+
+def _parse_level(f: _Fields) -> LevelSpec | None:
+    level = f.section("level")
+    if level is None:
+        return None
+    level.choice("unit", ("dBFS",), "dBFS")
+    level.choice("measure", ("window_mean_square",), "window_mean_square")
+    stopped = level.number("stopped_below_dbfs", MIN_LEVEL_DBFS, 0.0)
+    percentiles: dict[str, float | None] = {
+        key: level.number(key, MIN_LEVEL_DBFS, 0.0) if level.get(key, None) is not None else None
+        for key in ("p01", "p50", "p99")
+    }
+    given = [(k, v) for k, v in percentiles.items() if v is not None]
+    for (low_key, low), (key, value) in itertools.pairwise(given):
+        if value < low:
+            raise level.fail(key, f"expected at least {low_key} ({low:g}), got {value:g}")
+    if given and stopped >= given[0][1]:
+        first, value = given[0]
+        raise level.fail(
+            "stopped_below_dbfs",
+            f"expected a level below {first} ({value:g}: the normal level), got {stopped:g}",
+        )
+    return LevelSpec(
+        stopped_below_dbfs=stopped,
+        p01_dbfs=percentiles["p01"],
+        p50_dbfs=percentiles["p50"],
+        p99_dbfs=percentiles["p99"],
     )
 
 
