@@ -15,6 +15,9 @@ import structlog
 
 from .clips import ClipRecorder, ClipResult
 from .decision import Event
+from .evidence import band_evidence
+from .machine import MachineChange
+from .model import BandsSpec
 from .ring import RingBuffer
 
 __all__ = ["AlertSink", "Alerts", "MonitorInfo", "iso_utc", "new_alert_id"]
@@ -56,6 +59,12 @@ class MonitorInfo:
     """The capture ring of the monitor's channel."""
     sample_rate: int
     """Capture rate of that ring."""
+    bands: BandsSpec | None = None
+    """The model's ``bands`` output, if it has one: its alerts then carry ``evidence``."""
+
+    def evidence(self, event: Event) -> list[dict[str, Any]] | None:
+        """The event's evidence (its peak window's bands); None for a model without bands."""
+        return None if self.bands is None else band_evidence(self.bands, event.peak_bands)
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -106,6 +115,7 @@ class Alerts:
         self._waiting: dict[str, dict[str, Any]] = {}  # alert id → held end payload
         self._clips: dict[str, ClipResult] = {}  # alert id → clip result before its end
         self._input_open: dict[tuple[str, int | None], tuple[dict[str, Any], float]] = {}
+        self._machine_open: dict[str, tuple[dict[str, Any], float]] = {}  # monitor → start
 
     def wall_time(self, info: MonitorInfo, stream_s: float) -> float:
         """Wall-clock epoch seconds of a stream time of ``info``'s ring."""
@@ -122,6 +132,7 @@ class Alerts:
         begin_s = max(0.0, event.onset_s - info.window_s)
         started = self.wall_time(info, begin_s)
         alert_id = new_alert_id(info.name, started)
+        evidence = info.evidence(event)
         clip_path = None
         if self._recorder is not None:
             clip_path = self._recorder.start(
@@ -132,6 +143,7 @@ class Alerts:
                 sample_rate=info.sample_rate,
                 window_s=info.window_s,
                 model=info.model,
+                evidence=evidence,
             )
         payload: dict[str, Any] = {
             "id": alert_id,
@@ -147,8 +159,10 @@ class Alerts:
             "model": dict(info.model),
             "clip": {"path": str(clip_path), "status": "recording"} if clip_path else None,
         }
+        if evidence is not None:
+            payload["evidence"] = evidence
         self._open[info.name] = _Open(alert_id, payload["started_at"], clip_path, payload)
-        log.warning("anomaly_started", **_log_fields(alert_id, info, event))
+        log.warning("anomaly_started", **_log_fields(alert_id, info, event, evidence))
         if self._sink is not None:
             self._sink.submit_alert(alert_id, payload, phase="start")
         return alert_id
@@ -167,13 +181,16 @@ class Alerts:
             "peak_score": event.peak_score,
         }
         payload.pop("detected_at", None)
+        evidence = info.evidence(event)
+        if evidence is not None:
+            payload["evidence"] = evidence
         log.info(
             "anomaly_ended",
             duration_s=payload["duration_s"],
-            **_log_fields(opened.alert_id, info, event),
+            **_log_fields(opened.alert_id, info, event, evidence),
         )
         if self._recorder is not None and opened.clip_path is not None:
-            self._recorder.end(monitor=info.name, event=event)
+            self._recorder.end(monitor=info.name, event=event, evidence=evidence)
         with self._lock:
             result = self._clips.pop(opened.alert_id, None)
             held = opened.clip_path is not None and result is None
@@ -260,6 +277,75 @@ class Alerts:
                 details={"reason": reason},
             )
 
+    def machine(self, info: MonitorInfo, change: MachineChange, *, alert: bool) -> str | None:
+        """Log the machine's state change (``machine_stopped`` / ``machine_running``) and,
+        with ``alert`` (``monitors[].stopped: alert``), start a ``type: machine`` alert
+        when it stops; running again ends the alert that is open, if any. Start and end
+        share one alert id. Returns the alert id published, if any."""
+        facts = {
+            "monitor": info.name,
+            "level_dbfs": round(change.level_dbfs, 1),
+            "limit_dbfs": round(change.limit_dbfs, 1),
+            "hold_s": round(change.at_s - change.since_s, 3),
+        }
+        if change.state == "running":
+            log.info("machine_running", **facts)
+            return self.end_machine(
+                info.name,
+                {
+                    "reason": "running",
+                    "level_dbfs": facts["level_dbfs"],
+                    "running_from_dbfs": facts["limit_dbfs"],
+                },
+            )
+        log.info("machine_stopped", **facts)
+        if not alert or info.name in self._machine_open:
+            return None
+        since = self.wall_time(info, change.since_s)
+        alert_id = new_alert_id(f"machine-{info.name}", since)
+        payload: dict[str, Any] = {
+            "id": alert_id,
+            "type": "machine",
+            "device_id": self.device_id,
+            "monitor": info.name,
+            "condition": "stopped",
+            "phase": "start",
+            "started_at": iso_utc(since),
+            "detected_at": iso_utc(self._wall()),
+            "model": dict(info.model),
+            "details": {
+                "level_dbfs": facts["level_dbfs"],
+                "stopped_below_dbfs": facts["limit_dbfs"],
+            },
+        }
+        self._machine_open[info.name] = (payload, since)
+        if self._sink is not None:
+            self._sink.submit_alert(alert_id, payload, phase="start")
+        return alert_id
+
+    def end_machine(self, monitor: str | None, details: Mapping[str, Any]) -> str | None:
+        """End the open machine alert of ``monitor`` (None: of every monitor, at shutdown),
+        its ``details`` replaced by these; returns the last alert id ended."""
+        ended_id = None
+        for name in [monitor] if monitor is not None else list(self._machine_open):
+            found = self._machine_open.pop(name, None)
+            if found is None:
+                continue
+            opened, began = found
+            ended = self._wall()
+            payload = {
+                **opened,
+                "phase": "end",
+                "ended_at": iso_utc(ended),
+                "duration_s": round(max(0.0, ended - began), 3),
+                "details": dict(details),
+            }
+            payload.pop("detected_at", None)
+            ended_id = str(opened["id"])
+            if self._sink is not None:
+                self._sink.submit_alert(ended_id, payload, phase="end")
+        return ended_id
+
     def score(self, monitor: str, at_s: float, score: float) -> None:
         """A window's score, for the timeline of the monitor's open clip."""
         if self._recorder is not None:
@@ -300,8 +386,12 @@ class Alerts:
         self._sink.publish_clip(result.alert_id, data)
 
 
-def _log_fields(alert_id: str, info: MonitorInfo, event: Event) -> dict[str, Any]:
+def _log_fields(
+    alert_id: str, info: MonitorInfo, event: Event, evidence: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    extra = {} if evidence is None else {"evidence": evidence}
     return {
+        **extra,
         "alert_id": alert_id,
         "monitor": info.name,
         "onset_s": round(event.onset_s, 3),

@@ -322,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the daemon's pipeline (resampling, pre-filter, features, model, "
         "decision) over audio files, faster than real time. Prints one JSON object per file: "
         '{"file", "sample_rate", "threshold", "windows": [{"start_s", "end_s", "score"}], '
-        '"events": [{"start_s", "end_s", "peak_score", "alert_s"}]} or {"file", "error"}.',
+        '"events": [{"start_s", "end_s", "peak_score", "alert_s"}]} or {"file", "error"}. '
+        'A model with a bands output adds "evidence" to each event; one with level metadata '
+        'adds "level_dbfs" to each window and "machine": [{"state", "at_s", "since_s", '
+        '"level_dbfs"}].',
     )
     score.add_argument("--model", required=True, metavar="M.onnx", help="the model to score with")
     score.add_argument(

@@ -54,6 +54,8 @@ class ClipRequest:
     """Where the audio goes (``ClipStore.planned_path``)."""
     markers_s: tuple[float, ...] = ()
     """Seconds into the clip where the anomaly starts and ends (lines in the spectrogram)."""
+    band_hz: tuple[float, float] | None = None
+    """The strongest evidence band (bracketed in the spectrogram); None: no evidence."""
 
     @property
     def duration_s(self) -> float:
@@ -116,6 +118,8 @@ class _OpenClip:
     stop_index: int | None = None
     """Ring index after the last sample, once the event has ended; None while it runs."""
     end_event: Event | None = None
+    evidence: list[dict[str, Any]] | None = None
+    """The latest evidence (the start's, then the end's); None: the model has no bands."""
     submitted: bool = False
 
     def due_index(self) -> int:
@@ -185,10 +189,12 @@ class ClipRecorder:
         sample_rate: int,
         window_s: float,
         model: Mapping[str, Any],
+        evidence: list[dict[str, Any]] | None = None,
     ) -> Path | None:
         """Open the clip of an event that just started; returns its planned path
         (None when clips are disabled). The clip begins ``pre_s`` before the
-        anomalous audio (``onset_s - window_s``), or at the oldest sample the ring holds."""
+        anomalous audio (``onset_s - window_s``), or at the oldest sample the ring holds.
+        ``evidence``: the start alert's (``asd_edge.evidence``), for the sidecar."""
         if not self.config.enabled:
             return None
         previous = self._active.pop(monitor, None)
@@ -215,6 +221,7 @@ class ClipRecorder:
             model=dict(model),
             path=path,
             buffer=np.empty(limit, dtype=np.float32),  # its pages are touched as it fills
+            evidence=evidence,
         )
         start_s = start_index / sample_rate
         clip.scores = [(t, s) for t, s in self._history.get(monitor, ()) if t > start_s]
@@ -238,13 +245,18 @@ class ClipRecorder:
             ):
                 clip.scores.append((at_s, score))
 
-    def end(self, *, monitor: str, event: Event) -> None:
+    def end(
+        self, *, monitor: str, event: Event, evidence: list[dict[str, Any]] | None = None
+    ) -> None:
         """The monitor's event ended: its clip closes at ``last_anomalous_s + post_s``
-        (unless it was already cut at ``max_clip_s``: then nothing more is recorded)."""
+        (unless it was already cut at ``max_clip_s``: then nothing more is recorded).
+        ``evidence``: the end alert's, which replaces the start's in the sidecar."""
         clip = self._active.pop(monitor, None)
         if clip is None:
             return
         clip.end_event = event
+        if evidence is not None:
+            clip.evidence = evidence
         if not clip.submitted:
             stop_s = event.last_anomalous_s + self.config.post_s
             clip.stop_index = max(clip.anomaly_index, round(stop_s * clip.sample_rate))
@@ -287,7 +299,7 @@ class ClipRecorder:
         anomaly_offset_s = (clip.anomaly_index - first) / rate
         end_offset_s = None if end is None else end.last_anomalous_s - first / rate
         markers = [t for t in (anomaly_offset_s, end_offset_s) if t is not None and t >= 0.0]
-        facts = {
+        facts: dict[str, Any] = {
             "onset_s": start.onset_s,
             "started_s": start.at_s,
             "anomaly_start_s": clip.anomaly_index / rate,
@@ -303,6 +315,12 @@ class ClipRecorder:
             "cut": cut,
             "lost_samples": clip.lost,
         }
+        band_hz = None
+        if clip.evidence is not None:
+            facts["evidence"] = clip.evidence
+            if clip.evidence:
+                lo, hi = clip.evidence[0]["band_hz"]
+                band_hz = (float(lo), float(hi))
         request = ClipRequest(
             alert_id=clip.alert_id,
             monitor=clip.monitor,
@@ -317,5 +335,6 @@ class ClipRecorder:
             scores=list(clip.scores),
             path=clip.path,
             markers_s=tuple(t for t in markers if t <= duration_s),
+            band_hz=band_hz,
         )
         return self.store.submit(request)

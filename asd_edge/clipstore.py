@@ -303,6 +303,7 @@ class ClipStore:
                 request.sample_rate,
                 markers_s=request.markers_s,
                 pre_s=request.pre_s,
+                band_hz=request.band_hz,
             )
             png = encode_png(index, PALETTE)
         sidecar_path = audio_path.with_suffix(".json")

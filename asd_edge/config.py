@@ -102,6 +102,14 @@ class MonitorConfig:
     """Seconds below threshold before an event ends."""
     refractory_s: float = field(default=5.0, metadata={"min": 0.0, "max": 86400.0})
     """Seconds after an event ends during which no new event starts."""
+    stopped: Literal["state", "alert"] = "state"
+    """What a stopped machine does, for a model whose metadata carries ``level``: ``state``
+    reports it (``machine: stopped`` on the monitor topic, health, Home Assistant) and
+    suppresses anomalies while it lasts; ``alert`` also raises a ``type: machine`` alert,
+    started when it stops and ended when it runs again."""
+    stopped_hold_s: float = field(default=2.0, metadata={"min": 0.0, "max": 3600.0})
+    """Seconds the window level must stay below the model's ``stopped_below_dbfs`` before
+    the machine counts as stopped, and at or above it + 3 dB before it runs again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

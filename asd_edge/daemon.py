@@ -25,8 +25,9 @@ from .errors import AudioError, ConfigError
 from .filesource import FileSource
 from .inputhealth import InputChange, InputHealth
 from .logs import configure_logging
+from .machine import MachineChange
 from .modelstore import ModelManager, Swap
-from .monitor import Monitor, TickResult
+from .monitor import Monitor, TickResult, WindowScore
 from .mqtt import MqttLink
 from .reload import plan_reload
 from .reporting import describe, model_facts, model_payload, status_line
@@ -278,6 +279,7 @@ class Daemon:
             self._end_event(monitor)
         self.alerts.close()
         self.alerts.end_input_problems("daemon_stopped")
+        self.alerts.end_machine(None, {"reason": "daemon_stopped"})
         self.source.stop()
         if self.clip_store is not None:
             self.clip_store.stop(STOP_TIMEOUT_S)
@@ -329,6 +331,7 @@ class Daemon:
             window_s=monitor.detector.spec.window_s,
             ring=monitor.source,
             sample_rate=self.source.sample_rate,
+            bands=monitor.detector.spec.bands,
         )
         if self.telemetry is None:
             return
@@ -336,12 +339,14 @@ class Daemon:
         described = {**model, "kind": monitor.detector.spec.kind}
         threshold = monitor.decision.policy.threshold
         if state is None:
-            self.telemetry.monitors[monitor.name] = MonitorState(
+            state = self.telemetry.monitors[monitor.name] = MonitorState(
                 name=monitor.name, channel=cfg.channel, model=described, threshold=threshold
             )
         else:  # a swap keeps the monitor's counters
             state.channel, state.model, state.threshold = cfg.channel, described, threshold
             state.anomaly = False
+            state.window_level_dbfs = None
+        state.machine = monitor.machine.state if monitor.machine is not None else None
 
     def _loop(self) -> int:
         assert self.telemetry is not None
@@ -394,7 +399,9 @@ class Daemon:
             self._check(monitor, result)
             for window in result.scores:
                 scored = True
-                self._scored(monitor, window.end_s, window.score)
+                self._scored(monitor, window)
+            for change in result.machine:
+                self._machine_changed(monitor, change)
             for event in result.events:
                 self._event(monitor, event)
         return scored
@@ -482,6 +489,9 @@ class Daemon:
         rate = self.source.sample_rate
         if old is not None:
             self._end_event(old)
+        stopped = old is not None and old.machine is not None and old.machine.stopped
+        if stopped and detector.spec.level is None:
+            self.alerts.end_machine(cfg.name, {"reason": "model_without_level"})
         resume = None
         if old is not None and old.source is ring:
             back = round((detector.spec.window_s + SWAP_WARMUP_S) * rate)
@@ -489,7 +499,13 @@ class Daemon:
         else:
             start = ring.written
         monitor = Monitor.from_config(
-            cfg, detector, ring, rate, start_index=start, score_after=resume
+            cfg,
+            detector,
+            ring,
+            rate,
+            start_index=start,
+            score_after=resume,
+            machine_stopped=stopped,
         )
         self.monitors = [monitor if m.name == cfg.name else m for m in self.monitors]
         if old is None:
@@ -537,6 +553,7 @@ class Daemon:
         keep = {cfg.name for cfg in new.monitors}
         for monitor in [m for m in self.monitors if m.name not in keep]:
             self._end_event(monitor)
+            self.alerts.end_machine(monitor.name, {"reason": "monitor_removed"})
             self.monitors.remove(monitor)
             self.detectors.pop(monitor.name, None)
             self._infos.pop(monitor.name, None)
@@ -581,10 +598,11 @@ class Daemon:
         if result.gap or any(trouble.values()):
             log.warning("monitor_degraded", monitor=monitor.name, gap=result.gap, **trouble)
 
-    def _scored(self, monitor: Monitor, end_s: float, score: float) -> None:
+    def _scored(self, monitor: Monitor, window: WindowScore) -> None:
+        end_s, score = window.end_s, window.score
         log.debug("window_scored", monitor=monitor.name, end_s=round(end_s, 3), score=score)
         assert self.telemetry is not None
-        self.telemetry.monitors[monitor.name].scored(score)
+        self.telemetry.monitors[monitor.name].scored(score, window.level_dbfs)
         self.alerts.score(monitor.name, end_s, score)
         if self.link is not None and self.config.mqtt.publish_scores:
             self.link.publish_score(
@@ -595,6 +613,19 @@ class Daemon:
                     "threshold": monitor.decision.policy.threshold,
                     "end_s": round(end_s, 3),
                 },
+            )
+
+    def _machine_changed(self, monitor: Monitor, change: MachineChange) -> None:
+        """The machine stopped or runs again: log it (and alert, with ``stopped: alert``),
+        publish the monitor's state at once."""
+        cfg = self._monitor_config(monitor.name)
+        alert = cfg is not None and cfg.stopped == "alert"
+        self.alerts.machine(self._infos[monitor.name], change, alert=alert)
+        assert self.telemetry is not None
+        self.telemetry.monitors[monitor.name].machine = change.state
+        if self.link is not None:
+            self.link.publish_monitor_state(
+                monitor.name, self.telemetry.monitor_payload(monitor.name)
             )
 
     def _event(self, monitor: Monitor, event: Event) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = ["Decision", "DecisionPolicy", "Event"]
 
@@ -51,6 +54,9 @@ class Event:
     """Score of the window that decided this phase."""
     threshold: float
     """The threshold in force."""
+    peak_bands: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    """The ``bands`` output of the window that scored ``peak_score`` (None: the model has
+    no ``bands`` output); ``asd_edge.evidence`` turns it into the event's evidence."""
 
 
 class Decision:
@@ -67,11 +73,13 @@ class Decision:
         self._above = [False] * n
         self._times = [0.0] * n
         self._scores = [0.0] * n
+        self._bands: list[npt.NDArray[np.float32] | None] = [None] * n
         self._slot = 0
         self._active = False
         self._onset_s = 0.0
         self._last_above_s = 0.0
         self._peak = -math.inf
+        self._peak_bands: npt.NDArray[np.float32] | None = None
         self._quiet_until = -math.inf
 
     @property
@@ -79,11 +87,14 @@ class Decision:
         """Whether an event is in progress."""
         return self._active
 
-    def update(self, score: float, now: float) -> Event | None:
+    def update(
+        self, score: float, now: float, bands: npt.NDArray[np.float32] | None = None
+    ) -> Event | None:
         """Take the score of the window ending at ``now``; return an event phase or None.
 
         A NaN score counts as not anomalous (a broken window must not raise alarms
-        on its own; the caller counts it).
+        on its own; the caller counts it). ``bands``, the window's ``bands`` output if
+        the model has one, is only carried along: the events give the peak window's.
         """
         p = self.policy
         # NaN is never anomalous; nor is anything during the refractory period, so
@@ -91,12 +102,14 @@ class Decision:
         above = score > p.threshold and (self._active or now >= self._quiet_until)
         slot = self._slot
         self._above[slot], self._times[slot], self._scores[slot] = above, now, score
+        self._bands[slot] = bands
         self._slot = (slot + 1) % p.onset_n
 
         if self._active:
             if above:
                 self._last_above_s = now
-                self._peak = max(self._peak, score)
+                if score > self._peak:
+                    self._peak, self._peak_bands = score, bands
                 return None
             if now - self._last_above_s >= p.hold_s:
                 return self._end(now, score)
@@ -108,7 +121,8 @@ class Decision:
         self._active = True
         self._onset_s = min(self._times[i] for i in hits)
         self._last_above_s = now if above else max(self._times[i] for i in hits)
-        self._peak = max(self._scores[i] for i in hits)
+        best = max(hits, key=lambda i: self._scores[i])
+        self._peak, self._peak_bands = self._scores[best], self._bands[best]
         return self._event("start", now, score)
 
     def close(self, now: float) -> Event | None:
@@ -122,7 +136,9 @@ class Decision:
         self._quiet_until = now + self.policy.refractory_s
         # A new event needs fresh evidence, not the windows of the one that ended.
         self._above = [False] * self.policy.onset_n
-        return self._event("end", now, score)
+        event = self._event("end", now, score)
+        self._peak_bands = None
+        return event
 
     def _event(self, phase: Literal["start", "end"], now: float, score: float) -> Event:
         return Event(
@@ -133,4 +149,5 @@ class Decision:
             peak_score=self._peak,
             score=score,
             threshold=self.policy.threshold,
+            peak_bands=self._peak_bands,
         )

@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery: the device, and per monitor an anomaly, score and level entity."""
+"""Home Assistant MQTT discovery: the device, and per monitor anomaly, score, level and
+machine-running entities."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ DiscoveryMessage = tuple[str, dict[str, Any]]
 _LEVEL: Final = re.compile(r"^[A-Za-z0-9_-]+$")
 """What Home Assistant accepts as node_id and object_id in a discovery topic."""
 _AVAILABILITY_TEMPLATE: Final = "{{ value_json.state }}"
+_MACHINE_TEMPLATE: Final = (
+    "{{ {'running': 'ON', 'stopped': 'OFF'}.get(value_json.machine, 'None') }}"
+)
 
 
 def status_topic(topic_prefix: str) -> str:
@@ -57,8 +61,10 @@ def discovery_messages(
     """Every discovery config message for the device and its monitors, in a stable order.
 
     Per monitor: a ``binary_sensor`` (device class problem) that is on during an
-    anomaly, a ``sensor`` for the latest score and one for the audio level (dB),
-    all read from ``<prefix>/monitor/<name>``. For the device: a connectivity
+    anomaly, a ``sensor`` for the latest score and one for the audio level (dB), and
+    a ``binary_sensor`` (device class running) that is on while the machine runs and
+    off while it is stopped (unknown for a model without ``level`` metadata, whose
+    ``machine`` is null), all read from ``<prefix>/monitor/<name>``. For the device: a connectivity
     ``binary_sensor`` read from ``<prefix>/status``. The monitor entities are
     available while the device is online; the connectivity entity has no
     availability of its own, since it *is* the availability (it reads "off" when
@@ -159,6 +165,21 @@ def discovery_messages(
                     "value_template": "{{ value_json.level_dbfs }}",
                     "suggested_display_precision": 1,
                     "icon": "mdi:waveform",
+                },
+            )
+        )
+        messages.append(
+            entity(
+                "binary_sensor",
+                f"{monitor}_running",
+                {
+                    "name": f"{monitor} machine running",
+                    "device_class": "running",
+                    "state_topic": state,
+                    # 'None' is Home Assistant's "unknown" (a model without `level`)
+                    "value_template": _MACHINE_TEMPLATE,
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
                 },
             )
         )

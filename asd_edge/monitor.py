@@ -6,11 +6,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from .config import MonitorConfig
 from .decision import Decision, DecisionPolicy, Event
 from .detector import Detector
 from .features import StreamingFilter
+from .health import window_level_dbfs
+from .machine import STOPPED_HOLD_S, MachineChange, MachineState
 from .resample import StreamResampler
 from .ring import Chunk, RingBuffer
 
@@ -30,6 +33,13 @@ class WindowScore:
     """Stream time just after the window's last sample."""
     score: float
     """The model's anomaly score."""
+    bands: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
+    """The window's ``bands`` output (dB from normal per band); None without one."""
+    level_dbfs: float | None = None
+    """The window's level (``health.window_level_dbfs``), for a model with ``level``."""
+    suppressed: bool = False
+    """The machine is stopped (or this window sounds stopped): the score was published
+    but not fed to the decision as anomalous."""
 
 
 @dataclass(slots=True)
@@ -40,6 +50,8 @@ class TickResult:
     """Windows scored in this tick (usually one)."""
     events: list[Event] = field(default_factory=list)
     """Event phases decided in this tick."""
+    machine: list[MachineChange] = field(default_factory=list)
+    """Machine state changes decided in this tick (models with ``level`` only)."""
     skipped_windows: int = 0
     """Windows passed over because the tick came late (only the latest is scored)."""
     lost_samples: int = 0
@@ -89,11 +101,15 @@ class Monitor:
         *,
         start_index: int | None = None,
         score_after: int | None = None,
+        stopped_hold_s: float = STOPPED_HOLD_S,
+        machine_stopped: bool = False,
     ) -> None:
         """``start_index``: the capture index to begin reading at (default: now).
         ``score_after``: windows ending at or before this capture index are neither
         scored nor counted as skipped (a monitor taking over from another one, fed some
-        audio the other already scored so that its first window is complete)."""
+        audio the other already scored so that its first window is complete).
+        ``stopped_hold_s``: the machine state's hold (``MachineState``);
+        ``machine_stopped``: begin in the ``stopped`` state (a monitor taking over)."""
         spec = detector.spec
         self.name = name
         self.detector = detector
@@ -113,6 +129,12 @@ class Monitor:
         self._cursor = source.written if start_index is None else start_index
         self._gap_seen = source.last_gap
         self._restart(self._cursor)
+        self.machine: MachineState | None = None
+        """The machine's state; None when the model has no ``level`` metadata."""
+        if spec.level is not None:
+            self.machine = MachineState(
+                spec.level.stopped_below_dbfs, stopped_hold_s, stopped=machine_stopped
+            )
         self._quiet_until = -1
         if score_after is not None:
             self._quiet_until = self._model_base + math.floor(
@@ -131,6 +153,7 @@ class Monitor:
         hop_s: float | None = None,
         start_index: int | None = None,
         score_after: int | None = None,
+        machine_stopped: bool = False,
     ) -> Monitor:
         """The monitor a ``monitors[]`` entry describes (optionally overridden)."""
         return cls(
@@ -142,6 +165,8 @@ class Monitor:
             cfg.hop_s if hop_s is None else hop_s,
             start_index=start_index,
             score_after=score_after,
+            stopped_hold_s=cfg.stopped_hold_s,
+            machine_stopped=machine_stopped,
         )
 
     def _restart(self, capture_index: int) -> None:
@@ -222,18 +247,40 @@ class Monitor:
         if not ends:
             return result
         windows = np.stack([self._stream.read(end - self.window_samples, end).data for end in ends])
-        scores = self.detector.score(windows)
-        for end, score in zip(ends, scores.tolist(), strict=True):
-            window = WindowScore(
-                start_s=self.stream_time(end - self.window_samples),
-                end_s=self.stream_time(end),
-                score=score,
-            )
-            result.scores.append(window)
+        scores, bands = self.detector.score_bands(windows)
+        machine = self.machine
+        levels = window_level_dbfs(windows).tolist() if machine is not None else None
+        for i, (end, score) in enumerate(zip(ends, scores.tolist(), strict=True)):
+            end_s = self.stream_time(end)
+            row = bands[i] if bands is not None else None
+            fed = score
             if not math.isfinite(score):
                 result.nonfinite_scores += 1
-                score = math.nan
-            event = self.decision.update(score, window.end_s)
+                fed = math.nan
+            level: float | None = None
+            suppressed = False
+            if machine is not None and levels is not None:
+                level = levels[i]
+                change = machine.update(level, end_s)
+                if change is not None:
+                    result.machine.append(change)
+                    closed = self.decision.close(end_s) if change.state == "stopped" else None
+                    if closed is not None:
+                        result.events.append(closed)
+                suppressed = machine.suppresses(level)
+                if suppressed:
+                    fed = math.nan
+            result.scores.append(
+                WindowScore(
+                    start_s=self.stream_time(end - self.window_samples),
+                    end_s=end_s,
+                    score=score,
+                    bands=row,
+                    level_dbfs=level,
+                    suppressed=suppressed,
+                )
+            )
+            event = self.decision.update(fed, end_s, row)
             if event is not None:
                 result.events.append(event)
         return result

@@ -31,6 +31,8 @@ def describe(monitor: Monitor) -> dict[str, object]:
         "threshold": monitor.decision.policy.threshold,
         "model_rate": spec.sample_rate,
         "hop_s": monitor.hop_s,
+        "bands": spec.bands.n_bands if spec.bands is not None else None,
+        "stopped_below_dbfs": spec.level.stopped_below_dbfs if spec.level is not None else None,
     }
 
 

@@ -11,6 +11,7 @@ from .audiofile import read_audio, to_mono
 from .config import MonitorConfig
 from .decision import Event
 from .detector import Detector
+from .evidence import band_evidence
 from .monitor import Monitor
 from .ring import RingBuffer
 
@@ -31,6 +32,10 @@ def score_samples(
     Returns ``{"sample_rate", "threshold", "windows": [{start_s, end_s, score}],
     "events": [{start_s, end_s, peak_score, alert_s}]}``; times are seconds from the
     first sample, ``alert_s`` is when the daemon would have raised the alert.
+    A model with a ``bands`` output adds ``evidence`` to each event (its peak window's,
+    as the end alert carries it); a model with ``level`` metadata adds ``level_dbfs``
+    to each window and ``"machine": [{state, at_s, since_s, level_dbfs}]``, the
+    machine's state changes (it starts ``running``).
     """
     mono = np.asarray(samples, dtype=np.float32)
     if mono.ndim != 1:
@@ -40,9 +45,11 @@ def score_samples(
         settings, detector, ring, sample_rate, threshold=threshold, hop_s=hop_s, start_index=0
     )
     step = max(1, round(monitor.hop_s * sample_rate))
-    window_s = detector.spec.window_s
+    spec = detector.spec
+    window_s = spec.window_s
     windows: list[dict[str, float]] = []
     events: list[dict[str, Any]] = []
+    machine: list[dict[str, Any]] = []
 
     def add(event: Event) -> None:
         if event.phase == "start":
@@ -53,28 +60,42 @@ def score_samples(
             end_s=round(event.last_anomalous_s, 4),
             peak_score=event.peak_score,
         )
+        if spec.bands is not None:
+            events[-1]["evidence"] = band_evidence(spec.bands, event.peak_bands)
 
     total = mono.shape[0]
     for begin in range(0, total, step):
         ring.write(mono[begin : begin + step])
         result = monitor.tick(catch_up=True, final=begin + step >= total)
-        windows.extend(
-            {"start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4), "score": w.score}
-            for w in result.scores
+        for w in result.scores:
+            window = {"start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4), "score": w.score}
+            if w.level_dbfs is not None:
+                window["level_dbfs"] = round(w.level_dbfs, 2)
+            windows.append(window)
+        machine.extend(
+            {
+                "state": change.state,
+                "at_s": round(change.at_s, 4),
+                "since_s": round(change.since_s, 4),
+                "level_dbfs": round(change.level_dbfs, 2),
+            }
+            for change in result.machine
         )
         for event in result.events:
             add(event)
     last = monitor.close(monitor.now_s())
     if last is not None:
         add(last)
-    return {
+    keys = ("start_s", "end_s", "peak_score", "alert_s", "evidence")
+    report: dict[str, Any] = {
         "sample_rate": sample_rate,
         "threshold": monitor.decision.policy.threshold,
         "windows": windows,
-        "events": [
-            {k: e[k] for k in ("start_s", "end_s", "peak_score", "alert_s")} for e in events
-        ],
+        "events": [{k: e[k] for k in keys if k in e} for e in events],
     }
+    if spec.level is not None:
+        report["machine"] = machine
+    return report
 
 
 def score_file(

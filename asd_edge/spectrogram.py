@@ -15,6 +15,7 @@ from .audiofile import write_atomic
 
 __all__ = [
     "BAND_PX",
+    "BRACKET_PX",
     "FLOOR_DB",
     "LEVELS",
     "MARKER_RGB",
@@ -43,7 +44,11 @@ MAX_HEIGHT_PX = 512
 BAND_PX = 6
 """Height of the band above the spectrogram that marks the pre-roll."""
 MARKER_RGB = (255, 48, 48)
-"""Colour of the vertical lines where the anomaly starts and ends (absent from viridis)."""
+"""Colour of the vertical lines where the anomaly starts and ends (absent from viridis), and
+of the bracket around the strongest evidence band."""
+BRACKET_PX = 3
+"""Width of the bracket bars drawn at both sides of the picture across the evidence band;
+the band's edges are dashed lines between them."""
 PRE_ROLL_RGB = (230, 230, 230)
 """Colour of the band's pre-roll part (the rest of the band is black)."""
 
@@ -137,15 +142,19 @@ def spectrogram_indexed(
     markers_s: Sequence[float] = (),
     pre_s: float = 0.0,
     max_width_px: int = MAX_WIDTH_PX,
+    band_hz: tuple[float, float] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """The picture as ``PALETTE`` indices, ``uint8[height, width]``: a ``BAND_PX`` band
     on top (pre-roll in light grey), below it the spectrogram (dB from ``FLOOR_DB``
     to 0, low frequencies at the bottom), and a red vertical line at each marker
-    (seconds from the clip's start). Long clips are averaged into ``max_width_px``
-    columns, fine FFTs into ``MAX_HEIGHT_PX`` rows (in power, before the dB)."""
+    (seconds from the clip's start). ``band_hz`` (the strongest evidence band) is
+    bracketed in red: ``BRACKET_PX`` bars at both sides across its rows, dashed
+    lines at its edges. Long clips are averaged into ``max_width_px`` columns, fine
+    FFTs into ``MAX_HEIGHT_PX`` rows (in power, before the dB)."""
     x = np.asarray(samples, dtype=np.float32).ravel()
     duration_s = max(x.shape[0], 1) / sample_rate
     power, _hop = stft_power(x, sample_rate)
+    n_bins = power.shape[1]
     power = _bin_mean(_bin_mean(power, max_width_px, axis=0), MAX_HEIGHT_PX, axis=1)
     db = 10.0 * np.log10(np.maximum(power, np.float32(10.0 ** (FLOOR_DB / 10.0))))
     level = np.clip((db - FLOOR_DB) / -FLOOR_DB, 0.0, 1.0)
@@ -157,7 +166,29 @@ def spectrogram_indexed(
     for marker_s in markers_s:
         if math.isfinite(marker_s) and 0.0 <= marker_s <= duration_s:
             picture[BAND_PX:, min(_column(marker_s, duration_s, width), width - 1)] = _MARKER
+    if band_hz is not None:
+        _bracket(picture, band_hz, sample_rate, n_bins)
     return picture
+
+
+def _bracket(
+    picture: npt.NDArray[np.uint8], band_hz: tuple[float, float], sample_rate: int, n_bins: int
+) -> None:
+    """Mark the rows of ``band_hz`` in the spectrogram part of ``picture`` (in place)."""
+    height = picture.shape[0] - BAND_PX
+    hz_per_row = sample_rate / 2.0 / height * (n_bins / (n_bins - 1)) if n_bins > 1 else 1.0
+    lo, hi = sorted(band_hz)
+    # rows counted from the bottom (row r covers [r, r + 1) * hz_per_row, roughly)
+    low_row = min(height - 1, max(0, math.floor(lo / hz_per_row)))
+    high_row = min(height - 1, max(low_row, math.ceil(hi / hz_per_row) - 1))
+    top, bottom = BAND_PX + height - 1 - high_row, BAND_PX + height - 1 - low_row
+    width = picture.shape[1]
+    bar = min(BRACKET_PX, width)
+    picture[top : bottom + 1, :bar] = _MARKER
+    picture[top : bottom + 1, width - bar :] = _MARKER
+    dashes = (np.arange(width) // 4) % 2 == 0
+    picture[top, dashes] = _MARKER
+    picture[bottom, dashes] = _MARKER
 
 
 def spectrogram_rgb(
@@ -167,10 +198,16 @@ def spectrogram_rgb(
     markers_s: Sequence[float] = (),
     pre_s: float = 0.0,
     max_width_px: int = MAX_WIDTH_PX,
+    band_hz: tuple[float, float] | None = None,
 ) -> RgbArray:
     """``spectrogram_indexed`` in colour, ``uint8[height, width, 3]``."""
     index = spectrogram_indexed(
-        samples, sample_rate, markers_s=markers_s, pre_s=pre_s, max_width_px=max_width_px
+        samples,
+        sample_rate,
+        markers_s=markers_s,
+        pre_s=pre_s,
+        max_width_px=max_width_px,
+        band_hz=band_hz,
     )
     return PALETTE[index]
 
@@ -232,8 +269,11 @@ def spectrogram_png(
     *,
     markers_s: Sequence[float] = (),
     pre_s: float = 0.0,
+    band_hz: tuple[float, float] | None = None,
 ) -> tuple[int, int]:
     """Write the spectrogram picture of ``samples`` to ``path``; returns (height, width)."""
-    index = spectrogram_indexed(samples, sample_rate, markers_s=markers_s, pre_s=pre_s)
+    index = spectrogram_indexed(
+        samples, sample_rate, markers_s=markers_s, pre_s=pre_s, band_hz=band_hz
+    )
     write_png(path, index, PALETTE)
     return index.shape[0], index.shape[1]

@@ -35,6 +35,10 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 @dataclass(slots=True)
 class MonitorState:
     """A monitor's latest figures, for the health topic and Home Assistant."""
@@ -51,11 +55,16 @@ class MonitorState:
     """Windows scored since the last health report."""
     events: int = 0
     """Events started since the daemon started."""
+    machine: str | None = None
+    """``running`` or ``stopped``; None when the model has no ``level`` metadata."""
+    window_level_dbfs: float | None = None
+    """Level of the latest window as the model's ``level`` measures it (None without)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def scored(self, score: float) -> None:
-        """Fold in one window's score."""
+    def scored(self, score: float, level_dbfs: float | None = None) -> None:
+        """Fold in one window's score (and its level, for a model with ``level``)."""
         self.windows += 1
+        self.window_level_dbfs = level_dbfs
         if math.isfinite(score):
             self.last_score = score
             self.max_score = score if self.max_score is None else max(self.max_score, score)
@@ -120,6 +129,8 @@ class Telemetry:
             "score": _finite(state.last_score),
             "threshold": state.threshold,
             "level_dbfs": round(level.level_dbfs, 2) if level and level.samples else None,
+            "machine": state.machine,
+            "window_level_dbfs": _rounded(state.window_level_dbfs),
             "at": iso_utc(self._wall()),
         }
 
@@ -174,5 +185,7 @@ class Telemetry:
             "max_score": _finite(state.max_score),
             "windows": state.windows,
             "events": state.events,
+            "machine": state.machine,
+            "window_level_dbfs": _rounded(state.window_level_dbfs),
             **state.extra,
         }

@@ -140,6 +140,13 @@ class TestDefaults:
         assert (cfg.logging.level, cfg.logging.format) == ("info", "auto")
         assert str(DEFAULT_CONFIG_PATH) == "/etc/asd-edge/config.yaml"
 
+    def test_stopped_machine_settings(self) -> None:
+        """A stopped machine is a state by default (held 2 s); ``alert`` is accepted."""
+        default = parse({"monitors": [MONITOR]}).monitors[0]
+        assert (default.stopped, default.stopped_hold_s) == ("state", 2.0)
+        chosen = parse({"monitors": [{**MONITOR, "stopped": "alert", "stopped_hold_s": 5}]})
+        assert (chosen.monitors[0].stopped, chosen.monitors[0].stopped_hold_s) == ("alert", 5.0)
+
     def test_monitor_defaults(self) -> None:
         """A monitor needs only a name and a model."""
         monitor = parse({"monitors": [MONITOR]}).monitors[0]
@@ -319,6 +326,18 @@ class TestValues:
                 {"monitors": [{**MONITOR, "name": "Main"}]},
                 "monitors[0].name: expected a string matching ^[a-z0-9][a-z0-9_-]{0,63}$, "
                 "got 'Main'",
+            ),
+            (
+                {"monitors": [{**MONITOR, "stopped": "ignore"}]},
+                "monitors[0].stopped: expected one of 'state', 'alert', got 'ignore'",
+            ),
+            (
+                {"monitors": [MONITOR, {**MONITOR, "name": "b", "stopped": True}]},
+                "monitors[1].stopped: expected one of 'state', 'alert', got true",
+            ),
+            (
+                {"monitors": [{**MONITOR, "stopped_hold_s": -1}]},
+                "monitors[0].stopped_hold_s: expected a number 0-3600, got -1",
             ),
             ({"input": {"ring_s": [60]}}, "input.ring_s: expected a number 5-600, got a list"),
             (

@@ -34,7 +34,7 @@ class TestShape:
     def test_topics_and_payloads_are_valid(self) -> None:
         """Every config is JSON on <discovery>/<component>/<node>/<object>/config."""
         msgs = messages(discovery_prefix="ha")
-        assert len(msgs) == 1 + 3 * 2
+        assert len(msgs) == 1 + 4 * 2
         for topic, config in msgs:
             assert re.fullmatch(
                 r"ha/(binary_sensor|sensor)/asd-edge-dev-1/[A-Za-z0-9_-]+/config", topic
@@ -61,13 +61,15 @@ class TestShape:
         assert devices[0]["sw_version"] == __version__
 
     def test_entity_kinds(self) -> None:
-        """Anomaly: problem binary sensor; score and level: measurement sensors, level in dB."""
+        """Anomaly: problem binary sensor; score and level: measurement sensors, level in dB;
+        machine: running binary sensor."""
         by_object = {topic.split("/")[-2]: config for topic, config in messages()}
         assert by_object["pump-a_anomaly"]["device_class"] == "problem"
+        assert by_object["pump-a_running"]["device_class"] == "running"
         assert by_object["pump-a_score"]["state_class"] == "measurement"
         assert by_object["pump-a_level"]["unit_of_measurement"] == "dB"
         assert by_object["connectivity"]["device_class"] == "connectivity"
-        for name in ("pump-a_anomaly", "pump-a_score", "pump-a_level"):
+        for name in ("pump-a_anomaly", "pump-a_score", "pump-a_level", "pump-a_running"):
             assert by_object[name]["state_topic"] == monitor_topic(PREFIX, "pump-a")
             assert by_object[name]["availability"] == [
                 {"topic": status_topic(PREFIX), "value_template": "{{ value_json.state }}"}
@@ -85,10 +87,31 @@ class TestTemplates:
     """The templates read the fields MqttLink actually publishes."""
 
     state = encode_json(
-        {"anomaly": True, "score": 3.25, "level_dbfs": -20.5, "at": "2026-11-21T10:15:00Z"}
+        {
+            "anomaly": True,
+            "score": 3.25,
+            "level_dbfs": -20.5,
+            "machine": "running",
+            "at": "2026-11-21T10:15:00Z",
+        }
     )
     quiet = encode_json(
-        {"anomaly": False, "score": float("nan"), "level_dbfs": None, "at": "2026-11-21T10:15:01Z"}
+        {
+            "anomaly": False,
+            "score": float("nan"),
+            "level_dbfs": None,
+            "machine": None,
+            "at": "2026-11-21T10:15:01Z",
+        }
+    )
+    stopped = encode_json(
+        {
+            "anomaly": False,
+            "score": 9.5,
+            "level_dbfs": -60.0,
+            "machine": "stopped",
+            "at": "2026-11-21T10:15:02Z",
+        }
     )
 
     def entity(self, name: str, **kw: Any) -> dict[str, Any]:
@@ -99,6 +122,14 @@ class TestTemplates:
         config = self.entity("pump-a_anomaly")
         assert render(config["value_template"], self.state) == config["payload_on"]
         assert render(config["value_template"], self.quiet) == config["payload_off"]
+
+    def test_machine_running_stopped_and_unknown(self) -> None:
+        """The running sensor is on while the machine runs, off while it is stopped, and
+        'None' (unknown in HA) for a model without ``level`` (``machine`` null)."""
+        config = self.entity("pump-a_running")
+        assert render(config["value_template"], self.state) == config["payload_on"]
+        assert render(config["value_template"], self.stopped) == config["payload_off"]
+        assert render(config["value_template"], self.quiet) == "None"
 
     def test_score_and_level(self) -> None:
         """Numbers come through; a missing score or level renders None (unknown in HA)."""

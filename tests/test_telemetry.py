@@ -95,6 +95,21 @@ class TestTelemetry:
         t.report({})  # starts a new interval: the state keeps the last level, not null
         assert t.monitor_payload("pump")["level_dbfs"] == pytest.approx(-20.0, abs=0.01)
 
+    def test_machine_state_in_monitor_payload_and_health(self) -> None:
+        """A model without ``level``: ``machine`` and ``window_level_dbfs`` are null; with
+        it, the state and the latest window's level are in both the monitor topic and
+        the health report's monitor section."""
+        t = telemetry(FakeSource())
+        t.monitors["pump"].scored(1.0)
+        plain = t.monitor_payload("pump")
+        assert plain["machine"] is None and plain["window_level_dbfs"] is None
+        t.monitors["pump"].machine = "stopped"
+        t.monitors["pump"].scored(9.0, -61.234)
+        state = t.monitor_payload("pump")
+        assert state["machine"] == "stopped" and state["window_level_dbfs"] == -61.23
+        (pump,) = t.report({})["monitors"]
+        assert pump["machine"] == "stopped" and pump["window_level_dbfs"] == -61.23
+
 
 def test_tick_summary() -> None:
     """p50, p95 and max in milliseconds; nothing when there were no ticks."""
