@@ -1,0 +1,99 @@
+"""End to end: a machine that stops and starts again, heard by the daemon (a subprocess)
+through the virtual microphone, with a real mosquitto.
+
+What a user sees: while the machine is stopped (room tone 20 dB under its running
+level) there is no anomaly, the retained monitor topic and the health report say
+``machine: stopped`` (and, with ``stopped: alert``, a machine alert starts and ends);
+once it runs again, a fault is alerted with evidence naming the band it raised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Broker, wait_until
+from conftest import write_wav
+from daemonproc import start_daemon
+from test_alerts_e2e import ALERT, PREFIX, RATE, daemon_config
+from test_lifecycle_e2e import request_health
+from test_machine import FAULT, FAULT_BAND, SECONDS, STOP, level_bands_model, machine_session
+
+pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
+
+MONITOR = f"{PREFIX}/monitor/pump"
+
+
+def payloads(messages: list[Any], kind: str | None = None) -> list[tuple[float, dict[str, Any]]]:
+    """(arrival time, payload) of messages, of alert type ``kind`` if given."""
+    out = [(m.received_at, json.loads(m.payload)) for m in messages]
+    return [(t, p) for t, p in out if kind is None or p.get("type") == kind]
+
+
+def test_stopped_machine_is_no_anomaly_and_a_fault_after_restart_is_alerted(
+    tmp_path: Path, virtual_mic: Any, mqtt_broker: Broker
+) -> None:
+    """The stop-restart-fault session played in real time: the only anomaly is the fault
+    (after the restart, with evidence naming its band); during the stop a new subscriber
+    gets ``machine: stopped`` retained, the health report says so, and the machine alert
+    (``stopped: alert``) starts and ends with one id."""
+    model = level_bands_model(tmp_path / "machine.onnx")
+    wav = write_wav(tmp_path / "session.wav", machine_session(model), RATE)
+    sub = mqtt_broker.subscriber(f"{PREFIX}/#")
+    monitor = {"name": "pump", "model": str(model.path), "refractory_s": 1.0, "stopped": "alert"}
+    config = daemon_config(
+        tmp_path, mqtt_broker, model.path, virtual_mic.device, monitors=[monitor]
+    )
+    daemon = start_daemon(config, virtual_mic.env)
+    try:
+        daemon.wait_for("daemon_started", 20)
+        wait_until(lambda: sub.on(f"{PREFIX}/status"), 10, "status online")
+        played_at = time.time()
+        player = virtual_mic.play(wav, wait=False)
+        # well inside the stop: the hold (2 s) has passed, the restart is 4 s away
+        time.sleep(max(0.0, played_at + STOP[0] + 4.0 - time.time()))
+        late = mqtt_broker.subscriber(MONITOR)
+        retained = late.wait_for(MONITOR, 1, 5)[0]
+        late.close()
+        health = request_health(mqtt_broker, sub)
+        assert player.wait(timeout=SECONDS + 30) == 0
+        wait_until(
+            lambda: [p["phase"] for _, p in payloads(sub.on(ALERT), "anomaly")] == ["start", "end"],
+            15,
+            "the fault's start and end",
+        )
+        time.sleep(1.0)  # nothing more should come
+    finally:
+        code = daemon.stop()
+    assert code == 0
+    # the retained monitor state during the stop
+    assert retained.retain, "the monitor state is retained"
+    state = json.loads(retained.payload)
+    assert state["machine"] == "stopped" and state["anomaly"] is False
+    assert state["window_level_dbfs"] < -38.0
+    (pump,) = health["monitors"]
+    assert pump["machine"] == "stopped"
+    # exactly one anomaly: the fault, detected after the restart
+    start, end = (p for _, p in payloads(sub.on(ALERT), "anomaly"))
+    detected = next(t for t, p in payloads(sub.on(ALERT), "anomaly") if p["phase"] == "start")
+    assert played_at + FAULT[0] <= detected <= played_at + FAULT[1] + 1.0
+    assert start["id"] == end["id"]
+    band = model.edges_hz[FAULT_BAND]
+    assert start["evidence"][0]["band_hz"] == band and end["evidence"][0]["band_hz"] == band
+    # the machine went stopped then running on the live monitor topic, before the fault
+    states = [(t, p["machine"]) for t, p in payloads(sub.on(MONITOR))]
+    stopped_at = next(t for t, m in states if m == "stopped" and t >= played_at + STOP[0])
+    running_at = next(t for t, m in states if m == "running" and t > stopped_at)
+    assert stopped_at <= played_at + STOP[0] + 4.5
+    assert played_at + STOP[1] <= running_at <= played_at + STOP[1] + 4.0 < detected
+    # the machine alert of the stop (the microphone's silence before and after the
+    # session may add one of its own): one id, from about the stop to about the restart
+    machine = payloads(sub.on(ALERT), "machine")
+    starts = [p for t, p in machine if p["phase"] == "start" and abs(t - stopped_at) < 1.0]
+    assert len(starts) == 1 and starts[0]["condition"] == "stopped"
+    ends = [p for _, p in machine if p["phase"] == "end" and p["id"] == starts[0]["id"]]
+    assert len(ends) == 1 and ends[0]["details"]["reason"] == "running"
+    assert STOP[1] - STOP[0] - 2.0 <= ends[0]["duration_s"] <= STOP[1] - STOP[0] + 4.0
