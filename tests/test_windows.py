@@ -34,9 +34,9 @@ class RecordingDetector(Detector):
         super().__init__(path)
         self.fed.clear()  # drop the load-time check on a silent window
 
-    def score(self, windows: npt.ArrayLike) -> np.ndarray:
+    def score_bands(self, windows: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray | None]:
         self.fed.append(self.model_input(windows))
-        return super().score(windows)
+        return super().score_bands(windows)
 
 
 def daemon_inputs(model: Path, wav: Path, hop_s: float) -> np.ndarray:

@@ -25,20 +25,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
 from asd_edge.model import METADATA_KEY, SCHEMA_VERSION
 
 from .errors import ExportError
-from .kinds.base import ScoreModel
 from .runs import write_atomic
+
+if TYPE_CHECKING:  # torch is imported where a torch module is exported: numpy kinds need none
+    from .kinds.base import ScoreModel
 
 __all__ = [
     "ATOL",
@@ -53,6 +54,7 @@ __all__ = [
     "make_version",
     "quantize_model",
     "read_metadata",
+    "save_checked",
     "to_onnx",
     "update_metadata",
 ]
@@ -134,6 +136,8 @@ def contract_metadata(
 
 def to_onnx(module: ScoreModel, example: np.ndarray, input_name: str) -> onnx.ModelProto:
     """Export ``module`` (eval mode) with the contract's names, opset 17, a dynamic batch."""
+    import torch
+
     module.eval()
     buf = io.BytesIO()
     x = torch.from_numpy(np.ascontiguousarray(example[:2], dtype=np.float32))
@@ -213,6 +217,8 @@ def check_parity(
     rtol: float = RTOL,
 ) -> dict[str, Any]:
     """torch vs onnxruntime on real windows; ExportError when any differs beyond tolerance."""
+    import torch
+
     if inputs.shape[0] == 0:
         raise ExportError("parity check needs real input windows; none were given")
     x = np.ascontiguousarray(_spread(inputs, PARITY_MAX_WINDOWS), dtype=np.float32)
@@ -253,7 +259,7 @@ class ExportReport:
     parity: dict[str, Any]
 
 
-def _save_checked(model: onnx.ModelProto, path: Path) -> str:
+def save_checked(model: onnx.ModelProto, path: Path) -> str:
     """Check, write atomically only once the daemon's Detector loads it; return its sha256."""
     try:
         onnx.checker.check_model(model, full_check=True)
@@ -291,7 +297,7 @@ def export_model(
     _set_metadata(model, metadata)
     parity = check_parity(module, model.SerializeToString(), parity_inputs, atol=atol, rtol=rtol)
     target = Path(path)
-    sha = _save_checked(model, target)
+    sha = save_checked(model, target)
     return ExportReport(target, sha, parity)
 
 
@@ -302,7 +308,7 @@ def update_metadata(path: str | os.PathLike[str], updates: Mapping[str, Any]) ->
     meta = read_metadata(target)
     meta.update(updates)
     _set_metadata(model, meta)
-    return _save_checked(model, target)
+    return save_checked(model, target)
 
 
 def quantize_model(
@@ -324,4 +330,4 @@ def quantize_model(
             logging.disable(previous)
         model = onnx.load(str(raw))
     _set_metadata(model, dict(metadata))
-    return _save_checked(model, target)
+    return save_checked(model, target)

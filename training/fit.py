@@ -22,6 +22,8 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from .bandfit import NUMPY_KINDS, candidates_for, fit_bandstat
+from .bandstat import DEFAULTS as BANDSTAT_DEFAULTS
 from .calibrate import DEVICE_RULE, METHODS, CalibrationConfig, calibrate_files
 from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE
 from .errors import DataError, ExportError
@@ -112,7 +114,8 @@ class FitResult:
     run_dir: Path
     model_path: Path
     metrics: dict[str, Any]
-    model: ScoreModel
+    model: Any
+    """The fitted model: a torch ``ScoreModel``, or a ``training.bandstat.BandStat``."""
 
 
 def parse_params(pairs: list[str], defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -139,17 +142,20 @@ def fit(config: FitConfig, *, tracker: Tracker | None = None) -> FitResult:
     disagrees with torch or the daemon would refuse it) and TrackerUnavailable.
     """
     started = time.perf_counter()
-    info = get_kind(config.kind)
-    params = {**info.defaults, **config.params}
+    info = None if config.kind in NUMPY_KINDS else get_kind(config.kind)
+    params = {**(BANDSTAT_DEFAULTS if info is None else info.defaults), **config.params}
     owned = tracker is None  # a tracker passed in is closed by whoever made it
     if tracker is None:
         tracker = make_tracker(config.tracker, project="asd-edge", task=config.name or "fit")
     run = RunDir(config.out, quiet=config.quiet)
     try:
         with threadpool_limits(limits=config.threads):
-            effective = {**asdict(config), "kind": info.name, "params": params}
+            effective = {**asdict(config), "kind": config.kind, "params": params}
             run.write_json("config.json", effective)
             tracker.log_config(effective)
+            if info is None:  # numpy-fitted: cross-fitted calibration, choice by measurement
+                path, metrics, model = fit_bandstat(config, run, tracker, started)
+                return FitResult(run.path, path, metrics, model)
             return _stages(config, info, params, run, tracker, started)
     finally:
         run.close()
@@ -361,7 +367,10 @@ def _train(
 
 OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--data", {"required": True, "type": Path, "help": "dataset folder or manifest.csv"}),
-    ("--model", {"default": DEFAULT_KIND, "choices": KIND_NAMES, "help": "detector kind"}),
+    ("--model", {"default": DEFAULT_KIND, "choices": (*NUMPY_KINDS, *KIND_NAMES),
+                 "help": "detector kind; auto fits bandstat's scorers and keeps the one that "
+                 "catches the most faults injected into your held-out normal audio at the "
+                 "false-alarm target"}),
     ("--out", {"required": True, "type": Path, "help": "run directory (created)"}),
     ("--epochs", {"type": int, "default": 30, "help": "most epochs"}),
     ("--seed", {"type": int, "default": 0, "help": "seed of everything random"}),
@@ -408,7 +417,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _config(args: argparse.Namespace) -> FitConfig:
     """The FitConfig of parsed arguments (ValueError/TypeError naming the bad one)."""
-    info = get_kind(args.model)
+    numpy_kind = args.model in NUMPY_KINDS
+    info = None if numpy_kind else get_kind(args.model)
     augment = None
     if args.augment:
         from .augment import AugmentConfig
@@ -416,8 +426,11 @@ def _config(args: argparse.Namespace) -> FitConfig:
         fields = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
         augment = parse_params(args.augment, fields, "--augment")
     config = FitConfig(
-        data=args.data, out=args.out, kind=info.name,
-        params=parse_params(args.param, info.defaults, f"--param: kind {info.name}"),
+        data=args.data, out=args.out, kind=args.model,
+        params=parse_params(
+            args.param, BANDSTAT_DEFAULTS if info is None else info.defaults,
+            f"--param: kind {args.model}",
+        ),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         seed=args.seed, threads=args.threads, rate=args.rate, window_s=args.window_s,
         hop_s=args.hop_s, deploy_hop_s=args.deploy_hop_s, valid_fraction=args.valid_fraction,
@@ -427,7 +440,12 @@ def _config(args: argparse.Namespace) -> FitConfig:
     )  # fmt: skip
     config.calibration_config()
     config.train_config()
-    WindowSpec.for_kind(info, sample_rate=config.rate, window_s=config.window_s, hop_s=config.hop_s)
+    if info is None:
+        candidates_for(config.kind, config.params)
+    else:
+        WindowSpec.for_kind(
+            info, sample_rate=config.rate, window_s=config.window_s, hop_s=config.hop_s
+        )
     if not 0.05 <= config.deploy_hop_s <= 10.0:
         raise ValueError(f"--deploy-hop-s must be in [0.05, 10], got {config.deploy_hop_s}")
     return config

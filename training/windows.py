@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from math import gcd
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +36,8 @@ from asd_edge.features import (
     normalize_window,
 )
 
-from .kinds.base import KindInfo
+if TYPE_CHECKING:  # the kinds import torch; windows must not (numpy kinds fit without it)
+    from .kinds.base import KindInfo
 
 __all__ = [
     "DEFAULT_FEATURES",

@@ -1,4 +1,6 @@
-"""Registry of detector kinds: each lives in its own module exposing ``INFO: KindInfo``."""
+"""Registry of the torch-trained detector kinds: each lives in its own module exposing
+``INFO: KindInfo``. The numpy-fitted kind (``bandstat``, and ``auto`` which chooses its
+scorer by measurement) lives in ``training.bandstat`` / ``training.bandfit``."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from .base import InputStats, KindInfo, ScoreModel
 __all__ = ["DEFAULT_KIND", "KIND_NAMES", "InputStats", "KindInfo", "ScoreModel", "get_kind"]
 
 KIND_NAMES: tuple[str, ...] = ("dense_ae", "cnn_ae", "lstm_ae", "gmm", "ocsvm", "cnn_attention")
-"""Every kind ``asd-train fit --model`` accepts."""
+"""Every torch-trained kind ``asd-train fit --model`` accepts (besides ``auto`` and
+``bandstat``, see ``training.bandfit.NUMPY_KINDS``)."""
 
 # Chosen by measurement (benchmarks/eval_shared_data.py, benchmarks/results/shared_data.jsonl,
 # 2026-11-21): real MIMII pump / ToyADMOS toycar / toyconveyor clips, split by file, each kind
@@ -24,7 +27,11 @@ KIND_NAMES: tuple[str, ...] = ("dense_ae", "cnn_ae", "lstm_ae", "gmm", "ocsvm", 
 # clips on 2 cores (gmm ~1 s), 270 kB, ~0.6 ms per 1 s window in the daemon (gmm ~0.35 ms).
 # No kind beats chance on toyconveyor (3 training files from 3 machine ids): the margins are
 # within the split-to-split spread, so retrain and compare (gmm first) on your own data.
-DEFAULT_KIND = "cnn_ae"
+#
+# Superseded (issue 10): on the same recordings the numpy-fitted ``bandstat`` kind, chosen
+# per machine by ``auto`` on faults injected into the user's own normal audio, beats every
+# kind above and the loudness reference; see benchmarks/results/real_data.jsonl and README.
+DEFAULT_KIND = "auto"
 """The kind ``asd-train fit`` uses without ``--model`` (chosen by measurement, see above)."""
 
 

@@ -1,0 +1,401 @@
+"""``asd-train fit`` for the numpy-fitted kind (``bandstat``, and ``auto``, the default).
+
+Reads top to bottom: normal recordings → windows at the device's hop → candidates
+cross-fitted by source recording (``training.crossfit``: calibration on held-out
+normal windows, recall on faults injected into held-out real recordings) → the choice
+→ the final fit on all normal audio → ONNX export with parity and the daemon's own
+loader → evaluation on the test split → records. No torch; the evaluation uses
+scikit-learn for its AUCs as every kind's evaluation does (workstation only).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from asd_edge.errors import AudioDecodeError
+from asd_edge.features import LogMelParams
+from asd_edge.health import window_level_dbfs
+
+from . import bandstat
+from .crossfit import (
+    CANDIDATES,
+    MAX_FOLDS,
+    MIN_PIECE_S,
+    Candidate,
+    CandidateReport,
+    Recording,
+    audio_needed_s,
+    choose,
+    crossfit,
+)
+from .errors import DataError, ExportError
+from .export import build_time, contract_metadata, make_version, save_checked
+from .runs import RunDir, Tracker
+from .windows import DEFAULT_FEATURES, WindowSpec, file_stream, stream_windows
+
+if TYPE_CHECKING:
+    from .dataset import DataFile
+    from .fit import FitConfig
+
+__all__ = [
+    "AUTO",
+    "NUMPY_KINDS",
+    "BandFit",
+    "candidates_for",
+    "fit_bandstat",
+    "model_card",
+    "spec_for",
+]
+
+AUTO = "auto"
+"""``--model auto``: choose among :data:`training.crossfit.CANDIDATES` by measurement."""
+NUMPY_KINDS: tuple[str, ...] = (AUTO, "bandstat")
+"""The kinds fitted here, with numpy alone."""
+PARITY_ATOL = 1e-4
+PARITY_RTOL = 1e-3
+
+
+def spec_for(rate: int, window_s: float, hop_s: float, n_mels: int) -> WindowSpec:
+    """The log-mel window spec of the kind: the contract's defaults with ``n_mels`` bands."""
+    d = DEFAULT_FEATURES
+    if round(window_s * rate) < int(d["n_fft"]):
+        raise ValueError(f"a window of {window_s} s at {rate} Hz is shorter than n_fft")
+    features = LogMelParams(
+        sample_rate=rate,
+        n_fft=int(d["n_fft"]),
+        hop_length=int(d["hop_length"]),
+        n_mels=n_mels,
+        fmin=float(d["fmin"]),
+        fmax=min(float(d["fmax"]), rate / 2.0),
+        power=float(d["power"]),
+    )
+    return WindowSpec(
+        input="logmel", sample_rate=rate, window_s=window_s, hop_s=hop_s, features=features
+    )
+
+
+class BandFit:
+    """The stream → (model input, window end times) of one spec (``crossfit``'s featurize)."""
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        waves, starts = stream_windows(np.asarray(stream, dtype=np.float32), self.spec)
+        ends = (starts + self.spec.window_samples) / self.spec.sample_rate
+        return self.spec.model_input(waves), ends.astype(np.float64)
+
+    def recording(self, source: str, stream: np.ndarray) -> Recording:
+        """A stream cut into windows, with their levels."""
+        waves, starts = stream_windows(np.asarray(stream, dtype=np.float32), self.spec)
+        return Recording(
+            source=source,
+            sample_rate=self.spec.sample_rate,
+            stream=np.asarray(stream, dtype=np.float32),
+            logmel=self.spec.model_input(waves),
+            end_s=((starts + self.spec.window_samples) / self.spec.sample_rate).astype(np.float64),
+            levels_dbfs=window_level_dbfs(waves).astype(np.float64),
+        )
+
+
+def _recordings(files: list[DataFile], fitter: BandFit, skipped: list[str]) -> list[Recording]:
+    out = []
+    for f in files:
+        try:
+            stream = file_stream(f.path, fitter.spec)
+        except AudioDecodeError as exc:
+            skipped.append(f"{f.path}: {exc.problem}")
+            continue
+        rec = fitter.recording(f.source, stream)
+        if rec.logmel.shape[0] == 0:
+            skipped.append(f"{f.path}: shorter than one window")
+            continue
+        out.append(rec)
+    if len({r.source for r in out}) == 1:  # one source: its pieces serve as folds
+        total = sum(r.stream.shape[0] for r in out)
+        count = int(np.clip(total // round(MIN_PIECE_S * fitter.spec.sample_rate), 2, MAX_FOLDS))
+        piece = max(-(-total // count), fitter.spec.window_samples)
+        pieces = []
+        for r in out:
+            for i, at in enumerate(range(0, r.stream.shape[0], piece)):
+                part = r.stream[at : at + piece]
+                if part.shape[0] >= fitter.spec.window_samples:
+                    pieces.append(fitter.recording(f"{r.source}#{i}", part))
+        out = pieces
+    return out
+
+
+def candidates_for(kind: str, params: Mapping[str, Any]) -> list[Candidate]:
+    """What ``--model auto`` (all of :data:`CANDIDATES`) or ``bandstat`` (its scorer) fits;
+    ValueError when the parameters contradict the kind."""
+    extra = {k: v for k, v in params.items() if k != "n_mels"}
+    if kind == AUTO:
+        if "scorer" in extra:
+            raise ValueError("--model auto chooses the scorer; use --model bandstat to fix it")
+        return [Candidate(c.name, {**c.params, **extra}) for c in CANDIDATES]
+    scorer = str(extra.get("scorer", bandstat.DEFAULTS["scorer"]))
+    return [Candidate(f"bandstat/{scorer}", {**extra, "scorer": scorer})]
+
+
+def _export(
+    model: bandstat.BandStat, spec: WindowSpec, metadata: dict[str, Any], parity_x: np.ndarray,
+    path: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Build the graph, hold it to numpy on real windows, save it once the daemon loads it."""
+    import onnxruntime as ort
+
+    assert spec.features is not None
+    proto = bandstat.to_onnx(model, spec.features.n_frames(spec.window_samples), metadata)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    x = parity_x[np.linspace(0, parity_x.shape[0] - 1, min(512, parity_x.shape[0])).astype(int)]
+    got_s, got_b = session.run(["score", "bands"], {"logmel": x.astype(np.float32)})
+    ref_s, ref_b = model.score(x)
+    report: dict[str, Any] = {"windows": int(x.shape[0]), "atol": PARITY_ATOL, "rtol": PARITY_RTOL}
+    for name, got, ref in (("score", got_s, ref_s), ("bands", got_b, ref_b)):
+        diff = np.abs(np.asarray(got, np.float64) - ref)
+        report[f"max_abs_diff_{name}"] = float(diff.max())
+        if not np.all(np.isfinite(got)) or np.any(diff > PARITY_ATOL + PARITY_RTOL * np.abs(ref)):
+            raise ExportError(f"ONNX {name} disagrees with numpy (max |diff| {diff.max():.3g})")
+    report["max_abs_diff"] = report["max_abs_diff_score"]
+    report["sha256"] = save_checked(proto, path)
+    return report
+
+
+def fit_bandstat(
+    c: FitConfig, run: RunDir, tracker: Tracker, started: float
+) -> tuple[Path, dict[str, Any], bandstat.BandStat]:
+    """Fit ``bandstat`` (or choose one with ``auto``) and write the run directory."""
+    from .dataset import load_dataset
+
+    params = dict(c.params)
+    n_mels = int(params.get("n_mels", bandstat.DEFAULTS["n_mels"]))
+    try:
+        spec = spec_for(c.rate, c.window_s, c.deploy_hop_s, n_mels)
+        candidates = candidates_for(c.kind, params)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    fitter = BandFit(spec)
+
+    # 1. Data: every normal recording outside the test split (fit and calibration both).
+    dataset = load_dataset(c.data, valid_fraction=c.valid_fraction, seed=c.seed)
+    skipped = list(dataset.skipped)
+    normal = dataset.split("train", "normal") + dataset.split("valid", "normal")
+    recordings = _recordings(normal, fitter, skipped)
+    for line in skipped:
+        run.log(f"skipped {line}")
+    windows = sum(r.logmel.shape[0] for r in recordings)
+    seconds = sum(r.stream.shape[0] for r in recordings) / spec.sample_rate
+    if windows < 16 or len(recordings) < 2:
+        raise DataError(
+            f"{c.data}: {seconds:.0f} s of readable normal audio ({windows} windows): "
+            "bandstat needs at least 16 windows in 2 recordings or one of 20 s or more"
+        )
+    sources = len({r.source for r in recordings})
+    run.log(
+        f"data: {len(normal)} normal files, {sources} sources, {seconds / 60:.1f} min, "
+        f"{windows} windows of {c.window_s} s at a {c.deploy_hop_s} s hop, {n_mels} mel bands"
+    )
+
+    # 2. Candidates, cross-fitted; 3. the choice.
+    cal_config = c.calibration_config()
+    t0 = time.perf_counter()
+    try:
+        reports = crossfit(
+            recordings, candidates, cal_config, fitter, seed=c.seed, progress=not c.quiet,
+            log=run.log,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise DataError(f"{c.data}: {exc}") from None
+    chosen: CandidateReport = choose(reports)
+    run.log(f"chose {chosen.name} ({time.perf_counter() - t0:.1f} s of cross-fitting)")
+
+    # 4. The final model on all normal audio, with the cross-fitted threshold.
+    x_all = np.concatenate([r.logmel for r in recordings])
+    levels = np.concatenate([r.levels_dbfs for r in recordings])
+    groups = np.concatenate([np.full(r.logmel.shape[0], i) for i, r in enumerate(recordings)])
+    model = bandstat.fit(x_all, chosen.params, c.seed, groups=groups)
+    needed_s = audio_needed_s(cal_config)
+    held_s = sum(q.duration_s for q in chosen.held_out)
+    calibration = {
+        **chosen.calibration,
+        "cross_fitted": {"folds": min(MAX_FOLDS, sources), "sources": sources},
+        "injected_recall_mean": round(chosen.recall_mean, 4),
+        "injected_recall": chosen.recall,
+        "audio_needed_s": round(needed_s, 1),
+    }
+    if held_s < needed_s:
+        warning = (
+            f"only {held_s / 60:.1f} min of normal audio: the threshold for "
+            f"{c.target_fa_per_day:g} false alarm(s)/day is extrapolated from the score "
+            f"tail; record about {(needed_s - held_s) / 60:.0f} min more normal sound to "
+            "observe it directly"
+        )
+        calibration["warning"] = warning
+        run.log(f"warning: {warning}")
+    created = build_time()
+    final_params = {**chosen.params, "n_mels": n_mels}
+    name = c.name or f"{dataset.root.name}-bandstat"
+    assert spec.features is not None
+    metadata = contract_metadata(
+        name=name,
+        version=make_version(created, dataset.sha256, "bandstat", final_params, c.seed),
+        kind="bandstat",
+        spec_fields=spec.metadata(),
+        threshold=chosen.threshold,
+        calibration=calibration,
+        training={
+            "data_sha256": dataset.sha256,
+            "files": len(normal),
+            "sources": sources,
+            "windows": windows,
+            "seconds": round(seconds, 1),
+            "created": created.isoformat().replace("+00:00", "Z"),
+            "seed": c.seed,
+            "params": final_params,
+            "chosen_from": [r.name for r in reports],
+            "hop_s": c.deploy_hop_s,
+        },
+    )
+    metadata["bands"] = {
+        "unit": "dB",
+        "measure": "window mean level of the mel band minus normal",
+        "edges_hz": bandstat.band_edges_hz(
+            spec.sample_rate, n_mels, spec.features.fmin, spec.features.fmax_hz
+        ),
+        "spread_db": [round(float(v), 4) for v in model.band_spread_db],
+    }
+    metadata["level"] = bandstat.level_stats(levels)
+    model_path = run / "model.onnx"
+    parity = _export(model, spec, metadata, x_all, model_path)
+    run.log(
+        f"exported: ONNX vs numpy on {parity['windows']} windows, max |diff| "
+        f"{parity['max_abs_diff']:.3g}; threshold {chosen.threshold:.4g}, predicted "
+        f"{calibration.get('predicted_fa_per_day', float('nan')):.3g} false alarms/day"
+    )
+
+    # 5. Evaluation through the daemon's pipeline (test split), and the records.
+    metrics: dict[str, Any] = {
+        "kind": "bandstat",
+        "chosen": chosen.name,
+        "name": name,
+        "version": metadata["version"],
+        "params": final_params,
+        "model": model.describe(),
+        "windows": {"fit": windows},
+        "parity": parity,
+        "threshold": chosen.threshold,
+        "calibration": calibration,
+        "candidates": [r.summary() for r in reports],
+        "skipped": skipped,
+    }
+    files = dataset.split("test")
+    metrics["evaluated_split"] = "test" if files else None
+    if files:
+        from .evaluate import evaluate_files
+
+        ev = evaluate_files(
+            model_path, files, run.path, hop_s=c.deploy_hop_s, progress=not c.quiet,
+            log=run.log, write_metrics=False,
+        )  # fmt: skip
+        metrics["test"] = ev.metrics
+        m = ev.metrics
+        run.log(
+            f"test: {len(ev.rows)} files, auc={m['auc']} pauc={m['pauc']} "
+            f"tp={m['tp']} fp={m['fp']} tn={m['tn']} fn={m['fn']}"
+        )
+    _plot_recall(reports, chosen, run / "injected_recall.png")
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    run.write_json("metrics.json", metrics)
+    (run / "model_card.md").write_text(model_card(metrics, metadata), encoding="utf-8")
+    tracker.log_metrics(metrics)
+    for record in ("config.json", "metrics.json", "model_card.md", "injected_recall.png",
+                   "roc.png", "score_hist.png", "model.onnx"):  # fmt: skip
+        if (run / record).exists():
+            tracker.log_file(run / record)
+    run.log(f"wrote {model_path}")
+    return model_path, metrics, model
+
+
+def _plot_recall(reports: list[CandidateReport], chosen: CandidateReport, path: Path) -> None:
+    """Injected-fault recall per fault and severity for every candidate (bars)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the plot is a convenience of the workstation
+        return
+    faults = list(chosen.recall)
+    fig, axes = plt.subplots(1, len(reports), figsize=(4.2 * len(reports), 3.6), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, r in zip(axes, reports, strict=True):
+        sevs = sorted({s for per in r.recall.values() for s in per}, key=float)
+        width = 0.8 / max(1, len(sevs))
+        for j, sev in enumerate(sevs):
+            vals = [r.recall.get(f, {}).get(sev, 0.0) for f in faults]
+            ax.bar(np.arange(len(faults)) + j * width, vals, width, label=f"severity {sev}")
+        mark = " (chosen)" if r is chosen else ""
+        ax.set_title(f"{r.name}{mark}\nthreshold {r.threshold:.3g}", fontsize=9)
+        ax.set_xticks(np.arange(len(faults)) + 0.4 - width / 2, faults, rotation=30, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("injected fault")
+    axes[0].set_ylabel("recordings caught at the threshold (share)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def model_card(metrics: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    """A short Markdown card: what the model is, its threshold and what it catches."""
+    cal = metrics["calibration"]
+    lines = [
+        f"# Model card: `{metrics['name']}` ({metrics['version']})",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| kind | `bandstat`, scorer `{metrics['model']['scorer']}` "
+        f"(chosen: {metrics['chosen']}) |",
+        f"| input | log-mel, {metadata['sample_rate']} Hz, {metadata['window_s']} s window, "
+        f"{metadata['features']['n_mels']} mels |",
+        f"| trained on | {metadata['training']['seconds']} s of normal audio, "
+        f"{metadata['training']['sources']} sources |",
+        f"| threshold | {metrics['threshold']:.4g} (cross-fitted, target "
+        f"{cal.get('target_fa_per_day')} false alarm/day at hop {cal.get('hop_s')} s, "
+        f"{cal.get('onset_k')}-of-{cal.get('onset_n')}) |",
+        f"| predicted false alarms/day | {cal.get('predicted_fa_per_day', float('nan')):.3g} |",
+        f"| injected-fault recall | {cal['injected_recall_mean']:.2f} (mean over faults and "
+        "severities) |",
+        f"| machine stopped below | {metadata['level']['stopped_below_dbfs']} dBFS "
+        f"(normal p01 {metadata['level']['p01']} dBFS) |",
+        "",
+    ]
+    if "warning" in cal:
+        lines += [f"**Warning:** {cal['warning']}.", ""]
+    lines += ["## Candidates", "", "| candidate | threshold | recall | window pAUC |",
+              "|---|---|---|---|"]  # fmt: skip
+    for cand in metrics["candidates"]:
+        lines.append(
+            f"| {cand['name']} | {cand['threshold']:.4g} | {cand['injected_recall_mean']:.2f} "
+            f"| {cand['window_pauc']} |"
+        )
+    lines += ["", "## Injected-fault recall of the chosen model", "",
+              "| fault | " + " | ".join(f"severity {s}" for s in ("0.5", "1.0", "2.0")) + " |",
+              "|---|---|---|---|"]  # fmt: skip
+    for fault, per in cal["injected_recall"].items():
+        cells = " | ".join(str(per.get(s, "")) for s in ("0.5", "1.0", "2.0"))
+        lines.append(f"| {fault} | {cells} |")
+    if metrics.get("test"):
+        t = metrics["test"]
+        lines += ["", f"Test split: AUC {t.get('auc')}, pAUC {t.get('pauc')}.", ""]
+    return "\n".join(lines) + "\n"

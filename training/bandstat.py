@@ -1,0 +1,421 @@
+"""The ``bandstat`` detector: per-band statistics of a window's log-mel frames, and a
+distance to normal that a change in a few bands cannot hide in. numpy only.
+
+Made for a few minutes of normal sound. Each 1 s window of log-mel frames (fixed dB
+reference: absolute level is kept) becomes ``3 * n_mels + 1`` statistics:
+
+- per band, the mean level over the window's frames (dB),
+- per band, the spread of the level over the frames (dB, standard deviation),
+- per band, the mean absolute frame-to-frame change (dB: impacts, rattle, modulation),
+- the broadband level (dB of the mean total mel power).
+
+Fitting standardises each statistic by the normal windows' median and robust spread
+(1.4826 x MAD, floored at ``floor_db``, 1 dB by default: recordings of one machine made
+at different times differ by about that much in a band even where the windows of one
+recording agree more closely) and then scores a window by one of:
+
+- ``topk``: the mean of the ``k`` largest standardised deviations ``|z|``. A fault
+  that adds a few dB in one band moves that band's ``z`` by several spreads; averaged
+  over all bands (as a reconstruction error is) it would vanish, here it is the score.
+- ``knn``: the distance (RMS over statistics, in spreads) to the nearest of a compact
+  coreset of normal windows (greedy k-centre, at most ``coreset`` windows): normal
+  sound with several modes (loads, speeds) is not forced into one Gaussian.
+- ``knn_topk``: the nearest coreset window as above, then the mean of the ``k`` largest
+  deviations from it, each in units of the spread of such deviations between normal
+  windows of *different* recordings: several modes, and a change in a few bands still
+  counts in full;
+- ``maha``: a Mahalanobis distance (RMS per statistic) under a Ledoit-Wolf shrunk
+  covariance of the standardised statistics.
+
+Every scorer also gives the per-band deviation of the window's mean level from normal
+in dB (from the median, or for ``knn`` from the nearest normal window): the model's
+second output ``bands``, from which the daemon says which band changed.
+
+:func:`fit` is numpy only (no torch, no scikit-learn) so that a device can fit it;
+:func:`to_onnx` builds the contract graph with the ``onnx`` helper API, and
+:meth:`BandStat.score` is the same computation in numpy (the export's parity check
+holds the two together).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DEFAULTS",
+    "SCORERS",
+    "BandStat",
+    "band_edges_hz",
+    "fit",
+    "level_stats",
+    "statistics",
+    "to_onnx",
+]
+
+Scorer = Literal["topk", "knn", "knn_topk", "maha"]
+SCORERS: tuple[str, ...] = ("topk", "knn", "knn_topk", "maha")
+
+DEFAULTS: dict[str, Any] = {
+    "scorer": "topk",
+    "k": 3,
+    "floor_db": 1.0,
+    "coreset": 256,
+    "n_mels": 64,
+}
+"""Hyper-parameters and their defaults (``--param key=value``)."""
+
+OPSET = 17
+LN10 = math.log(10.0)
+MAD_TO_STD = 1.4826
+STOPPED_MARGIN_DB = 12.0
+"""A window this far below the 1st percentile of normal window levels means the machine
+stopped. Measured on ../shared/data: real MIMII pump faults that make the pump quieter
+lie up to 4.4 dB below the normal 1st percentile, so the margin leaves them 7.6 dB of room
+while room tone 20 dB under the running level falls 8 dB past it (see benchmarks/)."""
+
+
+def statistics(logmel: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The ``3 * n_mels + 1`` statistics of windows ``[batch, n_frames, n_mels]`` (float64)."""
+    x = np.asarray(logmel, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise ValueError(f"expected log-mel windows [batch, frames>=2, mels], got {x.shape}")
+    mean = x.mean(axis=1)
+    spread = np.sqrt(((x - mean[:, None, :]) ** 2).mean(axis=1))
+    flux = np.abs(np.diff(x, axis=1)).mean(axis=1)
+    power = np.exp(x * (LN10 / 10.0)).sum(axis=2).mean(axis=1)
+    level = 10.0 / LN10 * np.log(power)
+    return np.concatenate([mean, spread, flux, level[:, None]], axis=1)
+
+
+def band_edges_hz(sample_rate: int, n_mels: int, fmin: float, fmax: float) -> list[list[float]]:
+    """Each mel band's edges in Hz (where its triangle starts and ends; Slaney scale)."""
+    from asd_edge.features import hz_to_mel, mel_to_hz
+
+    points = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    return [[round(float(points[i]), 1), round(float(points[i + 2]), 1)] for i in range(n_mels)]
+
+
+def level_stats(levels_dbfs: npt.ArrayLike) -> dict[str, Any]:
+    """The model's ``level`` metadata from the normal windows' levels (dBFS, mean square)."""
+    lv = np.asarray(levels_dbfs, dtype=np.float64)
+    lv = lv[np.isfinite(lv)]
+    if lv.size == 0:
+        raise ValueError("no finite window levels to describe the running machine")
+    p01, p50, p99 = (float(v) for v in np.percentile(lv, [1, 50, 99]))
+    return {
+        "unit": "dBFS",
+        "measure": "window_mean_square",
+        "p01": round(p01, 2),
+        "p50": round(p50, 2),
+        "p99": round(p99, 2),
+        "stopped_below_dbfs": round(p01 - STOPPED_MARGIN_DB, 2),
+        "margin_db": STOPPED_MARGIN_DB,
+    }
+
+
+@dataclass(frozen=True)
+class BandStat:
+    """A fitted detector: the normal statistics and one scorer's parameters."""
+
+    scorer: Scorer
+    n_mels: int
+    center: npt.NDArray[np.float64]
+    """Median of each statistic over the normal windows, ``[d]``."""
+    scale: npt.NDArray[np.float64]
+    """Robust spread of each statistic (floored), ``[d]``."""
+    k: int = 3
+    coreset: npt.NDArray[np.float64] | None = None
+    """``knn``: standardised statistics of the kept normal windows ``[c, d]``."""
+    local_scale: npt.NDArray[np.float64] | None = None
+    """``knn_topk``: robust spread (dB, floored) of each statistic's deviation from the
+    nearest normal window of another recording ``[d]``."""
+    whitener: npt.NDArray[np.float64] | None = None
+    """``maha``: ``L`` with ``L @ L.T`` the inverse shrunk covariance ``[d, d]``."""
+    shrinkage: float | None = None
+    """``maha``: the Ledoit-Wolf shrinkage intensity used."""
+
+    @property
+    def dims(self) -> int:
+        """Statistics per window."""
+        return int(self.center.shape[0])
+
+    @property
+    def band_spread_db(self) -> npt.NDArray[np.float64]:
+        """The normal spread of each band's mean level, dB (``bands`` metadata)."""
+        return self.scale[: self.n_mels]
+
+    def score(self, logmel: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """``(score [batch], bands [batch, n_mels])`` of log-mel windows, float64."""
+        s = statistics(logmel)
+        z = (s - self.center) / self.scale
+        d = self.dims
+        if self.scorer == "topk":
+            score = np.sort(np.abs(z), axis=1)[:, -self.k :].mean(axis=1)
+            bands = s[:, : self.n_mels] - self.center[: self.n_mels]
+        elif self.scorer in ("knn", "knn_topk"):
+            assert self.coreset is not None
+            dist2 = ((z[:, None, :] - self.coreset[None, :, :]) ** 2).sum(axis=2)
+            nearest = dist2.argmin(axis=1)
+            if self.scorer == "knn":
+                score = np.sqrt(np.maximum(dist2.min(axis=1), 0.0) / d)
+            else:
+                assert self.local_scale is not None
+                r = np.abs(z - self.coreset[nearest]) * (self.scale / self.local_scale)
+                score = np.sort(r, axis=1)[:, -self.k :].mean(axis=1)
+            ref = self.coreset[nearest, : self.n_mels] * self.scale[: self.n_mels]
+            bands = (z[:, : self.n_mels] * self.scale[: self.n_mels]) - ref
+        else:
+            assert self.whitener is not None
+            w = z @ self.whitener
+            score = np.sqrt((w * w).sum(axis=1) / d)
+            bands = s[:, : self.n_mels] - self.center[: self.n_mels]
+        return score, bands
+
+    def describe(self) -> dict[str, Any]:
+        """What was fitted, for ``metrics.json``."""
+        out: dict[str, Any] = {"scorer": self.scorer, "statistics": self.dims}
+        if self.scorer == "topk":
+            out["k"] = self.k
+        if self.coreset is not None:
+            out["coreset"] = int(self.coreset.shape[0])
+        if self.shrinkage is not None:
+            out["shrinkage"] = round(self.shrinkage, 4)
+        return out
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``[len(a), len(b)]`` (as the graph computes them)."""
+    return (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
+
+
+def _coreset(z: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-centre selection: at most ``size`` rows of ``z`` that cover the rest."""
+    n = z.shape[0]
+    if n <= size:
+        return z.copy()
+    chosen = [int(rng.integers(n))]
+    dist = _sq_distances(z, z[chosen[0] : chosen[0] + 1])[:, 0]
+    for _ in range(size - 1):
+        i = int(dist.argmax())
+        chosen.append(i)
+        dist = np.minimum(dist, _sq_distances(z, z[i : i + 1])[:, 0])
+    return z[np.sort(chosen)]
+
+
+def _ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
+    """The Ledoit-Wolf (2004) shrunk covariance of rows ``z`` towards ``mu * I``."""
+    n, d = z.shape
+    x = z - z.mean(axis=0)
+    s = x.T @ x / n
+    mu = float(np.trace(s)) / d
+    delta = float(((s - mu * np.eye(d)) ** 2).sum()) / d
+    x2 = x * x
+    beta_bar = float((x2.T @ x2).sum() / n - (s * s).sum()) / (d * n)
+    beta = min(beta_bar, delta)
+    shrink = 1.0 if delta == 0 else beta / delta
+    return (1.0 - shrink) * s + shrink * mu * np.eye(d), shrink
+
+
+def _local_scale(
+    z: np.ndarray, scale: np.ndarray, groups: np.ndarray | None, floor: float
+) -> np.ndarray:
+    """Robust spread (dB, at least ``floor``) of each statistic's deviation from the nearest
+    window of another recording (with one recording: of another window), ``z`` being the
+    statistics in units of ``scale``."""
+    dist2 = _sq_distances(z, z)
+    if groups is not None and np.unique(groups).size > 1:
+        dist2[groups[:, None] == groups[None, :]] = np.inf
+    else:
+        np.fill_diagonal(dist2, np.inf)
+    resid_db = np.abs(z - z[dist2.argmin(axis=1)]) * scale
+    return np.maximum(MAD_TO_STD * np.median(resid_db, axis=0), floor)
+
+
+def fit(
+    logmel: npt.ArrayLike,
+    params: Mapping[str, Any],
+    seed: int = 0,
+    groups: npt.ArrayLike | None = None,
+) -> BandStat:
+    """Fit on normal log-mel windows ``[n, n_frames, n_mels]``; ``groups`` names each
+    window's recording (``knn_topk`` measures its local spread across recordings).
+    ValueError on bad input."""
+    p = {**DEFAULTS, **params}
+    unknown = sorted(set(p) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"bandstat has no parameter {unknown[0]!r} (known: {sorted(DEFAULTS)})")
+    scorer = str(p["scorer"])
+    if scorer not in SCORERS:
+        raise ValueError(f"bandstat scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
+    s = statistics(logmel)
+    n, d = s.shape
+    n_mels = (d - 1) // 3
+    if n < 8:
+        raise ValueError(f"bandstat needs at least 8 normal windows, got {n}")
+    k = int(p["k"])
+    if not 1 <= k <= d:
+        raise ValueError(f"k must be in [1, {d}], got {k}")
+    floor = float(p["floor_db"])
+    if not floor > 0:
+        raise ValueError(f"floor_db must be positive, got {floor}")
+    center = np.median(s, axis=0)
+    scale = np.maximum(MAD_TO_STD * np.median(np.abs(s - center), axis=0), floor)
+    z = (s - center) / scale
+    if scorer in ("knn", "knn_topk"):
+        size = int(p["coreset"])
+        if size < 1:
+            raise ValueError(f"coreset must be at least 1, got {size}")
+        core = _coreset(z, size, np.random.default_rng(seed))
+        if scorer == "knn":
+            return BandStat("knn", n_mels, center, scale, k, coreset=core)
+        g = None if groups is None else np.asarray(groups)
+        local = _local_scale(z, scale, g, floor)
+        return BandStat("knn_topk", n_mels, center, scale, k, coreset=core, local_scale=local)
+    if scorer == "maha":
+        cov, shrink = _ledoit_wolf(z)
+        whitener = np.linalg.cholesky(np.linalg.inv(cov))
+        return BandStat("maha", n_mels, center, scale, k, whitener=whitener, shrinkage=shrink)
+    return BandStat("topk", n_mels, center, scale, k)
+
+
+# -- ONNX ------------------------------------------------------------------------------
+
+
+def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
+    """The contract graph ``logmel[batch, n_frames, n_mels] -> score[batch], bands[batch,
+    n_mels]`` (float32, opset 17), with ``metadata`` under the contract's key; checked."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from asd_edge.model import METADATA_KEY
+
+    m, d = model.n_mels, model.dims
+    f32 = np.float32
+
+    def const(name: str, value: Any, dtype: Any = f32) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+    inits = [
+        const("db_to_ln", LN10 / 10.0),
+        const("ln_to_db", 10.0 / LN10),
+        const("center", model.center),
+        const("scale", model.scale),
+        const("frames_axis", [1], np.int64),
+        const("mels_axis", [2], np.int64),
+        const("first", [0], np.int64),
+        const("second", [1], np.int64),
+        const("all_but_last", [n_frames - 1], np.int64),
+        const("to_end", [n_frames], np.int64),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("ReduceMean", ["logmel"], ["mean3"], axes=[1], keepdims=1),
+        node("Squeeze", ["mean3", "frames_axis"], ["mean"]),
+        node("Sub", ["logmel", "mean3"], ["centred"]),
+        node("Mul", ["centred", "centred"], ["sq"]),
+        node("ReduceMean", ["sq"], ["var"], axes=[1], keepdims=0),
+        node("Sqrt", ["var"], ["spread"]),
+        node("Slice", ["logmel", "second", "to_end", "frames_axis"], ["later"]),
+        node("Slice", ["logmel", "first", "all_but_last", "frames_axis"], ["earlier"]),
+        node("Sub", ["later", "earlier"], ["step"]),
+        node("Abs", ["step"], ["abs_step"]),
+        node("ReduceMean", ["abs_step"], ["flux"], axes=[1], keepdims=0),
+        node("Mul", ["logmel", "db_to_ln"], ["ln_power"]),
+        node("Exp", ["ln_power"], ["power"]),
+        node("ReduceSum", ["power", "mels_axis"], ["frame_power"], keepdims=0),
+        node("ReduceMean", ["frame_power"], ["mean_power"], axes=[1], keepdims=1),
+        node("Log", ["mean_power"], ["ln_level"]),
+        node("Mul", ["ln_level", "ln_to_db"], ["level"]),
+        node("Concat", ["mean", "spread", "flux", "level"], ["stats"], axis=1),
+        node("Sub", ["stats", "center"], ["dev"]),
+        node("Div", ["dev", "scale"], ["z"]),
+    ]
+    if model.scorer == "topk":
+        inits += [const("k", [model.k], np.int64), const("band_center", model.center[:m])]
+        nodes += [
+            node("Abs", ["z"], ["abs_z"]),
+            node("TopK", ["abs_z", "k"], ["top", "top_index"], axis=1),
+            node("ReduceMean", ["top"], ["score"], axes=[1], keepdims=0),
+            node("Sub", ["mean", "band_center"], ["bands"]),
+        ]
+    elif model.scorer in ("knn", "knn_topk"):
+        assert model.coreset is not None
+        core = model.coreset
+        # Distances as sums of squared differences, not |z|^2 + |c|^2 - 2 z.c: in float32
+        # that form cancels catastrophically for windows close to a coreset window.
+        inits += [
+            const("coreset", core),
+            const("stats_axis", [2], np.int64),
+            const("coreset_bands_db", core[:, :m] * model.scale[:m] + model.center[:m]),
+        ]
+        nodes += [
+            node("Unsqueeze", ["z", "second"], ["z3"]),
+            node("Sub", ["z3", "coreset"], ["diff"]),
+            node("Mul", ["diff", "diff"], ["diff_sq"]),
+            node("ReduceSum", ["diff_sq", "stats_axis"], ["dist2"], keepdims=0),
+            node("ArgMin", ["dist2"], ["nearest"], axis=1, keepdims=0),
+            node("Gather", ["coreset_bands_db", "nearest"], ["nearest_bands"], axis=0),
+            node("Sub", ["mean", "nearest_bands"], ["bands"]),
+        ]
+        if model.scorer == "knn":
+            inits.append(const("inv_dims", 1.0 / d))
+            nodes += [
+                node("ReduceMin", ["dist2"], ["nearest_d2"], axes=[1], keepdims=0),
+                node("Mul", ["nearest_d2", "inv_dims"], ["per_stat"]),
+                node("Sqrt", ["per_stat"], ["score"]),
+            ]
+        else:
+            assert model.local_scale is not None
+            inits += [
+                const("to_local", model.scale / model.local_scale),
+                const("k", [model.k], np.int64),
+            ]
+            nodes += [
+                node("Gather", ["coreset", "nearest"], ["nearest_z"], axis=0),
+                node("Sub", ["z", "nearest_z"], ["resid"]),
+                node("Abs", ["resid"], ["abs_resid"]),
+                node("Mul", ["abs_resid", "to_local"], ["local_z"]),
+                node("TopK", ["local_z", "k"], ["top", "top_index"], axis=1),
+                node("ReduceMean", ["top"], ["score"], axes=[1], keepdims=0),
+            ]
+    else:
+        assert model.whitener is not None
+        inits += [
+            const("whitener", model.whitener),
+            const("stats_axis", [1], np.int64),
+            const("inv_dims", 1.0 / d),
+            const("band_center", model.center[:m]),
+        ]
+        nodes += [
+            node("MatMul", ["z", "whitener"], ["w"]),
+            node("Mul", ["w", "w"], ["w_sq"]),
+            node("ReduceSum", ["w_sq", "stats_axis"], ["maha2"], keepdims=0),
+            node("Mul", ["maha2", "inv_dims"], ["per_stat"]),
+            node("Sqrt", ["per_stat"], ["score"]),
+            node("Sub", ["mean", "band_center"], ["bands"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        f"bandstat_{model.scorer}",
+        [helper.make_tensor_value_info("logmel", TensorProto.FLOAT, ["batch", n_frames, m])],
+        [
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("bands", TensorProto.FLOAT, ["batch", m]),
+        ],
+        inits,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="asd-edge"
+    )
+    proto.ir_version = 8
+    helper.set_model_props(proto, {METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
