@@ -21,6 +21,7 @@ __all__ = [
     "Outcome",
     "describe_phase",
     "evaluate",
+    "evidence_text",
     "parse_iso",
     "render_summary",
 ]
@@ -113,7 +114,7 @@ class AlertBook:
 
 def describe_phase(record: AlertRecord, phase: str, playback_start_s: float | None) -> list[str]:
     """Readable lines for one alert phase as received: time, monitor, phase, id,
-    score vs threshold; for an end, also its clip."""
+    score vs threshold, the evidence bands (which band changed); for an end, also its clip."""
     payload = record.start if phase == "start" else record.end
     assert payload is not None
     received = record.start_received_at if phase == "start" else record.end_received_at
@@ -126,9 +127,11 @@ def describe_phase(record: AlertRecord, phase: str, playback_start_s: float | No
         f"  {clock} {offset:>9}  {record.monitor}  {phase.upper():5}  {record.id}  "
         f"score {_fmt(score)} {relation} threshold {_fmt(threshold)}"
     )
+    evidence = [evidence_text(band) for band in payload.get("evidence") or []]
+    lines = [line] + ([f"      evidence: {'; '.join(evidence)}"] if evidence else [])
     if phase == "start":
-        return [line]
-    line += f", peak {_fmt(payload.get('peak_score'))}, {payload.get('duration_s', '?')} s"
+        return lines
+    lines[0] += f", peak {_fmt(payload.get('peak_score'))}, {payload.get('duration_s', '?')} s"
     clip = record.clip
     if clip.get("status") == "saved":
         sha = str(clip.get("sha256") or "")[:12]
@@ -138,7 +141,15 @@ def describe_phase(record: AlertRecord, phase: str, playback_start_s: float | No
         )
     else:
         clip_line = f"      clip {clip.get('status', 'missing')}: {clip.get('error') or 'no clip'}"
-    return [line, clip_line]
+    return [*lines, clip_line]
+
+
+def evidence_text(band: dict[str, Any]) -> str:
+    """One evidence band as people read it: ``3072-3380 Hz +13.5 dB (9.1 spreads)``."""
+    lo, hi = band.get("band_hz", ["?", "?"])
+    delta = band.get("delta_db")
+    sign = "+" if isinstance(delta, int | float) and delta > 0 else ""
+    return f"{_fmt(lo)}-{_fmt(hi)} Hz {sign}{_fmt(delta)} dB ({_fmt(band.get('z'))} spreads)"
 
 
 def _num(value: Any) -> float:
