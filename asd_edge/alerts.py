@@ -244,16 +244,8 @@ class Alerts:
             if found is None:
                 return None
             opened, began = found
-            ended = self._wall()
             alert_id = opened["id"]
-            payload = {
-                **opened,
-                "phase": "end",
-                "ended_at": iso_utc(ended),
-                "duration_s": round(max(0.0, ended - began), 3),
-                "details": dict(details),
-            }
-            payload.pop("detected_at", None)
+            payload = self._end_of(opened, began, details)
             log.warning(
                 "input_recovered",
                 alert_id=alert_id,
@@ -264,6 +256,22 @@ class Alerts:
         if self._sink is not None:
             self._sink.submit_alert(alert_id, payload, phase=phase)
         return alert_id
+
+    def _end_of(
+        self, opened: Mapping[str, Any], began: float, details: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The end phase of an open input or machine alert: the start's payload with the
+        end time and duration, these ``details``, and no ``detected_at``."""
+        ended = self._wall()
+        payload = {
+            **opened,
+            "phase": "end",
+            "ended_at": iso_utc(ended),
+            "duration_s": round(max(0.0, ended - began), 3),
+            "details": dict(details),
+        }
+        payload.pop("detected_at", None)
+        return payload
 
     def end_input_problems(self, reason: str) -> None:
         """End every open input alert (at shutdown), so that none is left without an end."""
@@ -332,15 +340,7 @@ class Alerts:
             if found is None:
                 continue
             opened, began = found
-            ended = self._wall()
-            payload = {
-                **opened,
-                "phase": "end",
-                "ended_at": iso_utc(ended),
-                "duration_s": round(max(0.0, ended - began), 3),
-                "details": dict(details),
-            }
-            payload.pop("detected_at", None)
+            payload = self._end_of(opened, began, details)
             ended_id = str(opened["id"])
             if self._sink is not None:
                 self._sink.submit_alert(ended_id, payload, phase="end")
