@@ -92,15 +92,32 @@ class TestScorers:
         """score and bands of the exported graph equal the numpy scoring on real-shaped
         windows (normal and faulty) within 1e-4 + 1e-3 relative."""
         train = _normal_logmel(40.0)
-        model = bandstat.fit(train, {"scorer": scorer}, groups=np.arange(len(train)) // 10)
-        proto = bandstat.to_onnx(model, train.shape[1], {"note": "test"})
+        plain = bandstat.fit(train, {"scorer": scorer}, groups=np.arange(len(train)) // 10)
         machine = Machine(machine_id=1, seed=0, sample_rate=RATE)
         bad = FEATURIZE(machine.anomaly("squeal", 4.0, np.random.default_rng(5)))[0]
-        x = np.concatenate([_normal_logmel(4.0, seed=9), bad]).astype(np.float32)
-        got_s, got_b = _session(proto).run(["score", "bands"], {"logmel": x})
-        ref_s, ref_b = model.score(x)
-        np.testing.assert_allclose(got_s, ref_s, atol=1e-4, rtol=1e-3)
-        np.testing.assert_allclose(got_b, ref_b, atol=1e-4, rtol=1e-3)
+        x = np.concatenate([_normal_logmel(4.0, seed=9), bad, train[:5] - 8.0])
+        x = x.astype(np.float32)
+        for model in (plain, plain.with_taus(2.0, 3.0)):
+            proto = bandstat.to_onnx(model, train.shape[1], {"note": "test"})
+            got_s, got_b = _session(proto).run(["score", "bands"], {"logmel": x})
+            ref_s, ref_b = model.score(x)
+            np.testing.assert_allclose(got_s, ref_s, atol=1e-4, rtol=1e-3)
+            np.testing.assert_allclose(got_b, ref_b, atol=1e-4, rtol=1e-3)
+
+    def test_fused_score_is_the_larger_channel(self, scorer: str) -> None:
+        """With thresholds, the score is max(distance / its threshold, loudness / its
+        threshold): a window 8 dB quieter than normal scores by its loudness."""
+        train = _normal_logmel(40.0)
+        model = bandstat.fit(train, {"scorer": scorer}, groups=np.arange(len(train)) // 10)
+        fused = model.with_taus(2.0, 3.0)
+        quiet = train[:6] - 8.0
+        distance, loudness, _ = model.components(quiet)
+        np.testing.assert_allclose(
+            fused.score(quiet)[0], np.maximum(distance / 2.0, loudness / 3.0)
+        )
+        assert np.all(loudness >= 6.0)  # 8 dB at a spread of at most ~1.3 dB
+        with pytest.raises(ValueError, match="positive"):
+            model.with_taus(0.0, 1.0)
 
     def test_faults_score_higher(self, scorer: str) -> None:
         """Every synthetic fault kind scores above held-out normal windows (window AUC
@@ -170,6 +187,8 @@ class TestAutoFit:
         for cand in metrics["candidates"]:
             assert set(cand["injected_recall"]) == set(FAULTS)
             assert cand["predicted_fa_per_day"] is not None
+        assert metrics["model"]["distance_threshold"] > 0
+        assert metrics["model"]["loudness_threshold"] > 0
         meta = read_metadata(path)
         cal = meta["calibration"]
         assert cal["cross_fitted"]["sources"] == 8

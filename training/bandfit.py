@@ -223,7 +223,7 @@ def fit_bandstat(
     x_all = np.concatenate([r.logmel for r in recordings])
     levels = np.concatenate([r.levels_dbfs for r in recordings])
     groups = np.concatenate([np.full(r.logmel.shape[0], i) for i, r in enumerate(recordings)])
-    model = bandstat.fit(x_all, chosen.params, c.seed, groups=groups)
+    model = bandstat.fit(x_all, chosen.params, c.seed, groups=groups).with_taus(*chosen.taus)
     needed_s = audio_needed_s(cal_config)
     held_s = sum(q.duration_s for q in chosen.held_out)
     calibration = {
@@ -301,18 +301,12 @@ def fit_bandstat(
     files = dataset.split("test")
     metrics["evaluated_split"] = "test" if files else None
     if files:
-        from .evaluate import evaluate_files
+        from .evaluate import evaluate_split  # scikit-learn's AUCs: the workstation's
 
-        ev = evaluate_files(
-            model_path, files, run.path, hop_s=c.deploy_hop_s, progress=not c.quiet,
-            log=run.log, write_metrics=False,
-        )  # fmt: skip
-        metrics["test"] = ev.metrics
-        m = ev.metrics
-        run.log(
-            f"test: {len(ev.rows)} files, auc={m['auc']} pauc={m['pauc']} "
-            f"tp={m['tp']} fp={m['fp']} tn={m['tn']} fn={m['fn']}"
+        ev = evaluate_split(
+            model_path, files, run, split="test", hop_s=c.deploy_hop_s, progress=not c.quiet
         )
+        metrics["test"] = ev.metrics
     _plot_recall(reports, chosen, run / "injected_recall.png")
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     run.write_json("metrics.json", metrics)

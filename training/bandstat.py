@@ -27,6 +27,13 @@ recording agree more closely) and then scores a window by one of:
 - ``maha``: a Mahalanobis distance (RMS per statistic) under a Ledoit-Wolf shrunk
   covariance of the standardised statistics.
 
+The distance is one channel; the other is the loudness deviation, ``|z|`` of the
+broadband level: what a level meter sees, and on real recordings of several machines or
+set-ups the one statistic that agrees across them. The cross-fitted calibration
+(``training.crossfit``) gives each channel its own threshold at half the false-alarm
+budget, and the score is ``max(distance / its threshold, loudness / its threshold)``:
+a fault is caught by either, and neither hides the other.
+
 Every scorer also gives the per-band deviation of the window's mean level from normal
 in dB (from the median, or for ``knn`` from the nearest normal window): the model's
 second output ``bands``, from which the daemon says which band changed.
@@ -41,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -139,6 +146,9 @@ class BandStat:
     """``maha``: ``L`` with ``L @ L.T`` the inverse shrunk covariance ``[d, d]``."""
     shrinkage: float | None = None
     """``maha``: the Ledoit-Wolf shrinkage intensity used."""
+    taus: tuple[float, float] | None = None
+    """The thresholds of the distance and of the loudness deviation when they are fused
+    (set by the cross-fitted calibration); None scores the distance alone."""
 
     @property
     def dims(self) -> int:
@@ -151,7 +161,24 @@ class BandStat:
         return self.scale[: self.n_mels]
 
     def score(self, logmel: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """``(score [batch], bands [batch, n_mels])`` of log-mel windows, float64."""
+        """``(score [batch], bands [batch, n_mels])`` of log-mel windows, float64.
+
+        Without ``taus`` the score is the scorer's distance; with them it is the larger of
+        the distance and the loudness deviation, each divided by its own threshold."""
+        shape, level, bands = self.components(logmel)
+        if self.taus is None:
+            return shape, bands
+        return np.maximum(shape / self.taus[0], level / self.taus[1]), bands
+
+    def with_taus(self, shape_tau: float, level_tau: float) -> BandStat:
+        """This model with the two channels fused at these thresholds (see the module doc)."""
+        if not (shape_tau > 0 and level_tau > 0):
+            raise ValueError(f"thresholds must be positive, got {shape_tau}, {level_tau}")
+        return replace(self, taus=(float(shape_tau), float(level_tau)))
+
+    def components(self, logmel: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(distance [batch], loudness deviation [batch], bands [batch, n_mels])``: the
+        scorer's distance to normal, ``|z|`` of the broadband level, the band deviations."""
         s = statistics(logmel)
         z = (s - self.center) / self.scale
         d = self.dims
@@ -175,7 +202,7 @@ class BandStat:
             w = z @ self.whitener
             score = np.sqrt((w * w).sum(axis=1) / d)
             bands = s[:, : self.n_mels] - self.center[: self.n_mels]
-        return score, bands
+        return score, np.abs(z[:, -1]), bands
 
     def describe(self) -> dict[str, Any]:
         """What was fitted, for ``metrics.json``."""
@@ -186,6 +213,8 @@ class BandStat:
             out["coreset"] = int(self.coreset.shape[0])
         if self.shrinkage is not None:
             out["shrinkage"] = round(self.shrinkage, 4)
+        if self.taus is not None:
+            out["distance_threshold"], out["loudness_threshold"] = self.taus
         return out
 
 
@@ -343,7 +372,7 @@ def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
         nodes += [
             node("Abs", ["z"], ["abs_z"]),
             node("TopK", ["abs_z", "k"], ["top", "top_index"], axis=1),
-            node("ReduceMean", ["top"], ["score"], axes=[1], keepdims=0),
+            node("ReduceMean", ["top"], ["distance"], axes=[1], keepdims=0),
             node("Sub", ["mean", "band_center"], ["bands"]),
         ]
     elif model.scorer in ("knn", "knn_topk"):
@@ -370,7 +399,7 @@ def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
             nodes += [
                 node("ReduceMin", ["dist2"], ["nearest_d2"], axes=[1], keepdims=0),
                 node("Mul", ["nearest_d2", "inv_dims"], ["per_stat"]),
-                node("Sqrt", ["per_stat"], ["score"]),
+                node("Sqrt", ["per_stat"], ["distance"]),
             ]
         else:
             assert model.local_scale is not None
@@ -384,7 +413,7 @@ def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
                 node("Abs", ["resid"], ["abs_resid"]),
                 node("Mul", ["abs_resid", "to_local"], ["local_z"]),
                 node("TopK", ["local_z", "k"], ["top", "top_index"], axis=1),
-                node("ReduceMean", ["top"], ["score"], axes=[1], keepdims=0),
+                node("ReduceMean", ["top"], ["distance"], axes=[1], keepdims=0),
             ]
     else:
         assert model.whitener is not None
@@ -399,8 +428,24 @@ def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
             node("Mul", ["w", "w"], ["w_sq"]),
             node("ReduceSum", ["w_sq", "stats_axis"], ["maha2"], keepdims=0),
             node("Mul", ["maha2", "inv_dims"], ["per_stat"]),
-            node("Sqrt", ["per_stat"], ["score"]),
+            node("Sqrt", ["per_stat"], ["distance"]),
             node("Sub", ["mean", "band_center"], ["bands"]),
+        ]
+    if model.taus is None:
+        nodes.append(node("Identity", ["distance"], ["score"]))
+    else:
+        inits += [
+            const("level_index", [d - 1], np.int64),
+            const("distance_tau", model.taus[0]),
+            const("loudness_tau", model.taus[1]),
+        ]
+        nodes += [
+            node("Gather", ["z", "level_index"], ["level_z2"], axis=1),
+            node("Squeeze", ["level_z2", "second"], ["level_z"]),
+            node("Abs", ["level_z"], ["loudness"]),
+            node("Div", ["distance", "distance_tau"], ["distance_ratio"]),
+            node("Div", ["loudness", "loudness_tau"], ["loudness_ratio"]),
+            node("Max", ["distance_ratio", "loudness_ratio"], ["score"]),
         ]
     graph = helper.make_graph(
         nodes,

@@ -13,7 +13,11 @@ All normal audio a user has serves both fitting and calibration:
    caught when the daemon's decision rule raises an event on it. That recall, per fault
    and severity, is how candidates are compared (ties within :data:`RECALL_TIE` by the
    window-level pAUC of normal against injected windows);
-4. the chosen candidate is fitted on everything and keeps the cross-fitted threshold
+   Each candidate has two channels (``training.bandstat``): its distance to normal and
+   the loudness deviation. Each is calibrated on the held-out sequences at half the
+   false-alarm budget, the score becomes the larger of the two ratios to their
+   thresholds, and that fused score is calibrated at the full budget;
+4. the chosen candidate is fitted on everything and keeps the cross-fitted thresholds
    (fold models saw less data, so their held-out scores err on the high side: the
    threshold is conservative).
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -120,6 +124,8 @@ class CandidateReport:
     recall_mean: float
     window_auc: float | None
     window_pauc: float | None
+    taus: tuple[float, float] = (1.0, 1.0)
+    """Thresholds of the distance and of the loudness deviation (each at half the budget)."""
     held_out: list[ScoreSequence] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
@@ -225,8 +231,8 @@ def crossfit(
     injected: dict[int, dict[tuple[str, float], tuple[FloatArray, np.ndarray]]] = {}
     jobs = [(c, f) for c in candidates for f in range(len(fold_idx))]
     bar = _bar(jobs, progress, "cross-fit")
-    held: dict[str, list[ScoreSequence]] = {c.name: [] for c in candidates}
-    faulty: dict[str, list[tuple[str, float, ScoreSequence]]] = {c.name: [] for c in candidates}
+    held: dict[str, list[_Channels]] = {c.name: [] for c in candidates}
+    faulty: dict[str, list[tuple[str, float, _Channels]]] = {c.name: [] for c in candidates}
     for cand, f in bar:
         kept = [i for g, idx in enumerate(fold_idx) if g != f for i in idx]
         train = np.concatenate([recordings[i].logmel for i in kept])
@@ -234,16 +240,13 @@ def crossfit(
         model = bandstat.fit(train, cand.params, seed, groups=groups)
         for i in fold_idx[f]:
             rec = recordings[i]
-            scores, _ = model.score(rec.logmel)
-            held[cand.name].append(_sequence(rec.end_s, scores, rec.duration_s, rec.source))
+            held[cand.name].append(_Channels.of(model, rec.logmel, rec.end_s, rec.source))
             if i not in inject_set:
                 continue
             if i not in injected:
                 injected[i] = _inject_all(rec, featurize, seed + i)
             for (fault, sev), (x, ends) in injected[i].items():
-                s, _ = model.score(x)
-                dur = float(ends[-1]) if ends.size else 0.0
-                faulty[cand.name].append((fault, sev, _sequence(ends, s, dur, rec.source)))
+                faulty[cand.name].append((fault, sev, _Channels.of(model, x, ends, rec.source)))
     reports = []
     for cand in candidates:
         reports.append(_report(cand, held[cand.name], faulty[cand.name], config))
@@ -286,35 +289,69 @@ def _inject_all(
     }
 
 
+@dataclass(frozen=True)
+class _Channels:
+    """One scored recording: the distance and the loudness deviation of each window."""
+
+    end_s: np.ndarray
+    distance: np.ndarray
+    loudness: np.ndarray
+    source: str
+
+    @classmethod
+    def of(
+        cls, model: bandstat.BandStat, x: FloatArray, end_s: np.ndarray, source: str
+    ) -> _Channels:
+        distance, loudness, _ = model.components(x)
+        return cls(end_s, distance, loudness, source)
+
+    def sequence(self, scores: np.ndarray) -> ScoreSequence:
+        duration = float(self.end_s[-1]) if self.end_s.size else 0.0
+        return ScoreSequence(self.end_s, scores.astype(np.float64), duration, self.source)
+
+    def fused(self, taus: tuple[float, float]) -> ScoreSequence:
+        return self.sequence(np.maximum(self.distance / taus[0], self.loudness / taus[1]))
+
+
 def _report(
     cand: Candidate,
-    held: list[ScoreSequence],
-    faulty: list[tuple[str, float, ScoreSequence]],
+    held: list[_Channels],
+    faulty: list[tuple[str, float, _Channels]],
     config: CalibrationConfig,
 ) -> CandidateReport:
-    cal: Calibration = calibrate(held, config)
+    """Thresholds of the two channels at half the budget each, then of their fusion."""
+    half = replace(config, target_fa_per_day=config.target_fa_per_day / 2.0)
+    taus = (
+        calibrate([h.sequence(h.distance) for h in held], half).threshold,
+        calibrate([h.sequence(h.loudness) for h in held], half).threshold,
+    )
+    taus = (max(taus[0], 1e-6), max(taus[1], 1e-6))
+    fused = [h.fused(taus) for h in held]
+    cal: Calibration = calibrate(fused, config)
     recall: dict[str, dict[str, float]] = {}
     for fault in FAULTS:
         recall[fault] = {}
         for sev in SEVERITIES:
-            seqs = [s for f, v, s in faulty if f == fault and v == sev]
+            seqs = [c.fused(taus) for f, v, c in faulty if f == fault and v == sev]
             if seqs:
-                hits = sum(_caught(s, config, cal.threshold) for s in seqs)
+                hits = sum(_caught(q, config, cal.threshold) for q in seqs)
                 recall[fault][str(sev)] = round(hits / len(seqs), 4)
     values = [v for per in recall.values() for v in per.values()]
-    normal = np.concatenate([s.scores for s in held]) if held else np.zeros(0)
-    bad = np.concatenate([s.scores for _, _, s in faulty]) if faulty else np.zeros(0)
-    a, pa = auc(normal, bad), pauc(normal, bad)
+    normal = np.concatenate([q.scores for q in fused]) if fused else np.zeros(0)
+    bad = [c.fused(taus).scores for _, _, c in faulty]
+    bad_all = np.concatenate(bad) if bad else np.zeros(0)
+    a, pa = auc(normal, bad_all), pauc(normal, bad_all)
     return CandidateReport(
         name=cand.name,
         params=dict(cand.params),
         threshold=cal.threshold,
-        calibration=cal.metadata,
+        calibration={**cal.metadata, "distance_threshold": taus[0], "loudness_threshold": taus[1]},
         recall=recall,
         recall_mean=float(np.mean(values)) if values else 0.0,
         window_auc=None if a is None else round(a, 4),
         window_pauc=None if pa is None else round(pa, 4),
-        held_out=held,
+        taus=taus,
+        held_out=fused,
     )
 
 

@@ -37,7 +37,15 @@ from .plots import plot_roc, plot_score_hist
 from .runs import RunDir
 from .windows import LabelledFile
 
-__all__ = ["MAX_FPR", "Evaluation", "compare_quantized", "configure", "evaluate_files", "run"]
+__all__ = [
+    "MAX_FPR",
+    "Evaluation",
+    "compare_quantized",
+    "configure",
+    "evaluate_files",
+    "evaluate_split",
+    "run",
+]
 
 MAX_FPR = 0.1
 """pAUC range, as DCASE 2020 task 2 (``roc_auc_score(y, s, max_fpr=0.1)``)."""
@@ -155,6 +163,28 @@ def evaluate_files(
     finally:
         out.close()
     return Evaluation(metrics=metrics, rows=rows, skipped=skipped)
+
+
+def evaluate_split(
+    model: str | os.PathLike[str],
+    files: Sequence[LabelledFile],
+    run: RunDir,
+    *,
+    split: str,
+    hop_s: float,
+    progress: bool,
+) -> Evaluation:
+    """A fit's evaluation of one split: ``evaluate_files`` into the run directory (its
+    metrics go into the fit's own metrics.json) and one summary line in its log."""
+    ev = evaluate_files(
+        model, files, run.path, hop_s=hop_s, progress=progress, log=run.log, write_metrics=False
+    )
+    m = ev.metrics
+    run.log(
+        f"{split}: {len(ev.rows)} files, auc={m['auc']} pauc={m['pauc']} "
+        f"tp={m['tp']} fp={m['fp']} tn={m['tn']} fn={m['fn']}"
+    )
+    return ev
 
 
 def _metrics(

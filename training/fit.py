@@ -27,7 +27,7 @@ from .bandstat import DEFAULTS as BANDSTAT_DEFAULTS
 from .calibrate import DEVICE_RULE, METHODS, CalibrationConfig, calibrate_files
 from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE
 from .errors import DataError, ExportError
-from .evaluate import compare_quantized, evaluate_files
+from .evaluate import compare_quantized, evaluate_split
 from .export import (
     build_time,
     contract_metadata,
@@ -269,16 +269,10 @@ def _stages(
     files = dataset.split(split)
     metrics["evaluated_split"] = split if files else None
     if files:
-        ev = evaluate_files(
-            model_path, files, run.path, hop_s=c.deploy_hop_s, progress=not c.quiet,
-            log=run.log, write_metrics=False,
-        )  # fmt: skip
-        metrics["test"] = ev.metrics
-        m = ev.metrics
-        run.log(
-            f"{split}: {len(ev.rows)} files, auc={m['auc']} pauc={m['pauc']} "
-            f"tp={m['tp']} fp={m['fp']} tn={m['tn']} fn={m['fn']}"
+        ev = evaluate_split(
+            model_path, files, run, split=split, hop_s=c.deploy_hop_s, progress=not c.quiet
         )
+        metrics["test"] = ev.metrics
         if c.quantize:
             int8 = run / "model.int8.onnx"
             quantize_model(model_path, int8, read_metadata(model_path))

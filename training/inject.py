@@ -11,7 +11,9 @@ user's own machine, the way ``training.synth`` makes them on its synthetic machi
 - ``imbalance``: amplitude modulation at a slow rotation rate (5-25 Hz);
 - ``band_level``: one band (a third of an octave to an octave) louder by
   ``3 dB x severity``, all else unchanged: the signature of many real faults;
-- ``squeal``: a narrowband tone with vibrato (1.5-6 kHz).
+- ``squeal``: a narrowband tone with vibrato (1.5-6 kHz);
+- ``level``: the whole sound ``2 dB x severity`` louder or quieter (a clogged filter, a
+  loose cover, a failing motor: many faults change mostly the loudness).
 
 ``severity`` is 0.5 (slight), 1 (clear) or 2 (strong) in the reports; added sounds
 (impulses, squeal) sit at ``ADDED_DB + 20 log10(severity)`` dB relative to the
@@ -30,7 +32,14 @@ from scipy import signal
 
 __all__ = ["ADDED_DB", "FAULTS", "SEVERITIES", "inject"]
 
-FAULTS: tuple[str, ...] = ("impulses", "tone_shift", "imbalance", "band_level", "squeal")
+FAULTS: tuple[str, ...] = (
+    "impulses",
+    "tone_shift",
+    "imbalance",
+    "band_level",
+    "squeal",
+    "level",
+)
 """Every fault :func:`inject` makes."""
 SEVERITIES: tuple[float, ...] = (0.5, 1.0, 2.0)
 """The severities the reports use: slight, clear, strong."""
@@ -100,12 +109,18 @@ def _squeal(x: np.ndarray, sr: int, severity: float, rng: np.random.Generator) -
     return x + _added_gain(x, severity) * np.sqrt(2.0) * np.sin(phase)
 
 
+def _level(x: np.ndarray, sr: int, severity: float, rng: np.random.Generator) -> np.ndarray:
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    return x * 10.0 ** (sign * 2.0 * severity / 20.0)
+
+
 _MAKERS: dict[str, Callable[[np.ndarray, int, float, np.random.Generator], np.ndarray]] = {
     "impulses": _impulses,
     "tone_shift": _tone_shift,
     "imbalance": _imbalance,
     "band_level": _band_level,
     "squeal": _squeal,
+    "level": _level,
 }
 
 
