@@ -251,19 +251,36 @@ def _ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
     return (1.0 - shrink) * s + shrink * mu * np.eye(d), shrink
 
 
+LOCAL_QUERIES = 2048
+"""``knn_topk``: at most this many windows (seeded) measure the local spread."""
+_CHUNK = 256
+
+
 def _local_scale(
-    z: np.ndarray, scale: np.ndarray, groups: np.ndarray | None, floor: float
+    z: np.ndarray,
+    scale: np.ndarray,
+    groups: np.ndarray | None,
+    floor: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Robust spread (dB, at least ``floor``) of each statistic's deviation from the nearest
     window of another recording (with one recording: of another window), ``z`` being the
-    statistics in units of ``scale``."""
-    dist2 = _sq_distances(z, z)
-    if groups is not None and np.unique(groups).size > 1:
-        dist2[groups[:, None] == groups[None, :]] = np.inf
-    else:
-        np.fill_diagonal(dist2, np.inf)
-    resid_db = np.abs(z - z[dist2.argmin(axis=1)]) * scale
-    return np.maximum(MAD_TO_STD * np.median(resid_db, axis=0), floor)
+    statistics in units of ``scale``. At most :data:`LOCAL_QUERIES` windows are measured,
+    in chunks, so memory stays bounded for hours of audio."""
+    n = z.shape[0]
+    queries = np.sort(rng.permutation(n)[:LOCAL_QUERIES])
+    by_group = groups is not None and np.unique(groups).size > 1
+    resid = []
+    for at in range(0, queries.size, _CHUNK):
+        q = queries[at : at + _CHUNK]
+        dist2 = _sq_distances(z[q], z)
+        if by_group:
+            assert groups is not None
+            dist2[groups[q][:, None] == groups[None, :]] = np.inf
+        else:
+            dist2[np.arange(q.size), q] = np.inf
+        resid.append(np.abs(z[q] - z[dist2.argmin(axis=1)]) * scale)
+    return np.maximum(MAD_TO_STD * np.median(np.concatenate(resid), axis=0), floor)
 
 
 def fit(
@@ -304,7 +321,7 @@ def fit(
         if scorer == "knn":
             return BandStat("knn", n_mels, center, scale, k, coreset=core)
         g = None if groups is None else np.asarray(groups)
-        local = _local_scale(z, scale, g, floor)
+        local = _local_scale(z, scale, g, floor, np.random.default_rng([seed, 1]))
         return BandStat("knn_topk", n_mels, center, scale, k, coreset=core, local_scale=local)
     if scorer == "maha":
         cov, shrink = _ledoit_wolf(z)
