@@ -329,6 +329,11 @@ def main() -> int:
             c = next(iter(by_seed.values()))["counts"]
             text = ", ".join(f"{sp} {c[sp]['normal']}/{c[sp]['anomaly']}" for sp in c)
             print(f"- {machine} ({variant}): {text}")
+    return report_failures(rows, total_s)
+
+
+def report_failures(rows: list[dict[str, Any]], total_s: float) -> int:
+    """Print the runs that failed and the total time; the exit code (1 if any failed)."""
     failed = [r for r in rows if "error" in r]
     for r in failed:
         print(f"FAILED {r['machine']} {r['kind']} split {r['seed']}: {r['error']}")
