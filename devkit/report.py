@@ -127,8 +127,15 @@ def describe_phase(record: AlertRecord, phase: str, playback_start_s: float | No
         f"  {clock} {offset:>9}  {record.monitor}  {phase.upper():5}  {record.id}  "
         f"score {_fmt(score)} {relation} threshold {_fmt(threshold)}"
     )
-    evidence = [evidence_text(band) for band in payload.get("evidence") or []]
-    lines = [line] + ([f"      evidence: {'; '.join(evidence)}"] if evidence else [])
+    lines = [line]
+    if "evidence" in payload:  # a model with a bands output
+        bands = [evidence_text(band) for band in payload["evidence"] or []]
+        lines.append(
+            f"      evidence: {'; '.join(bands)}"
+            if bands
+            else "      evidence: no band's level moved by 3 normal spreads (the change is "
+            "in how the sound varies, or it is too small to name a band)"
+        )
     if phase == "start":
         return lines
     lines[0] += f", peak {_fmt(payload.get('peak_score'))}, {payload.get('duration_s', '?')} s"
