@@ -15,6 +15,7 @@ import pytest
 from scipy import signal
 from sklearn.metrics import roc_auc_score
 
+from asd_edge.audiofile import write_wav
 from asd_edge.config import MonitorConfig
 from asd_edge.detector import Detector
 from asd_edge.evidence import band_evidence
@@ -22,6 +23,7 @@ from asd_edge.scoring import score_samples
 from training import bandstat
 from training.bandfit import BandFit, spec_for
 from training.crossfit import auc, pauc
+from training.dataset import file_sha256, write_manifest
 from training.export import read_metadata
 from training.fit import FitConfig, fit
 from training.inject import FAULTS, SEVERITIES, inject
@@ -219,7 +221,36 @@ class TestAutoFit:
         result = fit(FitConfig(data=data, out=tmp_path / "run", kind="bandstat", quiet=True))
         cal = read_metadata(result.model_path)["calibration"]
         assert cal["cross_fitted"]["sources"] >= 2
+        assert cal["cross_fitted"]["pieces_of_one_recording"] is True
+        assert cal["final_model"]["events_at_crossfitted_threshold"] == 0
         assert result.metrics["chosen"] == "bandstat/topk"
+
+    def test_segments_of_one_recording_are_cut_into_folds(self, tmp_path: Path) -> None:
+        """Six 10 s segments of one source (what ``asd-train prepare`` makes of one long
+        recording) are pieces of that source for the folds, numbered across the files."""
+        folder = tmp_path / "segments"
+        machine = Machine(machine_id=0, seed=1, sample_rate=RATE)
+        rows = []
+        for i in range(6):
+            rel = Path("normal") / f"seg{i}.wav"
+            (folder / "normal").mkdir(parents=True, exist_ok=True)
+            write_wav(folder / rel, machine.normal(10.0, np.random.default_rng(i)), RATE)
+            rows.append([rel.as_posix(), "normal", "train", "long.wav", file_sha256(folder / rel)])
+        write_manifest(folder, rows)
+        result = fit(FitConfig(data=folder, out=tmp_path / "run", kind="auto", quiet=True))
+        cal = read_metadata(result.model_path)["calibration"]
+        assert cal["cross_fitted"] == {"folds": 5, "sources": 6, "pieces_of_one_recording": True}
+
+    def test_only_false_alarms_per_day(self, tmp_path: Path) -> None:
+        """The fused score is calibrated on false alarms per day: another method is a usage
+        error (exit 2) naming it."""
+        from training.cli import main as asd_train
+
+        plan = [("train", "normal", 3)]
+        data = write_labelled_dataset(tmp_path / "d", plan, duration_s=6.0, seed=2)
+        code = asd_train(["fit", "--data", str(data), "--out", str(tmp_path / "r"), "--quiet",
+                          "--calibration", "quantile"])  # fmt: skip
+        assert code == 2
 
     def test_cli_fit_auto(self, tmp_path: Path) -> None:
         """The CLI's default kind is auto; a scorer with auto is a usage error (exit 2)."""

@@ -22,6 +22,7 @@ from asd_edge.features import LogMelParams
 from asd_edge.health import window_level_dbfs
 
 from . import bandstat
+from .calibrate import CalibrationConfig, ScoreSequence, count_events
 from .crossfit import (
     CANDIDATES,
     MAX_FOLDS,
@@ -32,9 +33,18 @@ from .crossfit import (
     audio_needed_s,
     choose,
     crossfit,
+    source_groups,
 )
 from .errors import DataError, ExportError
-from .export import build_time, contract_metadata, make_version, save_checked
+from .export import (
+    ATOL,
+    RTOL,
+    build_time,
+    contract_metadata,
+    make_version,
+    save_checked,
+    spread_windows,
+)
 from .runs import RunDir, Tracker
 from .windows import DEFAULT_FEATURES, WindowSpec, file_stream, stream_windows
 
@@ -56,8 +66,6 @@ AUTO = "auto"
 """``--model auto``: choose among :data:`training.crossfit.CANDIDATES` by measurement."""
 NUMPY_KINDS: tuple[str, ...] = (AUTO, "bandstat")
 """The kinds fitted here, with numpy alone."""
-PARITY_ATOL = 1e-4
-PARITY_RTOL = 1e-3
 
 
 def spec_for(rate: int, window_s: float, hop_s: float, n_mels: int) -> WindowSpec:
@@ -85,25 +93,33 @@ class BandFit:
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
 
-    def __call__(self, stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _windows(self, stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         waves, starts = stream_windows(np.asarray(stream, dtype=np.float32), self.spec)
         ends = (starts + self.spec.window_samples) / self.spec.sample_rate
-        return self.spec.model_input(waves), ends.astype(np.float64)
+        return waves, ends.astype(np.float64)
+
+    def __call__(self, stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        waves, ends = self._windows(stream)
+        return self.spec.model_input(waves), ends
 
     def recording(self, source: str, stream: np.ndarray) -> Recording:
         """A stream cut into windows, with their levels."""
-        waves, starts = stream_windows(np.asarray(stream, dtype=np.float32), self.spec)
+        waves, ends = self._windows(stream)
         return Recording(
             source=source,
             sample_rate=self.spec.sample_rate,
             stream=np.asarray(stream, dtype=np.float32),
             logmel=self.spec.model_input(waves),
-            end_s=((starts + self.spec.window_samples) / self.spec.sample_rate).astype(np.float64),
+            end_s=ends,
             levels_dbfs=window_level_dbfs(waves).astype(np.float64),
         )
 
 
-def _recordings(files: list[DataFile], fitter: BandFit, skipped: list[str]) -> list[Recording]:
+def _recordings(
+    files: list[DataFile], fitter: BandFit, skipped: list[str]
+) -> tuple[list[Recording], bool]:
+    """The readable normal recordings; with a single source, cut into pieces that serve as
+    sources for the folds (``True`` then)."""
     out = []
     for f in files:
         try:
@@ -116,18 +132,44 @@ def _recordings(files: list[DataFile], fitter: BandFit, skipped: list[str]) -> l
             skipped.append(f"{f.path}: shorter than one window")
             continue
         out.append(rec)
-    if len({r.source for r in out}) == 1:  # one source: its pieces serve as folds
-        total = sum(r.stream.shape[0] for r in out)
-        count = int(np.clip(total // round(MIN_PIECE_S * fitter.spec.sample_rate), 2, MAX_FOLDS))
-        piece = max(-(-total // count), fitter.spec.window_samples)
-        pieces = []
-        for r in out:
-            for i, at in enumerate(range(0, r.stream.shape[0], piece)):
-                part = r.stream[at : at + piece]
-                if part.shape[0] >= fitter.spec.window_samples:
-                    pieces.append(fitter.recording(f"{r.source}#{i}", part))
-        out = pieces
-    return out
+    if len({r.source for r in out}) != 1:
+        return out, False
+    # One source (one long recording, or its segments): pieces of about total / folds
+    # (at least one window), numbered across its files in their order.
+    total = sum(r.stream.shape[0] for r in out)
+    count = int(np.clip(total // round(MIN_PIECE_S * fitter.spec.sample_rate), 2, MAX_FOLDS))
+    piece = max(-(-total // count), fitter.spec.window_samples)
+    pieces = []
+    for r in out:
+        for at in range(0, r.stream.shape[0], piece):
+            part = r.stream[at : at + piece]
+            if part.shape[0] >= fitter.spec.window_samples:
+                pieces.append(fitter.recording(f"{r.source}#{len(pieces)}", part))
+    return pieces, True
+
+
+def _check_final(
+    model: bandstat.BandStat,
+    recordings: list[Recording],
+    config: CalibrationConfig,
+    threshold: float,
+) -> tuple[float, dict[str, Any]]:
+    """The final model on its own training audio at the cross-fitted threshold: the fold
+    models' thresholds must hold for it too. If it raises an event there (it saw that
+    audio: it should not), the threshold goes up to its highest score on it."""
+    scores = [model.score(r.logmel)[0] for r in recordings]
+    seqs = [
+        ScoreSequence(r.end_s, s, r.duration_s, r.source)
+        for r, s in zip(recordings, scores, strict=True)
+    ]
+    events = count_events(seqs, config.policy(threshold))
+    top = float(max(s.max() for s in scores))
+    raised = events > 0
+    return (max(threshold, top) if raised else threshold), {
+        "events_at_crossfitted_threshold": events,
+        "highest_training_score": round(top, 6),
+        "raised_to_training_max": raised,
+    }
 
 
 def candidates_for(kind: str, params: Mapping[str, Any]) -> list[Candidate]:
@@ -157,14 +199,14 @@ def _export(
     session = ort.InferenceSession(
         proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
     )
-    x = parity_x[np.linspace(0, parity_x.shape[0] - 1, min(512, parity_x.shape[0])).astype(int)]
+    x = spread_windows(parity_x)
     got_s, got_b = session.run(["score", "bands"], {"logmel": x.astype(np.float32)})
     ref_s, ref_b = model.score(x)
-    report: dict[str, Any] = {"windows": int(x.shape[0]), "atol": PARITY_ATOL, "rtol": PARITY_RTOL}
+    report: dict[str, Any] = {"windows": int(x.shape[0]), "atol": ATOL, "rtol": RTOL}
     for name, got, ref in (("score", got_s, ref_s), ("bands", got_b, ref_b)):
         diff = np.abs(np.asarray(got, np.float64) - ref)
         report[f"max_abs_diff_{name}"] = float(diff.max())
-        if not np.all(np.isfinite(got)) or np.any(diff > PARITY_ATOL + PARITY_RTOL * np.abs(ref)):
+        if not np.all(np.isfinite(got)) or np.any(diff > ATOL + RTOL * np.abs(ref)):
             raise ExportError(f"ONNX {name} disagrees with numpy (max |diff| {diff.max():.3g})")
     report["max_abs_diff"] = report["max_abs_diff_score"]
     report["sha256"] = save_checked(proto, path)
@@ -190,19 +232,21 @@ def fit_bandstat(
     dataset = load_dataset(c.data, valid_fraction=c.valid_fraction, seed=c.seed)
     skipped = list(dataset.skipped)
     normal = dataset.split("train", "normal") + dataset.split("valid", "normal")
-    recordings = _recordings(normal, fitter, skipped)
+    recordings, pieces = _recordings(normal, fitter, skipped)
     for line in skipped:
         run.log(f"skipped {line}")
     windows = sum(r.logmel.shape[0] for r in recordings)
     seconds = sum(r.stream.shape[0] for r in recordings) / spec.sample_rate
-    if windows < 16 or len(recordings) < 2:
+    if windows < 24 or len(recordings) < 2:
         raise DataError(
-            f"{c.data}: {seconds:.0f} s of readable normal audio ({windows} windows): "
-            "bandstat needs at least 16 windows in 2 recordings or one of 20 s or more"
+            f"{c.data}: {seconds:.0f} s of readable normal audio ({windows} windows of "
+            f"{c.window_s} s at a {c.deploy_hop_s} s hop): bandstat needs at least 24 windows "
+            "(about 13 s), from 2 recordings or cut from one"
         )
     sources = len({r.source for r in recordings})
     run.log(
-        f"data: {len(normal)} normal files, {sources} sources, {seconds / 60:.1f} min, "
+        f"data: {len(normal)} normal files, {sources} sources"
+        f"{' (pieces of the one recording)' if pieces else ''}, {seconds / 60:.1f} min, "
         f"{windows} windows of {c.window_s} s at a {c.deploy_hop_s} s hop, {n_mels} mel bands"
     )
 
@@ -222,13 +266,26 @@ def fit_bandstat(
     # 4. The final model on all normal audio, with the cross-fitted threshold.
     x_all = np.concatenate([r.logmel for r in recordings])
     levels = np.concatenate([r.levels_dbfs for r in recordings])
-    groups = np.concatenate([np.full(r.logmel.shape[0], i) for i, r in enumerate(recordings)])
-    model = bandstat.fit(x_all, chosen.params, c.seed, groups=groups).with_taus(*chosen.taus)
+    model = bandstat.fit(x_all, chosen.params, c.seed, groups=source_groups(recordings)).with_taus(
+        *chosen.taus
+    )
+    threshold, final_check = _check_final(model, recordings, cal_config, chosen.threshold)
+    if final_check["raised_to_training_max"]:
+        run.log(
+            f"the final model raised {final_check['events_at_crossfitted_threshold']} events "
+            f"on its own training audio at {chosen.threshold:.4g}: threshold raised to "
+            f"{threshold:.4g}"
+        )
     needed_s = audio_needed_s(cal_config)
     held_s = sum(q.duration_s for q in chosen.held_out)
     calibration = {
         **chosen.calibration,
-        "cross_fitted": {"folds": min(MAX_FOLDS, sources), "sources": sources},
+        "cross_fitted": {
+            "folds": min(MAX_FOLDS, sources),
+            "sources": sources,
+            "pieces_of_one_recording": pieces,
+        },
+        "final_model": final_check,
         "injected_recall_mean": round(chosen.recall_mean, 4),
         "injected_recall": chosen.recall,
         "audio_needed_s": round(needed_s, 1),
@@ -251,7 +308,7 @@ def fit_bandstat(
         version=make_version(created, dataset.sha256, "bandstat", final_params, c.seed),
         kind="bandstat",
         spec_fields=spec.metadata(),
-        threshold=chosen.threshold,
+        threshold=threshold,
         calibration=calibration,
         training={
             "data_sha256": dataset.sha256,
@@ -266,9 +323,11 @@ def fit_bandstat(
             "hop_s": c.deploy_hop_s,
         },
     )
+    nearest = chosen.params.get("scorer") in ("knn", "knn_topk")
     metadata["bands"] = {
         "unit": "dB",
-        "measure": "window mean level of the mel band minus normal",
+        "measure": "window mean level of the mel band minus "
+        + ("that of the nearest normal window" if nearest else "its normal median"),
         "edges_hz": bandstat.band_edges_hz(
             spec.sample_rate, n_mels, spec.features.fmin, spec.features.fmax_hz
         ),
@@ -279,7 +338,7 @@ def fit_bandstat(
     parity = _export(model, spec, metadata, x_all, model_path)
     run.log(
         f"exported: ONNX vs numpy on {parity['windows']} windows, max |diff| "
-        f"{parity['max_abs_diff']:.3g}; threshold {chosen.threshold:.4g}, predicted "
+        f"{parity['max_abs_diff']:.3g}; threshold {threshold:.4g}, predicted "
         f"{calibration.get('predicted_fa_per_day', float('nan')):.3g} false alarms/day"
     )
 
@@ -293,7 +352,7 @@ def fit_bandstat(
         "model": model.describe(),
         "windows": {"fit": windows},
         "parity": parity,
-        "threshold": chosen.threshold,
+        "threshold": threshold,
         "calibration": calibration,
         "candidates": [r.summary() for r in reports],
         "skipped": skipped,

@@ -80,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
 OPSET = 17
 LN10 = math.log(10.0)
 MAD_TO_STD = 1.4826
+_CHUNK = 256
+"""Windows per block where a computation would otherwise grow with (windows x coreset)."""
 STOPPED_MARGIN_DB = 12.0
 """A window this far below the 1st percentile of normal window levels means the machine
 stopped. Measured on ../shared/data: real MIMII pump faults that make the pump quieter
@@ -187,7 +189,12 @@ class BandStat:
             bands = s[:, : self.n_mels] - self.center[: self.n_mels]
         elif self.scorer in ("knn", "knn_topk"):
             assert self.coreset is not None
-            dist2 = ((z[:, None, :] - self.coreset[None, :, :]) ** 2).sum(axis=2)
+            dist2 = np.concatenate(  # in chunks: [batch, coreset, d] would not fit an hour
+                [
+                    ((z[at : at + _CHUNK, None, :] - self.coreset[None, :, :]) ** 2).sum(axis=2)
+                    for at in range(0, z.shape[0], _CHUNK)
+                ]
+            )
             nearest = dist2.argmin(axis=1)
             if self.scorer == "knn":
                 score = np.sqrt(np.maximum(dist2.min(axis=1), 0.0) / d)
@@ -219,7 +226,8 @@ class BandStat:
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances ``[len(a), len(b)]`` (as the graph computes them)."""
+    """Squared Euclidean distances ``[len(a), len(b)]`` as |a|^2 + |b|^2 - 2 a.b (fast in
+    float64 for fitting; the graph sums squared differences instead, see ``to_onnx``)."""
     return (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
 
 
@@ -253,7 +261,6 @@ def _ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
 
 LOCAL_QUERIES = 2048
 """``knn_topk``: at most this many windows (seeded) measure the local spread."""
-_CHUNK = 256
 
 
 def _local_scale(

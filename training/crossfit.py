@@ -34,10 +34,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from asd_edge.decision import Decision
-
 from . import bandstat
-from .calibrate import Calibration, CalibrationConfig, ScoreSequence, calibrate, required_exceedance
+from .calibrate import (
+    Calibration,
+    CalibrationConfig,
+    ScoreSequence,
+    calibrate,
+    count_events,
+    required_exceedance,
+)
 from .inject import FAULTS, SEVERITIES, inject
 
 __all__ = [
@@ -52,6 +57,7 @@ __all__ = [
     "crossfit",
     "folds",
     "pauc",
+    "source_groups",
 ]
 
 MAX_FOLDS = 5
@@ -64,7 +70,8 @@ MAX_INJECTED_S = 30.0
 RECALL_TIE = 0.01
 """Mean recalls closer than this are a tie, broken by the window pAUC."""
 MAX_FPR = 0.1
-"""pAUC range (DCASE 2020 task 2)."""
+"""pAUC range, as DCASE 2020 task 2 (``roc_auc_score(y, s, max_fpr=0.1)``); the evaluation
+uses it too."""
 EXCEEDANCES_WANTED = 10
 """Held-out windows above the threshold one would want to observe to trust it directly."""
 
@@ -197,19 +204,10 @@ def folds(recordings: Sequence[Recording], seed: int) -> list[list[int]]:
     return out
 
 
-def _sequence(
-    rec_end_s: np.ndarray, scores: np.ndarray, duration: float, src: str
-) -> ScoreSequence:
-    return ScoreSequence(rec_end_s, scores.astype(np.float64), duration, src)
-
-
-def _caught(seq: ScoreSequence, config: CalibrationConfig, threshold: float) -> bool:
-    decision = Decision(config.policy(threshold))
-    for t, s in zip(seq.times_s.tolist(), seq.scores.tolist(), strict=True):
-        event = decision.update(s, t)
-        if event is not None and event.phase == "start":
-            return True
-    return False
+def source_groups(recordings: Sequence[Recording]) -> np.ndarray:
+    """Each window's source, as an integer (``bandstat.fit``'s ``groups``)."""
+    ids = {src: i for i, src in enumerate(sorted({r.source for r in recordings}))}
+    return np.concatenate([np.full(r.logmel.shape[0], ids[r.source]) for r in recordings])
 
 
 def crossfit(
@@ -234,10 +232,9 @@ def crossfit(
     held: dict[str, list[_Channels]] = {c.name: [] for c in candidates}
     faulty: dict[str, list[tuple[str, float, _Channels]]] = {c.name: [] for c in candidates}
     for cand, f in bar:
-        kept = [i for g, idx in enumerate(fold_idx) if g != f for i in idx]
-        train = np.concatenate([recordings[i].logmel for i in kept])
-        groups = np.concatenate([np.full(recordings[i].logmel.shape[0], i) for i in kept])
-        model = bandstat.fit(train, cand.params, seed, groups=groups)
+        kept = [recordings[i] for g, idx in enumerate(fold_idx) if g != f for i in idx]
+        train = np.concatenate([r.logmel for r in kept])
+        model = bandstat.fit(train, cand.params, seed, groups=source_groups(kept))
         for i in fold_idx[f]:
             rec = recordings[i]
             held[cand.name].append(_Channels.of(model, rec.logmel, rec.end_s, rec.source))
@@ -334,7 +331,8 @@ def _report(
         for sev in SEVERITIES:
             seqs = [c.fused(taus) for f, v, c in faulty if f == fault and v == sev]
             if seqs:
-                hits = sum(_caught(q, config, cal.threshold) for q in seqs)
+                policy = config.policy(cal.threshold)
+                hits = sum(count_events([q], policy) > 0 for q in seqs)
                 recall[fault][str(sev)] = round(hits / len(seqs), 4)
     values = [v for per in recall.values() for v in per.values()]
     normal = np.concatenate([q.scores for q in fused]) if fused else np.zeros(0)

@@ -32,6 +32,7 @@ from asd_edge.scoring import score_samples
 
 from .calibrate import DEVICE_RULE
 from .cli import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK
+from .crossfit import MAX_FPR
 from .errors import DataError
 from .plots import plot_roc, plot_score_hist
 from .runs import RunDir
@@ -47,8 +48,6 @@ __all__ = [
     "run",
 ]
 
-MAX_FPR = 0.1
-"""pAUC range, as DCASE 2020 task 2 (``roc_auc_score(y, s, max_fpr=0.1)``)."""
 DECISION_RULE = (
     "a file is judged anomalous when the daemon's decision rule (threshold, onset_k of "
     "onset_n windows above it) raises at least one event on it"

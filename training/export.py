@@ -55,6 +55,7 @@ __all__ = [
     "quantize_model",
     "read_metadata",
     "save_checked",
+    "spread_windows",
     "to_onnx",
     "update_metadata",
 ]
@@ -202,7 +203,8 @@ def _session(blob: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(blob, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _spread(x: np.ndarray, limit: int) -> np.ndarray:
+def spread_windows(x: np.ndarray, limit: int = PARITY_MAX_WINDOWS) -> np.ndarray:
+    """At most ``limit`` rows of ``x``, evenly spread (the parity check's real windows)."""
     if x.shape[0] <= limit:
         return x
     return x[np.linspace(0, x.shape[0] - 1, limit).round().astype(np.int64)]
@@ -221,7 +223,7 @@ def check_parity(
 
     if inputs.shape[0] == 0:
         raise ExportError("parity check needs real input windows; none were given")
-    x = np.ascontiguousarray(_spread(inputs, PARITY_MAX_WINDOWS), dtype=np.float32)
+    x = np.ascontiguousarray(spread_windows(inputs), dtype=np.float32)
     module.eval()
     with torch.no_grad():
         ref = np.concatenate(

@@ -436,6 +436,11 @@ def _config(args: argparse.Namespace) -> FitConfig:
     config.train_config()
     if info is None:
         candidates_for(config.kind, config.params)
+        if config.calibration != "fa_per_day":
+            raise ValueError(
+                f"--calibration {config.calibration}: --model {config.kind} calibrates its two "
+                "channels and their fusion on false alarms per day (fa_per_day) only"
+            )
     else:
         WindowSpec.for_kind(
             info, sample_rate=config.rate, window_s=config.window_s, hop_s=config.hop_s

@@ -38,9 +38,11 @@ __all__ = [
     "ANOMALY_KINDS",
     "Machine",
     "configure",
+    "decaying_tone",
     "machine_name",
     "make_stream",
     "parse_events",
+    "place_pulses",
     "run",
     "write_dataset",
     "write_labelled_dataset",
@@ -238,14 +240,14 @@ class Machine:
         """Short decaying clicks at the tick rate with 3 % jitter; their mean power."""
         v = self.voice
         sr = self.sample_rate
-        pulse = _decaying_tone(v.tick_hz, v.tick_decay_s, sr)
+        pulse = decaying_tone(v.tick_hz, v.tick_decay_s, sr)
         period = sr / v.tick_rate_hz
         count = int(n / period) + 2
         starts = (rng.uniform(0.0, period) + period * np.arange(count)) + rng.normal(
             0.0, 0.03 * period, count
         )
         amps = rng.uniform(0.8, 1.0, count)
-        out = _place(n, pulse, starts, amps)
+        out = place_pulses(n, pulse, starts, amps)
         power = float(np.sum(pulse**2) * 0.82 / period)  # E[amp^2] ~ 0.82
         return out, power
 
@@ -253,14 +255,14 @@ class Machine:
         """Resonant impulses at the bearing fault rate, normalised to unit RMS."""
         v = self.voice
         sr = self.sample_rate
-        pulse = _decaying_tone(v.bearing_hz, 0.0008, sr)
+        pulse = decaying_tone(v.bearing_hz, 0.0008, sr)
         period = sr / v.bearing_rate_hz
         count = int(n / period) + 2
         starts = rng.uniform(0.0, period) + period * np.arange(count)
         starts = starts + rng.normal(0.0, 0.01 * period, count)
         amps = rng.uniform(0.6, 1.0, count)
         rms = np.sqrt(np.sum(pulse**2) * np.mean(amps**2) / period)
-        return _place(n, pulse, starts, amps) / rms
+        return place_pulses(n, pulse, starts, amps) / rms
 
     def _squeal(self, n: int, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A narrowband tone with 6 Hz, ±1 % vibrato, unit RMS."""
@@ -296,13 +298,14 @@ class Machine:
         return out
 
 
-def _decaying_tone(freq_hz: float, decay_s: float, sample_rate: int) -> np.ndarray:
+def decaying_tone(freq_hz: float, decay_s: float, sample_rate: int) -> np.ndarray:
+    """A sine at ``freq_hz`` decaying with time constant ``decay_s`` (6 of them long)."""
     length = max(8, round(6 * decay_s * sample_rate))
     k = np.arange(length)
     return np.exp(-k / (decay_s * sample_rate)) * np.sin(2 * np.pi * freq_hz * k / sample_rate)
 
 
-def _place(n: int, pulse: np.ndarray, starts: np.ndarray, amps: np.ndarray) -> np.ndarray:
+def place_pulses(n: int, pulse: np.ndarray, starts: np.ndarray, amps: np.ndarray) -> np.ndarray:
     """Sum of ``pulse`` scaled by ``amps`` at (rounded) sample positions ``starts``."""
     comb = np.zeros(n + pulse.shape[0])
     pos = np.round(starts).astype(np.int64)
