@@ -366,7 +366,15 @@ def fit_bandstat(
             model_path, files, run, split="test", hop_s=c.deploy_hop_s, progress=not c.quiet
         )
         metrics["test"] = ev.metrics
-    _plot_recall(reports, chosen, run / "injected_recall.png")
+    try:  # the workstation's plotting stack (matplotlib, scikit-learn): optional here
+        from .plots import plot_injected_recall
+    except ImportError:
+        pass
+    else:
+        plot_injected_recall(
+            [(r.name, r.threshold, r.recall) for r in reports], chosen.name,
+            run / "injected_recall.png",
+        )  # fmt: skip
     metrics["seconds"] = round(time.perf_counter() - started, 2)
     run.write_json("metrics.json", metrics)
     (run / "model_card.md").write_text(model_card(metrics, metadata), encoding="utf-8")
@@ -377,36 +385,6 @@ def fit_bandstat(
             tracker.log_file(run / record)
     run.log(f"wrote {model_path}")
     return model_path, metrics, model
-
-
-def _plot_recall(reports: list[CandidateReport], chosen: CandidateReport, path: Path) -> None:
-    """Injected-fault recall per fault and severity for every candidate (bars)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the plot is a convenience of the workstation
-        return
-    faults = list(chosen.recall)
-    fig, axes = plt.subplots(1, len(reports), figsize=(4.2 * len(reports), 3.6), sharey=True)
-    axes = np.atleast_1d(axes)
-    for ax, r in zip(axes, reports, strict=True):
-        sevs = sorted({s for per in r.recall.values() for s in per}, key=float)
-        width = 0.8 / max(1, len(sevs))
-        for j, sev in enumerate(sevs):
-            vals = [r.recall.get(f, {}).get(sev, 0.0) for f in faults]
-            ax.bar(np.arange(len(faults)) + j * width, vals, width, label=f"severity {sev}")
-        mark = " (chosen)" if r is chosen else ""
-        ax.set_title(f"{r.name}{mark}\nthreshold {r.threshold:.3g}", fontsize=9)
-        ax.set_xticks(np.arange(len(faults)) + 0.4 - width / 2, faults, rotation=30, fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_xlabel("injected fault")
-    axes[0].set_ylabel("recordings caught at the threshold (share)")
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def model_card(metrics: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:

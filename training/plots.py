@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
-__all__ = ["plot_learning_curve", "plot_roc", "plot_score_hist"]
+__all__ = ["plot_injected_recall", "plot_learning_curve", "plot_roc", "plot_score_hist"]
 
 DPI = 100
 
@@ -96,4 +96,31 @@ def plot_score_hist(
     ax.set_ylabel("windows")
     ax.set_title("window scores")
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_injected_recall(
+    candidates: Sequence[tuple[str, float, Mapping[str, Mapping[str, float]]]],
+    chosen: str,
+    path: str | os.PathLike[str],
+) -> Path:
+    """Bars per injected fault and severity: the share each candidate ``(name, threshold,
+    recall[fault][severity])`` caught at its threshold; one panel per candidate."""
+    faults = list(candidates[0][2]) if candidates else []
+    fig, axes = plt.subplots(1, max(1, len(candidates)), figsize=(4.2 * len(candidates), 3.6),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, (name, threshold, recall) in zip(axes[0], candidates, strict=False):
+        sevs = sorted({s for per in recall.values() for s in per}, key=float)
+        width = 0.8 / max(1, len(sevs))
+        for j, sev in enumerate(sevs):
+            vals = [recall.get(f, {}).get(sev, 0.0) for f in faults]
+            ax.bar(np.arange(len(faults)) + j * width, vals, width, label=f"severity {sev}")
+        mark = " (chosen)" if name == chosen else ""
+        ax.set_title(f"{name}{mark}\nthreshold {threshold:.3g}", fontsize=9)
+        ax.set_xticks(np.arange(len(faults)) + 0.4 - width / 2, faults, rotation=30, fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("injected fault")
+    axes[0][0].set_ylabel("recordings caught at the threshold (share)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
     return _save(fig, path)

@@ -1,48 +1,4 @@
-"""The ``bandstat`` detector: per-band statistics of a window's log-mel frames, and a
-distance to normal that a change in a few bands cannot hide in. numpy only.
-
-Made for a few minutes of normal sound. Each 1 s window of log-mel frames (fixed dB
-reference: absolute level is kept) becomes ``3 * n_mels + 1`` statistics:
-
-- per band, the mean level over the window's frames (dB),
-- per band, the spread of the level over the frames (dB, standard deviation),
-- per band, the mean absolute frame-to-frame change (dB: impacts, rattle, modulation),
-- the broadband level (dB of the mean total mel power).
-
-Fitting standardises each statistic by the normal windows' median and robust spread
-(1.4826 x MAD, floored at ``floor_db``, 1 dB by default: recordings of one machine made
-at different times differ by about that much in a band even where the windows of one
-recording agree more closely) and then scores a window by one of:
-
-- ``topk``: the mean of the ``k`` largest standardised deviations ``|z|``. A fault
-  that adds a few dB in one band moves that band's ``z`` by several spreads; averaged
-  over all bands (as a reconstruction error is) it would vanish, here it is the score.
-- ``knn``: the distance (RMS over statistics, in spreads) to the nearest of a compact
-  coreset of normal windows (greedy k-centre, at most ``coreset`` windows): normal
-  sound with several modes (loads, speeds) is not forced into one Gaussian.
-- ``knn_topk``: the nearest coreset window as above, then the mean of the ``k`` largest
-  deviations from it, each in units of the spread of such deviations between normal
-  windows of *different* recordings: several modes, and a change in a few bands still
-  counts in full;
-- ``maha``: a Mahalanobis distance (RMS per statistic) under a Ledoit-Wolf shrunk
-  covariance of the standardised statistics.
-
-The distance is one channel; the other is the loudness deviation, ``|z|`` of the
-broadband level: what a level meter sees, and on real recordings of several machines or
-set-ups the one statistic that agrees across them. The cross-fitted calibration
-(``training.crossfit``) gives each channel its own threshold at half the false-alarm
-budget, and the score is ``max(distance / its threshold, loudness / its threshold)``:
-a fault is caught by either, and neither hides the other.
-
-Every scorer also gives the per-band deviation of the window's mean level from normal
-in dB (from the median, or for ``knn`` from the nearest normal window): the model's
-second output ``bands``, from which the daemon says which band changed.
-
-:func:`fit` is numpy only (no torch, no scikit-learn) so that a device can fit it;
-:func:`to_onnx` builds the contract graph with the ``onnx`` helper API, and
-:meth:`BandStat.score` is the same computation in numpy (the export's parity check
-holds the two together).
-"""
+"""The bandstat detector in numpy: window statistics, the fit, the fitted model and its scoring."""
 
 from __future__ import annotations
 
@@ -56,13 +12,15 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULTS",
+    "LN10",
+    "OPSET",
     "SCORERS",
+    "STOPPED_MARGIN_DB",
     "BandStat",
     "band_edges_hz",
     "fit",
     "level_stats",
     "statistics",
-    "to_onnx",
 ]
 
 Scorer = Literal["topk", "knn", "knn_topk", "maha"]
@@ -335,156 +293,3 @@ def fit(
         whitener = np.linalg.cholesky(np.linalg.inv(cov))
         return BandStat("maha", n_mels, center, scale, k, whitener=whitener, shrinkage=shrink)
     return BandStat("topk", n_mels, center, scale, k)
-
-
-# -- ONNX ------------------------------------------------------------------------------
-
-
-def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
-    """The contract graph ``logmel[batch, n_frames, n_mels] -> score[batch], bands[batch,
-    n_mels]`` (float32, opset 17), with ``metadata`` under the contract's key; checked."""
-    import json
-
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from asd_edge.model import METADATA_KEY
-
-    m, d = model.n_mels, model.dims
-    f32 = np.float32
-
-    def const(name: str, value: Any, dtype: Any = f32) -> onnx.TensorProto:
-        return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
-
-    inits = [
-        const("db_to_ln", LN10 / 10.0),
-        const("ln_to_db", 10.0 / LN10),
-        const("center", model.center),
-        const("scale", model.scale),
-        const("frames_axis", [1], np.int64),
-        const("mels_axis", [2], np.int64),
-        const("first", [0], np.int64),
-        const("second", [1], np.int64),
-        const("all_but_last", [n_frames - 1], np.int64),
-        const("to_end", [n_frames], np.int64),
-    ]
-    node = helper.make_node
-    nodes = [
-        node("ReduceMean", ["logmel"], ["mean3"], axes=[1], keepdims=1),
-        node("Squeeze", ["mean3", "frames_axis"], ["mean"]),
-        node("Sub", ["logmel", "mean3"], ["centred"]),
-        node("Mul", ["centred", "centred"], ["sq"]),
-        node("ReduceMean", ["sq"], ["var"], axes=[1], keepdims=0),
-        node("Sqrt", ["var"], ["spread"]),
-        node("Slice", ["logmel", "second", "to_end", "frames_axis"], ["later"]),
-        node("Slice", ["logmel", "first", "all_but_last", "frames_axis"], ["earlier"]),
-        node("Sub", ["later", "earlier"], ["step"]),
-        node("Abs", ["step"], ["abs_step"]),
-        node("ReduceMean", ["abs_step"], ["flux"], axes=[1], keepdims=0),
-        node("Mul", ["logmel", "db_to_ln"], ["ln_power"]),
-        node("Exp", ["ln_power"], ["power"]),
-        node("ReduceSum", ["power", "mels_axis"], ["frame_power"], keepdims=0),
-        node("ReduceMean", ["frame_power"], ["mean_power"], axes=[1], keepdims=1),
-        node("Log", ["mean_power"], ["ln_level"]),
-        node("Mul", ["ln_level", "ln_to_db"], ["level"]),
-        node("Concat", ["mean", "spread", "flux", "level"], ["stats"], axis=1),
-        node("Sub", ["stats", "center"], ["dev"]),
-        node("Div", ["dev", "scale"], ["z"]),
-    ]
-    if model.scorer == "topk":
-        inits += [const("k", [model.k], np.int64), const("band_center", model.center[:m])]
-        nodes += [
-            node("Abs", ["z"], ["abs_z"]),
-            node("TopK", ["abs_z", "k"], ["top", "top_index"], axis=1),
-            node("ReduceMean", ["top"], ["distance"], axes=[1], keepdims=0),
-            node("Sub", ["mean", "band_center"], ["bands"]),
-        ]
-    elif model.scorer in ("knn", "knn_topk"):
-        assert model.coreset is not None
-        core = model.coreset
-        # Distances as sums of squared differences, not |z|^2 + |c|^2 - 2 z.c: in float32
-        # that form cancels catastrophically for windows close to a coreset window.
-        inits += [
-            const("coreset", core),
-            const("stats_axis", [2], np.int64),
-            const("coreset_bands_db", core[:, :m] * model.scale[:m] + model.center[:m]),
-        ]
-        nodes += [
-            node("Unsqueeze", ["z", "second"], ["z3"]),
-            node("Sub", ["z3", "coreset"], ["diff"]),
-            node("Mul", ["diff", "diff"], ["diff_sq"]),
-            node("ReduceSum", ["diff_sq", "stats_axis"], ["dist2"], keepdims=0),
-            node("ArgMin", ["dist2"], ["nearest"], axis=1, keepdims=0),
-            node("Gather", ["coreset_bands_db", "nearest"], ["nearest_bands"], axis=0),
-            node("Sub", ["mean", "nearest_bands"], ["bands"]),
-        ]
-        if model.scorer == "knn":
-            inits.append(const("inv_dims", 1.0 / d))
-            nodes += [
-                node("ReduceMin", ["dist2"], ["nearest_d2"], axes=[1], keepdims=0),
-                node("Mul", ["nearest_d2", "inv_dims"], ["per_stat"]),
-                node("Sqrt", ["per_stat"], ["distance"]),
-            ]
-        else:
-            assert model.local_scale is not None
-            inits += [
-                const("to_local", model.scale / model.local_scale),
-                const("k", [model.k], np.int64),
-            ]
-            nodes += [
-                node("Gather", ["coreset", "nearest"], ["nearest_z"], axis=0),
-                node("Sub", ["z", "nearest_z"], ["resid"]),
-                node("Abs", ["resid"], ["abs_resid"]),
-                node("Mul", ["abs_resid", "to_local"], ["local_z"]),
-                node("TopK", ["local_z", "k"], ["top", "top_index"], axis=1),
-                node("ReduceMean", ["top"], ["distance"], axes=[1], keepdims=0),
-            ]
-    else:
-        assert model.whitener is not None
-        inits += [
-            const("whitener", model.whitener),
-            const("stats_axis", [1], np.int64),
-            const("inv_dims", 1.0 / d),
-            const("band_center", model.center[:m]),
-        ]
-        nodes += [
-            node("MatMul", ["z", "whitener"], ["w"]),
-            node("Mul", ["w", "w"], ["w_sq"]),
-            node("ReduceSum", ["w_sq", "stats_axis"], ["maha2"], keepdims=0),
-            node("Mul", ["maha2", "inv_dims"], ["per_stat"]),
-            node("Sqrt", ["per_stat"], ["distance"]),
-            node("Sub", ["mean", "band_center"], ["bands"]),
-        ]
-    if model.taus is None:
-        nodes.append(node("Identity", ["distance"], ["score"]))
-    else:
-        inits += [
-            const("level_index", [d - 1], np.int64),
-            const("distance_tau", model.taus[0]),
-            const("loudness_tau", model.taus[1]),
-        ]
-        nodes += [
-            node("Gather", ["z", "level_index"], ["level_z2"], axis=1),
-            node("Squeeze", ["level_z2", "second"], ["level_z"]),
-            node("Abs", ["level_z"], ["loudness"]),
-            node("Div", ["distance", "distance_tau"], ["distance_ratio"]),
-            node("Div", ["loudness", "loudness_tau"], ["loudness_ratio"]),
-            node("Max", ["distance_ratio", "loudness_ratio"], ["score"]),
-        ]
-    graph = helper.make_graph(
-        nodes,
-        f"bandstat_{model.scorer}",
-        [helper.make_tensor_value_info("logmel", TensorProto.FLOAT, ["batch", n_frames, m])],
-        [
-            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
-            helper.make_tensor_value_info("bands", TensorProto.FLOAT, ["batch", m]),
-        ],
-        inits,
-    )
-    proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="asd-edge"
-    )
-    proto.ir_version = 8
-    helper.set_model_props(proto, {METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
