@@ -64,6 +64,8 @@ __all__ = [
 
 AUTO = "auto"
 """``--model auto``: choose among :data:`training.crossfit.CANDIDATES` by measurement."""
+MIN_WINDOWS = 16
+"""Normal windows ``fit`` needs: two folds of at least 8 (``bandstat.fit``'s minimum)."""
 NUMPY_KINDS: tuple[str, ...] = (AUTO, "bandstat")
 """The kinds fitted here, with numpy alone."""
 
@@ -237,11 +239,12 @@ def fit_bandstat(
         run.log(f"skipped {line}")
     windows = sum(r.logmel.shape[0] for r in recordings)
     seconds = sum(r.stream.shape[0] for r in recordings) / spec.sample_rate
-    if windows < 24 or len(recordings) < 2:
+    if windows < MIN_WINDOWS or len(recordings) < 2:
+        need_s = (MIN_WINDOWS - 1) * c.deploy_hop_s + c.window_s
         raise DataError(
             f"{c.data}: {seconds:.0f} s of readable normal audio ({windows} windows of "
-            f"{c.window_s} s at a {c.deploy_hop_s} s hop): bandstat needs at least 24 windows "
-            "(about 13 s), from 2 recordings or cut from one"
+            f"{c.window_s} s at a {c.deploy_hop_s} s hop): bandstat needs at least "
+            f"{MIN_WINDOWS} windows ({need_s:g} s), from 2 recordings or cut from one"
         )
     sources = len({r.source for r in recordings})
     run.log(
