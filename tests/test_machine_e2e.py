@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from broker import Broker, wait_until
 from conftest import write_wav
@@ -97,3 +98,67 @@ def test_stopped_machine_is_no_anomaly_and_a_fault_after_restart_is_alerted(
     ends = [p for _, p in machine if p["phase"] == "end" and p["id"] == starts[0]["id"]]
     assert len(ends) == 1 and ends[0]["details"]["reason"] == "running"
     assert STOP[1] - STOP[0] - 2.0 <= ends[0]["duration_s"] <= STOP[1] - STOP[0] + 4.0
+
+
+def test_the_default_kind_stopped_and_faulty_on_the_virtual_microphone(
+    tmp_path: Path, virtual_mic: Any, mqtt_broker: Broker
+) -> None:
+    """The same session with the model ``asd-train fit`` makes by default (``auto``, fitted
+    on 60 s of the machine's normal sound): no anomaly while the machine is stopped (room
+    tone 20 dB under), ``machine: stopped`` retained, and after the restart a +12 dB change
+    in 2.0-2.6 kHz is alerted with evidence naming a band inside it."""
+    from bandsmodel import boost_band, room_tone
+
+    from training.dataset import file_sha256, write_manifest
+    from training.fit import FitConfig, fit
+    from training.synth import Machine, make_stream
+
+    machine = make_stream(SECONDS, [], machine=Machine(0, 0), seed=3)
+    room_rms = float(np.sqrt(np.mean(machine.astype(np.float64) ** 2))) / 10.0  # -20 dB
+    # The normal recordings: the running machine in the same room (six 10 s files).
+    data, rows = tmp_path / "data", []
+    (data / "normal").mkdir(parents=True)
+    for i in range(6):
+        rel = Path("normal") / f"n{i}.wav"
+        running = Machine(0, 0).normal(10.0, np.random.default_rng([7, i]))
+        write_wav(data / rel, running + room_tone(10.0, room_rms, seed=10 + i), RATE)
+        rows.append([rel.as_posix(), "normal", "train", rel.name, file_sha256(data / rel)])
+    write_manifest(data, rows)
+    result = fit(FitConfig(data=data, out=tmp_path / "run", kind="auto", quiet=True))
+    gate = np.ones(machine.size)
+    gate[round(STOP[0] * RATE) : round(STOP[1] * RATE)] = 0.0
+    audio = machine * gate + room_tone(SECONDS, room_rms)
+    audio = boost_band(audio.astype(np.float32), (2000.0, 2600.0), 12.0, FAULT)
+    wav = write_wav(tmp_path / "session.wav", audio, RATE)
+    sub = mqtt_broker.subscriber(f"{PREFIX}/#")
+    monitor = {"name": "pump", "model": str(result.model_path), "refractory_s": 1.0}
+    config = daemon_config(
+        tmp_path, mqtt_broker, result.model_path, virtual_mic.device, monitors=[monitor]
+    )
+    daemon = start_daemon(config, virtual_mic.env)
+    try:
+        daemon.wait_for("daemon_started", 20)
+        wait_until(lambda: sub.on(f"{PREFIX}/status"), 10, "status online")
+        played_at = time.time()
+        player = virtual_mic.play(wav, wait=False)
+        time.sleep(max(0.0, played_at + STOP[0] + 4.0 - time.time()))
+        late = mqtt_broker.subscriber(MONITOR)
+        retained = json.loads(late.wait_for(MONITOR, 1, 5)[0].payload)
+        late.close()
+        assert player.wait(timeout=SECONDS + 30) == 0
+        wait_until(
+            lambda: [p["phase"] for _, p in payloads(sub.on(ALERT), "anomaly")] == ["start", "end"],
+            15,
+            "the fault's start and end",
+        )
+        time.sleep(1.0)
+    finally:
+        code = daemon.stop()
+    assert code == 0
+    assert retained["machine"] == "stopped" and retained["anomaly"] is False
+    start, end = (p for _, p in payloads(sub.on(ALERT), "anomaly"))
+    assert start["id"] == end["id"]
+    detected = next(t for t, p in payloads(sub.on(ALERT), "anomaly") if p["phase"] == "start")
+    assert played_at + FAULT[0] <= detected <= played_at + FAULT[1] + 1.0
+    lo, hi = end["evidence"][0]["band_hz"]
+    assert 1900.0 <= (lo + hi) / 2 <= 2700.0, end["evidence"]
