@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +35,37 @@ def payloads(messages: list[Any], kind: str | None = None) -> list[tuple[float, 
     return [(t, p) for t, p in out if kind is None or p.get("type") == kind]
 
 
-def test_stopped_machine_is_no_anomaly_and_a_fault_after_restart_is_alerted(
-    tmp_path: Path, virtual_mic: Any, mqtt_broker: Broker
-) -> None:
-    """The stop-restart-fault session played in real time: the only anomaly is the fault
-    (after the restart, with evidence naming its band); during the stop a new subscriber
-    gets ``machine: stopped`` retained, the health report says so, and the machine alert
-    (``stopped: alert``) starts and ends with one id."""
-    model = level_bands_model(tmp_path / "machine.onnx")
-    wav = write_wav(tmp_path / "session.wav", machine_session(model), RATE)
-    sub = mqtt_broker.subscriber(f"{PREFIX}/#")
-    monitor = {"name": "pump", "model": str(model.path), "refractory_s": 1.0, "stopped": "alert"}
-    config = daemon_config(
-        tmp_path, mqtt_broker, model.path, virtual_mic.device, monitors=[monitor]
-    )
-    daemon = start_daemon(config, virtual_mic.env)
+@dataclass
+class Session:
+    """What a played session left: the subscriber, when playback began, the retained
+    monitor state read 4 s into the stop, and the health report asked for then."""
+
+    sub: Any
+    played_at: float
+    retained: Any
+    health: dict[str, Any]
+
+
+def play_session(
+    tmp_path: Path, broker: Broker, mic: Any, model: Path, monitor: dict[str, Any], wav: Path
+) -> Session:
+    """Run the daemon on ``model`` while ``wav`` (the stop-restart-fault session) plays;
+    read the retained monitor state and the health report well inside the stop (the hold
+    of 2 s has passed, the restart is 4 s away); return once the fault's start and end
+    alerts arrived and a second more passed, with the daemon stopped (exit 0)."""
+    sub = broker.subscriber(f"{PREFIX}/#")
+    config = daemon_config(tmp_path, broker, model, mic.device, monitors=[monitor])
+    daemon = start_daemon(config, mic.env)
     try:
         daemon.wait_for("daemon_started", 20)
         wait_until(lambda: sub.on(f"{PREFIX}/status"), 10, "status online")
         played_at = time.time()
-        player = virtual_mic.play(wav, wait=False)
-        # well inside the stop: the hold (2 s) has passed, the restart is 4 s away
+        player = mic.play(wav, wait=False)
         time.sleep(max(0.0, played_at + STOP[0] + 4.0 - time.time()))
-        late = mqtt_broker.subscriber(MONITOR)
+        late = broker.subscriber(MONITOR)
         retained = late.wait_for(MONITOR, 1, 5)[0]
         late.close()
-        health = request_health(mqtt_broker, sub)
+        health = request_health(broker, sub)
         assert player.wait(timeout=SECONDS + 30) == 0
         wait_until(
             lambda: [p["phase"] for _, p in payloads(sub.on(ALERT), "anomaly")] == ["start", "end"],
@@ -70,6 +76,26 @@ def test_stopped_machine_is_no_anomaly_and_a_fault_after_restart_is_alerted(
     finally:
         code = daemon.stop()
     assert code == 0
+    return Session(sub, played_at, retained, health)
+
+
+def test_stopped_machine_is_no_anomaly_and_a_fault_after_restart_is_alerted(
+    tmp_path: Path, virtual_mic: Any, mqtt_broker: Broker
+) -> None:
+    """The stop-restart-fault session played in real time: the only anomaly is the fault
+    (after the restart, with evidence naming its band); during the stop a new subscriber
+    gets ``machine: stopped`` retained, the health report says so, and the machine alert
+    (``stopped: alert``) starts and ends with one id."""
+    model = level_bands_model(tmp_path / "machine.onnx")
+    wav = write_wav(tmp_path / "session.wav", machine_session(model), RATE)
+    monitor = {"name": "pump", "model": str(model.path), "refractory_s": 1.0, "stopped": "alert"}
+    session = play_session(tmp_path, mqtt_broker, virtual_mic, model.path, monitor, wav)
+    sub, played_at, retained, health = (
+        session.sub,
+        session.played_at,
+        session.retained,
+        session.health,
+    )
     # the retained monitor state during the stop
     assert retained.retain, "the monitor state is retained"
     state = json.loads(retained.payload)
@@ -130,31 +156,11 @@ def test_the_default_kind_stopped_and_faulty_on_the_virtual_microphone(
     audio = machine * gate + room_tone(SECONDS, room_rms)
     audio = boost_band(audio.astype(np.float32), (2000.0, 2600.0), 12.0, FAULT)
     wav = write_wav(tmp_path / "session.wav", audio, RATE)
-    sub = mqtt_broker.subscriber(f"{PREFIX}/#")
     monitor = {"name": "pump", "model": str(result.model_path), "refractory_s": 1.0}
-    config = daemon_config(
-        tmp_path, mqtt_broker, result.model_path, virtual_mic.device, monitors=[monitor]
-    )
-    daemon = start_daemon(config, virtual_mic.env)
-    try:
-        daemon.wait_for("daemon_started", 20)
-        wait_until(lambda: sub.on(f"{PREFIX}/status"), 10, "status online")
-        played_at = time.time()
-        player = virtual_mic.play(wav, wait=False)
-        time.sleep(max(0.0, played_at + STOP[0] + 4.0 - time.time()))
-        late = mqtt_broker.subscriber(MONITOR)
-        retained = json.loads(late.wait_for(MONITOR, 1, 5)[0].payload)
-        late.close()
-        assert player.wait(timeout=SECONDS + 30) == 0
-        wait_until(
-            lambda: [p["phase"] for _, p in payloads(sub.on(ALERT), "anomaly")] == ["start", "end"],
-            15,
-            "the fault's start and end",
-        )
-        time.sleep(1.0)
-    finally:
-        code = daemon.stop()
-    assert code == 0
+    session = play_session(tmp_path, mqtt_broker, virtual_mic, result.model_path, monitor, wav)
+    sub, played_at = session.sub, session.played_at
+    retained = json.loads(session.retained.payload)
+    assert session.health["monitors"][0]["machine"] == "stopped"
     assert retained["machine"] == "stopped" and retained["anomaly"] is False
     start, end = (p for _, p in payloads(sub.on(ALERT), "anomaly"))
     assert start["id"] == end["id"]
