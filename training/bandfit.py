@@ -45,7 +45,7 @@ from .export import (
     save_checked,
     spread_windows,
 )
-from .runs import RunDir, Tracker
+from .runs import RunDir, Tracker, finish_run
 from .windows import DEFAULT_FEATURES, WindowSpec, file_stream, stream_windows
 
 if TYPE_CHECKING:
@@ -379,14 +379,9 @@ def fit_bandstat(
             run / "injected_recall.png",
         )  # fmt: skip
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    run.write_json("metrics.json", metrics)
     (run / "model_card.md").write_text(model_card(metrics, metadata), encoding="utf-8")
-    tracker.log_metrics(metrics)
-    for record in ("config.json", "metrics.json", "model_card.md", "injected_recall.png",
-                   "roc.png", "score_hist.png", "model.onnx"):  # fmt: skip
-        if (run / record).exists():
-            tracker.log_file(run / record)
-    run.log(f"wrote {model_path}")
+    finish_run(run, tracker, metrics, ("config.json", "metrics.json", "model_card.md",
+               "injected_recall.png", "roc.png", "score_hist.png", "model.onnx"))  # fmt: skip
     return model_path, metrics, model
 
 

@@ -39,7 +39,7 @@ from .export import (
 )
 from .kinds import DEFAULT_KIND, KIND_NAMES, InputStats, KindInfo, ScoreModel, get_kind
 from .plots import plot_learning_curve
-from .runs import RunDir, Tracker, TrackerUnavailable, make_tracker
+from .runs import RunDir, Tracker, TrackerUnavailable, finish_run, make_tracker
 from .trainer import TrainConfig, save_checkpoint, seed_everything, train
 from .windows import Windows, WindowSpec, augmenting, load_windows
 
@@ -289,13 +289,8 @@ def _stages(
     run.write_csv("history.csv", history or [empty])
     plot_learning_curve(history, run / "learning_curve.png", best_epoch=summary["best_epoch"])
     metrics["seconds"] = round(time.perf_counter() - started, 2)
-    run.write_json("metrics.json", metrics)
-    tracker.log_metrics(metrics)
-    for record in ("config.json", "metrics.json", "history.csv", "learning_curve.png",
-                   "roc.png", "score_hist.png", "model.onnx"):  # fmt: skip
-        if (run / record).exists():
-            tracker.log_file(run / record)
-    run.log(f"wrote {model_path}")
+    finish_run(run, tracker, metrics, ("config.json", "metrics.json", "history.csv",
+               "learning_curve.png", "roc.png", "score_hist.png", "model.onnx"))  # fmt: skip
     return FitResult(run.path, model_path, metrics, model)
 
 

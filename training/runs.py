@@ -26,6 +26,7 @@ __all__ = [
     "Tracker",
     "TrackerUnavailable",
     "csv_bytes",
+    "finish_run",
     "json_ready",
     "make_tracker",
     "write_atomic",
@@ -107,6 +108,19 @@ def csv_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
         for row in rows:
             writer.writerow({k: json_ready(v) for k, v in row.items()})
     return buf.getvalue().encode("utf-8")
+
+
+def finish_run(
+    run: RunDir, tracker: Tracker, metrics: Mapping[str, Any], records: Sequence[str]
+) -> None:
+    """A fit's last step: ``metrics.json``, the metrics and the ``records`` that exist sent
+    to the tracker, and the closing log line."""
+    run.write_json("metrics.json", metrics)
+    tracker.log_metrics(metrics)
+    for record in records:
+        if (run / record).exists():
+            tracker.log_file(run / record)
+    run.log(f"wrote {run / 'model.onnx'}")
 
 
 class TrackerUnavailable(RuntimeError):
