@@ -226,24 +226,28 @@ def crossfit(
     if len(fold_idx) < 2:
         raise ValueError("cross-fitting needs normal audio from at least 2 sources")
     inject_set = _injection_choice(fold_idx, seed)
-    injected: dict[int, dict[tuple[str, float], tuple[FloatArray, np.ndarray]]] = {}
+    # Statistics, not log-mel frames, are kept: 193 numbers a window instead of 1920.
+    stats = [bandstat.statistics(r.logmel) for r in recordings]
+    injected: dict[int, dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]] = {}
     jobs = [(c, f) for c in candidates for f in range(len(fold_idx))]
     bar = _bar(jobs, progress, "cross-fit")
     held: dict[str, list[_Channels]] = {c.name: [] for c in candidates}
     faulty: dict[str, list[tuple[str, float, _Channels]]] = {c.name: [] for c in candidates}
     for cand, f in bar:
-        kept = [recordings[i] for g, idx in enumerate(fold_idx) if g != f for i in idx]
-        train = np.concatenate([r.logmel for r in kept])
-        model = bandstat.fit(train, cand.params, seed, groups=source_groups(kept))
+        kept = [i for g, idx in enumerate(fold_idx) if g != f for i in idx]
+        model = bandstat.fit_statistics(
+            np.concatenate([stats[i] for i in kept]), cand.params, seed,
+            groups=source_groups([recordings[i] for i in kept]),
+        )  # fmt: skip
         for i in fold_idx[f]:
             rec = recordings[i]
-            held[cand.name].append(_Channels.of(model, rec.logmel, rec.end_s, rec.source))
+            held[cand.name].append(_Channels.of(model, stats[i], rec.end_s, rec.source))
             if i not in inject_set:
                 continue
             if i not in injected:
                 injected[i] = _inject_all(rec, featurize, seed + i)
-            for (fault, sev), (x, ends) in injected[i].items():
-                faulty[cand.name].append((fault, sev, _Channels.of(model, x, ends, rec.source)))
+            for (fault, sev), (s, ends) in injected[i].items():
+                faulty[cand.name].append((fault, sev, _Channels.of(model, s, ends, rec.source)))
     reports = []
     for cand in candidates:
         reports.append(_report(cand, held[cand.name], faulty[cand.name], config))
@@ -277,13 +281,16 @@ def _injection_choice(fold_idx: list[list[int]], seed: int) -> set[int]:
 
 def _inject_all(
     rec: Recording, featurize: Callable[[FloatArray], tuple[FloatArray, np.ndarray]], seed: int
-) -> dict[tuple[str, float], tuple[FloatArray, np.ndarray]]:
+) -> dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]:
+    """Every fault at every severity injected into (the start of) ``rec``: the windows'
+    statistics and end times."""
     clean = rec.stream[: round(MAX_INJECTED_S * rec.sample_rate)]
-    return {
-        (fault, sev): featurize(inject(clean, rec.sample_rate, fault, sev, seed=seed))
-        for fault in FAULTS
-        for sev in SEVERITIES
-    }
+    out = {}
+    for fault in FAULTS:
+        for sev in SEVERITIES:
+            x, ends = featurize(inject(clean, rec.sample_rate, fault, sev, seed=seed))
+            out[(fault, sev)] = (bandstat.statistics(x), ends)
+    return out
 
 
 @dataclass(frozen=True)
@@ -297,9 +304,9 @@ class _Channels:
 
     @classmethod
     def of(
-        cls, model: bandstat.BandStat, x: FloatArray, end_s: np.ndarray, source: str
+        cls, model: bandstat.BandStat, stats: np.ndarray, end_s: np.ndarray, source: str
     ) -> _Channels:
-        distance, loudness, _ = model.components(x)
+        distance, loudness, _ = model.components_of(stats)
         return cls(end_s, distance, loudness, source)
 
     def sequence(self, scores: np.ndarray) -> ScoreSequence:

@@ -52,6 +52,7 @@ from .model import (
     BandStat,
     band_edges_hz,
     fit,
+    fit_statistics,
     level_stats,
     statistics,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "BandStat",
     "band_edges_hz",
     "fit",
+    "fit_statistics",
     "level_stats",
     "statistics",
     "to_onnx",

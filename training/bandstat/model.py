@@ -19,6 +19,7 @@ __all__ = [
     "BandStat",
     "band_edges_hz",
     "fit",
+    "fit_statistics",
     "level_stats",
     "statistics",
 ]
@@ -139,7 +140,10 @@ class BandStat:
     def components(self, logmel: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(distance [batch], loudness deviation [batch], bands [batch, n_mels])``: the
         scorer's distance to normal, ``|z|`` of the broadband level, the band deviations."""
-        s = statistics(logmel)
+        return self.components_of(statistics(logmel))
+
+    def components_of(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`components` of windows already turned into :func:`statistics`."""
         z = (s - self.center) / self.scale
         d = self.dims
         if self.scorer == "topk":
@@ -255,8 +259,18 @@ def fit(
     groups: npt.ArrayLike | None = None,
 ) -> BandStat:
     """Fit on normal log-mel windows ``[n, n_frames, n_mels]``; ``groups`` names each
-    window's recording (``knn_topk`` measures its local spread across recordings).
+    window's source recording (``knn_topk`` measures its local spread across them).
     ValueError on bad input."""
+    return fit_statistics(statistics(logmel), params, seed, groups)
+
+
+def fit_statistics(
+    s: np.ndarray,
+    params: Mapping[str, Any],
+    seed: int = 0,
+    groups: npt.ArrayLike | None = None,
+) -> BandStat:
+    """:func:`fit` on windows already turned into :func:`statistics` ``[n, 3 n_mels + 1]``."""
     p = {**DEFAULTS, **params}
     unknown = sorted(set(p) - set(DEFAULTS))
     if unknown:
@@ -264,7 +278,6 @@ def fit(
     scorer = str(p["scorer"])
     if scorer not in SCORERS:
         raise ValueError(f"bandstat scorer must be one of {', '.join(SCORERS)}, got {scorer!r}")
-    s = statistics(logmel)
     n, d = s.shape
     n_mels = (d - 1) // 3
     if n < 8:
