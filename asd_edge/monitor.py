@@ -133,7 +133,10 @@ class Monitor:
         """The machine's state; None when the model has no ``level`` metadata."""
         if spec.level is not None:
             self.machine = MachineState(
-                spec.level.stopped_below_dbfs, stopped_hold_s, stopped=machine_stopped
+                spec.level.stopped_below_dbfs,
+                stopped_hold_s,
+                stopped=machine_stopped,
+                quiet_below_dbfs=spec.level.p01_dbfs,
             )
         self._quiet_until = -1
         if score_after is not None:

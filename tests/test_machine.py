@@ -101,6 +101,22 @@ class TestMachineState:
         feed(state, [-60.0] * 5)
         assert state.stopped and state.suppresses(-20.0)
 
+    def test_a_stop_in_progress_is_no_anomaly(self) -> None:
+        """With the normal range known (p01 -30 dBFS): a window below it and 3 dB or more
+        under the one before is a stop in progress (suppressed); the same quiet level held
+        steady is not (a fault that makes the machine quieter still counts)."""
+        state = MachineState(STOPPED_BELOW, hold_s=2.0, quiet_below_dbfs=-30.0)
+        levels = [-28.0, -28.0, -34.0, -34.0, -34.0, -36.0]
+        suppressed = []
+        for i, level in enumerate(levels):
+            state.update(level, 0.5 * (i + 1))
+            suppressed.append(state.suppresses(level))
+        assert suppressed == [False, False, True, False, False, False]
+        plain = MachineState(STOPPED_BELOW, hold_s=2.0)  # no normal range: the rule is off
+        plain.update(-28.0, 0.5)
+        plain.update(-34.0, 1.0)
+        assert not plain.suppresses(-34.0)
+
     def test_negative_hold_is_refused(self) -> None:
         """A negative hold is a programming error."""
         with pytest.raises(ValueError, match="hold_s"):

@@ -70,8 +70,10 @@ def play_session(
         wait_until(
             lambda: [p["phase"] for _, p in payloads(sub.on(ALERT), "anomaly")] == ["start", "end"],
             15,
-            "the fault's start and end",
-        )
+            "the fault's start and end; anomaly alerts (s from playback, phase, score): "
+            + repr([(round(t - played_at, 1), p["phase"], p.get("score"))
+                    for t, p in payloads(sub.on(ALERT), "anomaly")]),
+        )  # fmt: skip
         time.sleep(1.0)  # nothing more should come
     finally:
         code = daemon.stop()
