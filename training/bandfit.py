@@ -107,11 +107,13 @@ class BandFit:
     def recording(self, source: str, stream: np.ndarray) -> Recording:
         """A stream cut into windows, with their levels."""
         waves, ends = self._windows(stream)
+        logmel = self.spec.model_input(waves)
         return Recording(
             source=source,
             sample_rate=self.spec.sample_rate,
             stream=np.asarray(stream, dtype=np.float32),
-            logmel=self.spec.model_input(waves),
+            logmel=logmel,
+            stats=bandstat.statistics(logmel) if logmel.shape[0] else np.zeros((0, 0)),
             end_s=ends,
             levels_dbfs=window_level_dbfs(waves).astype(np.float64),
         )
@@ -159,7 +161,7 @@ def _check_final(
     """The final model on its own training audio at the cross-fitted threshold: the fold
     models' thresholds must hold for it too. If it raises an event there (it saw that
     audio: it should not), the threshold goes up to its highest score on it."""
-    scores = [model.score(r.logmel)[0] for r in recordings]
+    scores = [model.score_of(r.stats)[0] for r in recordings]
     seqs = [
         ScoreSequence(r.end_s, s, r.duration_s, r.source)
         for r, s in zip(recordings, scores, strict=True)
@@ -267,11 +269,11 @@ def fit_bandstat(
     run.log(f"chose {chosen.name} ({time.perf_counter() - t0:.1f} s of cross-fitting)")
 
     # 4. The final model on all normal audio, with the cross-fitted threshold.
-    x_all = np.concatenate([r.logmel for r in recordings])
     levels = np.concatenate([r.levels_dbfs for r in recordings])
-    model = bandstat.fit(x_all, chosen.params, c.seed, groups=source_groups(recordings)).with_taus(
-        *chosen.taus
-    )
+    model = bandstat.fit_statistics(
+        np.concatenate([r.stats for r in recordings]), chosen.params, c.seed,
+        groups=source_groups(recordings),
+    ).with_taus(*chosen.taus)  # fmt: skip
     threshold, final_check = _check_final(model, recordings, cal_config, chosen.threshold)
     if final_check["raised_to_training_max"]:
         run.log(
@@ -338,7 +340,8 @@ def fit_bandstat(
     }
     metadata["level"] = bandstat.level_stats(levels)
     model_path = run / "model.onnx"
-    parity = _export(model, spec, metadata, x_all, model_path)
+    parity_x = np.concatenate([r.logmel for r in recordings])
+    parity = _export(model, spec, metadata, parity_x, model_path)
     run.log(
         f"exported: ONNX vs numpy on {parity['windows']} windows, max |diff| "
         f"{parity['max_abs_diff']:.3g}; threshold {threshold:.4g}, predicted "

@@ -53,6 +53,7 @@ from .model import (
     band_edges_hz,
     fit,
     fit_statistics,
+    fuse,
     level_stats,
     statistics,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "band_edges_hz",
     "fit",
     "fit_statistics",
+    "fuse",
     "level_stats",
     "statistics",
     "to_onnx",

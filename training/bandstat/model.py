@@ -20,6 +20,7 @@ __all__ = [
     "band_edges_hz",
     "fit",
     "fit_statistics",
+    "fuse",
     "level_stats",
     "statistics",
 ]
@@ -126,10 +127,14 @@ class BandStat:
 
         Without ``taus`` the score is the scorer's distance; with them it is the larger of
         the distance and the loudness deviation, each divided by its own threshold."""
-        shape, level, bands = self.components(logmel)
+        return self.score_of(statistics(logmel))
+
+    def score_of(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score` of windows already turned into :func:`statistics`."""
+        shape, level, bands = self.components_of(s)
         if self.taus is None:
             return shape, bands
-        return np.maximum(shape / self.taus[0], level / self.taus[1]), bands
+        return fuse(shape, level, self.taus), bands
 
     def with_taus(self, shape_tau: float, level_tau: float) -> BandStat:
         """This model with the two channels fused at these thresholds (see the module doc)."""
@@ -185,6 +190,11 @@ class BandStat:
         if self.taus is not None:
             out["distance_threshold"], out["loudness_threshold"] = self.taus
         return out
+
+
+def fuse(distance: np.ndarray, loudness: np.ndarray, taus: tuple[float, float]) -> np.ndarray:
+    """The fused score: ``max(distance / taus[0], loudness / taus[1])``."""
+    return np.maximum(distance / taus[0], loudness / taus[1])
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
