@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from .clips import ClipRecorder, ClipResult
+from .clips.recorder import ClipRecorder, ClipResult
 from .decision import Event
 from .evidence import band_evidence
 from .machine import MachineChange
-from .model import BandsSpec
+from .modelspec import BandsSpec
 from .ring import RingBuffer
 
 __all__ = ["AlertSink", "Alerts", "MonitorInfo", "iso_utc", "new_alert_id"]

@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .capture import AudioSource, SoundDeviceSource
-from .commands import Command, CommandRouter, command_specs
 from .config import Config, InputConfig
 from .detector import Detector
 from .errors import ConfigError, ModelError
 from .filesource import FileSource
-from .modelstore import ModelManager
+from .modelstore.manager import ModelManager
+from .mqtt.commands import Command, CommandRouter, command_specs
 
 __all__ = [
     "REPLAY_PREFIX",

@@ -31,7 +31,7 @@ from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon
 from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
 from .logs import configure_logging, json_safe
-from .modelrequests import load_key
+from .modelstore.requests import load_key
 from .scoring import score_file
 
 __all__ = ["main"]

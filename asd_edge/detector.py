@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from .errors import ModelError
 from .features import LogMel, normalize_window
-from .model import ModelSpec, parse_model_spec
+from .modelspec import ModelSpec, parse_model_spec
 
 __all__ = ["Detector"]
 
@@ -27,7 +27,7 @@ class Detector:
     clear ``ModelError`` (file and field) before the first tick: the metadata, the
     input and output names, ranks and fixed sizes, and a test inference on a
     silent window. The outputs are ``score`` and, optionally, ``bands`` (with its
-    ``bands`` metadata: ``asd_edge.model``).
+    ``bands`` metadata: ``asd_edge.modelspec``).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .model import BandsSpec
+from .modelspec import BandsSpec
 
 __all__ = ["EVIDENCE_MAX_BANDS", "EVIDENCE_MIN_Z", "band_evidence"]
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from .capture import AudioSource
 from .config import HealthConfig
-from .health import DB_FLOOR, ChannelLevel, LevelMeter
+from .meters import DB_FLOOR, ChannelLevel, LevelMeter
 from .ring import RingBuffer
 
 __all__ = [

@@ -12,8 +12,8 @@ from .config import MonitorConfig
 from .decision import Decision, DecisionPolicy, Event
 from .detector import Detector
 from .features import StreamingFilter
-from .health import window_level_dbfs
 from .machine import STOPPED_HOLD_S, MachineChange, MachineState
+from .meters import window_level_dbfs
 from .resample import StreamResampler
 from .ring import Chunk, RingBuffer
 

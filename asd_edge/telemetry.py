@@ -14,7 +14,7 @@ from . import __version__
 from .alerts import iso_utc
 from .capture import AudioSource
 from .config import HealthConfig
-from .health import ChannelLevel, LevelMeter, ProcessMeter
+from .meters import ChannelLevel, LevelMeter, ProcessMeter
 
 __all__ = ["MonitorState", "Telemetry", "tick_summary"]
 

@@ -8,7 +8,7 @@ process start to READY=1 (budget: 3 s), from SIGTERM to STOPPING=1 and to the ex
 and the RSS at READY.
 
 ``push``: a signed push of alternating models, the level model and models/demo.onnx
-(``asd_edge.signing``, as ``asd-train push`` sends it): time from the publish to the
+(``asd_edge.modelstore.signing``, as ``asd-train push`` sends it): time from the publish to the
 device's answer on ``<prefix>/model``
 (model validated, swapped between two ticks, stored), and the daemon's RSS before
 the first push and after the last (``cryptography`` is loaded by the first one).

@@ -72,7 +72,7 @@ from tqdm import tqdm  # noqa: E402
 from asd_edge.audiofile import read_audio, to_mono  # noqa: E402
 from asd_edge.config import MonitorConfig  # noqa: E402
 from asd_edge.detector import Detector  # noqa: E402
-from asd_edge.health import dbfs  # noqa: E402
+from asd_edge.meters import dbfs  # noqa: E402
 from asd_edge.scoring import score_samples  # noqa: E402
 from training.crossfit import auc, pauc  # noqa: E402
 from training.dataset import file_sha256  # noqa: E402

@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from asd_edge.detector import Detector
 from asd_edge.features import LogMelParams, hz_to_mel, mel_to_hz
-from asd_edge.health import window_level_dbfs
-from asd_edge.model import METADATA_KEY, SCHEMA_VERSION
+from asd_edge.meters import window_level_dbfs
+from asd_edge.modelspec import METADATA_KEY, SCHEMA_VERSION
 from training.level import save_model
 
 __all__ = [

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from asd_edge.alerts import CLIP_LOST, Alerts, MonitorInfo, iso_utc, lost_clip, new_alert_id
-from asd_edge.clips import ClipRecorder
-from asd_edge.clipstore import ClipStore
+from asd_edge.clips.recorder import ClipRecorder
+from asd_edge.clips.writer import ClipStore
 from asd_edge.config import ClipsConfig
 from asd_edge.decision import Event
 from asd_edge.ring import RingBuffer

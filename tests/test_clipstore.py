@@ -22,8 +22,8 @@ import pytest
 from scipy.io import wavfile
 from structlog.testing import capture_logs
 
-from asd_edge.clips import ClipRequest, ClipResult
-from asd_edge.clipstore import MB, WORKER_NICE, ClipStore, encode_audio
+from asd_edge.clips.recorder import ClipRequest, ClipResult
+from asd_edge.clips.writer import MB, WORKER_NICE, ClipStore, encode_audio
 from asd_edge.config import ClipsConfig
 
 RATE = 8000
@@ -242,7 +242,7 @@ class TestStore:
             f"""
             import sys
             sys.modules["soundfile"] = None  # as if not installed
-            from asd_edge.clipstore import ClipStore
+            from asd_edge.clips.writer import ClipStore
             from asd_edge.config import ClipsConfig
             from asd_edge.errors import ConfigError
             try:
@@ -461,8 +461,8 @@ CRASH_WRITER = """
 import sys, numpy as np
 from datetime import UTC, datetime
 from pathlib import Path
-from asd_edge.clips import ClipRequest
-from asd_edge.clipstore import ClipStore
+from asd_edge.clips.recorder import ClipRequest
+from asd_edge.clips.writer import ClipStore
 from asd_edge.config import ClipsConfig
 
 import structlog, threading

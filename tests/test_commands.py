@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from asd_edge.commands import (
+from asd_edge.mqtt.commands import (
     MAX_COMMAND_BYTES,
     Command,
     CommandError,

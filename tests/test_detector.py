@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
-from asd_edge.model import LevelSpec
+from asd_edge.modelspec import LevelSpec
 from training.level import build_level_model, build_waveform_level_model, save_model
 
 

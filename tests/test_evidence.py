@@ -12,16 +12,16 @@ from bandsmodel import RATE, BandsModel, boost_band, calibrated_bands_model
 from test_alerts import RecordingSink
 
 from asd_edge.alerts import Alerts, MonitorInfo
-from asd_edge.clips import ClipRecorder
-from asd_edge.clipstore import ClipStore
+from asd_edge.clips.recorder import ClipRecorder
+from asd_edge.clips.spectrogram import BAND_PX, BRACKET_PX, spectrogram_indexed
+from asd_edge.clips.writer import ClipStore
 from asd_edge.config import ClipsConfig, MonitorConfig
 from asd_edge.detector import Detector
 from asd_edge.evidence import EVIDENCE_MAX_BANDS, EVIDENCE_MIN_Z, band_evidence
-from asd_edge.model import BandsSpec
+from asd_edge.modelspec import BandsSpec
 from asd_edge.monitor import Monitor
 from asd_edge.ring import RingBuffer
 from asd_edge.scoring import score_samples
-from asd_edge.spectrogram import BAND_PX, BRACKET_PX, spectrogram_indexed
 from training.synth import Machine, make_stream
 
 SPEC = BandsSpec(

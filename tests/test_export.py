@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from asd_edge.detector import Detector
-from asd_edge.model import parse_model_spec
+from asd_edge.modelspec import parse_model_spec
 from training.errors import ExportError
 from training.export import (
     OPSET,

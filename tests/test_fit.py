@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from asd_edge.detector import Detector
-from asd_edge.model import parse_model_spec
+from asd_edge.modelspec import parse_model_spec
 from training.cli import main as asd_train
 from training.dataset import MANIFEST_COLUMNS, file_sha256
 from training.export import ATOL, RTOL, read_metadata

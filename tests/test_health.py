@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from asd_edge.config import HealthConfig
-from asd_edge.health import DB_FLOOR, LevelMeter, ProcessMeter, dbfs
+from asd_edge.meters import DB_FLOOR, LevelMeter, ProcessMeter, dbfs
 from asd_edge.ring import RingBuffer
 
 RATE = 16000

@@ -31,8 +31,8 @@ class TestDaemonIsLight:
         code = GUARD + textwrap.dedent(
             """
             import pkgutil, importlib, asd_edge
-            for mod in pkgutil.iter_modules(asd_edge.__path__):
-                importlib.import_module(f"asd_edge.{mod.name}")
+            for mod in pkgutil.walk_packages(asd_edge.__path__, "asd_edge."):
+                importlib.import_module(mod.name)
             print(sorted(m for m in sys.modules if m.split(".")[0] in HEAVY))
             """
         )
@@ -54,7 +54,7 @@ class TestDaemonIsLight:
             from asd_edge.config import MonitorConfig
             from asd_edge.ring import RingBuffer
             from asd_edge.audiofile import wav_bytes
-            import asd_edge.cli, asd_edge.mqtt, asd_edge.clipstore, asd_edge.spectrogram
+            import asd_edge.cli, asd_edge.mqtt, asd_edge.clips.writer, asd_edge.clips.spectrogram
             detector = Detector({str(level_model)!r})
             ring = RingBuffer(16000 * 4)
             monitor = Monitor.from_config(

@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from asd_edge import modelfiles, modelstore
-from asd_edge.commands import CommandError
 from asd_edge.config import Config, parse_config
 from asd_edge.detector import Detector
 from asd_edge.errors import ConfigError
-from asd_edge.keyfiles import generate_keys, load_private_key
-from asd_edge.modelstore import ModelManager, Refusal, Swap
-from asd_edge.signing import push_message, rollback_message
+from asd_edge.modelstore import files as modelfiles
+from asd_edge.modelstore import manager as modelstore
+from asd_edge.modelstore.keyfiles import generate_keys, load_private_key
+from asd_edge.modelstore.manager import ModelManager, Refusal, Swap
+from asd_edge.modelstore.signing import push_message, rollback_message
+from asd_edge.mqtt.commands import CommandError
 
 DEVICE = "dev-1"
 CAPTURE_RATE = 16000

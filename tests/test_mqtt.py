@@ -18,11 +18,11 @@ import pytest
 from broker import HOST, Broker, free_port, make_tls_files, wait_until
 from structlog.testing import capture_logs
 
-from asd_edge.commands import CommandRouter
 from asd_edge.config import HomeAssistantConfig, MqttConfig, OutboxConfig, TlsConfig
-from asd_edge.connection import RECONNECT_JITTER
 from asd_edge.errors import ConfigError
-from asd_edge.mqtt import Backoff, MqttLink
+from asd_edge.mqtt.commands import CommandRouter
+from asd_edge.mqtt.connection import RECONNECT_JITTER
+from asd_edge.mqtt.link import Backoff, MqttLink
 
 LinkFactory = Callable[..., MqttLink]
 
@@ -265,7 +265,7 @@ class TestStatus:
             import time
             from pathlib import Path
             from asd_edge.config import MqttConfig, OutboxConfig
-            from asd_edge.mqtt import MqttLink
+            from asd_edge.mqtt.link import MqttLink
             cfg = MqttConfig(host={HOST!r}, port={mqtt_broker.port}, topic_prefix="asd/victim",
                              keepalive_s=60)
             link = MqttLink(cfg, device_id="victim", outbox_path=Path({str(mqtt_broker.root)!r})

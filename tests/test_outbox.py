@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from asd_edge.outbox import Outbox, OutboxError
+from asd_edge.mqtt.outbox import Outbox, OutboxError
 
 TOPIC = "asd/dev/alert"
 SHM = Path("/dev/shm")
@@ -69,7 +69,7 @@ class TestDurability:
         path = tmp_path / "outbox.sqlite"
         code = (
             "import sys, time\n"
-            "from asd_edge.outbox import Outbox\n"
+            "from asd_edge.mqtt.outbox import Outbox\n"
             f"ob = Outbox({str(path)!r}, max_rows=10, max_age_s=1e9)\n"
             "ob.add('crash-1', 'asd/dev/alert', b'{\"id\": \"crash-1\"}', key='start')\n"
             "print('added', flush=True)\n"

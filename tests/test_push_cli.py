@@ -1,7 +1,7 @@
 """``asd-train keygen``, ``push`` and ``rollback`` as a user runs them, against a real mosquitto.
 
 A small paho responder stands in for each device: it checks commands with
-``asd_edge.signing`` and the daemon's own model loader and answers on
+``asd_edge.modelstore.signing`` and the daemon's own model loader and answers on
 ``<prefix>/model`` and ``<prefix>/cmd_result`` as the issue 5 contract says. The real
 daemon's push path is tested against the daemon itself elsewhere.
 """
@@ -23,8 +23,8 @@ from paho.mqtt.client import Client, MQTTMessage
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
-from asd_edge.keyfiles import load_public_key
-from asd_edge.signing import (
+from asd_edge.modelstore.keyfiles import load_public_key
+from asd_edge.modelstore.signing import (
     PushRefused,
     format_issued_at,
     parse_push,

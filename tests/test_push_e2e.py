@@ -25,7 +25,7 @@ from conftest import write_wav
 from daemonproc import start_daemon
 from test_alerts_e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 
-from asd_edge import keyfiles, signing
+from asd_edge.modelstore import keyfiles, signing
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 

@@ -20,14 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from asd_edge.keyfiles import (
+from asd_edge.modelstore.keyfiles import (
     KeyFileError,
     generate_keys,
     key_id,
     load_private_key,
     load_public_key,
 )
-from asd_edge.signing import (
+from asd_edge.modelstore.signing import (
     PUSH_CONTEXT,
     ROLLBACK_CONTEXT,
     PushRefused,
@@ -429,7 +429,7 @@ class TestLight:
         code = textwrap.dedent(
             """
             import sys
-            import asd_edge.signing
+            import asd_edge.modelstore.signing
             print(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography"))
             """
         )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import sine
 
-from asd_edge.spectrogram import (
+from asd_edge.clips.spectrogram import (
     BAND_PX,
     MARKER_RGB,
     MAX_HEIGHT_PX,

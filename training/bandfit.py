@@ -19,7 +19,7 @@ import numpy as np
 
 from asd_edge.errors import AudioDecodeError
 from asd_edge.features import LogMelParams
-from asd_edge.health import window_level_dbfs
+from asd_edge.meters import window_level_dbfs
 
 from . import bandstat
 from .calibrate import CalibrationConfig, ScoreSequence, count_events

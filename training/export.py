@@ -33,7 +33,7 @@ import onnxruntime as ort
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
-from asd_edge.model import METADATA_KEY, SCHEMA_VERSION
+from asd_edge.modelspec import METADATA_KEY, SCHEMA_VERSION
 
 from .errors import ExportError
 from .runs import write_atomic

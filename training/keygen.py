@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from asd_edge.keyfiles import KeyFileError, generate_keys, key_id, load_public_key
+from asd_edge.modelstore.keyfiles import KeyFileError, generate_keys, key_id, load_public_key
 
 from .cli import EXIT_OK
 

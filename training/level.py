@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from asd_edge.features import LogMel, LogMelParams
-from asd_edge.model import METADATA_KEY, SCHEMA_VERSION
+from asd_edge.modelspec import METADATA_KEY, SCHEMA_VERSION
 
 __all__ = ["build_level_model", "build_waveform_level_model", "main", "save_model"]
 

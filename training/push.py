@@ -3,7 +3,7 @@
 Both publish one command (QoS 1, not retained) on a device's ``<prefix>/cmd/model[/rollback]``
 or, with ``--all``, on the fleet topic, then wait for each device's answer: a
 ``<prefix>/model`` message whose ``last_push`` carries the request id, or a refusal on
-``<prefix>/cmd_result``. The message format is ``asd_edge.signing``'s.
+``<prefix>/cmd_result``. The message format is ``asd_edge.modelstore.signing``'s.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from asd_edge.keyfiles import KeyFileError, load_private_key
-from asd_edge.signing import push_message, rollback_message
+from asd_edge.modelstore.keyfiles import KeyFileError, load_private_key
+from asd_edge.modelstore.signing import push_message, rollback_message
 
 from .cli import (
     EXIT_DATA,

@@ -20,7 +20,7 @@ def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from asd_edge.model import METADATA_KEY
+    from asd_edge.modelspec import METADATA_KEY
 
     m, d = model.n_mels, model.dims
     f32 = np.float32

@@ -6,8 +6,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..logs import json_safe
 from .homeassistant import monitor_topic, status_topic
-from .logs import json_safe
 
 __all__ = ["Topics", "encode_json"]
 

@@ -11,8 +11,8 @@ import structlog
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .backoff import Backoff
-from .config import MqttConfig
+from ..backoff import Backoff
+from ..config import MqttConfig
 
 __all__ = ["CONNACK_TIMEOUT_S", "RECONNECT_JITTER", "STABLE_S", "Backoff", "Connection"]
 

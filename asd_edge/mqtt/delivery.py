@@ -14,8 +14,8 @@ import structlog
 from paho.mqtt.client import Client
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .config import OutboxConfig
-from .errors import OutboxError
+from ..config import OutboxConfig
+from ..errors import OutboxError
 from .outbox import MEMORY, Outbox
 
 __all__ = ["MAX_INFLIGHT", "Delivery"]

@@ -8,11 +8,11 @@ from typing import Final
 
 import numpy as np
 
-from .config import MonitorConfig
-from .detector import Detector
-from .errors import AsdEdgeError
-from .monitor import Monitor
-from .ring import RingBuffer
+from ..config import MonitorConfig
+from ..detector import Detector
+from ..errors import AsdEdgeError
+from ..monitor import Monitor
+from ..ring import RingBuffer
 
 __all__ = [
     "NOISE_RMS",

@@ -11,8 +11,8 @@ from typing import Any, Final
 
 import structlog
 
-from .config import PushConfig
-from .errors import AsdEdgeError
+from ..config import PushConfig
+from ..errors import AsdEdgeError
 
 __all__ = [
     "COMMANDS",
@@ -87,7 +87,7 @@ PUSH_OVERHEAD_BYTES: Final = 4096
 def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
     """Every command the daemon understands, with ``model`` sized for ``push.max_mb``.
 
-    ``model`` (a push, see ``asd_edge.signing``) carries the model as base64, 4/3 of
+    ``model`` (a push, see ``asd_edge.modelstore.signing``) carries the model as base64, 4/3 of
     its size; ``model/rollback`` returns a monitor to its previous model.
     """
     max_model_bytes = math.ceil(push.max_mb * 1e6)

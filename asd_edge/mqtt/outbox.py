@@ -12,7 +12,7 @@ from typing import Final
 
 import structlog
 
-from .errors import OutboxError
+from ..errors import OutboxError
 
 __all__ = ["MEMORY", "Outbox", "OutboxError", "OutboxRow", "OutboxStats"]
 

@@ -18,10 +18,10 @@ import structlog
 from paho.mqtt.client import Client, MQTTMessage
 from paho.mqtt.reasoncodes import ReasonCode
 
-from . import __version__
+from .. import __version__
+from ..config import MqttConfig, OutboxConfig
 from .backlog import Backlog
-from .brokerclient import build_client
-from .config import MqttConfig, OutboxConfig
+from .client import build_client
 from .connection import Connection
 from .delivery import MAX_INFLIGHT, Delivery
 from .topics import Topics, encode_json

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
 
-from .commands import CommandError
-from .config import Config, MonitorConfig
-from .detector import Detector
-from .errors import ConfigError, ModelError
-from .modelcheck import CaptureFacts, Unfit, check_fit, validate_candidate
-from .modelfiles import HeldFile, ModelRecord, MonitorFiles, MonitorState, StatKey, stat_key
-from .modelrequests import (
+from ..config import Config, MonitorConfig
+from ..detector import Detector
+from ..errors import ConfigError, ModelError
+from ..mqtt.commands import CommandError
+from .checks import CaptureFacts, Unfit, check_fit, validate_candidate
+from .files import HeldFile, ModelRecord, MonitorFiles, MonitorState, StatKey, stat_key
+from .requests import (
     COMMAND_SOURCES,
     Refused,
     check_replay,
@@ -35,7 +35,7 @@ from .modelrequests import (
     outcome,
     pick_monitor,
 )
-from .modelslot import ModelSlot, load_slot, new_record
+from .slot import ModelSlot, load_slot, new_record
 
 if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from .errors import AsdEdgeError
+from ..errors import AsdEdgeError
 from .keyfiles import key_id
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)

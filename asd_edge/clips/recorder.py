@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from .config import ClipsConfig
-from .decision import Event
-from .ring import RingBuffer
+from ..config import ClipsConfig
+from ..decision import Event
+from ..ring import RingBuffer
 
 if TYPE_CHECKING:  # clipstore imports ClipRequest and ClipResult from here
-    from .clipstore import ClipStore
+    from .writer import ClipStore
 
 __all__ = ["ClipRecorder", "ClipRequest", "ClipResult"]
 

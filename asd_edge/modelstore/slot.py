@@ -8,10 +8,10 @@ from pathlib import Path
 
 import structlog
 
-from .config import MonitorConfig
-from .detector import Detector
-from .errors import ModelError
-from .modelfiles import HeldFile, ModelRecord, MonitorFiles, MonitorState, Source, StatKey
+from ..config import MonitorConfig
+from ..detector import Detector
+from ..errors import ModelError
+from .files import HeldFile, ModelRecord, MonitorFiles, MonitorState, Source, StatKey
 
 __all__ = ["ModelSlot", "load_slot", "new_record"]
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from . import __version__
+from .. import __version__
 
 __all__ = [
     "DiscoveryMessage",

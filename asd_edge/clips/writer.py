@@ -25,11 +25,11 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from .audiofile import pcm16, wav_bytes, write_atomic
-from .clips import ClipRequest, ClipResult
-from .config import ClipsConfig
-from .errors import ConfigError
-from .logs import json_safe
+from ..audiofile import pcm16, wav_bytes, write_atomic
+from ..config import ClipsConfig
+from ..errors import ConfigError
+from ..logs import json_safe
+from .recorder import ClipRequest, ClipResult
 from .spectrogram import PALETTE, encode_png, spectrogram_indexed
 
 __all__ = [

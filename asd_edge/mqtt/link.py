@@ -9,11 +9,11 @@ from typing import Any, Final
 
 import structlog
 
+from ..config import MqttConfig, OutboxConfig
 from .commands import CommandRouter
-from .config import MqttConfig, OutboxConfig
 from .connection import Backoff
 from .delivery import MAX_INFLIGHT
-from .linkthread import LinkThread
+from .thread import LinkThread
 from .topics import Topics, encode_json
 
 __all__ = ["MAX_INFLIGHT", "Backoff", "MqttLink", "Topics", "encode_json"]

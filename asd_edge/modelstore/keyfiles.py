@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from .errors import AsdEdgeError
+from ..errors import AsdEdgeError
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (

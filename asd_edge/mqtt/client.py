@@ -14,8 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .config import MqttConfig
-from .errors import ConfigError
+from ..config import MqttConfig
+from ..errors import ConfigError
 
 __all__ = ["SESSION_EXPIRY_S", "build_client", "read_password", "tls_context"]
 

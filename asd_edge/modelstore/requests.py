@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from .config import Config, PushConfig
-from .errors import AsdEdgeError, ConfigError
-from .modelfiles import ModelRecord
+from ..config import Config, PushConfig
+from ..errors import AsdEdgeError, ConfigError
+from .files import ModelRecord
 
 if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
