@@ -1,10 +1,9 @@
-"""Reading any audio file into float32 samples; 16-bit WAV encoding and atomic file writes."""
+"""Reading any audio file into float32 samples; 16-bit WAV encoding and writing."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import struct
 import subprocess
 import warnings
@@ -16,16 +15,15 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from asd_edge.errors import AudioDecodeError
+from .durable import write_atomic
+from .errors import AudioDecodeError
 
 __all__ = [
     "AudioData",
-    "fsync_dir",
     "pcm16",
     "read_audio",
     "to_mono",
     "wav_bytes",
-    "write_atomic",
     "write_wav",
 ]
 
@@ -35,7 +33,6 @@ FloatArray = npt.NDArray[np.float32]
 
 _FFMPEG_MISSING = "ffmpeg is not installed (apt-get install ffmpeg)"
 _RIFF_MAGIC = (b"RIFF", b"RIFX", b"RF64")
-_TEMP_ATTEMPTS = 8
 # Full scale of each integer PCM type scipy returns (24-bit arrives as int32, left-justified).
 _INT_SCALE = {np.dtype(np.int16): 2.0**15, np.dtype(np.int32): 2.0**31, np.dtype(np.int64): 2.0**63}
 
@@ -225,55 +222,6 @@ def write_wav(path: str | os.PathLike[str], samples: npt.ArrayLike, sample_rate:
     file appears atomically, as ``write_atomic`` writes it.
     """
     write_atomic(path, wav_bytes(samples, sample_rate))
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader or a crash sees the old file or the
-    new one, never a part: the bytes go to a new temporary ``.<name>.<random>.tmp`` in the
-    same directory (created with the usual permissions, as ``open`` would), are fsynced,
-    renamed over ``path``, then the directory is fsynced (``fsync_dir``). On any error
-    the temporary file is removed and ``path`` is left as it was."""
-    target = Path(path)
-    tmp, fd = _create_temporary(target)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
-
-
-def _create_temporary(target: Path) -> tuple[Path, int]:
-    """A new, exclusively created temporary file beside ``target``: its path and descriptor
-    (mode 0666 less the umask, unlike ``tempfile.mkstemp``'s 0600)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    for _attempt in range(_TEMP_ATTEMPTS):
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue  # that name is taken (a leftover, or another writer's): draw again
-    raise FileExistsError(f"no free temporary name beside {target} in {_TEMP_ATTEMPTS} tries")
-
-
-def fsync_dir(directory: str | os.PathLike[str]) -> None:
-    """fsync a directory, which makes a rename inside it durable (a power cut must not
-    lose the new name). Does nothing where the directory cannot be opened or fsynced
-    (some filesystems refuse; the file's own data is already safe)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def to_mono(samples: npt.ArrayLike, channel: int | None) -> FloatArray:

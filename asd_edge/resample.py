@@ -1,4 +1,4 @@
-"""Streaming rational resampling whose output equals resampling the whole stream at once."""
+"""Rational resampling: of a whole recording at once, and of a stream, with the same output."""
 
 from __future__ import annotations
 
@@ -7,9 +7,26 @@ from math import ceil, gcd
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["StreamResampler"]
+__all__ = ["StreamResampler", "resample_whole"]
 
 FloatArray = npt.NDArray[np.float32]
+
+
+def resample_whole(samples: npt.ArrayLike, in_rate: int, out_rate: int) -> FloatArray:
+    """A whole recording at ``out_rate``: ``scipy.signal.resample_poly`` with its default
+    filter, computed in float64, returned as float32 (the same rates: the samples as
+    float32). ``StreamResampler`` gives the same samples block by block; training and
+    the tools use this one, so that they see what the daemon hears."""
+    x = np.asarray(samples, dtype=np.float32)
+    if in_rate == out_rate:
+        return x
+    if in_rate <= 0 or out_rate <= 0:
+        raise ValueError(f"rates must be positive, got {in_rate} -> {out_rate}")
+    from scipy import signal  # only a rate conversion pays for scipy.signal
+
+    g = gcd(in_rate, out_rate)
+    y = signal.resample_poly(x.astype(np.float64), out_rate // g, in_rate // g)
+    return np.asarray(y, dtype=np.float32)
 
 
 class StreamResampler:

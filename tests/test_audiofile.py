@@ -16,14 +16,13 @@ from scipy.io import wavfile
 
 from asd_edge.audiofile import (
     AudioData,
-    fsync_dir,
     pcm16,
     read_audio,
     to_mono,
     wav_bytes,
-    write_atomic,
     write_wav,
 )
+from asd_edge.durable import fsync_dir, write_atomic
 from asd_edge.errors import AudioDecodeError
 
 needs_ffmpeg = pytest.mark.skipif(

@@ -89,13 +89,14 @@ class Augmenter:
         self.noises = [self._load_noise(Path(p)) for p in config.noise_files]
 
     def _load_noise(self, path: Path) -> np.ndarray:
-        from training.sources import decode_audio, resample
+        from asd_edge.resample import resample_whole
+        from training.sources import decode_audio
 
         try:
             audio = decode_audio(path)
         except AudioDecodeError as e:
             raise DataError(f"noise file {e}") from None
-        mono = resample(to_mono(audio.samples, None), audio.sample_rate, self.sample_rate)
+        mono = resample_whole(to_mono(audio.samples, None), audio.sample_rate, self.sample_rate)
         if mono.shape[0] == 0 or not np.any(mono):
             raise DataError(f"noise file {path}: silent or empty, cannot be mixed at an SNR")
         return mono

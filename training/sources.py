@@ -10,16 +10,15 @@ is installed), one channel picked or all mixed down, and resampled with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import signal
 
 from asd_edge.audiofile import AudioData, read_audio, to_mono
 from asd_edge.errors import AudioDecodeError
+from asd_edge.resample import resample_whole
 from training.dataset import AUDIO_EXTENSIONS
 from training.jsonwave import DEFAULT_JSON_RATE, read_json_waves
 from training.labels import Label, label_from_name
@@ -31,7 +30,6 @@ __all__ = [
     "decode_audio",
     "find_inputs",
     "read_recordings",
-    "resample",
     "segment_bounds",
 ]
 
@@ -89,15 +87,6 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[InputFile], list[Pat
     return sorted(found.values(), key=lambda i: str(i.path)), missing
 
 
-def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:
-    """``samples`` at ``out_rate`` (resample_poly, as the daemon's resampler), float32."""
-    if in_rate == out_rate:
-        return np.asarray(samples, dtype=np.float32)
-    g = math.gcd(in_rate, out_rate)
-    y = signal.resample_poly(np.asarray(samples, dtype=np.float64), out_rate // g, in_rate // g)
-    return np.asarray(y, dtype=np.float32)
-
-
 def decode_audio(path: Path) -> AudioData:
     """Decode an audio file; soundfile first for FLAC/OGG, where it is installed."""
     if path.suffix.lower() in _SOUNDFILE_EXTENSIONS:
@@ -137,7 +126,7 @@ def read_recordings(
             yield Recording(
                 source=f"{source}#record {rec.record_index}",
                 path=item.path,
-                samples=resample(rec.samples, rec.sample_rate, sample_rate),
+                samples=resample_whole(rec.samples, rec.sample_rate, sample_rate),
                 sample_rate=sample_rate,
                 label=rec.label if rec.label is not None else name_label,
                 original_rate=rec.sample_rate,
@@ -154,7 +143,7 @@ def read_recordings(
     yield Recording(
         source=source,
         path=item.path,
-        samples=resample(mono, audio.sample_rate, sample_rate),
+        samples=resample_whole(mono, audio.sample_rate, sample_rate),
         sample_rate=sample_rate,
         label=name_label,
         original_rate=audio.sample_rate,

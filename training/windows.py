@@ -16,13 +16,11 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from math import gcd
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal
 from tqdm import tqdm
 
 from asd_edge.audiofile import read_audio, to_mono
@@ -35,6 +33,7 @@ from asd_edge.features import (
     StreamingFilter,
     normalize_window,
 )
+from asd_edge.resample import resample_whole
 
 if TYPE_CHECKING:  # the kinds import torch; windows must not (numpy kinds fit without it)
     from .kinds.base import KindInfo
@@ -253,14 +252,6 @@ class Windows:
         return out
 
 
-def _resample(x: FloatArray, in_rate: int, out_rate: int) -> FloatArray:
-    if in_rate == out_rate:
-        return x
-    g = gcd(in_rate, out_rate)
-    y = signal.resample_poly(x.astype(np.float64), out_rate // g, in_rate // g)
-    return np.asarray(y, dtype=np.float32)
-
-
 def file_stream(path: str | os.PathLike[str], spec: WindowSpec) -> FloatArray:
     """A file as the daemon's model-rate stream: mono, resampled, pre-filtered.
 
@@ -271,7 +262,7 @@ def file_stream(path: str | os.PathLike[str], spec: WindowSpec) -> FloatArray:
     finite = np.isfinite(mono)
     if not finite.all():  # as the monitor does: one NaN would poison the filter
         mono = np.where(finite, mono, np.float32(0.0))
-    stream = _resample(mono, audio.sample_rate, spec.sample_rate)
+    stream = resample_whole(mono, audio.sample_rate, spec.sample_rate)
     if spec.prefilter is not None:
         stream = StreamingFilter(spec.prefilter.sos(spec.sample_rate))(stream)
     return stream

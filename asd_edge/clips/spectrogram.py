@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from ..audiofile import write_atomic
+from ..durable import write_atomic
 
 __all__ = [
     "BAND_PX",

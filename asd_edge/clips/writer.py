@@ -25,8 +25,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from ..audiofile import pcm16, wav_bytes, write_atomic
+from ..audiofile import pcm16, wav_bytes
 from ..config import ClipsConfig
+from ..durable import write_atomic
 from ..errors import ConfigError
 from ..logs import json_safe
 from .recorder import ClipRequest, ClipResult

@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, Final, Literal, cast
 
 import structlog
 
-from ..audiofile import fsync_dir, write_atomic
+from ..durable import fsync_dir, write_atomic
 
 __all__ = [
     "ACTIVE_NAME",

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from ..durable import write_atomic
 from ..errors import AsdEdgeError
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
@@ -138,18 +139,10 @@ def _read_key(path: str | os.PathLike[str]) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` with exactly ``mode`` (umask aside): temp, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """Write ``data`` to ``path`` with exactly ``mode`` (``durable.write_atomic``)."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode & 0o600)
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(fd, mode)
-            file.write(data)
-            file.flush()
-            os.fsync(fd)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode=mode)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise KeyFileError(path, f"cannot write the key file ({exc.strerror or exc})") from None
 
 
