@@ -13,14 +13,15 @@ from typing import Any, Protocol
 
 import structlog
 
-from .clips.recorder import ClipRecorder, ClipResult
+from .clips import ClipRecorder, ClipResult
 from .decision import Event
 from .evidence import band_evidence
+from .jsonvalues import iso_utc
 from .machine import MachineChange
 from .modelspec import BandsSpec
 from .ring import RingBuffer
 
-__all__ = ["AlertSink", "Alerts", "MonitorInfo", "iso_utc", "new_alert_id"]
+__all__ = ["AlertSink", "Alerts", "MonitorInfo", "new_alert_id"]
 
 log = structlog.get_logger()
 
@@ -65,12 +66,6 @@ class MonitorInfo:
     def evidence(self, event: Event) -> list[dict[str, Any]] | None:
         """The event's evidence (its peak window's bands); None for a model without bands."""
         return None if self.bands is None else band_evidence(self.bands, event.peak_bands)
-
-
-def iso_utc(epoch_s: float) -> str:
-    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-21T10:15:02.250Z``."""
-    stamp = datetime.fromtimestamp(epoch_s, UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
 def new_alert_id(monitor: str, epoch_s: float) -> str:

@@ -11,8 +11,8 @@ from .config import Config, InputConfig
 from .detector import Detector
 from .errors import ConfigError, ModelError
 from .filesource import FileSource
-from .modelstore.manager import ModelManager
-from .mqtt.commands import Command, CommandRouter, command_specs
+from .modelstore import ModelManager
+from .mqtt import Command, CommandRouter, command_specs
 
 __all__ = [
     "REPLAY_PREFIX",

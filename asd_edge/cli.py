@@ -30,8 +30,9 @@ from .config import (
 from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon
 from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
-from .logs import configure_logging, json_safe
-from .modelstore.requests import load_key
+from .jsonvalues import json_safe
+from .logs import configure_logging
+from .modelstore import load_key
 from .scoring import score_file
 
 __all__ = ["main"]

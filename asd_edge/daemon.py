@@ -15,8 +15,7 @@ import structlog
 from .alerts import Alerts, AlertSink, MonitorInfo, lost_clip
 from .assembly import command_router, load_detectors, open_input
 from .capture import AudioSource
-from .clips.recorder import ClipRecorder
-from .clips.writer import ClipStore
+from .clips import ClipRecorder, ClipStore
 from .config import Config, MonitorConfig, load_config
 from .decision import Event
 from .detector import Detector
@@ -25,10 +24,9 @@ from .filesource import FileSource
 from .inputhealth import InputChange, InputHealth
 from .logs import configure_logging
 from .machine import MachineChange
-from .modelstore.manager import ModelManager, Swap
+from .modelstore import ModelManager, Swap
 from .monitor import Monitor, TickResult, WindowScore
-from .mqtt.commands import Command
-from .mqtt.link import MqttLink
+from .mqtt import Command, MqttLink
 from .reload import plan_reload
 from .reporting import describe, model_facts, model_payload, status_line
 from .sdnotify import Liveness, Notifier

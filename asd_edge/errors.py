@@ -1,14 +1,38 @@
-"""The exception tree of asd-edge: every error the daemon raises on purpose."""
+"""The exception tree of asd-edge: every error the daemon raises on purpose.
+
+Every public exception is defined here, so that a caller can catch a whole branch
+and a reader sees them all at once::
+
+    AsdEdgeError
+    ├── ConfigError       the configuration is invalid (one problem per bad key)
+    ├── ModelError        a model file cannot be served (names the file and the field)
+    ├── Unfit             a model loads but cannot serve this input (rate, ring, scores)
+    ├── AudioError        the audio input cannot be opened or stopped delivering
+    │   └── AudioDecodeError  an audio file cannot be read (names the file)
+    ├── OutboxError       the outbox file cannot be opened or created
+    ├── CommandError      an MQTT command is malformed or cannot be carried out
+    ├── Refused           a model push, rollback or file change is refused (names the field)
+    └── KeyFileError      a push key file cannot be used (names the file)
+
+Errors that never leave the module that raises them (e.g. a corrupt SQLite file
+the outbox moves aside) stay private there.
+"""
 
 from __future__ import annotations
+
+import os
 
 __all__ = [
     "AsdEdgeError",
     "AudioDecodeError",
     "AudioError",
+    "CommandError",
     "ConfigError",
+    "KeyFileError",
     "ModelError",
     "OutboxError",
+    "Refused",
+    "Unfit",
 ]
 
 
@@ -38,6 +62,11 @@ class ModelError(AsdEdgeError):
         super().__init__(f"{path}: {field}: {problem}")
 
 
+class Unfit(AsdEdgeError):
+    """A model that loads but cannot serve this input; the message is one sentence
+    naming the field (the rate, the window against the ring, the scores)."""
+
+
 class AudioError(AsdEdgeError):
     """The audio input cannot be opened or has stopped delivering samples."""
 
@@ -57,3 +86,56 @@ class OutboxError(AsdEdgeError):
     The message names the file, e.g. ``/var/lib/asd-edge/outbox.sqlite: cannot
     create the outbox: unable to open database file``.
     """
+
+
+class CommandError(AsdEdgeError):
+    """A command is malformed or cannot be carried out; ``reason`` says why."""
+
+    def __init__(self, reason: str, *, command: str | None = None, id: str | None = None) -> None:
+        self.reason = reason
+        self.command = command
+        self.id = id
+        super().__init__(reason)
+
+
+class Refused(AsdEdgeError):
+    """A model push, rollback or file change is refused: the running model stays.
+
+    ``reason`` is one sentence naming the field (and, for a file, the file). Raised
+    while a request is checked; the model manager also hands refusals back to the
+    daemon as values (``ModelManager.take_results``), with what they were for:
+    ``monitor`` (None when the request named no known one), ``request_id`` and
+    ``command`` (``model`` or ``model/rollback``; None for a file change) and
+    ``source`` (``file``, ``push`` or ``rollback``; None until the manager knows it).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        monitor: str | None = None,
+        request_id: str | None = None,
+        command: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.monitor = monitor
+        self.request_id = request_id
+        self.command = command
+        self.source = source
+        super().__init__(reason)
+
+    def __repr__(self) -> str:
+        return (
+            f"Refused({self.reason!r}, monitor={self.monitor!r}, request_id="
+            f"{self.request_id!r}, command={self.command!r}, source={self.source!r})"
+        )
+
+
+class KeyFileError(AsdEdgeError):
+    """A key file cannot be used; the message names the file and what is wrong with it."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "json_safe"]
+from .jsonvalues import json_safe
+
+__all__ = ["configure_logging"]
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -18,18 +19,6 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by None, so that it
-    serialises as standard JSON (``null``) rather than Python's ``NaN``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(item) for item in value]
-    return value
 
 
 def _json_safe_event(

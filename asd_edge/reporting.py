@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .inputhealth import InputHealth
-from .modelstore.manager import ModelManager
+from .modelstore import ModelManager
 from .monitor import Monitor
 from .telemetry import Telemetry
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .alerts import iso_utc
 from .capture import AudioSource
 from .config import HealthConfig
+from .jsonvalues import iso_utc
 from .meters import ChannelLevel, LevelMeter, ProcessMeter
 
 __all__ = ["MonitorState", "Telemetry", "tick_summary"]

@@ -42,8 +42,12 @@ import numpy as np  # noqa: E402
 import structlog  # noqa: E402
 from common import record, stats_us  # noqa: E402
 
-from asd_edge.clips.recorder import ClipRecorder, ClipRequest, ClipResult  # noqa: E402
-from asd_edge.clips.writer import ClipStore  # noqa: E402
+from asd_edge.clips import (  # noqa: E402
+    ClipRecorder,
+    ClipRequest,
+    ClipResult,
+    ClipStore,
+)
 from asd_edge.config import ClipsConfig  # noqa: E402
 from asd_edge.decision import DecisionPolicy, Event  # noqa: E402
 from asd_edge.detector import Detector  # noqa: E402

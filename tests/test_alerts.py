@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from asd_edge.alerts import CLIP_LOST, Alerts, MonitorInfo, iso_utc, lost_clip, new_alert_id
-from asd_edge.clips.recorder import ClipRecorder
-from asd_edge.clips.writer import ClipStore
+from asd_edge.alerts import CLIP_LOST, Alerts, MonitorInfo, lost_clip, new_alert_id
+from asd_edge.clips import ClipRecorder, ClipStore
 from asd_edge.config import ClipsConfig
 from asd_edge.decision import Event
+from asd_edge.jsonvalues import iso_utc
 from asd_edge.ring import RingBuffer
 
 RATE = 16000

@@ -12,8 +12,7 @@ import pytest
 from scipy.io import wavfile
 from test_clipstore import MODEL, RATE, Results, clips_config, ints, pcm, sidecar
 
-from asd_edge.clips.recorder import ClipRecorder, ClipResult
-from asd_edge.clips.writer import ClipStore
+from asd_edge.clips import ClipRecorder, ClipResult, ClipStore
 from asd_edge.config import ClipsConfig
 from asd_edge.decision import Event
 from asd_edge.ring import RingBuffer

@@ -22,8 +22,9 @@ import pytest
 from scipy.io import wavfile
 from structlog.testing import capture_logs
 
-from asd_edge.clips.recorder import ClipRequest, ClipResult
-from asd_edge.clips.writer import MB, WORKER_NICE, ClipStore, encode_audio
+from asd_edge.clips import ClipRequest, ClipResult
+from asd_edge.clips.retention import MB
+from asd_edge.clips.writer import WORKER_NICE, ClipStore, encode_audio
 from asd_edge.config import ClipsConfig
 
 RATE = 8000
@@ -461,8 +462,7 @@ CRASH_WRITER = """
 import sys, numpy as np
 from datetime import UTC, datetime
 from pathlib import Path
-from asd_edge.clips.recorder import ClipRequest
-from asd_edge.clips.writer import ClipStore
+from asd_edge.clips import ClipRequest, ClipStore
 from asd_edge.config import ClipsConfig
 
 import structlog, threading

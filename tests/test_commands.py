@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from asd_edge.errors import CommandError
 from asd_edge.mqtt.commands import (
     MAX_COMMAND_BYTES,
     Command,
-    CommandError,
     CommandRouter,
     CommandSpec,
     parse_command,

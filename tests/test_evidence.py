@@ -12,9 +12,8 @@ from bandsmodel import RATE, BandsModel, boost_band, calibrated_bands_model
 from test_alerts import RecordingSink
 
 from asd_edge.alerts import Alerts, MonitorInfo
-from asd_edge.clips.recorder import ClipRecorder
+from asd_edge.clips import ClipRecorder, ClipStore
 from asd_edge.clips.spectrogram import BAND_PX, BRACKET_PX, spectrogram_indexed
-from asd_edge.clips.writer import ClipStore
 from asd_edge.config import ClipsConfig, MonitorConfig
 from asd_edge.detector import Detector
 from asd_edge.evidence import EVIDENCE_MAX_BANDS, EVIDENCE_MIN_Z, band_evidence

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from asd_edge import __version__
+from asd_edge.mqtt import encode_json
 from asd_edge.mqtt.homeassistant import discovery_messages, monitor_topic, status_topic
-from asd_edge.mqtt.link import encode_json
 
 PREFIX = "asd/dev-1"
 

@@ -19,9 +19,10 @@ from bandsmodel import (
 from structlog.testing import capture_logs
 from test_alerts import WALL, RecordingSink, filled_ring, info
 
-from asd_edge.alerts import Alerts, iso_utc
+from asd_edge.alerts import Alerts
 from asd_edge.config import MonitorConfig
 from asd_edge.detector import Detector
+from asd_edge.jsonvalues import iso_utc
 from asd_edge.machine import RUNNING_MARGIN_DB, MachineChange, MachineState
 from asd_edge.monitor import Monitor
 from asd_edge.ring import RingBuffer

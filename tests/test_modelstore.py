@@ -17,13 +17,17 @@ from structlog.testing import capture_logs
 
 from asd_edge.config import Config, parse_config
 from asd_edge.detector import Detector
-from asd_edge.errors import ConfigError
+from asd_edge.errors import CommandError, ConfigError, Refused
+from asd_edge.modelstore import (
+    ModelManager,
+    Swap,
+    generate_keys,
+    load_private_key,
+    push_message,
+    rollback_message,
+)
 from asd_edge.modelstore import files as modelfiles
 from asd_edge.modelstore import manager as modelstore
-from asd_edge.modelstore.keyfiles import generate_keys, load_private_key
-from asd_edge.modelstore.manager import ModelManager, Refusal, Swap
-from asd_edge.modelstore.signing import push_message, rollback_message
-from asd_edge.mqtt.commands import CommandError
 
 DEVICE = "dev-1"
 CAPTURE_RATE = 16000
@@ -152,9 +156,9 @@ def one_swap(manager: ModelManager) -> Swap:
     return result
 
 
-def one_refusal(manager: ModelManager) -> Refusal:
+def one_refusal(manager: ModelManager) -> Refused:
     (result,) = results(manager)
-    assert isinstance(result, Refusal), result
+    assert isinstance(result, Refused), result
     return result
 
 
@@ -320,7 +324,7 @@ class TestPush:
     def test_bad_pushes_are_refused_and_nothing_is_stored(
         self, rig: Rig, case: str, reason: str
     ) -> None:
-        """Each bad push comes back as a Refusal with its reason; the running model stays
+        """Each bad push comes back as a Refused with its reason; the running model stays
         (no Swap), nothing is left on disk, and the model topic's facts say why."""
         config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])}, max_mb=0.1)
         manager, _ = rig.manager(config)
@@ -537,7 +541,7 @@ class TestRecovery:
 
     def test_a_reload_supersedes_a_swap_not_yet_taken(self, rig: Rig) -> None:
         """A push validated under the configuration a SIGHUP replaced comes back as a
-        Refusal, its incoming file goes, and the next push is accepted; a removed
+        Refused, its incoming file goes, and the next push is accepted; a removed
         monitor's folder is left alone."""
         config = rig.config(
             {

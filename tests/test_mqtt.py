@@ -18,11 +18,11 @@ import pytest
 from broker import HOST, Broker, free_port, make_tls_files, wait_until
 from structlog.testing import capture_logs
 
+from asd_edge.backoff import Backoff
 from asd_edge.config import HomeAssistantConfig, MqttConfig, OutboxConfig, TlsConfig
 from asd_edge.errors import ConfigError
-from asd_edge.mqtt.commands import CommandRouter
+from asd_edge.mqtt import CommandRouter, MqttLink
 from asd_edge.mqtt.connection import RECONNECT_JITTER
-from asd_edge.mqtt.link import Backoff, MqttLink
 
 LinkFactory = Callable[..., MqttLink]
 

@@ -22,10 +22,9 @@ from broker import Broker, free_port, wait_until
 from paho.mqtt.client import Client, MQTTMessage
 
 from asd_edge.detector import Detector
-from asd_edge.errors import ModelError
-from asd_edge.modelstore.keyfiles import load_public_key
+from asd_edge.errors import ModelError, Refused
+from asd_edge.modelstore import load_public_key
 from asd_edge.modelstore.signing import (
-    PushRefused,
     format_issued_at,
     parse_push,
     parse_rollback,
@@ -116,7 +115,7 @@ class FakeDevice:
                 else:
                     self._reply(suffix, request_id, f"unknown command {suffix!r}")
                     return
-            except PushRefused as exc:
+            except Refused as exc:
                 last = {"id": request_id, "command": suffix, "ok": False, "error": exc.reason}
             self._publish_state(last)
 
@@ -134,7 +133,7 @@ class FakeDevice:
         try:
             spec = Detector(path).spec
         except ModelError as exc:
-            raise PushRefused(f"model: {exc.field}: {exc.problem}") from None
+            raise Refused(f"model: {exc.field}: {exc.problem}") from None
         self.accepted.append(request.model)
         self.previous = self.current
         self.current = {"name": spec.name, "version": spec.version, "sha256": request.sha256}
@@ -149,7 +148,7 @@ class FakeDevice:
             allow_unsigned=self.allow_unsigned,
         )
         if self.previous is None:
-            raise PushRefused("rollback: no previous model for monitor 'main'")
+            raise Refused("rollback: no previous model for monitor 'main'")
         self.current, self.previous = self.previous, self.current
         return {"id": request.id, "command": "model/rollback", "ok": True, "error": None}
 

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from asd_edge.errors import KeyFileError, Refused
 from asd_edge.modelstore.keyfiles import (
-    KeyFileError,
     generate_keys,
     key_id,
     load_private_key,
@@ -30,7 +30,6 @@ from asd_edge.modelstore.keyfiles import (
 from asd_edge.modelstore.signing import (
     PUSH_CONTEXT,
     ROLLBACK_CONTEXT,
-    PushRefused,
     canonical_bytes,
     parse_push,
     parse_rollback,
@@ -95,7 +94,7 @@ def check_push(
 
 def refusal(message: dict[str, Any], public: Ed25519PublicKey | None, **kw: Any) -> str:
     """The reason parse_push refuses ``message`` with (the test fails if it accepts it)."""
-    with pytest.raises(PushRefused) as info:
+    with pytest.raises(Refused) as info:
         check_push(message, public, **kw)
     reason = info.value.reason
     assert "\n" not in reason and reason == str(info.value)
@@ -325,7 +324,7 @@ class TestRollback:
         fields = {k: message[k] for k in ("id", "target", "monitor", "issued_at")}
         forged = private.sign(canonical_bytes(PUSH_CONTEXT, fields))
         message["signature"] = base64.b64encode(forged).decode()
-        with pytest.raises(PushRefused, match=r"^bad signature"):
+        with pytest.raises(Refused, match=r"^bad signature"):
             self.parse(message, public)
 
     def test_refusals(self, private: Ed25519PrivateKey, public: Ed25519PublicKey) -> None:
@@ -338,7 +337,7 @@ class TestRollback:
             (self.rollback(private, issued_at="yesterday"), public, "issued_at:"),
         ]
         for message, key, start in cases:
-            with pytest.raises(PushRefused) as info:
+            with pytest.raises(Refused) as info:
                 self.parse(message, key)
             assert info.value.reason.startswith(start), info.value.reason
         assert not self.parse(self.rollback(None), None, allow_unsigned=True).signed

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from asd_edge.modelstore.keyfiles import KeyFileError, generate_keys, key_id, load_public_key
+from asd_edge.errors import KeyFileError
+from asd_edge.modelstore import generate_keys, key_id, load_public_key
 
 from .cli import EXIT_OK
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from asd_edge.modelstore.keyfiles import KeyFileError, load_private_key
-from asd_edge.modelstore.signing import push_message, rollback_message
+from asd_edge.errors import KeyFileError
+from asd_edge.modelstore import load_private_key, push_message, rollback_message
 
 from .cli import (
     EXIT_DATA,

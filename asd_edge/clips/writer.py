@@ -1,8 +1,7 @@
-"""Where clips live: the writer thread, retention within quota, recovery after a crash."""
+"""The clip writer: a thread that encodes each clip, draws its picture and stores the set."""
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import hashlib
@@ -14,14 +13,12 @@ import queue
 import re
 import threading
 import time
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import numpy.typing as npt
 import structlog
 
@@ -29,9 +26,10 @@ from ..audiofile import pcm16, wav_bytes
 from ..config import ClipsConfig
 from ..durable import write_atomic
 from ..errors import ConfigError
-from ..logs import json_safe
-from .recorder import ClipRequest, ClipResult
+from ..jsonvalues import json_safe
+from .retention import MB, Retention, statvfs_usage
 from .spectrogram import PALETTE, encode_png, spectrogram_indexed
+from .types import ClipRequest, ClipResult
 
 __all__ = [
     "MB",
@@ -43,14 +41,10 @@ __all__ = [
 
 log = structlog.get_logger()
 
-MB = 1_000_000
-"""Bytes in the megabyte of ``clips.max_total_mb`` and ``clips.min_free_mb``."""
 WORKER_NICE = 10
 """Niceness of the clip worker thread (the tick thread keeps the process's)."""
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 """UTC wall time of a clip's first sample at the front of its file name."""
-AUDIO_SUFFIXES = {".wav": "wav", ".flac": "flac"}
-_CLIP_SUFFIXES = (*AUDIO_SUFFIXES, ".png", ".json")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _STOP = object()
 _PRUNE = object()
@@ -83,16 +77,6 @@ class ClipUsage:
         return dataclasses.asdict(self)
 
 
-@dataclass(slots=True)
-class _Stored:
-    """One clip on disk in the running index."""
-
-    stem: Path
-    files: list[Path]
-    bytes: int
-    created_s: float
-
-
 def _soundfile() -> Any:
     """The soundfile module (imported only for ``clips.format: flac``)."""
     try:
@@ -114,35 +98,15 @@ def encode_audio(samples: npt.ArrayLike, sample_rate: int, fmt: Literal["wav", "
     return buffer.getvalue()
 
 
-def _statvfs_usage(directory: Path) -> tuple[int, int]:
-    st = os.statvfs(directory)
-    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-
-
-def _plain(value: object) -> object:
-    """JSON for what ``json`` does not know: numpy scalars and arrays, else the text."""
-    if isinstance(value, np.generic | np.ndarray):
-        return json_safe(value.tolist())
-    return str(value)
-
-
-def _mb(n_bytes: float) -> str:
-    return f"{n_bytes / MB:.2f} MB"
-
-
 class ClipStore:
     """Owns ``<state_dir>/clips`` and the worker thread that writes clips into it.
 
     Layout: ``clips/<monitor>/<YYYYmmddTHHMMSSZ>_<alert_id>.{wav|flac,png,json}``.
     The audio, then the picture, then the sidecar are each written by
-    ``audiofile.write_atomic`` (``.<name>.<random>.tmp``, fsync, rename), so the
-    sidecar marks a complete clip.
-    On ``start()``: leftover ``.*.tmp`` files are deleted; an audio file whose
-    sidecar is missing (a crash between the two renames) is KEPT, because it is
-    whole and an alert may already name it, and gets a sidecar marked
-    ``"recovered": true`` (file facts only); a sidecar or picture without audio
-    (a crash while retention deleted the set, audio first) is deleted.
-    Retention runs before every write on an index built once at start.
+    ``durable.write_atomic`` (``.<name>.<random>.tmp``, fsync, rename), so the
+    sidecar marks a complete clip. Retention (``retention.Retention``) runs before
+    every write on an index built once at ``start()``, which also cleans up after a
+    crash (an audio file that lost its sidecar is kept and gets a recovered one).
     """
 
     def __init__(
@@ -159,16 +123,20 @@ class ClipStore:
         self.directory = Path(directory)
         self.config = config
         self._on_done = on_done
-        self._clock = clock
-        self._disk_usage = disk_usage or _statvfs_usage
+        self._disk_usage = disk_usage or statvfs_usage
         self._queue: queue.Queue[object] = queue.Queue(config.queue)
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._lock = threading.Lock()
-        self._index: list[_Stored] = []  # oldest first; only the worker touches it once started
-        self._bytes = 0
-        self._saved = self._skipped = self._deleted = 0
+        self._saved = self._skipped = 0
         self._last_error: str | None = None
+        self.retention = Retention(
+            self.directory,
+            config,
+            clock=clock,
+            disk_usage=self._disk_usage,
+            on_error=self._error,
+        )
 
     # --- tick side -------------------------------------------------------------------------
 
@@ -208,14 +176,15 @@ class ClipStore:
             free_mb: float | None = round(self._disk_usage(self.directory)[0] / MB, 2)
         except OSError:
             free_mb = None
+        held = self.retention.snapshot()
         with self._lock:
             return ClipUsage(
-                bytes=self._bytes,
-                files=sum(len(c.files) for c in self._index),
-                clips=len(self._index),
+                bytes=held.bytes,
+                files=held.files,
+                clips=held.clips,
                 saved=self._saved,
                 skipped=self._skipped,
-                deleted=self._deleted,
+                deleted=held.deleted,
                 last_error=self._last_error,
                 free_mb=free_mb,
             )
@@ -226,7 +195,7 @@ class ClipStore:
         """Clean up after a crash, index what is on disk, start the worker (which first
         deletes the clips past ``max_age_days``)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._scan()
+        self.retention.scan()
         self._thread = threading.Thread(target=self._run, name="clip-writer", daemon=True)
         self._thread.start()
 
@@ -254,13 +223,13 @@ class ClipStore:
         # Background work: on a busy CPU the tick goes first (Linux: a nice per thread).
         with contextlib.suppress(OSError, AttributeError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
-        self._delete_expired()
+        self.retention.delete_expired()
         while True:
             item = self._queue.get()
             if item is _STOP:
                 return
             if item is _PRUNE:
-                self._delete_expired()
+                self.retention.delete_expired()
                 continue
             assert isinstance(item, ClipRequest)
             try:
@@ -269,6 +238,10 @@ class ClipStore:
                 log.exception("clip_failed", alert_id=item.alert_id, monitor=item.monitor)
                 result = self._skip(item, f"internal error: {exc!r}", report=False)
             self._deliver(result)
+
+    def _error(self, reason: str) -> None:
+        with self._lock:
+            self._last_error = reason
 
     def _deliver(self, result: ClipResult) -> None:
         try:
@@ -310,7 +283,7 @@ class ClipStore:
         sidecar_path = audio_path.with_suffix(".json")
         sidecar = self._sidecar(request, audio_path, fmt, sha256, len(audio), png_path)
         need = len(audio) + len(png) + len(sidecar)
-        deleted, problem = self._make_room(need)
+        deleted, problem = self.retention.make_room(need)
         if problem is not None:
             return self._skip(request, problem, report=False)
         written: list[Path] = []
@@ -324,10 +297,8 @@ class ClipStore:
             for path in written:  # never leave part of a set behind
                 path.unlink(missing_ok=True)
             return self._skip(request, f"write failed: {exc}", report=False)
-        stored = _Stored(audio_path.with_suffix(""), written, need, self._clock())
+        self.retention.add(audio_path.with_suffix(""), written, need)
         with self._lock:
-            bisect.insort(self._index, stored, key=lambda c: c.created_s)
-            self._bytes += need
             self._saved += 1
         log.info(
             "clip_saved",
@@ -386,131 +357,4 @@ class ClipStore:
             },
             "scores": scores,
         }
-        return (json.dumps(json_safe(doc), indent=1, default=_plain) + "\n").encode()
-
-    # --- retention -------------------------------------------------------------------------
-
-    def _make_room(self, need: int) -> tuple[int, str | None]:
-        """Apply age, total and free-space limits for a clip of ``need`` bytes, oldest
-        first. Returns (clips deleted, why the clip cannot be written or None). Nothing
-        is deleted for a clip that could not fit even with every clip gone."""
-        cfg = self.config
-        deleted = self._delete_expired()
-        max_total = int(cfg.max_total_mb * MB)
-        min_free = int(cfg.min_free_mb * MB)
-        if need > max_total:
-            return deleted, (
-                f"quota: the clip needs {_mb(need)}, more than clips.max_total_mb "
-                f"({cfg.max_total_mb:g} MB)"
-            )
-        try:
-            free, _total = self._disk_usage(self.directory)
-        except OSError as exc:
-            return deleted, f"cannot read the free space of {self.directory}: {exc}"
-        shortfall = need + min_free - free - self._bytes
-        if shortfall > 0:
-            return deleted, (
-                f"quota: cannot free {_mb(shortfall)}: the clip needs {_mb(need)}, "
-                f"{_mb(free)} free and clips hold {_mb(self._bytes)}, "
-                f"clips.min_free_mb is {cfg.min_free_mb:g} MB"
-            )
-        freed = 0
-        while self._index and (self._bytes + need > max_total or free + freed - need < min_free):
-            freed += self._delete_oldest("quota")
-            deleted += 1
-        return deleted, None
-
-    def _delete_expired(self) -> int:
-        """Delete the clips older than ``max_age_days``; returns how many."""
-        if self.config.max_age_days is None:
-            return 0
-        cutoff = self._clock() - self.config.max_age_days * 86400.0
-        deleted = 0
-        while self._index and self._index[0].created_s < cutoff:
-            self._delete_oldest("age")
-            deleted += 1
-        return deleted
-
-    def _delete_oldest(self, reason: str) -> int:
-        with self._lock:
-            clip = self._index.pop(0)
-            self._bytes -= clip.bytes
-            self._deleted += 1
-        # Audio first: a crash in between leaves a sidecar without audio, which start() deletes.
-        for path in sorted(clip.files, key=lambda p: p.suffix not in AUDIO_SUFFIXES):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                with self._lock:
-                    self._last_error = f"cannot delete {path}: {exc}"
-                log.warning("clip_delete_failed", path=str(path), error=str(exc))
-        log.debug("clip_deleted", path=str(clip.stem), reason=reason, bytes=clip.bytes)
-        return clip.bytes
-
-    def _scan(self) -> None:
-        """Index the clips on disk once; remove crash leftovers (see the class docstring).
-        A file that cannot be read or removed is logged and passed over."""
-        groups: dict[Path, list[Path]] = {}
-        for path in self.directory.glob("*/*"):
-            try:
-                if path.name.startswith(".") and path.name.endswith(".tmp"):
-                    path.unlink(missing_ok=True)
-                    log.info("clip_temp_removed", path=str(path))
-                elif path.suffix in _CLIP_SUFFIXES and path.is_file():
-                    groups.setdefault(path.with_suffix(""), []).append(path)
-            except OSError as exc:
-                log.warning("clip_scan_failed", path=str(path), error=str(exc))
-        index: list[_Stored] = []
-        for stem, files in groups.items():
-            try:
-                stored = self._check_set(stem, files)
-            except OSError as exc:
-                log.warning("clip_scan_failed", path=str(stem), error=str(exc))
-                continue
-            if stored is not None:
-                index.append(stored)
-        index.sort(key=lambda c: c.created_s)
-        with self._lock:
-            self._index = index
-            self._bytes = sum(c.bytes for c in index)
-
-    def _check_set(self, stem: Path, files: list[Path]) -> _Stored | None:
-        """The index entry of a clip found on disk, completed or removed if a crash cut it."""
-        audio = [p for p in files if p.suffix in AUDIO_SUFFIXES]
-        if not audio:
-            for path in files:
-                path.unlink(missing_ok=True)
-            log.info("clip_remains_removed", path=str(stem))
-            return None
-        sidecar = stem.with_suffix(".json")
-        if sidecar not in files:
-            try:
-                write_atomic(sidecar, _recovered_sidecar(audio[0]))
-                files.append(sidecar)
-                log.warning("clip_recovered", path=str(audio[0]))
-            except OSError as exc:  # e.g. a full disk: keep the audio as it is
-                log.warning("clip_recovery_failed", path=str(audio[0]), error=str(exc))
-        stats = [p.stat() for p in files]
-        size = sum(s.st_size for s in stats)
-        return _Stored(stem, files, size, max(s.st_mtime for s in stats))
-
-
-def _recovered_sidecar(audio: Path) -> bytes:
-    """The sidecar of an audio file whose own sidecar was lost to a crash: file facts only."""
-    data = audio.read_bytes()
-    clip: dict[str, Any] = {
-        "file": audio.name,
-        "format": AUDIO_SUFFIXES[audio.suffix],
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-    }
-    if audio.suffix == ".wav":
-        try:
-            with wave.open(io.BytesIO(data)) as w:
-                clip["sample_rate"] = w.getframerate()
-                clip["duration_s"] = w.getnframes() / w.getframerate()
-        except (wave.Error, EOFError) as exc:
-            clip["error"] = str(exc)
-    _stamp, _, alert_id = audio.stem.partition("_")
-    doc = {"alert_id": alert_id, "monitor": audio.parent.name, "recovered": True, "clip": clip}
-    return (json.dumps(doc, indent=1) + "\n").encode()
+        return (json.dumps(json_safe(doc), indent=1, default=str) + "\n").encode()

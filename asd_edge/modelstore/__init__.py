@@ -1,0 +1,34 @@
+"""The model store wing: which model each monitor runs, and how a new one gets there.
+
+``ModelManager`` is the face the daemon talks to; it validates candidates on its
+own thread and hands the daemon swaps to apply between two ticks:
+
+- ``manager``: ``ModelManager``: pushes, rollbacks and replaced model files, each
+  checked, stored and handed over as a ``Swap`` (or refused, ``errors.Refused``).
+- ``slot`` and ``files``: one monitor's slot (what runs, where it came from) and its
+  files on disk (``active.onnx``, ``previous.onnx``, ``state.json``).
+- ``checks``: what a candidate must pass beside the running model.
+- ``requests`` and ``signing``: a push or rollback as the device checks it (target,
+  replay, signature), and the signed message format ``asd-train push`` sends.
+- ``keyfiles``: the Ed25519 key files (cryptography loads only when a key is used).
+
+Named ``modelstore`` rather than ``models`` because the repository's top-level
+``models/`` holds ONNX files: this package is the device's store of them, not models.
+"""
+
+from .keyfiles import generate_keys, key_id, load_private_key, load_public_key
+from .manager import ModelManager, Swap
+from .requests import load_key
+from .signing import push_message, rollback_message
+
+__all__ = [
+    "ModelManager",
+    "Swap",
+    "generate_keys",
+    "key_id",
+    "load_key",
+    "load_private_key",
+    "load_public_key",
+    "push_message",
+    "rollback_message",
+]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import MonitorConfig
 from ..detector import Detector
-from ..errors import AsdEdgeError
+from ..errors import Unfit
 from ..monitor import Monitor
 from ..ring import RingBuffer
 
@@ -18,7 +18,6 @@ __all__ = [
     "NOISE_RMS",
     "RING_MARGIN_S",
     "CaptureFacts",
-    "Unfit",
     "check_fit",
     "validate_candidate",
 ]
@@ -38,11 +37,6 @@ class CaptureFacts:
     """Capture rate in Hz."""
     ring_s: float
     """Seconds of audio the input's ring holds per channel."""
-
-
-class Unfit(AsdEdgeError):
-    """A model that loads but cannot serve this input; the message is one sentence
-    naming the field."""
 
 
 def validate_candidate(

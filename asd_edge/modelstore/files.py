@@ -22,7 +22,7 @@ __all__ = [
     "HeldFile",
     "ModelRecord",
     "MonitorFiles",
-    "MonitorState",
+    "SlotState",
     "Source",
     "StatKey",
     "stat_key",
@@ -115,7 +115,7 @@ class ModelRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class MonitorState:
+class SlotState:
     """The contents of one monitor's state.json."""
 
     active: ModelRecord | None = None
@@ -138,7 +138,7 @@ class MonitorState:
         }
 
     @classmethod
-    def from_dict(cls, data: object) -> MonitorState:
+    def from_dict(cls, data: object) -> SlotState:
         """The state in ``data``; ValueError naming the field when malformed."""
         if not isinstance(data, dict):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
@@ -215,23 +215,23 @@ class MonitorFiles:
         self.incoming = self.dir / INCOMING_NAME
         self.state = self.dir / STATE_NAME
 
-    def read_state(self) -> MonitorState:
+    def read_state(self) -> SlotState:
         """state.json, or an empty state when there is none; a damaged one is logged
         and read as empty (its models are then not used)."""
         try:
             raw = self.state.read_bytes()
         except FileNotFoundError:
-            return MonitorState()
+            return SlotState()
         except OSError as exc:
             log.warning("model_state_unreadable", path=str(self.state), error=str(exc))
-            return MonitorState()
+            return SlotState()
         try:
-            return MonitorState.from_dict(json.loads(raw))
+            return SlotState.from_dict(json.loads(raw))
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             log.warning("model_state_unreadable", path=str(self.state), error=str(exc))
-            return MonitorState()
+            return SlotState()
 
-    def write_state(self, state: MonitorState) -> None:
+    def write_state(self, state: SlotState) -> None:
         """Replace state.json atomically."""
         self.dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(state.as_dict(), indent=2, sort_keys=True) + "\n"
@@ -252,9 +252,7 @@ class MonitorFiles:
             return
         fsync_dir(self.dir)
 
-    def demote_active(
-        self, state: MonitorState, running: ModelRecord, *, keep: bool
-    ) -> MonitorState:
+    def demote_active(self, state: SlotState, running: ModelRecord, *, keep: bool) -> SlotState:
         """The config's model won over the stored active one at start: keep the stored
         model as previous.onnx (``keep``) or drop it (it no longer loads), and record
         ``running`` as active; the replay marker stays. Returns the state written."""
@@ -271,8 +269,8 @@ class MonitorFiles:
         return written
 
     def adopt(
-        self, new: ModelRecord, state: MonitorState, outgoing: ModelRecord, held: HeldFile | None
-    ) -> MonitorState:
+        self, new: ModelRecord, state: SlotState, outgoing: ModelRecord, held: HeldFile | None
+    ) -> SlotState:
         """Persist a swap the daemon has put in service: the ``outgoing`` model becomes
         previous.onnx (moved if stored, else copied from ``held``, the config file as it
         was loaded), incoming.onnx becomes active.onnx when ``new`` is stored, and

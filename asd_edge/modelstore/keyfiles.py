@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from ..durable import write_atomic
-from ..errors import AsdEdgeError
+from ..errors import KeyFileError
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -19,7 +19,6 @@ if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemo
 __all__ = [
     "DEVICE_KEY_NAME",
     "PUSH_KEY_NAME",
-    "KeyFileError",
     "generate_keys",
     "key_id",
     "load_private_key",
@@ -30,15 +29,6 @@ PUSH_KEY_NAME: Final = "push.key"
 """``generate_keys``' private key file: stays on the workstation (``asd-train push --key``)."""
 DEVICE_KEY_NAME: Final = "device.key"
 """``generate_keys``' public key file: goes to each device (config ``push.key_file``)."""
-
-
-class KeyFileError(AsdEdgeError):
-    """A key file cannot be used; the message names the file and what is wrong with it."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:

@@ -21,16 +21,14 @@ import structlog
 
 from ..config import Config, MonitorConfig
 from ..detector import Detector
-from ..errors import ConfigError, ModelError
-from ..mqtt.commands import CommandError
-from .checks import CaptureFacts, Unfit, check_fit, validate_candidate
-from .files import HeldFile, ModelRecord, MonitorFiles, MonitorState, StatKey, stat_key
+from ..errors import CommandError, ConfigError, ModelError, Refused, Unfit
+from ..jsonvalues import iso_utc
+from .checks import CaptureFacts, check_fit, validate_candidate
+from .files import HeldFile, ModelRecord, MonitorFiles, SlotState, StatKey, stat_key
 from .requests import (
     COMMAND_SOURCES,
-    Refused,
     check_replay,
     check_request,
-    iso_utc,
     load_key,
     outcome,
     pick_monitor,
@@ -40,7 +38,7 @@ from .slot import ModelSlot, load_slot, new_record
 if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["MAX_IN_FLIGHT", "ModelManager", "Refusal", "Swap", "SwapSource"]
+__all__ = ["MAX_IN_FLIGHT", "ModelManager", "Swap", "SwapSource"]
 
 log = structlog.get_logger()
 
@@ -68,22 +66,6 @@ class Swap:
     """``model`` or ``model/rollback``; None for a file swap."""
     ticket: int
     """Identifies the swap to ``ModelManager.applied`` and ``discard``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A candidate that was refused: the running model stays."""
-
-    monitor: str | None
-    """The monitor it was meant for; None when the request did not name a known one."""
-    request_id: str | None
-    """The push or rollback request id; None for a file change."""
-    command: str | None
-    """``model`` or ``model/rollback``; None for a file change."""
-    reason: str
-    """One sentence naming the field (and, for a file, the file)."""
-    source: SwapSource
-    """file, push or rollback."""
 
 
 @dataclass(slots=True)
@@ -116,7 +98,7 @@ class _Job:
 
     slot: ModelSlot
     new: ModelRecord
-    state: MonitorState
+    state: SlotState
     outgoing: ModelRecord
     held: HeldFile | None
     detector: Detector
@@ -158,7 +140,7 @@ class ModelManager:
         self._persisted = threading.Condition(self._lock)
         self._tasks: queue.Queue[object] = queue.Queue()
         self._jobs: deque[_Job] = deque()
-        self._results: list[Swap | Refusal] = []
+        self._results: list[Swap | Refused] = []
         self._pending: dict[int, _Pending] = {}
         self._slots: dict[str, ModelSlot] = {}
         self._config: Config | None = None
@@ -244,15 +226,15 @@ class ModelManager:
             return str(exc)
         return None
 
-    def take_results(self) -> list[Swap | Refusal]:
+    def take_results(self) -> list[Swap | Refused]:
         """Swaps ready to be put in service and refusals to report; never waits on work.
 
         Each Swap must get ``applied`` (or ``discard``) before the next ``load``; a
-        swap validated under a configuration since reloaded comes back as a Refusal.
+        swap validated under a configuration since reloaded comes back as a Refused.
         """
         with self._lock:
             items, self._results = self._results, []
-            out: list[Swap | Refusal] = []
+            out: list[Swap | Refused] = []
             for item in items:
                 pending = self._pending.get(item.ticket) if isinstance(item, Swap) else None
                 if pending is None or (
@@ -283,7 +265,7 @@ class ModelManager:
             slot.config_sha256 = config_sha
             if pending.issued_at is not None:
                 slot.last_issued_at, slot.last_request_id = pending.issued_at, swap.request_id
-            state = MonitorState(
+            state = SlotState(
                 active=new,
                 previous=dataclasses.replace(outgoing, stored=True),
                 last_issued_at=slot.last_issued_at,
@@ -514,7 +496,7 @@ class ModelManager:
             generation = self._generation
             names = list(self._slots)
         if config is None:
-            raise Refused(None, "the daemon has no models loaded yet")
+            raise Refused("the daemon has no models loaded yet")
         request = check_request(
             item.name,
             item.args,
@@ -535,7 +517,7 @@ class ModelManager:
                     request.model if request.model is not None else _previous(slot, previous)
                 )
             except OSError as exc:
-                raise Refused(monitor, f"model: cannot be stored ({exc})") from None
+                raise Refused(f"model: cannot be stored ({exc})", monitor=monitor) from None
         threads = config.detector.threads
         try:
             detector = validate_candidate(
@@ -549,7 +531,7 @@ class ModelManager:
             return slot, request.request_id, request.issued_at, detector, generation
         with self._disk_lock:
             files.discard_incoming()
-        raise Refused(monitor, reason)
+        raise Refused(reason, monitor=monitor)
 
     def _watch(self) -> None:
         """Look at each monitor's config model file; act on a change once it has settled."""
@@ -568,7 +550,7 @@ class ModelManager:
             self._file_changed(slot)
 
     def _file_changed(self, slot: ModelSlot) -> None:
-        """Validate the config's replaced model file; hand over a Swap or a Refusal."""
+        """Validate the config's replaced model file; hand over a Swap or a Refused."""
         path, name = slot.config.model, slot.config.name
         with self._lock:
             config, capture, generation = self._config, self._capture, self._generation
@@ -651,7 +633,15 @@ class ModelManager:
         reason: str,
     ) -> None:
         with self._lock:
-            self._results.append(Refusal(monitor, request_id, command, reason, source))
+            self._results.append(
+                Refused(
+                    reason,
+                    monitor=monitor,
+                    request_id=request_id,
+                    command=command,
+                    source=source,
+                )
+            )
             slot = self._slots.get(monitor) if monitor is not None else None
             if slot is not None:
                 slot.last_error = reason
@@ -661,7 +651,7 @@ class ModelManager:
                 self._last_push = outcome(command, request_id, monitor, at, None, reason)
         log.debug("model_candidate_refused", monitor=monitor, id=request_id, reason=reason)
 
-    def _drop(self, pending: _Pending, reason: str) -> Refusal:
+    def _drop(self, pending: _Pending, reason: str) -> Refused:
         """Turn a pending swap into a refusal (with the lock held)."""
         swap = pending.swap
         self._pending.pop(swap.ticket, None)
@@ -677,19 +667,25 @@ class ModelManager:
         log.debug(
             "model_candidate_refused", monitor=swap.monitor, id=swap.request_id, reason=reason
         )
-        return Refusal(swap.monitor, swap.request_id, swap.command, reason, swap.source)
+        return Refused(
+            reason,
+            monitor=swap.monitor,
+            request_id=swap.request_id,
+            command=swap.command,
+            source=swap.source,
+        )
 
 
 def _previous(slot: ModelSlot, previous: ModelRecord | None) -> bytes:
     """The bytes of a monitor's previous model, checked against its record."""
     path = slot.files.previous
     if previous is None or not path.is_file():
-        raise Refused(slot.name, "no previous model to roll back to")
+        raise Refused("no previous model to roll back to", monitor=slot.name)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != previous.sha256:
         raise Refused(
-            slot.name,
             "previous.onnx does not match its record (sha256): the previous model is damaged",
+            monitor=slot.name,
         )
     return data
 

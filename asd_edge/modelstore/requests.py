@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..config import Config, PushConfig
-from ..errors import AsdEdgeError, ConfigError
+from ..errors import ConfigError, KeyFileError, Refused
 from .files import ModelRecord
 
 if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
@@ -18,10 +17,8 @@ if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stay
 __all__ = [
     "COMMAND_SOURCES",
     "CheckedRequest",
-    "Refused",
     "check_replay",
     "check_request",
-    "iso_utc",
     "load_key",
     "outcome",
     "pick_monitor",
@@ -32,16 +29,6 @@ COMMAND_SOURCES: Final[Mapping[str, Literal["push", "rollback"]]] = {
     "model/rollback": "rollback",
 }
 """The commands that change a model, and the source they give it."""
-
-
-class Refused(AsdEdgeError):
-    """A push, rollback or file change is refused; ``reason`` is one sentence naming the
-    field, ``monitor`` the monitor it was for when known."""
-
-    def __init__(self, monitor: str | None, reason: str) -> None:
-        self.monitor = monitor
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,27 +60,24 @@ def check_request(
     (monitor unknown yet) with signing's reason when it refuses."""
     from . import signing
 
-    try:
-        if command == "model":
-            req = signing.parse_push(
-                args,
-                request_id=request_id,
-                device_id=device_id,
-                max_bytes=math.ceil(push.max_mb * 1e6),
-                public_key=key,
-                allow_unsigned=push.allow_unsigned,
-            )
-            return CheckedRequest(command, req.id, req.monitor, req.issued_at, req.model)
-        back = signing.parse_rollback(
+    if command == "model":
+        req = signing.parse_push(
             args,
             request_id=request_id,
             device_id=device_id,
+            max_bytes=math.ceil(push.max_mb * 1e6),
             public_key=key,
             allow_unsigned=push.allow_unsigned,
         )
-        return CheckedRequest(command, back.id, back.monitor, back.issued_at, None)
-    except signing.PushRefused as exc:
-        raise Refused(None, exc.reason) from None
+        return CheckedRequest(command, req.id, req.monitor, req.issued_at, req.model)
+    back = signing.parse_rollback(
+        args,
+        request_id=request_id,
+        device_id=device_id,
+        public_key=key,
+        allow_unsigned=push.allow_unsigned,
+    )
+    return CheckedRequest(command, back.id, back.monitor, back.issued_at, None)
 
 
 def pick_monitor(name: str | None, monitors: Sequence[str]) -> str:
@@ -102,9 +86,9 @@ def pick_monitor(name: str | None, monitors: Sequence[str]) -> str:
     if name is None:
         if len(monitors) == 1:
             return monitors[0]
-        raise Refused(None, f"monitor: the device runs several monitors ({names}): name one")
+        raise Refused(f"monitor: the device runs several monitors ({names}): name one")
     if name not in monitors:
-        raise Refused(None, f"monitor: no monitor named {name!r} on this device ({names})")
+        raise Refused(f"monitor: no monitor named {name!r} on this device ({names})")
     return name
 
 
@@ -112,9 +96,9 @@ def check_replay(monitor: str, issued_at: str, last_issued_at: str | None) -> No
     """Refused unless ``issued_at`` is later than the monitor's last accepted request."""
     if last_issued_at is not None and issued_at <= last_issued_at:
         raise Refused(
-            monitor,
             f"issued_at: {issued_at} is not later than the last accepted push or rollback "
             f"of monitor {monitor!r} ({last_issued_at}): a replay is refused",
+            monitor=monitor,
         )
 
 
@@ -123,7 +107,7 @@ def load_key(config: Config) -> Ed25519PublicKey | None:
     when it cannot be used."""
     if config.push.key_file is None:
         return None
-    from .keyfiles import KeyFileError, load_public_key
+    from .keyfiles import load_public_key
 
     try:
         return load_public_key(config.push.key_file)
@@ -151,9 +135,3 @@ def outcome(
         "sha256": None if record is None else record.sha256,
         "at": at,
     }
-
-
-def iso_utc(wall_s: float) -> str:
-    """ISO 8601 UTC with milliseconds, as issued_at is written."""
-    moment = datetime.fromtimestamp(wall_s, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

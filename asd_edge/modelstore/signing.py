@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import AsdEdgeError
+from ..errors import Refused
+from ..jsonvalues import iso_utc
 from .keyfiles import key_id
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
@@ -25,7 +26,6 @@ if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemo
 __all__ = [
     "PUSH_CONTEXT",
     "ROLLBACK_CONTEXT",
-    "PushRefused",
     "PushRequest",
     "RollbackRequest",
     "canonical_bytes",
@@ -50,14 +50,6 @@ _ROLLBACK_FIELDS: Final = frozenset({"target", "monitor", "issued_at", "key_id",
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ISSUED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 _ISSUED_AT_EXAMPLE: Final = "2026-11-21T10:15:00.123Z"
-
-
-class PushRefused(AsdEdgeError):
-    """A push or rollback is refused; ``reason`` is one sentence naming the field."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +86,7 @@ class RollbackRequest:
 
 def format_issued_at(moment: datetime | None = None) -> str:
     """``moment`` (default now) as the contract's ISO 8601 UTC with milliseconds."""
-    moment = (moment or datetime.now(UTC)).astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return iso_utc(moment or datetime.now(UTC))
 
 
 def canonical_bytes(context: bytes, fields: Mapping[str, Any]) -> bytes:
@@ -154,7 +145,7 @@ def parse_push(
     public_key: Ed25519PublicKey | None,
     allow_unsigned: bool,
 ) -> PushRequest:
-    """Check a push (``args`` is its JSON object without ``id``); PushRefused says why not.
+    """Check a push (``args`` is its JSON object without ``id``); Refused says why not.
 
     In order: the id, the target, the size limit, the base64 of the model, its length,
     its sha256, then the signature. The model is not parsed as ONNX here.
@@ -162,27 +153,27 @@ def parse_push(
     rid, target, monitor, issued_at = _common(args, request_id, device_id, _PUSH_FIELDS)
     size = args.get("size")
     if not isinstance(size, int) or isinstance(size, bool):
-        raise PushRefused(f"size: expected an integer number of bytes, got {_shown(size)}")
+        raise Refused(f"size: expected an integer number of bytes, got {_shown(size)}")
     if size > max_bytes:
-        raise PushRefused(f"model too large: {size} bytes, at most {max_bytes} (push.max_mb)")
+        raise Refused(f"model too large: {size} bytes, at most {max_bytes} (push.max_mb)")
     if size < 1:
-        raise PushRefused(f"size: expected at least 1 byte, got {size}")
+        raise Refused(f"size: expected at least 1 byte, got {size}")
     encoded = args.get("model")
     if not isinstance(encoded, str):
-        raise PushRefused(f"model: expected a base64 string, got {_shown(encoded)}")
+        raise Refused(f"model: expected a base64 string, got {_shown(encoded)}")
     try:
         model = base64.b64decode(encoded.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        raise PushRefused("model: not valid base64 (standard alphabet, padded)") from None
+        raise Refused("model: not valid base64 (standard alphabet, padded)") from None
     if len(model) < size:
-        raise PushRefused(f"truncated: got {len(model)} bytes of {size} (model)")
+        raise Refused(f"truncated: got {len(model)} bytes of {size} (model)")
     if len(model) > size:
-        raise PushRefused(f"model: got {len(model)} bytes, more than its size field {size}")
+        raise Refused(f"model: got {len(model)} bytes, more than its size field {size}")
     declared = args.get("sha256")
     if not isinstance(declared, str) or not _SHA256.fullmatch(declared):
-        raise PushRefused(f"sha256: expected 64 lowercase hex digits, got {_shown(declared)}")
+        raise Refused(f"sha256: expected 64 lowercase hex digits, got {_shown(declared)}")
     if not hmac.compare_digest(hashlib.sha256(model).hexdigest(), declared):
-        raise PushRefused("sha256 mismatch: the model was altered or corrupted in transit")
+        raise Refused("sha256 mismatch: the model was altered or corrupted in transit")
     signed_fields = {
         "id": rid,
         "target": target,
@@ -217,27 +208,23 @@ def _common(
 ) -> tuple[str, str, str | None, str]:
     """Checks shared by push and rollback: id, target, unknown fields, monitor, issued_at."""
     if not isinstance(request_id, str) or not request_id:
-        raise PushRefused("id: a request id is required")
+        raise Refused("id: a request id is required")
     if len(request_id) > MAX_ID_CHARS:
-        raise PushRefused(f"id: expected at most {MAX_ID_CHARS} characters, got {len(request_id)}")
+        raise Refused(f"id: expected at most {MAX_ID_CHARS} characters, got {len(request_id)}")
     target = args.get("target")
     if not isinstance(target, str):
-        raise PushRefused(f"target: expected a device id or '*', got {_shown(target)}")
+        raise Refused(f"target: expected a device id or '*', got {_shown(target)}")
     if target not in (device_id, "*"):
-        raise PushRefused(
-            f"target: addressed to {_shown(target)}, not to this device {device_id!r}"
-        )
+        raise Refused(f"target: addressed to {_shown(target)}, not to this device {device_id!r}")
     unknown = sorted(set(args) - allowed)
     if unknown:
-        raise PushRefused(
-            f"unknown field {_shown(unknown[0])}; expected: {', '.join(sorted(allowed))}"
-        )
+        raise Refused(f"unknown field {_shown(unknown[0])}; expected: {', '.join(sorted(allowed))}")
     monitor = args.get("monitor")
     if monitor is not None and (not isinstance(monitor, str) or not monitor):
-        raise PushRefused(f"monitor: expected a monitor name, got {_shown(monitor)}")
+        raise Refused(f"monitor: expected a monitor name, got {_shown(monitor)}")
     issued_at = args.get("issued_at")
     if not isinstance(issued_at, str) or not _valid_issued_at(issued_at):
-        raise PushRefused(
+        raise Refused(
             f"issued_at: expected ISO 8601 UTC with milliseconds like {_ISSUED_AT_EXAMPLE}, "
             f"got {_shown(issued_at)}"
         )
@@ -252,28 +239,28 @@ def _verify(
     allow_unsigned: bool,
     what: str,
 ) -> tuple[bool, str | None]:
-    """(signed, key id) if the signature checks out or unsigned is allowed; PushRefused if not."""
+    """(signed, key id) if the signature checks out or unsigned is allowed; Refused if not."""
     signature = args.get("signature")
     claimed = args.get("key_id")
     if claimed is not None and not isinstance(claimed, str):
-        raise PushRefused(f"key_id: expected a string, got {_shown(claimed)}")
+        raise Refused(f"key_id: expected a string, got {_shown(claimed)}")
     if signature is None:
         if allow_unsigned:
             return False, None
-        raise PushRefused(f"unsigned {what} refused (push.allow_unsigned is false)")
+        raise Refused(f"unsigned {what} refused (push.allow_unsigned is false)")
     if public_key is None:
-        raise PushRefused("push.key_file is not set: cannot check the signature")
+        raise Refused("push.key_file is not set: cannot check the signature")
     from cryptography.exceptions import InvalidSignature
 
     if not isinstance(signature, str):
-        raise PushRefused(f"signature: expected a base64 string, got {_shown(signature)}")
+        raise Refused(f"signature: expected a base64 string, got {_shown(signature)}")
     ours = key_id(public_key)
     try:
         raw = base64.b64decode(signature.encode("ascii"), validate=True)
         public_key.verify(raw, canonical_bytes(context, fields))
     except (ValueError, binascii.Error, InvalidSignature):
         named = f"the {what} names key_id {claimed[:40]}" if claimed else "it names no key_id"
-        raise PushRefused(
+        raise Refused(
             f"bad signature: it does not verify with push.key_file (key_id {ours}; {named})"
         ) from None
     return True, ours

@@ -11,7 +11,7 @@ import structlog
 from ..config import MonitorConfig
 from ..detector import Detector
 from ..errors import ModelError
-from .files import HeldFile, ModelRecord, MonitorFiles, MonitorState, Source, StatKey
+from .files import HeldFile, ModelRecord, MonitorFiles, SlotState, Source, StatKey
 
 __all__ = ["ModelSlot", "load_slot", "new_record"]
 
@@ -26,7 +26,7 @@ class ModelSlot:
     """The monitor's configuration."""
     files: MonitorFiles
     """Its folder in the store."""
-    state: MonitorState
+    state: SlotState
     """What state.json says (or will say once the worker has written it)."""
     running: ModelRecord
     """The model in service."""
@@ -134,7 +134,7 @@ def load_slot(
 def _slot(
     cfg: MonitorConfig,
     files: MonitorFiles,
-    state: MonitorState,
+    state: SlotState,
     running: ModelRecord,
     keep: HeldFile | None,
     seen: HeldFile,

@@ -12,13 +12,12 @@ from typing import Any, Final
 import structlog
 
 from ..config import PushConfig
-from ..errors import AsdEdgeError
+from ..errors import CommandError
 
 __all__ = [
     "COMMANDS",
     "MAX_COMMAND_BYTES",
     "Command",
-    "CommandError",
     "CommandRouter",
     "CommandSpec",
     "Handler",
@@ -34,16 +33,6 @@ MAX_ID_CHARS: Final = 128
 """Longest request id echoed back in a reply."""
 _SHOWN_CHARS: Final = 64
 """How much of an unknown command name is repeated in logs and replies."""
-
-
-class CommandError(AsdEdgeError):
-    """A command is malformed or cannot be carried out; ``reason`` says why."""
-
-    def __init__(self, reason: str, *, command: str | None = None, id: str | None = None) -> None:
-        self.reason = reason
-        self.command = command
-        self.id = id
-        super().__init__(reason)
 
 
 @dataclass(frozen=True, slots=True)

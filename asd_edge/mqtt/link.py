@@ -11,12 +11,11 @@ import structlog
 
 from ..config import MqttConfig, OutboxConfig
 from .commands import CommandRouter
-from .connection import Backoff
 from .delivery import MAX_INFLIGHT
 from .thread import LinkThread
 from .topics import Topics, encode_json
 
-__all__ = ["MAX_INFLIGHT", "Backoff", "MqttLink", "Topics", "encode_json"]
+__all__ = ["MqttLink"]
 
 log = structlog.get_logger()
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..logs import json_safe
+from ..jsonvalues import json_safe
 from .homeassistant import monitor_topic, status_topic
 
 __all__ = ["Topics", "encode_json"]
@@ -60,7 +60,6 @@ def encode_json(payload: Mapping[str, Any]) -> bytes:
         ensure_ascii=False,
         allow_nan=False,
         separators=(",", ":"),
-        default=_plain,
     ).encode("utf-8")
 
 
@@ -69,11 +68,3 @@ def _level(name: str, what: str) -> str:
     if not name or any(c in name for c in "/+#\x00"):
         raise ValueError(f"{what}: expected a non-empty name without / + # or NUL, got {name!r}")
     return name
-
-
-def _plain(value: Any) -> Any:
-    """json.dumps fallback: numpy scalars and arrays as Python numbers and lists."""
-    for method in ("item", "tolist"):
-        if hasattr(value, method):
-            return json_safe(getattr(value, method)())
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
