@@ -20,7 +20,7 @@ parts; a model without them works as before:
       "level": {"unit": "dBFS", "measure": "window_mean_square",
                 "p01": -41.2, "p50": -35.0, "p99": -30.1, "stopped_below_dbfs": -53.2}
 
-  A window's level is ``asd_edge.health.window_level_dbfs`` of the window as the
+  A window's level is ``asd_edge.meters.window_level_dbfs`` of the window as the
   monitor hands it to the detector: at the model's rate, after the model's streaming
   pre-filter if it names one (as training's windows are), before any normalisation.
   Only ``stopped_below_dbfs`` is required; the percentiles are informative, must be
@@ -60,7 +60,7 @@ MAX_WINDOW_S = 30.0
 MAX_BANDS = 1024
 """Most columns a ``bands`` output may have."""
 MIN_LEVEL_DBFS = -200.0
-"""Lowest window level (``health.DB_FLOOR``, digital silence)."""
+"""Lowest window level (``meters.DB_FLOOR``, digital silence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ class LevelSpec:
     """The optional ``level`` metadata: the normal level range and the stopped level."""
 
     stopped_below_dbfs: float
-    """A window below this level (dBFS, ``health.window_level_dbfs``) sounds stopped."""
+    """A window below this level (dBFS, ``meters.window_level_dbfs``) sounds stopped."""
     p01_dbfs: float | None = None
     """1st percentile of the normal windows' levels."""
     p50_dbfs: float | None = None

@@ -36,7 +36,7 @@ class WindowScore:
     bands: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
     """The window's ``bands`` output (dB from normal per band); None without one."""
     level_dbfs: float | None = None
-    """The window's level (``health.window_level_dbfs``), for a model with ``level``."""
+    """The window's level (``meters.window_level_dbfs``), for a model with ``level``."""
     suppressed: bool = False
     """The machine is stopped (or this window sounds stopped): the score was published
     but not fed to the decision as anomalous."""

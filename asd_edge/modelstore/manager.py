@@ -1,7 +1,7 @@
 """The model manager: which model each monitor runs, hot-swaps, pushes and rollbacks."""
 
 # One class behind one lock, so it runs past the usual ~400 lines; its pure parts live
-# in modelfiles (disk), modelslot (start-up choice), modelrequests and modelcheck.
+# in files (disk), slot (start-up choice), requests and checks.
 
 from __future__ import annotations
 

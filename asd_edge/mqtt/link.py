@@ -12,6 +12,7 @@ import structlog
 from ..config import MqttConfig, OutboxConfig
 from .commands import CommandRouter
 from .delivery import MAX_INFLIGHT
+from .messages import Discovery, LinkMessage, ReleaseAlert, Retain, Score, Send, SubmitAlert
 from .thread import LinkThread
 from .topics import Topics, encode_json
 
@@ -36,13 +37,22 @@ _COUNTERS: Final = (
     "dropped_age",
 )
 """The counters in stats(), in this order."""
+_KINDS: Final = {
+    SubmitAlert: "alert",
+    ReleaseAlert: "release",
+    Retain: "retain",
+    Score: "score",
+    Send: "send",
+    Discovery: "discovery",
+}
+"""What a dropped message is called in the log (as before the messages were typed)."""
 
 
 class MqttLink:
     """One broker connection, owned by one thread that also owns the outbox.
 
     Every public method returns at once (it only queues work for the link thread)
-    and may be called from any thread. The link thread (``linkthread.LinkThread``)
+    and may be called from any thread. The link thread (``thread.LinkThread``)
     runs paho's documented external-loop API (``loop_read``/``loop_write``/
     ``loop_misc`` around its own ``select``) so that reconnects follow our jittered
     back-off (``connection.Connection``), paho's callbacks (``on_command`` included)
@@ -125,12 +135,12 @@ class MqttLink:
         if body.setdefault("id", alert_id) != alert_id:
             raise ValueError(f"payload id {body['id']!r} differs from alert_id {alert_id!r}")
         body.setdefault("phase", phase)
-        self._put(("alert", alert_id, phase, encode_json(body), held, self._clock()))
+        self._put(SubmitAlert(alert_id, phase, encode_json(body), held, self._clock()))
 
     def release_alert(self, alert_id: str, phase: str, payload: Mapping[str, Any]) -> None:
         """Publish a held alert phase with its final payload."""
         body = {"id": alert_id, "phase": phase, **dict(payload)}
-        self._put(("release", alert_id, phase, encode_json(body), self._clock()))
+        self._put(ReleaseAlert(alert_id, phase, encode_json(body), self._clock()))
 
     def held_alerts(self, timeout_s: float = 5.0) -> list[tuple[str, str, dict[str, Any]]]:
         """(alert_id, phase, payload) of the alerts a previous run left held, after start."""
@@ -138,15 +148,15 @@ class MqttLink:
 
     def publish_health(self, payload: Mapping[str, Any]) -> None:
         """Retained QoS 1 on <prefix>/health; offline, only the latest is kept and sent later."""
-        self._put(("retain", self.topics.health, encode_json(payload)))
+        self._put(Retain(self.topics.health, encode_json(payload)))
 
     def publish_model(self, payload: Mapping[str, Any]) -> None:
         """Retained QoS 1 on <prefix>/model (the active model per monitor)."""
-        self._put(("retain", self.topics.model, encode_json(payload)))
+        self._put(Retain(self.topics.model, encode_json(payload)))
 
     def publish_monitor_state(self, monitor: str, payload: Mapping[str, Any]) -> None:
         """Retained QoS 1 on <prefix>/monitor/<name>: anomaly, score, level_dbfs, at."""
-        self._put(("retain", self.topics.monitor(monitor), encode_json(payload)))
+        self._put(Retain(self.topics.monitor(monitor), encode_json(payload)))
 
     def publish_score(self, monitor: str, payload: Mapping[str, Any]) -> None:
         """QoS 0 on <prefix>/score if enabled, at most one per monitor per score_interval_s."""
@@ -157,25 +167,25 @@ class MqttLink:
         if last is not None and now - last < self.config.score_interval_s:
             return
         self._score_sent_s[monitor] = now
-        self._put(("score", encode_json({"monitor": monitor, **dict(payload)})))
+        self._put(Score(encode_json({"monitor": monitor, **dict(payload)})))
 
     def publish_clip(self, alert_id: str, data: bytes) -> bool:
         """Queue a clip for <prefix>/clip/<alert_id> (QoS 1); False if disabled or too large."""
         if not self.config.publish_clips or len(data) > self.config.clip_max_mb * 1e6:
             return False
-        self._put(("send", self.topics.clip(alert_id), bytes(data), "clips"))
+        self._put(Send(self.topics.clip(alert_id), bytes(data), "clips"))
         return True
 
     def publish_command_result(self, payload: Mapping[str, Any]) -> None:
         """QoS 1 on <prefix>/cmd_result: {"command", "id", "ok", "error"}."""
-        self._put(("send", self.topics.command_result, encode_json(payload), "replies"))
+        self._put(Send(self.topics.command_result, encode_json(payload), "replies"))
 
     def set_discovery(
         self, monitors: Sequence[str], *, model_names: Mapping[str, str] | None = None
     ) -> None:
         """Publish Home Assistant discovery for these monitors now and on every (re)connect."""
         if self.config.homeassistant.enabled:
-            self._put(("discovery", list(monitors), dict(model_names or {})))
+            self._put(Discovery(list(monitors), dict(model_names or {})))
 
     @property
     def connected(self) -> bool:
@@ -195,10 +205,10 @@ class MqttLink:
             "last_ack_latency_s": self._link_thread.delivery.last_ack_latency_s,
         }
 
-    def _put(self, item: tuple[Any, ...]) -> None:
+    def _put(self, message: LinkMessage) -> None:
         if not self.config.enabled:
             return
         if self._stopped:
-            log.warning("mqtt_link_stopped", dropped=item[0])
+            log.warning("mqtt_link_stopped", dropped=_KINDS[type(message)])
             return
-        self._link_thread.put(item)
+        self._link_thread.put(message)

@@ -24,6 +24,17 @@ from .backlog import Backlog
 from .client import build_client
 from .connection import Connection
 from .delivery import MAX_INFLIGHT, Delivery
+from .messages import (
+    Dialed,
+    Discovery,
+    LinkMessage,
+    ReleaseAlert,
+    Retain,
+    Score,
+    Send,
+    Stop,
+    SubmitAlert,
+)
 from .topics import Topics, encode_json
 
 __all__ = ["WAKE_S", "LinkThread"]
@@ -37,18 +48,12 @@ WAKE_S: Final = 1.0
 class LinkThread:
     """The link thread: it owns the paho client (through Connection) and the outbox (Delivery).
 
-    Work arrives as tuples through ``put`` (from any thread); everything else runs
-    on the link thread. It drives paho's documented external-loop API
-    (``loop_read``/``loop_write``/``loop_misc`` around its own ``select``) so that
-    reconnects follow our jittered back-off, paho's callbacks run on this thread
-    (no locks), and a queued item wakes it at once. Each connection attempt runs
-    in a short-lived helper thread (see Connection).
-
-    Queued items: ``("alert", alert_id, phase, body, held, at_s)``,
-    ``("release", alert_id, phase, body, at_s)``, ``("retain", topic, body)``,
-    ``("score", body)``, ``("send", topic, body, "clips" | "replies")``,
-    ``("discovery", monitors, model_names)``; internal: ``("dialed", error)``,
-    ``("stop", timeout_s)``.
+    Work arrives as typed messages (``messages.LinkMessage``) through ``put`` (from
+    any thread); everything else runs on the link thread. It drives paho's documented
+    external-loop API (``loop_read``/``loop_write``/``loop_misc`` around its own
+    ``select``) so that reconnects follow our jittered back-off, paho's callbacks run
+    on this thread (no locks), and a queued message wakes it at once. Each connection
+    attempt runs in a short-lived helper thread (see Connection).
     """
 
     def __init__(
@@ -87,10 +92,10 @@ class LinkThread:
             client_id=client_id,
             clock=clock,
             seed=seed,
-            report=lambda error: self.put(("dialed", error)),
+            report=lambda error: self.put(Dialed(error)),
         )
         self._clock = clock
-        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[LinkMessage] = queue.SimpleQueue()
         self._wake_r, self._wake_w = socket.socketpair()
         for end in (self._wake_r, self._wake_w):
             end.setblocking(False)
@@ -127,15 +132,15 @@ class LinkThread:
             self._wake_r.close()
             self._wake_w.close()
             return
-        self.put(("stop", timeout_s))
+        self.put(Stop(timeout_s))
         if thread is not threading.current_thread():
             thread.join(timeout_s + 1.0)
             if thread.is_alive():
                 log.error("mqtt_stop_timeout", timeout_s=timeout_s)
 
-    def put(self, item: tuple[Any, ...]) -> None:
-        """Queue one item (see the class docstring) and wake the link thread."""
-        self._queue.put(item)
+    def put(self, message: LinkMessage) -> None:
+        """Queue one message and wake the link thread."""
+        self._queue.put(message)
         with contextlib.suppress(OSError):  # full (the thread is awake anyway) or closed
             self._wake_w.send(b"\0")
 
@@ -265,26 +270,27 @@ class LinkThread:
         """Apply everything queued by the API methods."""
         while True:
             try:
-                item = self._queue.get_nowait()
+                message = self._queue.get_nowait()
             except queue.Empty:
                 return
-            kind, live = item[0], self._client if self.connection.connected else None
-            if kind == "alert":
-                self.delivery.store(*item[1:])
-            elif kind == "release":
-                self.delivery.release(*item[1:])
-            elif kind == "retain":
-                self.backlog.retain(item[1], item[2])
-            elif kind == "score":
-                self.backlog.score(live, self.topics.score, item[1])
-            elif kind == "send":  # a clip or a reply: now, or kept (bounded) until connected
-                self.backlog.send(live, *item[1:])
-            elif kind == "discovery":
-                self.backlog.set_discovery(item[1], item[2])
-            elif kind == "dialed":
-                self.connection.dialed(item[1])
-            elif kind == "stop":
-                self.connection.stopping, self._stop_timeout_s = True, float(item[1])
+            live = self._client if self.connection.connected else None
+            match message:
+                case SubmitAlert(alert_id, phase, body, held, at_s):
+                    self.delivery.store(alert_id, phase, body, held, at_s)
+                case ReleaseAlert(alert_id, phase, body, at_s):
+                    self.delivery.release(alert_id, phase, body, at_s)
+                case Retain(topic, body):
+                    self.backlog.retain(topic, body)
+                case Score(body):
+                    self.backlog.score(live, self.topics.score, body)
+                case Send(topic, body, kind):  # now, or kept (bounded) until connected
+                    self.backlog.send(live, topic, body, kind)
+                case Discovery(monitors, model_names):
+                    self.backlog.set_discovery(monitors, model_names)
+                case Dialed(error):
+                    self.connection.dialed(error)
+                case Stop(timeout_s):
+                    self.connection.stopping, self._stop_timeout_s = True, timeout_s
 
     def _on_publish(self, _c: Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
         if mid == self._offline_mid:
