@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +15,12 @@ import structlog
 
 from .clips import ClipRecorder, ClipResult
 from .decision import Event
-from .evidence import band_evidence
 from .jsonvalues import iso_utc
 from .machine import MachineChange
-from .modelspec import BandsSpec
+from .modelspec import BandsSpec, band_evidence
 from .ring import RingBuffer
 
-__all__ = ["AlertSink", "Alerts", "MonitorInfo", "new_alert_id"]
+__all__ = ["AlertSink", "Alerts", "Link", "MonitorInfo", "new_alert_id"]
 
 log = structlog.get_logger()
 
@@ -45,6 +44,30 @@ class AlertSink(Protocol):
     def publish_clip(self, alert_id: str, data: bytes) -> bool:
         """Publish a saved clip's bytes (if configured and small enough)."""
         ...
+
+
+class Link(AlertSink, Protocol):
+    """The daemon's connection to the world (``MqttLink``): alerts, health, state."""
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 5.0) -> None: ...
+
+    def held_alerts(self) -> list[tuple[str, str, dict[str, Any]]]: ...
+
+    def publish_health(self, payload: Mapping[str, Any]) -> None: ...
+
+    def publish_model(self, payload: Mapping[str, Any]) -> None: ...
+
+    def publish_monitor_state(self, monitor: str, payload: Mapping[str, Any]) -> None: ...
+
+    def publish_score(self, monitor: str, payload: Mapping[str, Any]) -> None: ...
+
+    def set_discovery(
+        self, monitors: Sequence[str], *, model_names: Mapping[str, str] = ...
+    ) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +108,14 @@ class _Open:
 
 
 class Alerts:
-    """Turns each monitor's events into start and end alerts, and records their clips.
+    """Turns each monitor's events into start and end alerts, each naming its clip.
 
-    Called from the tick loop (``event``, ``score``, ``poll``, ``close``) and from the
-    clip writer thread (``clip_done``). The end alert of an event whose clip is still
-    being recorded is stored *held* (durable, unpublished) and released with the
-    clip's path, duration and sha256 once it is saved, or with the reason it was not.
+    Called from the tick loop (``event``, ``input_problem``, ``machine``) and from the
+    clip writer thread (``clip_done``). An event's start opens its clip on the
+    ``recorder`` and its end closes it there (the daemon owns the recorder and feeds it
+    scores and ticks). The end alert of an event whose clip is still being recorded is
+    stored *held* (durable, unpublished) and released with the clip's path, duration
+    and sha256 once it is saved, or with the reason it was not.
     """
 
     def __init__(
@@ -340,21 +365,6 @@ class Alerts:
             if self._sink is not None:
                 self._sink.submit_alert(ended_id, payload, phase="end")
         return ended_id
-
-    def score(self, monitor: str, at_s: float, score: float) -> None:
-        """A window's score, for the timeline of the monitor's open clip."""
-        if self._recorder is not None:
-            self._recorder.score(monitor, at_s, score)
-
-    def poll(self) -> None:
-        """Hand every clip whose audio is complete to the writer (never blocks on disk)."""
-        if self._recorder is not None:
-            self._recorder.poll()
-
-    def close(self) -> None:
-        """At shutdown: cut every open clip at what the ring holds now."""
-        if self._recorder is not None:
-            self._recorder.flush()
 
     def clip_done(self, result: ClipResult) -> None:
         """The clip writer finished (or skipped) a clip: release its end alert."""

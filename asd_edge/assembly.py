@@ -1,21 +1,28 @@
-"""The daemon's parts as a configuration describes them: the audio input, the models, the
-push key and the MQTT command router."""
+"""The daemon's parts as a configuration describes them, wired to one another: the audio
+input, the models, the MQTT link and its command router, the clips and the alerts."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .alerts import Alerts
 from .capture import AudioSource, SoundDeviceSource
+from .clips import ClipRecorder, ClipStore
 from .config import Config, InputConfig
 from .detector import Detector
 from .errors import ConfigError, ModelError
 from .filesource import FileSource
 from .modelstore import ModelManager
-from .mqtt import Command, CommandRouter, command_specs
+from .mqtt import Command, CommandRouter, MqttLink, command_specs
 
 __all__ = [
     "REPLAY_PREFIX",
+    "Services",
+    "build_services",
     "command_router",
     "load_detectors",
     "open_input",
@@ -88,6 +95,62 @@ def command_router(
         },
         commands=command_specs(config.push),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The daemon's services for one configuration, built and wired (``build_services``)."""
+
+    detectors: dict[str, Detector]
+    """Each monitor's model, as the model manager chose it."""
+    models: ModelManager | None
+    """None: the models are the configuration's files, loaded once (tests, tools)."""
+    link: MqttLink | None
+    """None: ``mqtt.enabled`` is false."""
+    clip_store: ClipStore | None
+    """None: ``clips.enabled`` is false (then ``recorder`` is None too)."""
+    recorder: ClipRecorder | None
+    alerts: Alerts
+    health_request: threading.Event
+    """Set by the ``cmd/health`` command; the daemon reports at its next wake."""
+
+
+def build_services(config: Config) -> Services:
+    """The models (the configured ones, or those pushed since, from ``state_dir/models``),
+    the MQTT link with its outbox and command router, the clip store and recorder under
+    ``state_dir/clips``, and the alerts that tie them together. Nothing is started.
+    Raises ConfigError naming every bad key, model or key file."""
+    state_dir = Path(config.state_dir)
+    if config.clips.enabled or config.mqtt.enabled:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"state_dir: cannot create {state_dir}: {exc.strerror or exc}"
+            ) from exc
+    models = ModelManager(state_dir, device_id=config.device_id)
+    detectors = models.load(config)
+    health_request = threading.Event()
+    link = None
+    if config.mqtt.enabled:
+        router = command_router(config, models, health_request.set)
+        link = MqttLink(
+            config.mqtt,
+            device_id=config.device_id,
+            outbox_path=state_dir / "outbox.sqlite",
+            outbox=config.outbox,
+            on_command=router,
+            fleet_prefix=config.push.fleet_prefix,
+        )
+        router.reply = link.publish_command_result
+    store = recorder = None
+    if config.clips.enabled:
+        store = ClipStore(state_dir / "clips", config.clips, on_done=lambda _result: None)
+        recorder = ClipRecorder(store, config.clips, device_id=config.device_id)
+    alerts = Alerts(device_id=config.device_id, sink=link, recorder=recorder)
+    if store is not None:
+        store.on_done = alerts.clip_done  # a saved clip releases its held end alert
+    return Services(detectors, models, link, store, recorder, alerts, health_request)
 
 
 def _queued(

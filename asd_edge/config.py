@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import yaml
-
 from asd_edge.errors import ConfigError
-from asd_edge.schema import INVALID, build, convert, show, to_plain
+from asd_edge.schema import INVALID, at, build, convert, load_yaml, show, to_plain
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -34,6 +32,7 @@ __all__ = [
     "PushConfig",
     "TlsConfig",
     "config_to_dict",
+    "host_device_id",
     "load_config",
     "parse_config",
 ]
@@ -291,8 +290,10 @@ class LoggingConfig:
 class Config:
     """The whole configuration; build it with load_config or parse_config."""
 
-    device_id: str | None = field(default=None, metadata={"pattern": _DEVICE_ID})
-    """Name of this machine in topics and alerts; parsed, never None (null: the host name)."""
+    device_id: str = field(
+        default_factory=lambda: host_device_id(), metadata={"pattern": _DEVICE_ID, "derived": True}
+    )
+    """Name of this machine in topics and alerts (null in the file: ``host_device_id()``)."""
     state_dir: str = field(default="/var/lib/asd-edge", metadata={"path": True})
     """Absolute path of the directory for the daemon's persistent state."""
     input: InputConfig = field(default_factory=InputConfig)
@@ -333,7 +334,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"{shown}: cannot read the configuration file: {reason}") from exc
-    data = _load_yaml(raw, shown)
+    data = load_yaml(raw, shown)
     config = parse_config(data, base_dir=Path(shown).parent)
     return dataclasses.replace(config, source=os.path.abspath(shown))
 
@@ -359,55 +360,17 @@ def config_to_dict(cfg: Config, *, redact: bool = True) -> dict[str, Any]:
     return to_plain(cfg, redact=redact)
 
 
-# --- YAML ------------------------------------------------------------------------------
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key repeated in one mapping instead of keeping the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                repeated = key in seen
-                seen.add(key)
-            except TypeError:  # unhashable: the base class reports it
-                continue
-            if repeated:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _load_yaml(raw: bytes, shown: str) -> object:
-    """The YAML document in ``raw``; a ConfigError naming the file (and line) if it is bad."""
-    try:
-        return yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark is not None else shown
-        what = ", ".join(part for part in (exc.context, exc.problem) if part)
-        raise ConfigError(f"{where}: invalid YAML: {what}") from exc
-    except (yaml.YAMLError, ValueError, RecursionError) as exc:
-        # ValueError: a date such as 2024-13-45, or an integer too long to convert.
-        raise ConfigError(f"{shown}: invalid YAML: {exc}") from exc
-
-
 # --- the checks and values that are particular to this configuration -------------------
 
 
 def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
     """The checks that involve two fields, on the values that were valid on their own."""
-    channels = _at(tree, "input", "channels")
+    channels = at(tree, "input", "channels")
     monitors = tree["monitors"]
     first_use: dict[str, int] = {}
     for i, monitor in enumerate(monitors if isinstance(monitors, list) else []):
         where = f"monitors[{i}]"
-        name = _at(monitor, "name")
+        name = at(monitor, "name")
         if isinstance(name, str) and name in first_use:
             problems.append(
                 f"{where}.name: expected a name unique across monitors, "
@@ -415,24 +378,24 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
             )
         elif isinstance(name, str):
             first_use[name] = i
-        channel = _at(monitor, "channel")
+        channel = at(monitor, "channel")
         if isinstance(channel, int) and isinstance(channels, int) and channel >= channels:
             problems.append(
                 f"{where}.channel: expected an integer 0-{channels - 1} "
                 f"(input.channels is {channels}), got {channel}"
             )
-        onset_k, onset_n = _at(monitor, "onset_k"), _at(monitor, "onset_n")
+        onset_k, onset_n = at(monitor, "onset_k"), at(monitor, "onset_n")
         if isinstance(onset_k, int) and isinstance(onset_n, int) and onset_k > onset_n:
             problems.append(
                 f"{where}.onset_k: expected an integer 1-{onset_n} (at most onset_n), got {onset_k}"
             )
-    pre_s, ring_s = _at(tree, "clips", "pre_s"), _at(tree, "input", "ring_s")
+    pre_s, ring_s = at(tree, "clips", "pre_s"), at(tree, "input", "ring_s")
     if isinstance(pre_s, float) and isinstance(ring_s, float) and pre_s >= ring_s - 2:
         problems.append(
             f"clips.pre_s: expected a number below {ring_s - 2:g} (input.ring_s - 2), "
             f"got {show(pre_s)}"
         )
-    max_clip_s = _at(tree, "clips", "max_clip_s")
+    max_clip_s = at(tree, "clips", "max_clip_s")
     if isinstance(max_clip_s, float) and isinstance(ring_s, float) and max_clip_s > ring_s - 2:
         problems.append(
             f"clips.max_clip_s: expected a number at most {ring_s - 2:g} (input.ring_s - 2), "
@@ -444,34 +407,31 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
             "(clips.max_clip_s - 1), "
             f"got {show(pre_s)}"
         )
-    low, high = _at(tree, "mqtt", "reconnect_min_s"), _at(tree, "mqtt", "reconnect_max_s")
+    low, high = at(tree, "mqtt", "reconnect_min_s"), at(tree, "mqtt", "reconnect_max_s")
     if isinstance(low, float) and isinstance(high, float) and low > high:
         problems.append(
             f"mqtt.reconnect_min_s: expected a number at most {high:g} "
             f"(mqtt.reconnect_max_s), got {show(low)}"
         )
-    cert, key = _at(tree, "mqtt", "tls", "cert_file"), _at(tree, "mqtt", "tls", "key_file")
+    cert, key = at(tree, "mqtt", "tls", "cert_file"), at(tree, "mqtt", "tls", "key_file")
     if (cert is None) != (key is None) and INVALID not in (cert, key):
         problems.append("mqtt.tls.key_file: expected cert_file and key_file together, got one")
-    password, password_file = _at(tree, "mqtt", "password"), _at(tree, "mqtt", "password_file")
+    password, password_file = at(tree, "mqtt", "password"), at(tree, "mqtt", "password_file")
     if isinstance(password, str) and isinstance(password_file, str):
         problems.append("mqtt.password: expected password or password_file, got both")
 
 
-def _at(tree: object, *keys: str) -> object:
-    """The parsed value at ``keys`` in the tree, or INVALID if it or a parent is invalid."""
-    for key in keys:
-        if not isinstance(tree, dict):
-            return INVALID
-        tree = tree[key]
-    return tree
+def host_device_id() -> str:
+    """The device id a configuration without one gets: the host name, each character
+    outside ``[A-Za-z0-9_-]`` made ``-``, at most 64 characters (``asd-edge`` if empty)."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64]
+    return host or "asd-edge"
 
 
 def _fill_derived(tree: dict[str, Any]) -> None:
     """Replace the nulls that stand for a derived value by that value."""
     if tree["device_id"] is None:
-        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64]
-        tree["device_id"] = host or "asd-edge"
+        tree["device_id"] = host_device_id()
     mqtt = tree["mqtt"]
     if mqtt["topic_prefix"] is None:
         mqtt["topic_prefix"] = f"asd/{tree['device_id']}"

@@ -1,4 +1,5 @@
-"""The model contract: the ``asd_edge`` metadata an ONNX model carries, parsed and checked.
+"""The model contract: the ``asd_edge`` metadata an ONNX model carries, parsed and checked,
+and the evidence its optional ``bands`` output gives on an event.
 
 Besides the required fields (see ``parse_model_spec``), a model may carry two optional
 parts; a model without them works as before:
@@ -36,16 +37,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from .errors import ModelError
 from .features import LogMelParams, NormalizeMethod, PrefilterSpec
 
 __all__ = [
+    "EVIDENCE_MAX_BANDS",
+    "EVIDENCE_MIN_Z",
     "MAX_BANDS",
     "METADATA_KEY",
     "SCHEMA_VERSION",
     "BandsSpec",
     "LevelSpec",
     "ModelSpec",
+    "band_evidence",
     "parse_model_spec",
 ]
 
@@ -356,3 +363,48 @@ def _parse_prefilter(f: _Fields, rate: int) -> PrefilterSpec | None:
     return PrefilterSpec(
         type=cast(Any, kind), order=pre.integer("order", 1, 8, 4), low_hz=low, high_hz=high
     )
+
+
+# --- evidence: which bands of an event's peak window departed from normal -------------
+
+EVIDENCE_MIN_Z = 3.0
+"""A band is evidence when its deviation is at least this many normal spreads
+(``|delta_db / spread_db| >= 3``): rarer than about 1 window in 370 for a normal band."""
+EVIDENCE_MAX_BANDS = 3
+"""Most bands an event's evidence names (the strongest)."""
+
+
+def band_evidence(spec: BandsSpec, deltas_db: npt.ArrayLike | None) -> list[dict[str, Any]]:
+    """The evidence of one window's ``bands`` output: at most ``EVIDENCE_MAX_BANDS``
+    ``{"band_hz": [lo, hi], "delta_db": d, "z": z}``, strongest ``|z|`` first, only
+    bands with ``|z| >= EVIDENCE_MIN_Z`` (``z = delta_db / spread_db``; both rounded
+    to 0.1). An empty list when no band qualifies or there is no vector.
+    """
+    if deltas_db is None:
+        return []
+    deltas = np.asarray(deltas_db, dtype=np.float64).reshape(-1)
+    if deltas.shape[0] != spec.n_bands:
+        raise ValueError(f"expected {spec.n_bands} band deviations, got {deltas.shape[0]}")
+    z = deltas / np.asarray(spec.spread_db, dtype=np.float64)
+    strength = np.where(np.isfinite(z), np.abs(z), 0.0)
+    candidates = np.flatnonzero(strength >= EVIDENCE_MIN_Z)
+    if candidates.size == 0:
+        return []
+    # stable: among equal strengths the lower band comes first
+    order = candidates[np.argsort(-strength[candidates], kind="stable")][:EVIDENCE_MAX_BANDS]
+    evidence = []
+    for i in order.tolist():
+        lo, hi = spec.edges_hz[i]
+        evidence.append(
+            {
+                "band_hz": [lo, hi],
+                "delta_db": _tenth(deltas[i]),
+                "z": _tenth(z[i]),
+            }
+        )
+    return evidence
+
+
+def _tenth(value: float) -> float:
+    rounded = round(float(value), 1)
+    return 0.0 if rounded == 0 or not math.isfinite(rounded) else rounded

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from .config import MonitorConfig
 from .decision import Decision, DecisionPolicy, Event
@@ -18,6 +19,8 @@ from .resample import StreamResampler
 from .ring import Chunk, RingBuffer
 
 __all__ = ["Monitor", "TickResult", "WindowScore", "decision_policy"]
+
+log = structlog.get_logger()
 
 STREAM_SLACK_S = 4.0
 """Model-rate audio a monitor keeps beyond one window and one hop."""
@@ -62,6 +65,17 @@ class TickResult:
     """Windows whose score was NaN or infinite (never counted as anomalous)."""
     gap: bool = False
     """The capture was reopened: windows restart after the gap instead of spanning it."""
+
+    def log_trouble(self, monitor: str) -> None:
+        """Log ``monitor_degraded`` when the tick lost, skipped or could not score audio."""
+        trouble = {
+            "skipped_windows": self.skipped_windows,
+            "lost_samples": self.lost_samples,
+            "nonfinite_samples": self.nonfinite_samples,
+            "nonfinite_scores": self.nonfinite_scores,
+        }
+        if self.gap or any(trouble.values()):
+            log.warning("monitor_degraded", monitor=monitor, gap=self.gap, **trouble)
 
 
 def decision_policy(

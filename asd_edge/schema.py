@@ -1,4 +1,4 @@
-"""A strict, generic validator that reads plain YAML data into typed dataclasses."""
+"""A strict, generic validator that reads YAML (duplicate keys refused) into typed dataclasses."""
 
 from __future__ import annotations
 
@@ -21,13 +21,20 @@ from typing import (
     get_type_hints,
 )
 
-__all__ = ["INVALID", "build", "convert", "show", "to_plain"]
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["INVALID", "at", "build", "convert", "load_yaml", "show", "to_plain"]
 
 # Field metadata understood here: "min"/"max" (numbers, inclusive), "pattern" (strings,
 # whole match), "describe" (the expectation shown for a bad string), "path" (a non-empty
 # path, resolved against base_dir), "secret" (redacted by to_plain, never echoed in
-# errors), "internal" (not a key). Supported field types: bool, int, float, str, None,
-# Literal, unions of those, nested dataclasses and tuple[X, ...] (a list in the data).
+# errors), "internal" (not a key), "derived" (null in the data stands for a value the
+# caller derives after parsing: the field's type is the derived value's, never None
+# once parsed; a default_factory gives it outside the data). Supported field types:
+# bool, int, float, str, None, Literal, unions of those, nested dataclasses and
+# tuple[X, ...] (a list in the data).
 
 INVALID: Final = object()
 """Stands in the parsed tree for a value that was reported as a problem."""
@@ -135,7 +142,7 @@ def _convert_mapping(
         elif f.default is not dataclasses.MISSING:
             raw = f.default
         elif f.default_factory is not dataclasses.MISSING:
-            raw = None  # a section or a list: converting None gives its defaults
+            raw = None  # a section or a list: converting None gives its defaults; derived
         else:
             problems.append(f"{where}: required key is missing")
             tree[name] = INVALID
@@ -148,6 +155,8 @@ def _convert(
     tp: Any, meta: Mapping[str, Any], value: object, path: str, base_dir: str, problems: list[str]
 ) -> object:
     """``value`` parsed as a ``tp`` (dataclasses as dicts, tuples as lists), or INVALID."""
+    if value is None and meta.get("derived"):
+        return None  # derived by the caller
     if _is_record(tp):
         return _convert_mapping(tp, value, path, base_dir, problems)
     if get_origin(tp) is tuple:
@@ -165,7 +174,8 @@ def _convert(
     if ok:
         return parsed
     shown = _kind(value) if meta.get("secret") else show(value)
-    problems.append(f"{path}: expected {_describe(tp, meta)}, got {shown}")
+    nullable = " or null" if meta.get("derived") else ""
+    problems.append(f"{path}: expected {_describe(tp, meta)}{nullable}, got {shown}")
     return INVALID
 
 
@@ -263,3 +273,50 @@ def _kind(value: object) -> str:
 def _join(path: str, key: object) -> str:
     name = key if isinstance(key, str) else repr(key)
     return f"{path}.{name}" if path else name
+
+
+# --- reading YAML strictly ---------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key repeated in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base class reports it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(raw: bytes, shown: str) -> object:
+    """The YAML document in ``raw``; a ConfigError naming the file (and line) if it is bad."""
+    try:
+        return yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader: builds plain data only
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark is not None else shown
+        what = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError(f"{where}: invalid YAML: {what}") from exc
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # ValueError: a date such as 2024-13-45, or an integer too long to convert.
+        raise ConfigError(f"{shown}: invalid YAML: {exc}") from exc
+
+
+def at(tree: object, *keys: str) -> object:
+    """The parsed value at ``keys`` in the tree, or INVALID if it or a parent is invalid."""
+    for key in keys:
+        if not isinstance(tree, dict):
+            return INVALID
+        tree = tree[key]
+    return tree

@@ -11,7 +11,7 @@ from .audiofile import read_audio, to_mono
 from .config import MonitorConfig
 from .decision import Event
 from .detector import Detector
-from .evidence import band_evidence
+from .modelspec import band_evidence
 from .monitor import Monitor
 from .ring import RingBuffer
 

@@ -1,4 +1,5 @@
-"""What the daemon reports about itself: the health payload and each monitor's state."""
+"""What the daemon reports about itself: the health payload, each monitor's state, the
+``model`` topic and the status line."""
 
 from __future__ import annotations
 
@@ -9,14 +10,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import structlog
 
 from . import __version__
 from .capture import AudioSource
 from .config import HealthConfig
+from .inputhealth import InputHealth
 from .jsonvalues import iso_utc
 from .meters import ChannelLevel, LevelMeter, ProcessMeter
+from .modelstore import ModelManager
+from .monitor import Monitor
 
-__all__ = ["MonitorState", "Telemetry", "tick_summary"]
+__all__ = [
+    "MonitorState",
+    "Telemetry",
+    "describe",
+    "model_facts",
+    "model_payload",
+    "status_line",
+    "tick_summary",
+]
+
+log = structlog.get_logger()
 
 
 def tick_summary(durations_s: Sequence[float]) -> dict[str, float]:
@@ -174,6 +189,27 @@ class Telemetry:
             state.max_score, state.windows = None, 0
         return payload
 
+    def log_stats(self, payload: Mapping[str, Any]) -> None:
+        """Log a health report (``report``'s) as one ``daemon_stats`` line, with the
+        capture's counters."""
+        stats = self._source.stats
+        audio = payload["audio"]
+        log.info(
+            "daemon_stats",
+            skipped_wakes=payload["ticks"]["skipped_wakes"],
+            overflows=audio["overflows"],
+            status_flags=stats.status_flags,
+            callback_errors=stats.callback_errors,
+            stalls=stats.stalls,
+            restarts=stats.restarts,
+            lost_samples=audio["lost_samples"],
+            silent=audio["silent"],
+            clipping=audio["clipping"],
+            cpu_percent=payload["process"]["cpu_percent"],
+            rss_mb=payload["process"]["rss_mb"],
+            **{k: v for k, v in payload["ticks"].items() if k != "skipped_wakes"},
+        )
+
     def _monitor_health(self, state: MonitorState) -> dict[str, Any]:
         return {
             "name": state.name,
@@ -189,3 +225,67 @@ class Telemetry:
             "window_level_dbfs": _rounded(state.window_level_dbfs),
             **state.extra,
         }
+
+
+def model_facts(monitor: Monitor) -> dict[str, str]:
+    """``name``, ``version`` and ``sha256`` of the model a monitor runs (alerts carry them)."""
+    spec = monitor.detector.spec
+    return {"name": spec.name, "version": spec.version, "sha256": monitor.detector.sha256}
+
+
+def describe(monitor: Monitor) -> dict[str, object]:
+    """A monitor as the ``daemon_started`` log line shows it."""
+    spec = monitor.detector.spec
+    return {
+        "name": monitor.name,
+        "model": spec.name,
+        "version": spec.version,
+        "kind": spec.kind,
+        "sha256": monitor.detector.sha256,
+        "threshold": monitor.decision.policy.threshold,
+        "model_rate": spec.sample_rate,
+        "hop_s": monitor.hop_s,
+        "bands": spec.bands.n_bands if spec.bands is not None else None,
+        "stopped_below_dbfs": spec.level.stopped_below_dbfs if spec.level is not None else None,
+    }
+
+
+def model_payload(
+    device_id: str, monitors: Sequence[Monitor], models: ModelManager | None
+) -> dict[str, Any]:
+    """``<prefix>/model``: the active model of every monitor, where it came from, what it
+    replaced, and the answer to the last push or rollback."""
+    described: dict[str, Any] = {}
+    for m in monitors:
+        facts: dict[str, Any] = {"source": "config", "previous": None, "last_error": None}
+        if models is not None:
+            facts.update(models.facts(m.name))
+        described[m.name] = {
+            **model_facts(m),
+            "kind": m.detector.spec.kind,
+            "path": str(m.detector.path),
+            "threshold": m.decision.policy.threshold,
+            "loaded_at": m.detector.loaded_at,
+            **facts,
+        }
+    last_push = models.last_push() if models is not None else None
+    return {"device_id": device_id, "monitors": described, "last_push": last_push}
+
+
+def status_line(
+    sample_rate: int,
+    monitors: Sequence[Monitor],
+    telemetry: Telemetry | None,
+    input_health: InputHealth | None,
+) -> str:
+    """One line for ``systemctl status`` (sd_notify STATUS=): rate, monitors and their
+    models, events so far, input problems."""
+    events = sum(s.events for s in telemetry.monitors.values()) if telemetry is not None else 0
+    problems = input_health.active_names() if input_health is not None else []
+    names = ", ".join(
+        f"{m.name} ({m.detector.spec.name} {m.detector.spec.version})" for m in monitors
+    )
+    return (
+        f"listening at {sample_rate} Hz: {names}; {events} event(s); "
+        f"input {', '.join(problems) if problems else 'ok'}"
+    )

@@ -153,7 +153,7 @@ class TestWithClips:
         alerts.event(info(ring), event("end", 7.5, 5.5, 6.5))
         assert sink.calls[1][2:] == ("end", sink.calls[1][3], True)  # held
         ring.write(np.full(2 * RATE, 0.1, np.float32))  # the post-roll arrives
-        alerts.poll()
+        recorder.poll()
         assert sink.released.wait(10)
         kind, released_id, phase, payload, _ = sink.calls[2]
         assert (kind, released_id, phase) == ("release", alert_id, "end")
@@ -178,7 +178,7 @@ class TestWithClips:
         ring = filled_ring(6.0)
         alerts.event(info(ring), event("start", 6.0, 5.5, 6.0))
         ring.write(np.full(RATE * 3, 0.1, np.float32))
-        alerts.poll()
+        recorder.poll()
         wait = time.monotonic() + 10
         while not clip_store.usage().saved and time.monotonic() < wait:
             time.sleep(0.01)
@@ -188,7 +188,7 @@ class TestWithClips:
         assert payload["clip"]["status"] == "saved"
 
     def test_shutdown_closes_the_open_clip(self, store: Any) -> None:
-        """close() cuts an open clip at what the ring holds, so its end alert is released."""
+        """flush() cuts an open clip at what the ring holds, so its end alert is released."""
         clip_store, holder = store
         sink = RecordingSink()
         recorder = ClipRecorder(clip_store, clip_store.config, device_id="dev")
@@ -197,7 +197,7 @@ class TestWithClips:
         ring = filled_ring(6.0)
         alerts.event(info(ring), event("start", 6.0, 5.5, 6.0))
         alerts.event(info(ring), event("end", 6.5, 5.5, 6.0))
-        alerts.close()
+        recorder.flush()
         assert sink.released.wait(10)
         assert sink.calls[-1][3]["clip"]["status"] == "saved"
 

@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from asd_edge.audiofile import write_wav
 from asd_edge.config import MonitorConfig
 from asd_edge.detector import Detector
-from asd_edge.evidence import band_evidence
+from asd_edge.modelspec import band_evidence
 from asd_edge.scoring import score_samples
 from training import bandstat
 from training.bandfit import BandFit, spec_for

@@ -16,8 +16,7 @@ from asd_edge.clips import ClipRecorder, ClipStore
 from asd_edge.clips.spectrogram import BAND_PX, BRACKET_PX, spectrogram_indexed
 from asd_edge.config import ClipsConfig, MonitorConfig
 from asd_edge.detector import Detector
-from asd_edge.evidence import EVIDENCE_MAX_BANDS, EVIDENCE_MIN_Z, band_evidence
-from asd_edge.modelspec import BandsSpec
+from asd_edge.modelspec import EVIDENCE_MAX_BANDS, EVIDENCE_MIN_Z, BandsSpec, band_evidence
 from asd_edge.monitor import Monitor
 from asd_edge.ring import RingBuffer
 from asd_edge.scoring import score_samples
@@ -112,9 +111,8 @@ class TestEventsCarryEvidence:
         clips = ClipsConfig(pre_s=1.0, post_s=1.0, max_clip_s=20.0)
         store = ClipStore(tmp_path / "clips", clips, on_done=lambda r: holder[0].clip_done(r))
         store.start()
-        alerts = Alerts(
-            device_id="dev", sink=sink, recorder=ClipRecorder(store, clips, device_id="dev")
-        )
+        recorder = ClipRecorder(store, clips, device_id="dev")
+        alerts = Alerts(device_id="dev", sink=sink, recorder=recorder)
         holder.append(alerts)
         ring = RingBuffer(RATE * 60)
         monitor = Monitor.from_config(
@@ -134,10 +132,10 @@ class TestEventsCarryEvidence:
                 ring.write(audio[begin : begin + RATE // 10])
                 result = monitor.tick()
                 for window in result.scores:
-                    alerts.score("pump", window.end_s, window.score)
+                    recorder.score("pump", window.end_s, window.score)
                 for event in result.events:
                     alerts.event(info, event)
-                alerts.poll()
+                recorder.poll()
             assert sink.released.wait(10), "the end alert was not released with its clip"
         finally:
             store.stop()

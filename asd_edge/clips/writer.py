@@ -122,7 +122,10 @@ class ClipStore:
             _soundfile()  # a missing package is a config error at start, not at the first event
         self.directory = Path(directory)
         self.config = config
-        self._on_done = on_done
+        self.on_done = on_done
+        """Called with the result of every request (on the writer thread, or on the
+        caller's for a request refused at once). The daemon wires it to ``Alerts``
+        after building both (the alerts need the recorder, which needs this store)."""
         self._disk_usage = disk_usage or statvfs_usage
         self._queue: queue.Queue[object] = queue.Queue(config.queue)
         self._thread: threading.Thread | None = None
@@ -245,7 +248,7 @@ class ClipStore:
 
     def _deliver(self, result: ClipResult) -> None:
         try:
-            self._on_done(result)
+            self.on_done(result)
         except Exception:  # the callback is the caller's; its failure must not stop clips
             log.exception("clip_callback_failed", alert_id=result.alert_id)
 
