@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import queue
 import threading
@@ -24,11 +23,20 @@ from ..detector import Detector
 from ..errors import CommandError, ConfigError, ModelError, Refused, Unfit
 from ..jsonvalues import iso_utc
 from .checks import CaptureFacts, check_fit, validate_candidate
-from .files import HeldFile, ModelRecord, MonitorFiles, SlotState, StatKey, stat_key
+from .files import (
+    HeldFile,
+    ModelRecord,
+    MonitorFiles,
+    SlotState,
+    StatKey,
+    close_held,
+    stat_key,
+)
 from .requests import (
     COMMAND_SOURCES,
     check_replay,
     check_request,
+    is_duplicate,
     load_key,
     outcome,
     pick_monitor,
@@ -186,7 +194,7 @@ class ModelManager:
                     demotions.append((slot, demote))
             if problems:
                 for slot in slots.values():
-                    _close(slot.held)
+                    close_held(slot.held)
                 raise ConfigError(problems)
             for slot, keep in demotions:
                 try:
@@ -201,7 +209,7 @@ class ModelManager:
                         old.last_issued_at,
                         old.last_request_id,
                     )
-                _close(old.held)
+                close_held(old.held)
             self._slots, self._config, self._key = slots, config, key
             self._generation += 1
         self._tasks.put(_NUDGE)  # the worker takes up the new watch period
@@ -320,7 +328,8 @@ class ModelManager:
     def _submit(self, command: str, args: Mapping[str, Any], request_id: str | None) -> None:
         item = _Command(command, dict(args), request_id)
         with self._lock:
-            if self._duplicate(item):
+            flight_id = None if self._flight is None else self._flight.request_id
+            if is_duplicate(request_id, item.args, flight_id, self._slots):
                 log.debug("model_command_duplicate", command=command, id=request_id)
                 return
             if self._in_flight >= MAX_IN_FLIGHT:
@@ -330,26 +339,6 @@ class ModelManager:
             self._in_flight += 1
             self._flight = item
         self._tasks.put(item)
-
-    def _duplicate(self, item: _Command) -> bool:
-        """A second delivery (MQTT QoS 1) of the command in flight or of the monitor's
-        last accepted one: same id (and, for the latter, same issued_at). Lock held."""
-        if item.request_id is None:
-            return False
-        flight = self._flight
-        if flight is not None and flight.request_id == item.request_id:
-            return True
-        named = item.args.get("monitor")
-        if named is None and len(self._slots) == 1:
-            slot: ModelSlot | None = next(iter(self._slots.values()))
-        else:
-            slot = self._slots.get(named) if isinstance(named, str) else None
-        return (
-            slot is not None
-            and slot.last_request_id == item.request_id
-            and slot.last_issued_at is not None
-            and slot.last_issued_at == item.args.get("issued_at")
-        )
 
     def _release(self) -> None:
         """The push or rollback in flight has ended (lock held)."""
@@ -379,9 +368,9 @@ class ModelManager:
         self._write_jobs()
         with self._lock:
             for slot in self._slots.values():
-                _close(slot.held)
+                close_held(slot.held)
             for pending in self._pending.values():
-                _close(pending.held)
+                close_held(pending.held)
 
     def _run(self) -> None:
         next_watch = time.monotonic()
@@ -467,7 +456,7 @@ class ModelManager:
                 slot.last_error = f"the model runs but could not be stored: {exc}"
             return
         finally:
-            _close(job.held)
+            close_held(job.held)
         with self._lock:
             if slot.state is job.state:
                 slot.state = written
@@ -514,7 +503,7 @@ class ModelManager:
         with self._disk_lock:
             try:
                 files.write_incoming(
-                    request.model if request.model is not None else _previous(slot, previous)
+                    request.model if request.model is not None else files.read_previous(previous)
                 )
             except OSError as exc:
                 raise Refused(f"model: cannot be stored ({exc})", monitor=monitor) from None
@@ -655,7 +644,7 @@ class ModelManager:
         """Turn a pending swap into a refusal (with the lock held)."""
         swap = pending.swap
         self._pending.pop(swap.ticket, None)
-        _close(pending.held)
+        close_held(pending.held)
         slot = self._slots.get(swap.monitor)
         if slot is not None:
             slot.last_error = reason
@@ -674,22 +663,3 @@ class ModelManager:
             command=swap.command,
             source=swap.source,
         )
-
-
-def _previous(slot: ModelSlot, previous: ModelRecord | None) -> bytes:
-    """The bytes of a monitor's previous model, checked against its record."""
-    path = slot.files.previous
-    if previous is None or not path.is_file():
-        raise Refused("no previous model to roll back to", monitor=slot.name)
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != previous.sha256:
-        raise Refused(
-            "previous.onnx does not match its record (sha256): the previous model is damaged",
-            monitor=slot.name,
-        )
-    return data
-
-
-def _close(held: HeldFile | None) -> None:
-    if held is not None:
-        held.close()
