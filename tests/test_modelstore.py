@@ -27,7 +27,7 @@ from asd_edge.modelstore import (
     rollback_message,
 )
 from asd_edge.modelstore import files as modelfiles
-from asd_edge.modelstore import manager as modelstore
+from asd_edge.modelstore import worker as modelstore
 
 DEVICE = "dev-1"
 CAPTURE_RATE = 16000

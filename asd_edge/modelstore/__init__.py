@@ -3,8 +3,12 @@
 ``ModelManager`` is the face the daemon talks to; it validates candidates on its
 own thread and hands the daemon swaps to apply between two ticks:
 
-- ``manager``: ``ModelManager``: pushes, rollbacks and replaced model files, each
-  checked, stored and handed over as a ``Swap`` (or refused, ``errors.Refused``).
+- ``manager``: ``ModelManager``, the API the daemon's and the MQTT threads call:
+  pushes, rollbacks and replaced model files, each checked, stored and handed over
+  as a ``Swap`` (or refused, ``errors.Refused``).
+- ``worker``: ``ModelWorker``, the thread that does the slow work: validating
+  candidates, watching the config's model files, writing the store.
+- ``shared``: ``SharedState``, what the two share behind one lock, and ``Swap``.
 - ``slot`` and ``files``: one monitor's slot (what runs, where it came from) and its
   files on disk (``active.onnx``, ``previous.onnx``, ``state.json``).
 - ``checks``: what a candidate must pass beside the running model.
@@ -17,8 +21,9 @@ Named ``modelstore`` rather than ``models`` because the repository's top-level
 """
 
 from .keyfiles import generate_keys, key_id, load_private_key, load_public_key
-from .manager import ModelManager, Swap
+from .manager import ModelManager
 from .requests import load_key
+from .shared import Swap
 from .signing import push_message, rollback_message
 
 __all__ = [

@@ -13,6 +13,7 @@ from typing import Any, BinaryIO, Final, Literal, cast
 import structlog
 
 from ..durable import fsync_dir, write_atomic
+from ..errors import Refused
 
 __all__ = [
     "ACTIVE_NAME",
@@ -25,6 +26,7 @@ __all__ = [
     "SlotState",
     "Source",
     "StatKey",
+    "close_held",
     "stat_key",
 ]
 
@@ -200,6 +202,12 @@ class HeldFile:
             self._file = None
 
 
+def close_held(held: HeldFile | None) -> None:
+    """Let ``held`` go, if there is one."""
+    if held is not None:
+        held.close()
+
+
 class MonitorFiles:
     """The folder ``state_dir/models/<monitor>``: its files and every write to them.
 
@@ -242,6 +250,20 @@ class MonitorFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.incoming, data)
         return self.incoming
+
+    def read_previous(self, previous: ModelRecord | None) -> bytes:
+        """The bytes of previous.onnx, checked against its record ``previous``; Refused
+        when there is none or it is damaged (a rollback's model)."""
+        path = self.previous
+        if previous is None or not path.is_file():
+            raise Refused("no previous model to roll back to", monitor=self.monitor)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != previous.sha256:
+            raise Refused(
+                "previous.onnx does not match its record (sha256): the previous model is damaged",
+                monitor=self.monitor,
+            )
+        return data
 
     def discard_incoming(self) -> None:
         """Remove incoming.onnx, if any."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from ..config import Config, PushConfig
 from ..errors import ConfigError, KeyFileError, Refused
 from .files import ModelRecord
+from .slot import ModelSlot
 
 if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -19,6 +20,7 @@ __all__ = [
     "CheckedRequest",
     "check_replay",
     "check_request",
+    "is_duplicate",
     "load_key",
     "outcome",
     "pick_monitor",
@@ -100,6 +102,31 @@ def check_replay(monitor: str, issued_at: str, last_issued_at: str | None) -> No
             f"of monitor {monitor!r} ({last_issued_at}): a replay is refused",
             monitor=monitor,
         )
+
+
+def is_duplicate(
+    request_id: str | None,
+    args: Mapping[str, Any],
+    in_flight_id: str | None,
+    slots: Mapping[str, ModelSlot],
+) -> bool:
+    """A second delivery (MQTT QoS 1) of the command in flight (``in_flight_id``) or of
+    the monitor's last accepted one: same id (and, for the latter, same issued_at)."""
+    if request_id is None:
+        return False
+    if in_flight_id is not None and in_flight_id == request_id:
+        return True
+    named = args.get("monitor")
+    if named is None and len(slots) == 1:
+        slot: ModelSlot | None = next(iter(slots.values()))
+    else:
+        slot = slots.get(named) if isinstance(named, str) else None
+    return (
+        slot is not None
+        and slot.last_request_id == request_id
+        and slot.last_issued_at is not None
+        and slot.last_issued_at == args.get("issued_at")
+    )
 
 
 def load_key(config: Config) -> Ed25519PublicKey | None:

@@ -20,7 +20,7 @@ log = structlog.get_logger()
 
 @dataclass(slots=True)
 class ModelSlot:
-    """One monitor as the model manager sees it (guarded by the manager's lock)."""
+    """One monitor as the model manager sees it (guarded by ``SharedState.lock``)."""
 
     config: MonitorConfig
     """The monitor's configuration."""

@@ -1,0 +1,316 @@
+"""The model manager's worker thread: pushes, rollbacks, the file watcher, the store's writes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Final
+
+import structlog
+
+from ..detector import Detector
+from ..errors import ModelError, Refused, Unfit
+from .checks import validate_candidate
+from .files import HeldFile, ModelRecord, StatKey, close_held, stat_key
+from .requests import COMMAND_SOURCES, check_replay, check_request, pick_monitor
+from .shared import SUPERSEDED, SharedState, Swap, SwapSource, _Command, _Discard, _Job, _Pending
+from .slot import ModelSlot, new_record
+
+__all__ = ["ModelWorker"]
+
+log = structlog.get_logger()
+
+_STOP: Final = object()
+
+
+class ModelWorker:
+    """The thread ``asd-models``, which does everything slow for ``ModelManager``.
+
+    It takes pushes and rollbacks off the shared task queue, looks at the config's
+    model files every ``detector.watch_s``, validates each candidate beside the running
+    model and hands it over (a Swap or a Refused in the shared results), and writes the
+    swaps the daemon has put in service to ``state_dir/models/<monitor>/``. All it
+    shares with the manager is in ``SharedState``, behind its lock.
+    """
+
+    def __init__(self, shared: SharedState, *, device_id: str) -> None:
+        self.device_id = device_id
+        """The device's id, which a push or rollback must name."""
+        self._shared = shared
+        self._thread: threading.Thread | None = None
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread, unless it runs."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(target=self._run, name="asd-models", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> bool:
+        """Stop the thread once the swaps already in service are written, and write any
+        left; False (nothing written) when it did not end within ``timeout_s``."""
+        thread = self._thread
+        if thread is not None:
+            self._shared.tasks.put(_STOP)
+            thread.join(timeout_s)
+            if thread.is_alive():
+                log.warning("model_worker_stop_timeout", timeout_s=timeout_s)
+                return False
+            self._thread = None
+        self.write_jobs()
+        return True
+
+    def write_jobs(self) -> None:
+        """Write the swaps in service to the store, oldest first, and notify the waiters
+        of ``SharedState.persisted``; never raises (a failed write is logged and set as
+        the slot's ``last_error``)."""
+        shared = self._shared
+        while True:
+            with shared.lock:
+                if not shared.jobs:
+                    shared.persisted.notify_all()
+                    return
+                job = shared.jobs[0]
+            try:
+                self._write(job)
+            except Exception:  # supervisor boundary: one bad write must not stop the worker
+                log.exception("model_store_write_failed", monitor=job.slot.name)
+                with shared.lock:
+                    job.slot.last_error = "the model runs but could not be stored: internal error"
+            with shared.lock:
+                shared.jobs.popleft()
+
+    # --- the thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        shared = self._shared
+        next_watch = time.monotonic()
+        while True:
+            self.write_jobs()  # never raises: a failed write is logged and reported
+            with shared.lock:
+                watch_s = shared.config.detector.watch_s if shared.config is not None else 0.0
+            timeout = None if watch_s <= 0 else max(0.0, next_watch - time.monotonic())
+            try:
+                item = shared.tasks.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self.write_jobs()
+                return
+            self.write_jobs()  # swaps in service are stored before the next change
+            try:
+                if isinstance(item, _Command):
+                    self._command(item)
+                elif isinstance(item, _Discard):
+                    with shared.disk_lock:
+                        item.files.discard_incoming()
+            except Exception:  # supervisor boundary: the worker must outlive a bug
+                log.exception("model_worker_failed")
+                if isinstance(item, _Command):
+                    self._internal_error(item)
+            if watch_s > 0 and time.monotonic() >= next_watch:
+                next_watch = time.monotonic() + watch_s
+                try:
+                    self._watch()
+                except Exception:  # supervisor boundary, as above
+                    log.exception("model_watch_failed")
+
+    def _internal_error(self, item: _Command) -> None:
+        """Refuse a command a bug interrupted, unless it already ended or was handed over."""
+        shared = self._shared
+        with shared.lock:
+            handed = any(p.swap.request_id == item.request_id for p in shared.pending.values())
+            open_ = shared.flight is item and not handed
+        if open_:
+            named = item.args.get("monitor")
+            with shared.lock:
+                known = named if isinstance(named, str) and named in shared.slots else None
+            source = COMMAND_SOURCES[item.name]
+            shared.refuse(item.name, source, item.request_id, known, "internal error")
+
+    def _write(self, job: _Job) -> None:
+        shared, slot = self._shared, job.slot
+        try:
+            with shared.disk_lock:
+                written = slot.files.adopt(job.new, job.state, job.outgoing, job.held)
+        except OSError as exc:
+            log.error("model_store_write_failed", monitor=slot.config.name, error=str(exc))
+            if job.new.stored and slot.files.incoming.is_file():
+                job.detector.path = str(slot.files.incoming)
+            with shared.lock:
+                slot.last_error = f"the model runs but could not be stored: {exc}"
+            return
+        finally:
+            close_held(job.held)
+        with shared.lock:
+            if slot.state is job.state:
+                slot.state = written
+        log.info("model_stored", monitor=slot.config.name, path=str(slot.files.dir))
+
+    # --- pushes and rollbacks ----------------------------------------------------------
+
+    def _command(self, item: _Command) -> None:
+        shared = self._shared
+        source = COMMAND_SOURCES[item.name]
+        try:
+            slot, request_id, issued_at, detector, generation = self._prepare(item)
+        except Refused as exc:
+            named = item.args.get("monitor")
+            with shared.lock:  # name the monitor when the request names a known one
+                known = named if isinstance(named, str) and named in shared.slots else None
+            shared.refuse(item.name, source, item.request_id, exc.monitor or known, exc.reason)
+            return
+        record = new_record(source, detector, config_sha256=None, request_id=request_id)
+        self._hand_over(
+            slot, detector, record, item.name, request_id, generation, issued_at=issued_at
+        )
+
+    def _prepare(self, item: _Command) -> tuple[ModelSlot, str, str, Detector, int]:
+        """Check a push or rollback and validate its model; Refused says why not. Also
+        returns the configuration generation it was picked up under."""
+        shared = self._shared
+        with shared.lock:
+            config, key, capture = shared.config, shared.key, shared.capture
+            generation = shared.generation
+            names = list(shared.slots)
+        if config is None:
+            raise Refused("the daemon has no models loaded yet")
+        request = check_request(
+            item.name,
+            item.args,
+            item.request_id,
+            device_id=self.device_id,
+            push=config.push,
+            key=key,
+        )
+        monitor = pick_monitor(request.monitor, names)
+        with shared.lock:
+            slot = shared.slots[monitor]
+            check_replay(monitor, request.issued_at, slot.last_issued_at)
+            previous = slot.state.previous
+        files = slot.files
+        with shared.disk_lock:
+            try:
+                files.write_incoming(
+                    request.model if request.model is not None else files.read_previous(previous)
+                )
+            except OSError as exc:
+                raise Refused(f"model: cannot be stored ({exc})", monitor=monitor) from None
+        threads = config.detector.threads
+        try:
+            detector = validate_candidate(
+                files.incoming, slot.config, threads=threads, capture=capture
+            )
+        except ModelError as exc:
+            reason = f"model: {exc.field}: {exc.problem}"
+        except Unfit as exc:
+            reason = str(exc)
+        else:
+            return slot, request.request_id, request.issued_at, detector, generation
+        with shared.disk_lock:
+            files.discard_incoming()
+        raise Refused(reason, monitor=monitor)
+
+    # --- the config's model files ----------------------------------------------------
+
+    def _watch(self) -> None:
+        """Look at each monitor's config model file; act on a change once it has settled."""
+        shared = self._shared
+        with shared.lock:
+            slots = list(shared.slots.values())
+        for slot in slots:
+            try:
+                now: StatKey | None = stat_key(os.stat(slot.config.model))
+            except OSError:
+                now = None
+            with shared.lock:
+                if now == slot.seen_stat or now != slot.last_stat:
+                    slot.last_stat = now
+                    continue
+                slot.seen_stat = now
+            self._file_changed(slot)
+
+    def _file_changed(self, slot: ModelSlot) -> None:
+        """Validate the config's replaced model file; hand over a Swap or a Refused."""
+        shared = self._shared
+        path, name = slot.config.model, slot.config.name
+        with shared.lock:
+            config, capture, generation = shared.config, shared.capture, shared.generation
+        if config is None:
+            return
+        try:
+            held = HeldFile(path)
+        except OSError as exc:
+            shared.refuse(
+                None, "file", None, name, f"{path}: file: cannot read ({exc.strerror or exc})"
+            )
+            return
+        with shared.lock:
+            slot.seen_stat = slot.last_stat = held.stat
+            unchanged = held.sha256 == slot.config_sha256
+        if unchanged:  # touched, or put back as it was
+            held.close()
+            return
+        threads = config.detector.threads
+        try:
+            detector = validate_candidate(path, slot.config, threads=threads, capture=capture)
+        except ModelError as exc:
+            reason = str(exc)
+        except Unfit as exc:
+            reason = f"{path}: {exc}"
+        else:
+            if detector.sha256 != held.sha256:  # replaced again while loading: next round
+                held.close()
+                with shared.lock:
+                    slot.seen_stat = None
+                return
+            record = new_record("file", detector, config_sha256=held.sha256, request_id=None)
+            self._hand_over(slot, detector, record, None, None, generation, held=held)
+            return
+        held.close()
+        shared.refuse(None, "file", None, name, reason)
+
+    # --- results ---------------------------------------------------------------------
+
+    def _hand_over(
+        self,
+        slot: ModelSlot,
+        detector: Detector,
+        record: ModelRecord,
+        command: str | None,
+        request_id: str | None,
+        generation: int,
+        *,
+        held: HeldFile | None = None,
+        issued_at: str | None = None,
+    ) -> None:
+        """Hand a validated candidate to the daemon, or refuse it as superseded when the
+        configuration was reloaded since it was picked up (``generation``)."""
+        shared = self._shared
+        source: SwapSource = COMMAND_SOURCES[command] if command is not None else "file"
+        with shared.lock:
+            shared.tickets += 1
+            swap = Swap(slot.config.name, detector, source, request_id, command, shared.tickets)
+            pending = _Pending(swap, generation, record, slot.files, held=held, issued_at=issued_at)
+            shared.pending[swap.ticket] = pending
+            if generation != shared.generation:
+                shared.results.append(shared.drop(pending, SUPERSEDED))
+                return
+            shared.results.append(swap)
+        log.info(
+            "model_candidate_ready",
+            monitor=swap.monitor,
+            source=source,
+            id=request_id,
+            model=record.name,
+            version=record.version,
+            sha256=record.sha256,
+        )
