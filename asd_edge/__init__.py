@@ -1,4 +1,59 @@
-"""asd-edge: unattended acoustic anomaly detection for machines, at the edge."""
+"""asd-edge: unattended acoustic anomaly detection for machines, at the edge.
+
+Where things are. The top level reads as the architecture diagram (ARCHITECTURE.md):
+the data path from the microphone to a decision, then the service around it; the
+three wings that talk to the world each have a face (their ``__init__``).
+
+The data path, in the order the audio flows::
+
+    capture      PortAudio input stream (supervised, restarted); its callback only copies
+    filesource   a recording played into the rings as if it were a microphone
+    ring         the lock-free single-producer single-consumer ring of samples
+    resample     rational resampling, of a stream and of a whole recording
+    features     the project's one log-mel front end (numpy), shared with training
+    modelspec    the model contract (ONNX metadata, optional bands and level), evidence
+    detector     an ONNX model loaded, checked and scoring windows
+    machine      whether the machine runs (window level, hold, hysteresis)
+    decision     when scores become an event (threshold, k-of-n, hold, refractory)
+    monitor      one channel + one model + one decision policy, ticked
+    monitors     the monitors running now: start, swap, reload, describe
+    alerts       events to alert payloads, each naming its clip
+    scoring      offline scoring through the same pipeline (``asd-edge score``)
+
+The wings::
+
+    mqtt/        MqttLink: alerts through the durable outbox at QoS 1, retained state,
+                 Home Assistant discovery, commands (link, thread, messages, delivery,
+                 outbox, connection, client, backlog, topics, homeassistant, commands)
+    modelstore/  ModelManager: which model each monitor runs; pushes, rollbacks and file
+                 swaps checked and stored (manager, worker, shared, slot, files, checks,
+                 requests, signing, keyfiles)
+    clips/       the audio around each event: recorded on the tick, written by a thread,
+                 kept within quota (types, recorder, writer, retention, spectrogram)
+
+The service::
+
+    daemon       the loop (a tick every 50 ms) and the lifecycle: start, reload, stop
+    assembly     the daemon's parts as a configuration describes them, wired together
+    cli          the ``asd-edge`` command line: run, check-config, devices, score, record
+    __main__     the console script: pins the math thread pools, then runs the CLI
+    runtime      process-wide settings applied before numpy loads
+    config       the YAML configuration parsed into frozen dataclasses
+    schema       the strict, generic YAML-to-dataclass validator under config
+    inputhealth  input alerts: a lost stream, silence, clipping, overruns
+    meters       audio levels per channel, the process's CPU and memory
+    telemetry    the health payload, each monitor's state, the model topic, status line
+    sdnotify     readiness, status and watchdog notices to systemd
+    logs         structlog set-up: JSON lines under systemd, console on a TTY
+    errors       the exception tree (every public exception, drawn in its docstring)
+
+Small shared pieces, one of each::
+
+    audiofile    reading any audio file; 16-bit WAV bytes and files
+    durable      atomic file replacement with fsync (daemon and training)
+    jsonvalues   JSON-safe values and ISO-8601 UTC time stamps (daemon and training)
+    backoff      capped, jittered retry delays (capture restarts, broker reconnects)
+"""
 
 from __future__ import annotations
 

@@ -17,12 +17,35 @@ from asd_edge.clips.spectrogram import (
     PRE_ROLL_RGB,
     encode_png,
     fft_size,
-    spectrogram_png,
-    spectrogram_rgb,
-    write_png,
+    spectrogram_indexed,
 )
+from asd_edge.durable import write_atomic
 
 image = pytest.importorskip("matplotlib.image", reason="matplotlib (training extra) decodes PNG")
+
+
+def spectrogram_rgb(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The clip writer's picture in colour, ``uint8[height, width, 3]``."""
+    return PALETTE[spectrogram_indexed(samples, sample_rate)]
+
+
+def write_png(path: Path, pixels: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """``encode_png`` written to a file, as the clip writer writes its pictures."""
+    write_atomic(path, encode_png(pixels, palette))
+
+
+def spectrogram_png(
+    samples: np.ndarray,
+    sample_rate: int,
+    path: Path,
+    *,
+    markers_s: tuple[float, ...] = (),
+    pre_s: float = 0.0,
+) -> tuple[int, int]:
+    """The clip writer's picture of ``samples`` written to ``path``; (height, width)."""
+    index = spectrogram_indexed(samples, sample_rate, markers_s=markers_s, pre_s=pre_s)
+    write_png(path, index, PALETTE)
+    return index.shape[0], index.shape[1]
 
 
 def decode(path: Path) -> np.ndarray:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
-
-from ..durable import write_atomic
 
 __all__ = [
     "BAND_PX",
@@ -26,10 +23,7 @@ __all__ = [
     "encode_png",
     "fft_size",
     "spectrogram_indexed",
-    "spectrogram_png",
-    "spectrogram_rgb",
     "stft_power",
-    "write_png",
 ]
 
 FloatArray = npt.NDArray[np.float32]
@@ -191,27 +185,6 @@ def _bracket(
     picture[bottom, dashes] = _MARKER
 
 
-def spectrogram_rgb(
-    samples: npt.ArrayLike,
-    sample_rate: int,
-    *,
-    markers_s: Sequence[float] = (),
-    pre_s: float = 0.0,
-    max_width_px: int = MAX_WIDTH_PX,
-    band_hz: tuple[float, float] | None = None,
-) -> RgbArray:
-    """``spectrogram_indexed`` in colour, ``uint8[height, width, 3]``."""
-    index = spectrogram_indexed(
-        samples,
-        sample_rate,
-        markers_s=markers_s,
-        pre_s=pre_s,
-        max_width_px=max_width_px,
-        band_hz=band_hz,
-    )
-    return PALETTE[index]
-
-
 def _column(t_s: float, duration_s: float, width: int) -> int:
     """Picture column of a time (the frames evenly cover the clip)."""
     return max(0, min(width, round(t_s / duration_s * width)))
@@ -253,27 +226,3 @@ def encode_png(pixels: npt.ArrayLike, palette: npt.ArrayLike | None = None) -> b
             chunk(b"IEND", b""),
         ]
     )
-
-
-def write_png(
-    path: str | os.PathLike[str], pixels: npt.ArrayLike, palette: npt.ArrayLike | None = None
-) -> None:
-    """Write ``encode_png(pixels, palette)`` atomically (``audiofile.write_atomic``)."""
-    write_atomic(path, encode_png(pixels, palette))
-
-
-def spectrogram_png(
-    samples: npt.ArrayLike,
-    sample_rate: int,
-    path: str | os.PathLike[str],
-    *,
-    markers_s: Sequence[float] = (),
-    pre_s: float = 0.0,
-    band_hz: tuple[float, float] | None = None,
-) -> tuple[int, int]:
-    """Write the spectrogram picture of ``samples`` to ``path``; returns (height, width)."""
-    index = spectrogram_indexed(
-        samples, sample_rate, markers_s=markers_s, pre_s=pre_s, band_hz=band_hz
-    )
-    write_png(path, index, PALETTE)
-    return index.shape[0], index.shape[1]
