@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from common import record  # noqa: E402
 
-from asd_edge import keyfiles, signing  # noqa: E402
+from asd_edge.modelstore import keyfiles, signing  # noqa: E402
 from devkit.broker import Broker, Subscriber, wait_until  # noqa: E402
 from devkit.daemonproc import DaemonProcess  # noqa: E402
 from devkit.notify import NotifyListener  # noqa: E402
