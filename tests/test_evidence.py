@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bandsmodel import RATE, BandsModel, boost_band, calibrated_bands_model
+from support.bands import RATE, BandsModel, boost_band, calibrated_bands_model
 from test_alerts import RecordingSink
 
 from asd_edge.alerts import Alerts, MonitorInfo

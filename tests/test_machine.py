@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from bandsmodel import (
+from structlog.testing import capture_logs
+from support.bands import (
     RATE,
     BandsModel,
     boost_band,
@@ -16,7 +17,6 @@ from bandsmodel import (
     room_tone,
     window_levels,
 )
-from structlog.testing import capture_logs
 from test_alerts import WALL, RecordingSink, filled_ring, info
 
 from asd_edge.alerts import Alerts, iso_utc

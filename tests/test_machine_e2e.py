@@ -135,7 +135,7 @@ def test_the_default_kind_stopped_and_faulty_on_the_virtual_microphone(
     on 60 s of the machine's normal sound): no anomaly while the machine is stopped (room
     tone 20 dB under), ``machine: stopped`` retained, and after the restart a +12 dB change
     in 2.0-2.6 kHz is alerted with evidence naming a band inside it."""
-    from bandsmodel import boost_band, room_tone
+    from support.bands import boost_band, room_tone
 
     from training.dataset import file_sha256, write_manifest
     from training.fit import FitConfig, fit
