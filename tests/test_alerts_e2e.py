@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from broker import Broker, Subscriber, wait_until
 from conftest import write_wav
-from daemonproc import start_daemon
 from scipy import signal
+from support.services import start_daemon, wait_until
 
 from asd_edge.audiofile import read_audio
+from devkit.broker import Broker, Subscriber
 
 RATE = 16000
 DEVICE = "e2e"

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from broker import Broker, Subscriber, wait_until
 from conftest import write_wav
-from daemonproc import start_daemon
+from support.services import start_daemon, wait_until
 from test_alerts_e2e import ALERT, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 
+from devkit.broker import Broker, Subscriber
 from devkit.notify import NotifyListener
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from broker import Broker, wait_until
 from conftest import write_wav
-from daemonproc import start_daemon
+from support.services import start_daemon, wait_until
 from test_alerts_e2e import ALERT, PREFIX, RATE, daemon_config
 from test_lifecycle_e2e import request_health
 from test_machine import FAULT, FAULT_BAND, SECONDS, STOP, level_bands_model, machine_session
+
+from devkit.broker import Broker
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Broker, free_port, wait_until
 from paho.mqtt.client import Client, MQTTMessage
+from support.services import wait_until
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
@@ -30,6 +30,7 @@ from asd_edge.modelstore.signing import (
     parse_push,
     parse_rollback,
 )
+from devkit.broker import Broker, free_port
 
 OLD = {"name": "factory", "version": "20260101T000000Z-0000000", "sha256": "0" * 64}
 """The model each fake device runs before any push."""

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Broker, Subscriber, wait_until
 from conftest import write_wav
-from daemonproc import start_daemon
+from support.services import start_daemon, wait_until
 from test_alerts_e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 
 from asd_edge.modelstore import keyfiles, signing
+from devkit.broker import Broker, Subscriber
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 
