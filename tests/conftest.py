@@ -8,17 +8,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import structlog
+from support import REPO
 
-from asd_edge import audiofile
 from devkit import Unavailable
 from devkit import vmic as _vmic
 from devkit.broker import Broker
 from devkit.vmic import VirtualMic
 
-REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -113,30 +111,3 @@ def virtual_mic() -> Iterator[VirtualMic]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    """A 16-bit WAV test file, written by the product's own writer; returns the path."""
-    audiofile.write_wav(path, samples, rate)
-    return path
-
-
-def sine(
-    freq_hz: float, seconds: float = 1.0, amplitude: float = 0.5, rate: int = 16000
-) -> np.ndarray:
-    """A pure tone, float32."""
-    t = np.arange(round(seconds * rate)) / rate
-    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
-
-
-def tone_burst(
-    rate: int, seconds: float, burst: tuple[float, float], seed: int = 0, amplitude: float = 0.5
-) -> np.ndarray:
-    """Quiet broadband noise (about -50 dBFS) with a loud 1 kHz burst in ``burst`` (seconds)."""
-    rng = np.random.default_rng(seed)
-    n = round(seconds * rate)
-    x = 0.003 * rng.standard_normal(n)
-    t = np.arange(n) / rate
-    inside = (t >= burst[0]) & (t < burst[1])
-    x[inside] += amplitude * np.sin(2 * np.pi * 1000 * t[inside])
-    return x.astype(np.float32)

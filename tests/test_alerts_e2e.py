@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import write_wav
 from scipy import signal
+from support.audio import write_wav
 from support.services import start_daemon, wait_until
 
 from asd_edge.audiofile import read_audio

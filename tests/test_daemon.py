@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import tone_burst, write_wav
 from structlog.testing import capture_logs
+from support.audio import tone_burst, write_wav
 from support.services import asd_edge_command
 
 from asd_edge.assembly import load_detectors

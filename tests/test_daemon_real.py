@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import tone_burst, write_wav
+from support.audio import tone_burst, write_wav
 from support.services import asd_edge_command, start_daemon
 
 pytestmark = pytest.mark.realaudio

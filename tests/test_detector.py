@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 import pytest
-from conftest import sine
 from onnx import TensorProto, helper, numpy_helper
+from support.audio import sine
 from support.bands import build_bands_model
 
 from asd_edge.detector import Detector

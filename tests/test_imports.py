@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import tone_burst, write_wav
+from support.audio import tone_burst, write_wav
 
 HEAVY = ("cryptography", "torch", "librosa", "sklearn", "matplotlib", "onnx")
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import write_wav
+from support.audio import write_wav
 from support.services import start_daemon, wait_until
 from test_alerts_e2e import ALERT, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 

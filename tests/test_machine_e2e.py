@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import write_wav
+from support.audio import write_wav
 from support.services import start_daemon, wait_until
 from test_alerts_e2e import ALERT, PREFIX, RATE, daemon_config
 from test_lifecycle_e2e import request_health

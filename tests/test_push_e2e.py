@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_wav
+from support.audio import write_wav
 from support.services import start_daemon, wait_until
 from test_alerts_e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 

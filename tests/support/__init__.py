@@ -1,6 +1,16 @@
 """What the tests import besides the code under test (fixtures live in ``conftest.py``).
 
+- ``support.audio``: test sounds and WAV files.
+- ``support.services``: devkit's mosquitto and daemon process as tests use them (a timeout
+  fails the test, a missing tool skips it).
 - ``support.bands``: tiny real ONNX models with a ``bands`` output, and sound to feed them.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["REPO"]
+
+REPO = Path(__file__).resolve().parents[2]
+"""The repository's root folder."""
