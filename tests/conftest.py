@@ -1,4 +1,12 @@
-"""Shared pytest fixtures: paths, the real recordings, and real-component fixtures."""
+"""Shared pytest fixtures: the real recordings, fixture models, mosquitto, the virtual microphone.
+
+File names say what a test file needs. ``test_*_e2e.py`` plays sound into the virtual
+microphone (a private PulseAudio heard through ALSA and PortAudio; marker ``realaudio``) in
+real time, mostly to the daemon as a subprocess with a real mosquitto: it needs PulseAudio
+and a machine that is not overloaded. Any other ``test_*.py`` runs without PulseAudio; it
+may use mosquitto (``mqtt_broker``, skipped where missing) or run the installed commands.
+Helpers the tests import live in ``support/``.
+"""
 
 from __future__ import annotations
 
