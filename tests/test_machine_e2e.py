@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 from support.audio import write_wav
+from support.e2e import ALERT, PREFIX, RATE, daemon_config, request_health
 from support.services import start_daemon, wait_until
-from test_alerts_e2e import ALERT, PREFIX, RATE, daemon_config
-from test_lifecycle_e2e import request_health
 from test_machine import FAULT, FAULT_BAND, SECONDS, STOP, level_bands_model, machine_session
 
 from devkit.broker import Broker

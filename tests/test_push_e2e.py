@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 from support.audio import write_wav
+from support.e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 from support.services import start_daemon, wait_until
-from test_alerts_e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
 
 from asd_edge.modelstore import keyfiles, signing
 from devkit.broker import Broker, Subscriber
