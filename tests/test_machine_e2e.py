@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from support.audio import write_wav
 from support.e2e import ALERT, PREFIX, RATE, daemon_config, request_health
+from support.machine import FAULT, FAULT_BAND, SECONDS, STOP, level_bands_model, machine_session
 from support.services import start_daemon, wait_until
-from test_machine import FAULT, FAULT_BAND, SECONDS, STOP, level_bands_model, machine_session
 
 from devkit.broker import Broker
 

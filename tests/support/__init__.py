@@ -5,6 +5,7 @@
   fails the test, a missing tool skips it).
 - ``support.e2e``: the end-to-end daemon's configuration, topics and sound.
 - ``support.bands``: tiny real ONNX models with a ``bands`` output, and sound to feed them.
+- ``support.machine``: a machine that stops, restarts and fails, and its bands model.
 """
 
 from __future__ import annotations
