@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
+from support.alerting import WALL, RecordingSink, filled_ring, info
 from support.bands import (
     RATE,
     BandsModel,
@@ -23,7 +24,6 @@ from support.machine import (
     level_bands_model,
     machine_session,
 )
-from test_alerts import WALL, RecordingSink, filled_ring, info
 
 from asd_edge.alerts import Alerts, iso_utc
 from asd_edge.config import MonitorConfig
