@@ -1,8 +1,8 @@
 """What the tests import besides the code under test (fixtures live in ``conftest.py``).
 
 - ``support.audio``: test sounds and WAV files.
-- ``support.services``: devkit's mosquitto and daemon process as tests use them (a timeout
-  fails the test, a missing tool skips it).
+- ``support.services``: devkit's mosquitto and daemon process and the installed commands,
+  as tests use them (a timeout fails the test, a missing tool skips it).
 - ``support.alerting``: an AlertSink that records, a monitor's info, a filled ring.
 - ``support.clips``: exact int16 noise, small clip settings, a collector of clip results.
 - ``support.e2e``: the end-to-end daemon's configuration, topics and sound.

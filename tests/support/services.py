@@ -1,8 +1,11 @@
-"""devkit's real parts, as tests use them: a timeout fails the test, a missing tool skips it."""
+"""The real parts as tests use them (devkit's mosquitto and daemon process, the installed
+commands): a timeout fails the test, a missing tool skips it."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from devkit import daemonproc as _daemonproc
 from devkit.broker import TlsFiles
 from devkit.daemonproc import DaemonProcess
 
-__all__ = ["asd_edge_command", "make_tls_files", "start_daemon", "wait_until"]
+__all__ = ["asd_edge_command", "asd_train", "make_tls_files", "start_daemon", "wait_until"]
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
@@ -41,6 +44,15 @@ def asd_edge_command() -> list[str]:
         return _daemonproc.asd_edge_command()
     except Unavailable as exc:
         pytest.skip(str(exc))
+
+
+def asd_train(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """The installed ``asd-train`` console script, as a user runs it; skips where it is not
+    installed."""
+    script = Path(sys.executable).with_name("asd-train")
+    if not script.exists():
+        pytest.skip(f"the asd-train console script is not installed beside {sys.executable}")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=timeout_s)
 
 
 def start_daemon(config: Path, env: Mapping[str, str] | None = None) -> DaemonProcess:
