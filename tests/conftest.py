@@ -1,21 +1,30 @@
-"""Shared pytest fixtures: paths, the real recordings, and real-component fixtures."""
+"""Shared pytest fixtures: the real recordings, fixture models, mosquitto, the virtual microphone.
+
+File names say what a test file needs. ``test_*_e2e.py`` plays sound into the virtual
+microphone (a private PulseAudio heard through ALSA and PortAudio; marker ``realaudio``) in
+real time, mostly to the daemon as a subprocess with a real mosquitto: it needs PulseAudio
+and a machine that is not overloaded. Any other ``test_*.py`` runs without PulseAudio; it
+may use mosquitto (``mqtt_broker``, skipped where missing) or run the installed commands.
+Helpers the tests import live in ``support/``.
+"""
 
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
 import structlog
-from broker import mqtt_broker, mqtt_broker_factory  # noqa: F401  (fixtures: real mosquitto)
-from vmic import virtual_mic  # noqa: F401  (fixture: PulseAudio null sink as a microphone)
+from support import REPO
 
-from asd_edge import audiofile
+from devkit import Unavailable
+from devkit import vmic as _vmic
+from devkit.broker import Broker
+from devkit.vmic import VirtualMic
 
-REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -61,36 +70,52 @@ def waveform_model(model_dir: Path) -> Path:
     return save_model(model, model_dir / "waveform.onnx")
 
 
-def asd_edge_command() -> list[str]:
-    """The installed ``asd-edge`` console script (the one users run)."""
-    script = Path(sys.executable).with_name("asd-edge")
-    if not script.exists():
-        pytest.skip(f"the asd-edge console script is not installed beside {sys.executable}")
-    return [str(script)]
+@pytest.fixture
+def mqtt_broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Make and start brokers (``Broker`` keyword arguments); all are killed after the test.
+
+    Skips the test where mosquitto (or mosquitto_passwd for ``users``) is not installed.
+    """
+    made: list[Broker] = []
+
+    def make(**kw: Any) -> Broker:
+        try:
+            broker = Broker(tmp_path / f"broker{len(made)}", **kw)
+        except Unavailable as exc:
+            pytest.skip(str(exc))
+        made.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+    if os.environ.get("ASD_EDGE_KEEP_BROKER_LOGS"):
+        for broker in made:
+            print(broker.log_text())
 
 
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    """A 16-bit WAV test file, written by the product's own writer; returns the path."""
-    audiofile.write_wav(path, samples, rate)
-    return path
+@pytest.fixture
+def mqtt_broker(mqtt_broker_factory: Callable[..., Broker]) -> Broker:
+    """A running, anonymous mosquitto on a free port of 127.0.0.1."""
+    return mqtt_broker_factory()
 
 
-def sine(
-    freq_hz: float, seconds: float = 1.0, amplitude: float = 0.5, rate: int = 16000
-) -> np.ndarray:
-    """A pure tone, float32."""
-    t = np.arange(round(seconds * rate)) / rate
-    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
-
-
-def tone_burst(
-    rate: int, seconds: float, burst: tuple[float, float], seed: int = 0, amplitude: float = 0.5
-) -> np.ndarray:
-    """Quiet broadband noise (about -50 dBFS) with a loud 1 kHz burst in ``burst`` (seconds)."""
-    rng = np.random.default_rng(seed)
-    n = round(seconds * rate)
-    x = 0.003 * rng.standard_normal(n)
-    t = np.arange(n) / rate
-    inside = (t >= burst[0]) & (t < burst[1])
-    x[inside] += amplitude * np.sin(2 * np.pi * 1000 * t[inside])
-    return x.astype(np.float32)
+@pytest.fixture(scope="session")
+def virtual_mic() -> Iterator[VirtualMic]:
+    """A running virtual microphone for the whole session, its environment set in this
+    process (so that PortAudio here hears it too); skips if PulseAudio is missing."""
+    saved = {k: os.environ.get(k) for k in _vmic.ENV_KEYS}
+    try:
+        with _vmic.virtual_mic() as mic:
+            os.environ.update(mic.pulse_env)
+            _vmic.refresh_portaudio()
+            yield mic
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

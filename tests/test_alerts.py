@@ -3,48 +3,19 @@
 from __future__ import annotations
 
 import re
-import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from support.alerting import RATE, WALL, RecordingSink, filled_ring, info
 
-from asd_edge.alerts import CLIP_LOST, Alerts, MonitorInfo, lost_clip, new_alert_id
+from asd_edge.alerts import CLIP_LOST, Alerts, lost_clip, new_alert_id
 from asd_edge.clips import ClipRecorder, ClipStore
 from asd_edge.config import ClipsConfig
 from asd_edge.decision import Event
 from asd_edge.jsonvalues import iso_utc
-from asd_edge.ring import RingBuffer
-
-RATE = 16000
-WALL = 1_790_000_000.0  # 2026-09-21
-
-
-class RecordingSink:
-    """An AlertSink that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str, dict[str, Any], bool]] = []
-        self.clips: list[tuple[str, bytes]] = []
-        self.released = threading.Event()
-        self.clip_published = threading.Event()
-
-    def submit_alert(
-        self, alert_id: str, payload: Mapping[str, Any], *, phase: str, held: bool = False
-    ) -> None:
-        self.calls.append(("submit", alert_id, phase, dict(payload), held))
-
-    def release_alert(self, alert_id: str, phase: str, payload: Mapping[str, Any]) -> None:
-        self.calls.append(("release", alert_id, phase, dict(payload), False))
-        self.released.set()
-
-    def publish_clip(self, alert_id: str, data: bytes) -> bool:
-        self.clips.append((alert_id, data))
-        self.clip_published.set()
-        return True
 
 
 def event(phase: str, at_s: float, onset_s: float, last_s: float, score: float = 5.0) -> Event:
@@ -57,22 +28,6 @@ def event(phase: str, at_s: float, onset_s: float, last_s: float, score: float =
         score=score,
         threshold=1.0,
     )
-
-
-def info(ring: RingBuffer) -> MonitorInfo:
-    return MonitorInfo(
-        name="pump",
-        model={"name": "m", "version": "v1", "sha256": "ab" * 32},
-        window_s=1.0,
-        ring=ring,
-        sample_rate=RATE,
-    )
-
-
-def filled_ring(seconds: float) -> RingBuffer:
-    ring = RingBuffer(RATE * 60)
-    ring.write(np.full(round(seconds * RATE), 0.1, np.float32))
-    return ring
 
 
 class TestIds:

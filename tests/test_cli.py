@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, asd_edge_command, tone_burst, write_wav
+from support import REPO
+from support.audio import tone_burst, write_wav
+from support.services import asd_edge_command
 
 from asd_edge.audiofile import read_audio, to_mono
 

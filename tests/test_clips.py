@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.io import wavfile
-from test_clipstore import MODEL, RATE, Results, clips_config, ints, pcm, sidecar
+from support.clips import MODEL, RATE, Results, clips_config, ints, pcm, sidecar
 
 from asd_edge.clips import ClipRecorder, ClipResult, ClipStore
 from asd_edge.config import ClipsConfig

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from support import REPO
 
 from asd_edge.config import (
     DEFAULT_CONFIG_PATH,
@@ -26,7 +27,6 @@ from asd_edge.config import (
 )
 from asd_edge.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config" / "asd-edge.yaml"
 BASE = Path("/srv/asd")
 """base_dir of parse_config in these tests; nothing is read from it."""

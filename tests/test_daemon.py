@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import asd_edge_command, tone_burst, write_wav
 from structlog.testing import capture_logs
+from support.audio import tone_burst, write_wav
+from support.services import asd_edge_command
 
 from asd_edge.assembly import load_detectors
 from asd_edge.config import parse_config

@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 import pytest
-from bandsmodel import build_bands_model
-from conftest import sine
 from onnx import TensorProto, helper, numpy_helper
+from support.audio import sine
+from support.bands import build_bands_model
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError

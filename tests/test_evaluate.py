@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tone_burst, write_wav
+from support.audio import tone_burst, write_wav
 
 from training.cli import main as asd_train
 from training.evaluate import evaluate_files

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bandsmodel import RATE, BandsModel, boost_band, calibrated_bands_model
-from test_alerts import RecordingSink
+from support.alerting import RecordingSink
+from support.bands import RATE, BandsModel, boost_band, calibrated_bands_model
 
 from asd_edge.alerts import Alerts, MonitorInfo
 from asd_edge.clips import ClipRecorder, ClipStore

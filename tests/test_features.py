@@ -6,9 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
-from conftest import sine
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.audio import sine
 
 from asd_edge.features import (
     LogMel,

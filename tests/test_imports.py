@@ -7,22 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import tone_burst, write_wav
-
-HEAVY = ("cryptography", "torch", "librosa", "sklearn", "matplotlib", "onnx")
-
-GUARD = textwrap.dedent(
-    f"""
-    import importlib.abc, sys
-    HEAVY = {HEAVY!r}
-    class Refuse(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in HEAVY:
-                raise ImportError(f"asd_edge must not import {{name}}")
-            return None
-    sys.meta_path.insert(0, Refuse())
-    """
-)
+from support.audio import tone_burst, write_wav
+from support.importguard import GUARD
 
 
 class TestDaemonIsLight:

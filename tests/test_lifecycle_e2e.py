@@ -19,33 +19,22 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from broker import Broker, Subscriber, wait_until
-from conftest import write_wav
-from daemonproc import start_daemon
-from test_alerts_e2e import ALERT, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
+from support.audio import write_wav
+from support.e2e import (
+    ALERT,
+    PREFIX,
+    RATE,
+    alerts,
+    daemon_config,
+    request_health,
+    stream_with_bursts,
+)
+from support.services import start_daemon, wait_until
 
+from devkit.broker import Broker
 from devkit.notify import NotifyListener
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
-
-
-def last_json(sub: Subscriber, topic: str) -> dict[str, Any]:
-    return json.loads(sub.on(topic)[-1].payload)
-
-
-def request_health(broker: Broker, sub: Subscriber) -> dict[str, Any]:
-    """Ask for a health report now (cmd/health) and return it."""
-    before = len(sub.on(f"{PREFIX}/health"))
-    client = broker.client()
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        client.publish(f"{PREFIX}/cmd/health", b"{}", qos=1).wait_for_publish(5)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-    sub.wait_for(f"{PREFIX}/health", before + 1, 10)
-    return last_json(sub, f"{PREFIX}/health")
 
 
 class TestSigterm:

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from broker import Broker, wait_until
-from conftest import write_wav
-from daemonproc import start_daemon
-from test_alerts_e2e import ALERT, PREFIX, RATE, daemon_config
-from test_lifecycle_e2e import request_health
-from test_machine import FAULT, FAULT_BAND, SECONDS, STOP, level_bands_model, machine_session
+from support.audio import write_wav
+from support.e2e import ALERT, PREFIX, RATE, daemon_config, request_health
+from support.machine import FAULT, FAULT_BAND, SECONDS, STOP, level_bands_model, machine_session
+from support.services import start_daemon, wait_until
+
+from devkit.broker import Broker
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 
@@ -135,7 +135,7 @@ def test_the_default_kind_stopped_and_faulty_on_the_virtual_microphone(
     on 60 s of the machine's normal sound): no anomaly while the machine is stopped (room
     tone 20 dB under), ``machine: stopped`` retained, and after the restart a +12 dB change
     in 2.0-2.6 kHz is alerted with evidence naming a band inside it."""
-    from bandsmodel import boost_band, room_tone
+    from support.bands import boost_band, room_tone
 
     from training.dataset import file_sha256, write_manifest
     from training.fit import FitConfig, fit

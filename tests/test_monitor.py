@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tone_burst
+from support.audio import tone_burst
 
 from asd_edge.decision import DecisionPolicy
 from asd_edge.detector import Detector

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import HOST, Broker, free_port, make_tls_files, wait_until
 from structlog.testing import capture_logs
+from support.services import make_tls_files, wait_until
 
 from asd_edge.backoff import Backoff
 from asd_edge.config import HomeAssistantConfig, MqttConfig, OutboxConfig, TlsConfig
 from asd_edge.errors import ConfigError
 from asd_edge.mqtt import CommandRouter, MqttLink
 from asd_edge.mqtt.connection import RECONNECT_JITTER
+from devkit.broker import HOST, Broker, free_port
 
 LinkFactory = Callable[..., MqttLink]
 

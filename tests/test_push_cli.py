@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Broker, free_port, wait_until
 from paho.mqtt.client import Client, MQTTMessage
+from support.services import asd_train, wait_until
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError, Refused
@@ -29,17 +27,10 @@ from asd_edge.modelstore.signing import (
     parse_push,
     parse_rollback,
 )
+from devkit.broker import Broker, free_port
 
 OLD = {"name": "factory", "version": "20260101T000000Z-0000000", "sha256": "0" * 64}
 """The model each fake device runs before any push."""
-
-
-def asd_train(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    """The installed ``asd-train`` console script, as a user runs it."""
-    script = Path(sys.executable).with_name("asd-train")
-    if not script.exists():
-        pytest.skip(f"the asd-train console script is not installed beside {sys.executable}")
-    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=timeout_s)
 
 
 class FakeDevice:

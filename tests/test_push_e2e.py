@@ -12,33 +12,22 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from broker import Broker, Subscriber, wait_until
-from conftest import write_wav
-from daemonproc import start_daemon
-from test_alerts_e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
+from support.audio import write_wav
+from support.e2e import ALERT, DEVICE, PREFIX, RATE, alerts, daemon_config, stream_with_bursts
+from support.services import asd_train, start_daemon, wait_until
 
 from asd_edge.modelstore import keyfiles, signing
+from devkit.broker import Broker, Subscriber
 
 pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 
 MODEL_TOPIC = f"{PREFIX}/model"
-
-
-def asd_train(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
-    script = Path(sys.executable).with_name("asd-train")
-    if not script.exists():
-        pytest.skip(f"the asd-train console script is not installed beside {sys.executable}")
-    return subprocess.run(
-        [str(script), *args], capture_output=True, text=True, timeout=timeout_s, check=False
-    )
 
 
 def level_model(path: Path, *, version: str, rate: int = RATE, threshold: float = -30.0) -> Path:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 UNIT_FILE = REPO / "systemd" / "asd-edge.service"
 SCRIPT = REPO / "scripts" / "service.sh"
 VENV = "/opt/asd-edge/venv"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import sine
+from support.audio import sine
 
 from asd_edge.clips.spectrogram import (
     BAND_PX,

@@ -260,7 +260,7 @@ class TestCommand:
 class TestLight:
     def test_imports_with_the_daemons_dependencies_only(self) -> None:
         """synth runs with torch, librosa, sklearn, matplotlib and onnx barred (demo player)."""
-        from test_imports import GUARD
+        from support.importguard import GUARD
 
         code = GUARD + (
             "import numpy as np\n"

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tone_burst, write_wav
+from support.audio import tone_burst, write_wav
 
 from asd_edge.assembly import load_detectors
 from asd_edge.config import parse_config

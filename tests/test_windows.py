@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import tone_burst, write_wav
+from support.audio import tone_burst, write_wav
 
 from asd_edge.config import MonitorConfig
 from asd_edge.detector import Detector

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import REPO
 
 from asd_edge.audiofile import read_audio
 from devkit import Unavailable
@@ -18,8 +19,6 @@ from devkit.broker import check_tools as check_broker_tools
 from devkit.vmic import check_tools as check_mic_tools
 
 pytestmark = [pytest.mark.slow, pytest.mark.realaudio]
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

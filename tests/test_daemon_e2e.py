@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import asd_edge_command, tone_burst, write_wav
-from daemonproc import start_daemon
+from support.audio import tone_burst, write_wav
+from support.services import asd_edge_command, start_daemon
 
 pytestmark = pytest.mark.realaudio
 

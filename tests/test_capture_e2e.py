@@ -10,10 +10,10 @@ import numpy.typing as npt
 import pytest
 from scipy.signal import correlate
 from structlog.testing import capture_logs
-from vmic import VirtualMic
 
 from asd_edge.audiofile import read_audio, to_mono, write_wav
 from asd_edge.capture import SoundDeviceSource, list_input_devices
+from devkit.vmic import VirtualMic
 
 pytestmark = pytest.mark.realaudio
 
