@@ -25,8 +25,16 @@ from threadpoolctl import threadpool_limits
 from .bandfit import NUMPY_KINDS, candidates_for, fit_bandstat
 from .bandstat import DEFAULTS as BANDSTAT_DEFAULTS
 from .calibrate import DEVICE_RULE, METHODS, CalibrationConfig, calibrate_files
-from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE
-from .errors import DataError, ExportError
+from .errors import (
+    EXIT_DATA,
+    EXIT_NOINPUT,
+    EXIT_OK,
+    EXIT_SOFTWARE,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    DataError,
+    ExportError,
+)
 from .evaluate import compare_quantized, evaluate_split
 from .export import (
     build_time,

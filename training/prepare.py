@@ -49,7 +49,6 @@ from asd_edge.audiofile import read_audio, write_wav
 from asd_edge.errors import AudioDecodeError
 from asd_edge.logs import configure_logging
 from training.augment import AugmentConfig, Augmenter
-from training.cli import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK, EXIT_USAGE
 from training.dataset import (
     MANIFEST_NAME,
     SPLITS,
@@ -58,7 +57,7 @@ from training.dataset import (
     rows_sha256,
     write_manifest,
 )
-from training.errors import DataError
+from training.errors import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK, EXIT_USAGE, DataError
 from training.jsonwave import DEFAULT_JSON_RATE
 from training.labels import Label
 from training.sources import InputFile, Recording, find_inputs, read_recordings, segment_bounds

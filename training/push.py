@@ -20,7 +20,7 @@ from typing import Any, Final
 from asd_edge.modelstore.keyfiles import KeyFileError, load_private_key
 from asd_edge.modelstore.signing import push_message, rollback_message
 
-from .cli import (
+from .errors import (
     EXIT_DATA,
     EXIT_FAILED,
     EXIT_NOINPUT,
