@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from asd_edge.audiofile import read_audio, write_wav
+from asd_edge.durable import write_atomic
 from asd_edge.errors import AudioDecodeError
 from asd_edge.logs import configure_logging
 from training.augment import AugmentConfig, Augmenter
@@ -585,6 +586,5 @@ def _write_report(out: Path, args: argparse.Namespace, result: PrepareResult) ->
         "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
         "warnings": list(result.warnings),
     }
-    tmp = out / ".prepare.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "prepare.json")
+    text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(out / "prepare.json", text.encode("utf-8"))
