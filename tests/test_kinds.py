@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from asd_edge.audiofile import read_audio, to_mono
 from asd_edge.features import LogMel, LogMelParams, StreamingFilter, normalize_window
 from training.kinds import InputStats, ScoreModel, get_kind
-from training.kinds.cnn_ae import read_params
+from training.kinds.base import read_params
 from training.kinds.cnn_attention import WarmBatchNorm1d
 from training.kinds.gmm import window_features
 from training.kinds.ocsvm import band_features, fit_pipeline
