@@ -24,7 +24,7 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth", "generate deterministic machine-like sound with anomalies"),
-    "prepare": ("training.prepare", "turn recordings into a segmented, split dataset"),
+    "prepare": ("training.prepare_cli", "turn recordings into a segmented, split dataset"),
     "fit": ("training.fit", "train a detector, calibrate its threshold, export ONNX"),
     "evaluate": ("training.evaluate", "score a dataset with an ONNX model as the daemon does"),
     "keygen": ("training.keygen", "make the Ed25519 key pair that signs pushed models"),
