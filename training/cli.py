@@ -25,7 +25,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth", "generate deterministic machine-like sound with anomalies"),
     "prepare": ("training.prepare_cli", "turn recordings into a segmented, split dataset"),
-    "fit": ("training.fit", "train a detector, calibrate its threshold, export ONNX"),
+    "fit": ("training.fit_cli", "train a detector, calibrate its threshold, export ONNX"),
     "evaluate": ("training.evaluate", "score a dataset with an ONNX model as the daemon does"),
     "keygen": ("training.keygen", "make the Ed25519 key pair that signs pushed models"),
     "push": ("training.push", "send a model to a device (or every device) over MQTT"),
