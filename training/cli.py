@@ -2,9 +2,11 @@
 
 Every stage module provides ``configure(parser)`` (adds its arguments) and
 ``run(args) -> int`` (does the work, returns an exit code); ``module:name`` names an
-object of the module that does (one module may serve two commands). Modules are
+object of the module that does (one module may serve two commands). ``prepare`` and
+``fit`` keep their command line apart from their work (``training.prepare_cli`` beside
+``training.prepare``, ``training.fit_cli`` beside ``training.fit``). Modules are
 imported only when their subcommand runs, so ``asd-train synth --help`` does not load
-torch.
+torch. The exit codes are in ``training.errors``.
 """
 
 from __future__ import annotations
