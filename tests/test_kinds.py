@@ -21,7 +21,7 @@ from asd_edge.audiofile import read_audio, to_mono
 from asd_edge.features import LogMel, LogMelParams, StreamingFilter, normalize_window
 from training.export import check_parity, to_onnx
 from training.kinds import InputStats, ScoreModel, get_kind
-from training.kinds.cnn_ae import read_params
+from training.kinds.base import read_params
 from training.kinds.cnn_attention import WarmBatchNorm1d
 from training.kinds.gmm import GaussianMixtureScore, window_features
 from training.kinds.gmm import fit_pipeline as fit_gmm_pipeline

@@ -16,7 +16,7 @@ import pytest
 from scipy.io import wavfile
 
 from asd_edge.audiofile import read_audio, write_wav
-from training import prepare as prep
+from training import prepare_cli as prep
 from training.dataset import assign_splits, file_sha256, load_dataset
 from training.sources import segment_bounds
 

@@ -2,9 +2,11 @@
 
 Every stage module provides ``configure(parser)`` (adds its arguments) and
 ``run(args) -> int`` (does the work, returns an exit code); ``module:name`` names an
-object of the module that does (one module may serve two commands). Modules are
+object of the module that does (one module may serve two commands). ``prepare`` and
+``fit`` keep their command line apart from their work (``training.prepare_cli`` beside
+``training.prepare``, ``training.fit_cli`` beside ``training.fit``). Modules are
 imported only when their subcommand runs, so ``asd-train synth --help`` does not load
-torch.
+torch. The exit codes are in ``training.errors``.
 """
 
 from __future__ import annotations
@@ -18,51 +20,14 @@ from typing import Protocol
 from asd_edge import __version__
 from asd_edge.logs import configure_logging
 
-__all__ = [
-    "COMMANDS",
-    "EXIT_CODES",
-    "EXIT_DATA",
-    "EXIT_FAILED",
-    "EXIT_NOINPUT",
-    "EXIT_OK",
-    "EXIT_SOFTWARE",
-    "EXIT_TEMPFAIL",
-    "EXIT_UNAVAILABLE",
-    "EXIT_USAGE",
-    "main",
-]
+from .errors import EXIT_CODES, EXIT_OK
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-"""Finished, but some inputs were skipped (each is reported by name)."""
-EXIT_USAGE = 2
-EXIT_DATA = 65
-"""EX_DATAERR: the data cannot make a model (no usable files, no normal training data,
-labels missing for a supervised kind, ...)."""
-EXIT_NOINPUT = 66
-"""EX_NOINPUT: an input file or folder does not exist or cannot be read."""
-EXIT_SOFTWARE = 70
-"""EX_SOFTWARE: internal error, or an export whose ONNX disagrees with the framework."""
-EXIT_UNAVAILABLE = 69
-"""EX_UNAVAILABLE: a service (broker, tracker) could not be reached."""
-EXIT_TEMPFAIL = 75
-"""EX_TEMPFAIL: no answer in time (a device may be offline); trying later may work."""
-
-EXIT_CODES = """exit codes:
-  0   success
-  1   finished, but some inputs were skipped (each is reported by name)
-  2   bad command-line usage
-  65  the data cannot make a model (EX_DATAERR); the message says why
-  66  an input does not exist or cannot be read (EX_NOINPUT)
-  69  a service (broker, tracker) could not be reached (EX_UNAVAILABLE)
-  70  internal error, or the exported ONNX disagrees with the framework (EX_SOFTWARE)
-  75  no answer in time: a device may be offline (EX_TEMPFAIL; push, rollback)
-"""
+__all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth", "generate deterministic machine-like sound with anomalies"),
-    "prepare": ("training.prepare", "turn recordings into a segmented, split dataset"),
-    "fit": ("training.fit", "train a detector, calibrate its threshold, export ONNX"),
+    "prepare": ("training.prepare_cli", "turn recordings into a segmented, split dataset"),
+    "fit": ("training.fit_cli", "train a detector, calibrate its threshold, export ONNX"),
     "evaluate": ("training.evaluate", "score a dataset with an ONNX model as the daemon does"),
     "keygen": ("training.keygen", "make the Ed25519 key pair that signs pushed models"),
     "push": ("training.push", "send a model to a device (or every device) over MQTT"),

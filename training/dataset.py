@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ from typing import Literal, cast
 import numpy as np
 import structlog
 
+from asd_edge.durable import write_atomic
 from training.errors import DataError
 from training.labels import LABELS, Label, label_from_name
 
@@ -322,10 +323,8 @@ def assign_splits(
 def write_manifest(root: Path, rows: Iterable[Sequence[object]], extra: Sequence[str] = ()) -> Path:
     """Write ``root/manifest.csv`` atomically: the required columns, then ``extra`` ones;
     each row gives the values in that order (``path`` relative to ``root``)."""
-    tmp = root / f".{MANIFEST_NAME}.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow([*MANIFEST_COLUMNS, *extra])
-        w.writerows(rows)
-    os.replace(tmp, root / MANIFEST_NAME)
-    return root / MANIFEST_NAME
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow([*MANIFEST_COLUMNS, *extra])
+    w.writerows(rows)
+    return write_atomic(root / MANIFEST_NAME, text.getvalue().encode("utf-8"))

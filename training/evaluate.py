@@ -31,9 +31,8 @@ from asd_edge.errors import AudioDecodeError, ModelError
 from asd_edge.scoring import score_samples
 
 from .calibrate import DEVICE_RULE
-from .cli import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK
 from .crossfit import MAX_FPR
-from .errors import DataError
+from .errors import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK, DataError
 from .plots import plot_roc, plot_score_hist
 from .runs import RunDir
 from .windows import LabelledFile

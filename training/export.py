@@ -32,11 +32,11 @@ import onnx
 import onnxruntime as ort
 
 from asd_edge.detector import Detector
+from asd_edge.durable import write_atomic
 from asd_edge.errors import ModelError
 from asd_edge.modelspec import METADATA_KEY, SCHEMA_VERSION
 
 from .errors import ExportError
-from .runs import write_atomic
 
 if TYPE_CHECKING:  # torch is imported where a torch module is exported: numpy kinds need none
     from .kinds.base import ScoreModel
@@ -279,7 +279,7 @@ def save_checked(model: onnx.ModelProto, path: Path) -> str:
             raise ExportError(
                 f"the daemon would refuse the model: {exc.field}: {exc.problem}"
             ) from None
-        write_atomic(path, blob)
+        write_atomic(path, blob, mode=0o644)  # 0644 whatever the umask, like the run records
     finally:
         Path(tmp).unlink(missing_ok=True)
     return hashlib.sha256(blob).hexdigest()

@@ -4,16 +4,12 @@
 module (windows, trainer, export, calibrate, evaluate, runs). The run directory
 (``--out``) ends up with ``config.json``, ``metrics.json``, ``history.csv``,
 ``learning_curve.png``, ``roc.png``, ``score_hist.png``, ``model.onnx``,
-``checkpoint.pt`` and ``train.log``.
+``checkpoint.pt`` and ``train.log``. The command line is :mod:`training.fit_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -22,11 +18,10 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from .bandfit import NUMPY_KINDS, candidates_for, fit_bandstat
+from .bandfit import NUMPY_KINDS, fit_bandstat
 from .bandstat import DEFAULTS as BANDSTAT_DEFAULTS
-from .calibrate import DEVICE_RULE, METHODS, CalibrationConfig, calibrate_files
-from .cli import EXIT_DATA, EXIT_NOINPUT, EXIT_OK, EXIT_SOFTWARE, EXIT_UNAVAILABLE, EXIT_USAGE
-from .errors import DataError, ExportError
+from .calibrate import DEVICE_RULE, CalibrationConfig, calibrate_files
+from .errors import DataError
 from .evaluate import compare_quantized, evaluate_split
 from .export import (
     build_time,
@@ -37,13 +32,13 @@ from .export import (
     read_metadata,
     update_metadata,
 )
-from .kinds import DEFAULT_KIND, KIND_NAMES, InputStats, KindInfo, ScoreModel, get_kind
+from .kinds import DEFAULT_KIND, InputStats, KindInfo, ScoreModel, get_kind
 from .plots import plot_learning_curve
-from .runs import RunDir, Tracker, TrackerUnavailable, finish_run, make_tracker
+from .runs import RunDir, Tracker, finish_run, make_tracker
 from .trainer import TrainConfig, save_checkpoint, seed_everything, train
 from .windows import Windows, WindowSpec, augmenting, load_windows
 
-__all__ = ["FitConfig", "FitResult", "configure", "fit", "parse_params", "run"]
+__all__ = ["FitConfig", "FitResult", "fit"]
 
 STAGING = ".model.uncalibrated.onnx"
 """The exported model before calibration; renamed to ``model.onnx`` once calibrated."""
@@ -116,23 +111,6 @@ class FitResult:
     metrics: dict[str, Any]
     model: Any
     """The fitted model: a torch ``ScoreModel``, or a ``training.bandstat.BandStat``."""
-
-
-def parse_params(pairs: list[str], defaults: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """``key=value`` strings (values as JSON where they parse) checked against ``defaults``."""
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got {pair!r}")
-        if key not in defaults:
-            known = ", ".join(sorted(defaults)) or "none"
-            raise ValueError(f"{what} has no parameter {key!r} (known: {known})")
-        try:
-            params[key] = json.loads(text)
-        except json.JSONDecodeError:
-            params[key] = text
-    return params
 
 
 def fit(config: FitConfig, *, tracker: Tracker | None = None) -> FitResult:
@@ -352,123 +330,3 @@ def _train(
         run / "checkpoint.pt", model, **ckpt, epoch=summary["best_epoch"], history=history
     )
     return model, summary, history
-
-
-OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--data", {"required": True, "type": Path, "help": "dataset folder or manifest.csv"}),
-    ("--model", {"default": DEFAULT_KIND, "choices": (*NUMPY_KINDS, *KIND_NAMES),
-                 "help": "detector kind; auto fits bandstat's scorers and keeps the one that "
-                 "catches the most faults injected into your held-out normal audio at the "
-                 "false-alarm target"}),
-    ("--out", {"required": True, "type": Path, "help": "run directory (created)"}),
-    ("--epochs", {"type": int, "default": 30, "help": "most epochs"}),
-    ("--seed", {"type": int, "default": 0, "help": "seed of everything random"}),
-    ("--batch-size", {"type": int, "default": 64, "help": "windows per batch"}),
-    ("--lr", {"type": float, "default": 1e-3, "help": "Adam's learning rate"}),
-    ("--patience", {"type": int, "default": 5, "help": "early-stopping patience, epochs"}),
-    ("--hop-s", {"type": float, "default": 0.5, "help": "hop of the training windows, s"}),
-    (
-        "--deploy-hop-s",
-        {"type": float, "default": DEVICE_RULE["hop_s"], "help": "the daemon's hop, s"},
-    ),
-    ("--window-s", {"type": float, "default": 1.0, "help": "window length, s"}),
-    ("--rate", {"type": int, "default": 16000, "help": "model sample rate, Hz"}),
-    ("--valid-fraction", {"type": float, "default": 0.15, "help": "DCASE train files held out"}),
-    ("--calibration", {"default": "fa_per_day", "choices": METHODS, "help": "threshold method"}),
-    ("--target-fa-per-day", {"type": float, "default": 1.0, "help": "fa_per_day: alarms/day"}),
-    ("--quantile", {"type": float, "default": 0.99, "help": "quantile: which one"}),
-    ("--k", {"type": float, "default": 2.0, "help": "mean_std: mean + k sigma"}),
-    ("--threshold", {"type": float, "default": None, "help": "fixed: the threshold"}),
-    ("--param", {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                 "help": "a hyper-parameter of the kind (repeatable; values are JSON)"}),
-    ("--augment", {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                   "help": "augment training windows on the fly with this training.augment "
-                   "setting (repeatable; values are JSON, e.g. pitch_semitones=[-1,1])"}),
-    ("--name", {"default": None, "help": "model name (default: <data folder>-<kind>)"}),
-    ("--quantize", {"action": "store_true", "help": "also write model.int8.onnx (dynamic)"}),
-    ("--tracker", {"default": "none", "choices": ("none", "clearml"), "help": "also log to"}),
-    ("--threads", {"type": int, "default": None, "help": "torch and BLAS threads"}),
-    ("--quiet", {"action": "store_true", "help": "no progress bars or log lines on stderr"}),
-]  # fmt: skip
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``asd-train fit``."""
-    for flag, options in OPTIONS:
-        if (
-            "default" in options
-            and options["default"] not in (None, [])
-            and "action" not in options
-        ):
-            options = {**options, "help": options["help"] + " (default: %(default)s)"}
-        parser.add_argument(flag, **options)
-
-
-def _config(args: argparse.Namespace) -> FitConfig:
-    """The FitConfig of parsed arguments (ValueError/TypeError naming the bad one)."""
-    numpy_kind = args.model in NUMPY_KINDS
-    info = None if numpy_kind else get_kind(args.model)
-    augment = None
-    if args.augment:
-        from .augment import AugmentConfig
-
-        fields = {f.name: f.default for f in dataclasses.fields(AugmentConfig)}
-        augment = parse_params(args.augment, fields, "--augment")
-    config = FitConfig(
-        data=args.data, out=args.out, kind=args.model,
-        params=parse_params(
-            args.param, BANDSTAT_DEFAULTS if info is None else info.defaults,
-            f"--param: kind {args.model}",
-        ),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        seed=args.seed, threads=args.threads, rate=args.rate, window_s=args.window_s,
-        hop_s=args.hop_s, deploy_hop_s=args.deploy_hop_s, valid_fraction=args.valid_fraction,
-        calibration=args.calibration, target_fa_per_day=args.target_fa_per_day,
-        quantile=args.quantile, k=args.k, threshold=args.threshold, augment=augment,
-        name=args.name, quantize=args.quantize, tracker=args.tracker, quiet=args.quiet,
-    )  # fmt: skip
-    config.calibration_config()
-    config.train_config()
-    if info is None:
-        candidates_for(config.kind, config.params)
-        if config.calibration != "fa_per_day":
-            raise ValueError(
-                f"--calibration {config.calibration}: --model {config.kind} calibrates its two "
-                "channels and their fusion on false alarms per day (fa_per_day) only"
-            )
-    else:
-        WindowSpec.for_kind(
-            info, sample_rate=config.rate, window_s=config.window_s, hop_s=config.hop_s
-        )
-    if not 0.05 <= config.deploy_hop_s <= 10.0:
-        raise ValueError(f"--deploy-hop-s must be in [0.05, 10], got {config.deploy_hop_s}")
-    return config
-
-
-def run(args: argparse.Namespace) -> int:
-    """``asd-train fit``: 0, 2 (bad arguments), 65, 66, 69 or 70 (see ``--help``)."""
-
-    def fail(code: int, message: str) -> int:
-        print(f"asd-train fit: {message}", file=sys.stderr)
-        return code
-
-    if not args.data.exists():
-        return fail(EXIT_NOINPUT, f"{args.data}: no such dataset folder or manifest")
-    try:
-        config = _config(args)
-    except (ValueError, TypeError) as exc:
-        return fail(EXIT_USAGE, str(exc))
-    try:
-        tracker = make_tracker(args.tracker, project="asd-edge", task=args.name or args.out.name)
-    except TrackerUnavailable as exc:
-        return fail(EXIT_UNAVAILABLE, str(exc))
-    try:
-        result = fit(config, tracker=tracker)
-    except DataError as exc:
-        return fail(EXIT_DATA, str(exc))
-    except ExportError as exc:
-        return fail(EXIT_SOFTWARE, f"export failed, no model.onnx written: {exc}")
-    finally:
-        tracker.close()
-    print(result.model_path)
-    return EXIT_OK

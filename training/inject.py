@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
-from .synth import decaying_tone, place_pulses
+from .synth.faults import decaying_tone, place_pulses
 
 __all__ = ["ADDED_DB", "FAULTS", "SEVERITIES", "inject"]
 

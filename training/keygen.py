@@ -9,12 +9,9 @@ from pathlib import Path
 from asd_edge.errors import KeyFileError
 from asd_edge.modelstore import generate_keys, key_id, load_public_key
 
-from .cli import EXIT_OK
+from .errors import EXIT_CANTCREAT, EXIT_OK
 
-__all__ = ["EXIT_CANTCREAT", "configure", "run"]
-
-EXIT_CANTCREAT = 73
-"""EX_CANTCREAT: an output file cannot be created (or exists and --force was not given)."""
+__all__ = ["configure", "run"]
 
 EPILOG = """what to do with the files:
   push.key    the private key: it stays on this workstation (asd-train push --key push.key);

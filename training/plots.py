@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from asd_edge.durable import write_atomic
+
 __all__ = ["plot_injected_recall", "plot_learning_curve", "plot_roc", "plot_score_hist"]
 
 DPI = 100
@@ -23,11 +26,10 @@ DPI = 100
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, target)
-    return target
+    return write_atomic(target, png.getvalue())
 
 
 def plot_learning_curve(

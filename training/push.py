@@ -20,7 +20,7 @@ from typing import Any, Final
 from asd_edge.errors import KeyFileError
 from asd_edge.modelstore import load_private_key, push_message, rollback_message
 
-from .cli import (
+from .errors import (
     EXIT_DATA,
     EXIT_FAILED,
     EXIT_NOINPUT,

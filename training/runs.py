@@ -14,10 +14,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+
+from asd_edge.durable import write_atomic
 
 __all__ = [
     "ClearMLTracker",
@@ -29,26 +30,7 @@ __all__ = [
     "finish_run",
     "json_ready",
     "make_tracker",
-    "write_atomic",
 ]
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary name beside ``path``, fsync, rename over ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def json_ready(value: Any) -> Any:
@@ -88,11 +70,18 @@ class RunDir:
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         """Write ``name`` as indented JSON (NaN as null), atomically."""
         text = json.dumps(json_ready(data), indent=2, sort_keys=True, allow_nan=False)
-        return write_atomic(self.path / name, (text + "\n").encode("utf-8"))
+        return self._write(name, (text + "\n").encode("utf-8"))
 
     def write_csv(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
         """Write rows (dicts with the same keys) as CSV, atomically."""
-        return write_atomic(self.path / name, csv_bytes(rows))
+        return self._write(name, csv_bytes(rows))
+
+    def _write(self, name: str, data: bytes) -> Path:
+        """``name`` replaced by ``data`` atomically, mode 0644 whatever the umask: records
+        are meant to be shared."""
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return write_atomic(target, data, mode=0o644)
 
     def close(self) -> None:
         """Close ``train.log``."""

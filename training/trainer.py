@@ -8,10 +8,10 @@ thread count give identical weights.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from asd_edge.durable import write_atomic
 
 from .kinds import InputStats, ScoreModel, get_kind
 
@@ -229,16 +231,11 @@ def save_checkpoint(
         "extra": dict(extra or {}),
         "state_dict": model.state_dict(),
     }
+    data = io.BytesIO()
+    torch.save(payload, data)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    # 0600 as it has always been written (mkstemp's mode); the other records are 0644
+    return write_atomic(target, data.getvalue(), mode=0o600)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,10 +7,6 @@ reconstruction error of the window (the training loss is the same). The patch is
 zero-padded inside the graph to a multiple of ``2**depth`` on both axes and the
 reconstruction cropped back, so any frame and band count works (30 x 128 with the
 defaults).
-
-This module also holds the helpers the other kinds of this package share:
-``read_params`` (hyper-parameters with their types), ``require_positive`` and
-``Standardize``.
 """
 
 from __future__ import annotations
@@ -23,71 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Autoencoder, InputStats, KindInfo, ScoreModel
+from .base import (
+    Autoencoder,
+    InputStats,
+    KindInfo,
+    ScoreModel,
+    Standardize,
+    read_params,
+    require_positive,
+)
 
-__all__ = ["INFO", "CnnAutoencoder", "Standardize", "build", "read_params", "require_positive"]
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def read_params(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` overridden by ``params``, each value converted to its default's type.
-
-    ``--param key=value`` values arrive as strings. ValueError names an unknown key
-    (listing the known ones) or a value that does not convert.
-    """
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter {unknown[0]!r}; expected one of {', '.join(sorted(defaults))}"
-        )
-    out = dict(defaults)
-    for key, value in params.items():
-        default = defaults[key]
-        try:
-            if isinstance(default, bool):
-                text = str(value).strip().lower()
-                if text not in _TRUE + _FALSE:
-                    raise ValueError(text)
-                out[key] = text in _TRUE
-            elif isinstance(default, int):
-                number = float(value)
-                if not number.is_integer():
-                    raise ValueError(value)
-                out[key] = int(number)
-            elif isinstance(default, float):
-                out[key] = float(value)
-            else:
-                out[key] = value
-        except (TypeError, ValueError):
-            kind = type(default).__name__
-            raise ValueError(f"parameter {key}: expected {kind}, got {value!r}") from None
-    return out
-
-
-def require_positive(p: Mapping[str, Any], *keys: str) -> None:
-    """ValueError naming the first of ``keys`` whose value in ``p`` is not positive."""
-    for key in keys:
-        if p[key] <= 0:
-            raise ValueError(f"parameter {key}: expected a positive number, got {p[key]!r}")
-
-
-class Standardize(nn.Module):
-    """``(x - mean) / std`` with the training statistics held as buffers (broadcast on
-    the last axis: per mel band for log-mel input, one pair for a waveform)."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, stats: InputStats) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.as_tensor(stats.mean, dtype=torch.float32).clone())
-        self.register_buffer("std", torch.as_tensor(stats.std, dtype=torch.float32).clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Standardised ``x``, same shape."""
-        return (x - self.mean) / self.std
+__all__ = ["INFO", "CnnAutoencoder", "build"]
 
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:

@@ -27,8 +27,7 @@ from torch import nn
 
 from asd_edge.features import PrefilterSpec
 
-from .base import InputStats, KindInfo, ScoreModel
-from .cnn_ae import Standardize, read_params, require_positive
+from .base import InputStats, KindInfo, ScoreModel, Standardize, read_params, require_positive
 
 __all__ = ["INFO", "CnnAttention", "WarmBatchNorm1d", "build"]
 

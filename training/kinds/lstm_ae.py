@@ -18,8 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Autoencoder, InputStats, KindInfo, ScoreModel
-from .cnn_ae import Standardize, read_params, require_positive
+from .base import (
+    Autoencoder,
+    InputStats,
+    KindInfo,
+    ScoreModel,
+    Standardize,
+    read_params,
+    require_positive,
+)
 
 __all__ = ["INFO", "LstmAutoencoder", "build"]
 

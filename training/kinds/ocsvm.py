@@ -25,8 +25,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ..errors import DataError
-from .base import InputStats, KindInfo, ScoreModel
-from .cnn_ae import Standardize, read_params, require_positive
+from .base import InputStats, KindInfo, ScoreModel, Standardize, read_params, require_positive
 
 __all__ = ["INFO", "BandStats", "OcsvmScore", "band_features", "fit", "fit_pipeline"]
 
