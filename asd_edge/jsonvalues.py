@@ -15,7 +15,7 @@ __all__ = ["iso_utc", "json_safe"]
 def json_safe(value: Any) -> Any:
     """``value`` as plain JSON data: every NaN or infinite float becomes None (standard
     ``null`` rather than Python's ``NaN``), numpy scalars and arrays become Python
-    numbers and lists, paths become strings, mappings dicts with string keys and
+    numbers and lists, paths become strings, mappings dicts with text keys and
     tuples lists, recursively. Anything else is returned as it is."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -33,9 +33,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _key(key: Any) -> Any:
-    """A mapping key json.dumps accepts as it is, else its text."""
-    return key if isinstance(key, str | int | float | bool) or key is None else str(key)
+def _key(key: Any) -> str:
+    """A mapping key as text (so that ``sort_keys`` never compares text with numbers)."""
+    return key if isinstance(key, str) else str(key)
 
 
 def iso_utc(moment: float | datetime) -> str:

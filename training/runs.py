@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from asd_edge.durable import write_atomic
+from asd_edge.jsonvalues import json_safe
 
 __all__ = [
     "ClearMLTracker",
@@ -28,24 +29,8 @@ __all__ = [
     "TrackerUnavailable",
     "csv_bytes",
     "finish_run",
-    "json_ready",
     "make_tracker",
 ]
-
-
-def json_ready(value: Any) -> Any:
-    """``value`` with NaN/inf as null, paths and numpy scalars as plain JSON values."""
-    if isinstance(value, Mapping):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 class RunDir:
@@ -69,7 +54,7 @@ class RunDir:
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
         """Write ``name`` as indented JSON (NaN as null), atomically."""
-        text = json.dumps(json_ready(data), indent=2, sort_keys=True, allow_nan=False)
+        text = json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False)
         return self._write(name, (text + "\n").encode("utf-8"))
 
     def write_csv(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -95,7 +80,7 @@ def csv_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()), lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: json_ready(v) for k, v in row.items()})
+            writer.writerow({k: json_safe(v) for k, v in row.items()})
     return buf.getvalue().encode("utf-8")
 
 
@@ -184,7 +169,7 @@ class ClearMLTracker:
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """The effective configuration as the task's parameters."""
-        self.task.connect(json_ready(dict(config)), name="config")
+        self.task.connect(json_safe(dict(config)), name="config")
 
     def log_scalar(self, title: str, series: str, value: float, step: int) -> None:
         """One point of a curve (e.g. the losses per epoch)."""
