@@ -4,6 +4,7 @@ input, the models, the MQTT link and its command router, the clips and the alert
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +116,7 @@ class Services:
     """Set by the ``cmd/health`` command; the daemon reports at its next wake."""
 
 
-def build_services(config: Config) -> Services:
+def build_services(config: Config, *, wall_clock: Callable[[], float] = time.time) -> Services:
     """The models (the configured ones, or those pushed since, from ``state_dir/models``),
     the MQTT link with its outbox and command router, the clip store and recorder under
     ``state_dir/clips``, and the alerts that tie them together. Nothing is started.
@@ -146,8 +147,10 @@ def build_services(config: Config) -> Services:
     store = recorder = None
     if config.clips.enabled:
         store = ClipStore(state_dir / "clips", config.clips, on_done=lambda _result: None)
-        recorder = ClipRecorder(store, config.clips, device_id=config.device_id)
-    alerts = Alerts(device_id=config.device_id, sink=link, recorder=recorder)
+        recorder = ClipRecorder(
+            store, config.clips, device_id=config.device_id, wall_clock=wall_clock
+        )
+    alerts = Alerts(device_id=config.device_id, sink=link, recorder=recorder, wall_clock=wall_clock)
     if store is not None:
         store.on_done = alerts.clip_done  # a saved clip releases its held end alert
     return Services(detectors, models, link, store, recorder, alerts, health_request)

@@ -363,11 +363,12 @@ class Daemon:
             configure_logging(new.logging.level, new.logging.format)
         self.config = new
         assert self.monitors is not None and self.telemetry is not None
-        self.telemetry.configure(_channels(new), new.health)
         changed = self.monitors.reload(old_config.monitors, new.monitors, detectors)
+        self.telemetry.configure(_channels(new), new.health)
         if self.input_health is not None:
             ended = self.input_health.configure(channels=_channels(new), config=new.health)
             self._input_changes(ended, self._clock())
+        self.monitors.announce()
         log.info(
             "config_reloaded",
             source=new.source,
@@ -427,7 +428,7 @@ class Daemon:
                 k: link_stats.get(k) for k in ("outbox_depth", "dropped_rows", "dropped_age")
             }
         payload = self.telemetry.report(extra)
-        self.telemetry.log_stats(payload)
+        self.telemetry.log_stats(payload, stats)
         if self.link is not None:
             self.link.publish_health(payload)
             if self.monitors is not None:

@@ -56,7 +56,7 @@ class Event:
     """The threshold in force."""
     peak_bands: npt.NDArray[np.float32] | None = field(default=None, compare=False, repr=False)
     """The ``bands`` output of the window that scored ``peak_score`` (None: the model has
-    no ``bands`` output); ``asd_edge.evidence`` turns it into the event's evidence."""
+    no ``bands`` output); ``modelspec.band_evidence`` turns it into the event's evidence."""
 
 
 class Decision:

@@ -3,6 +3,7 @@ UTC time stamps, written one way for the daemon and for training."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -34,8 +35,13 @@ def json_safe(value: Any) -> Any:
 
 
 def _key(key: Any) -> str:
-    """A mapping key as text (so that ``sort_keys`` never compares text with numbers)."""
-    return key if isinstance(key, str) else str(key)
+    """A mapping key as text, as ``json.dumps`` writes it (``true``, ``null``, ``1.5``), so
+    that ``sort_keys`` never compares text with numbers."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool) or key is None:
+        return json.dumps(key)
+    return str(key)
 
 
 def iso_utc(moment: float | datetime) -> str:

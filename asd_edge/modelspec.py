@@ -13,7 +13,7 @@ parts; a model without them works as before:
   (``edges_hz``: one ``[lo, hi]`` per band, ``0 <= lo < hi <= Nyquist``, both edges
   strictly increasing from band to band; ``spread_db``: the normal spread, a robust
   standard deviation > 0, of each band's level). The daemon turns the peak window's
-  bands into ``evidence`` on events (``asd_edge.evidence``). The output and the
+  bands into ``evidence`` on events (``band_evidence`` below). The output and the
   metadata come together or not at all.
 - ``level``: the level range of the normal recordings, from which a monitor tells a
   stopped machine from an anomaly (``asd_edge.machine``)::

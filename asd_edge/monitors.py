@@ -198,7 +198,8 @@ class Monitors:
     ) -> list[str]:
         """Apply a reloaded configuration's monitors: removed ones end, changed ones (their
         settings or their model's bytes) are replaced, unchanged ones go on (an event in
-        progress too). Returns the names replaced or added."""
+        progress too). Returns the names replaced or added; the caller announces the new
+        set (``announce``) once the rest of the reload is applied."""
         keep = {cfg.name for cfg in new}
         for monitor in [m for m in self.running if m.name not in keep]:
             self.end_event(monitor)
@@ -220,7 +221,6 @@ class Monitors:
         self.running.sort(key=lambda m: order.index(m.name))
         for name in [n for n in self.telemetry.monitors if n not in keep]:
             del self.telemetry.monitors[name]
-        self.announce()
         return changed
 
     def _describe(self, cfg: MonitorConfig, monitor: Monitor) -> None:

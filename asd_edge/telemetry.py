@@ -13,7 +13,7 @@ import numpy as np
 import structlog
 
 from . import __version__
-from .capture import AudioSource
+from .capture import AudioSource, CaptureStats
 from .config import HealthConfig
 from .inputhealth import InputHealth
 from .jsonvalues import iso_utc
@@ -189,10 +189,9 @@ class Telemetry:
             state.max_score, state.windows = None, 0
         return payload
 
-    def log_stats(self, payload: Mapping[str, Any]) -> None:
+    def log_stats(self, payload: Mapping[str, Any], stats: CaptureStats) -> None:
         """Log a health report (``report``'s) as one ``daemon_stats`` line, with the
-        capture's counters."""
-        stats = self._source.stats
+        capture's counters as they were read for it."""
         audio = payload["audio"]
         log.info(
             "daemon_stats",

@@ -132,7 +132,7 @@ class ClipRecorder:
         """Open the clip of an event that just started; returns its planned path
         (None when clips are disabled). The clip begins ``pre_s`` before the
         anomalous audio (``onset_s - window_s``), or at the oldest sample the ring holds.
-        ``evidence``: the start alert's (``asd_edge.evidence``), for the sidecar."""
+        ``evidence``: the start alert's (``modelspec.band_evidence``), for the sidecar."""
         if not self.config.enabled:
             return None
         previous = self._active.pop(monitor, None)

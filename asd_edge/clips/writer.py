@@ -179,8 +179,8 @@ class ClipStore:
             free_mb: float | None = round(self._disk_usage(self.directory)[0] / MB, 2)
         except OSError:
             free_mb = None
-        held = self.retention.snapshot()
-        with self._lock:
+        with self._lock:  # taken before the index's own lock, never after it
+            held = self.retention.snapshot()
             return ClipUsage(
                 bytes=held.bytes,
                 files=held.files,
@@ -300,8 +300,8 @@ class ClipStore:
             for path in written:  # never leave part of a set behind
                 path.unlink(missing_ok=True)
             return self._skip(request, f"write failed: {exc}", report=False)
-        self.retention.add(audio_path.with_suffix(""), written, need)
-        with self._lock:
+        with self._lock:  # the index and the counter change together for usage()
+            self.retention.add(audio_path.with_suffix(""), written, need)
             self._saved += 1
         log.info(
             "clip_saved",
