@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .runtime import pin_math_threads
+from .runtime import hold_early_signals, pin_math_threads
 
 __all__ = ["main"]
 
@@ -12,6 +12,8 @@ __all__ = ["main"]
 def main() -> int:
     """Entry point of the ``asd-edge`` console script."""
     pin_math_threads()
+    if sys.argv[1:2] == ["run"]:  # a reload or stop before the daemon's handlers: not fatal
+        hold_early_signals()
     from .cli import main as cli_main  # numpy is first imported here
 
     return cli_main()

@@ -25,6 +25,7 @@ from .machine import MachineChange
 from .modelstore import Swap
 from .monitor import Monitor, WindowScore
 from .monitors import Monitors, prepare_reload
+from .runtime import take_early_signals
 from .sdnotify import Liveness, Notifier
 from .telemetry import Telemetry, describe, status_line
 
@@ -127,7 +128,9 @@ class Daemon:
         self._reload_now.set()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT stop the loop cleanly; SIGHUP reloads."""
+        """SIGTERM and SIGINT stop the loop cleanly; SIGHUP reloads. A SIGHUP or SIGTERM
+        that arrived while the process started (``runtime.hold_early_signals``) is
+        acted on now: a reload at the first wake, or a clean stop."""
 
         def handler(signum: int, _frame: FrameType | None) -> None:
             self.stop(signal.Signals(signum).name)
@@ -135,6 +138,12 @@ class Daemon:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGHUP, lambda _signum, _frame: self.request_reload())
+        for early in take_early_signals():
+            log.info("early_signal", signal=early.name)
+            if early == signal.SIGHUP:
+                self.request_reload()
+            else:
+                self.stop(early.name)
 
     def run(self) -> int:
         """Capture and tick until stopped; return the process exit code."""

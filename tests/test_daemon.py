@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from structlog.testing import capture_logs
 from support.audio import tone_burst, write_wav
-from support.services import asd_edge_command
+from support.services import asd_edge_command, wait_until
 
 from asd_edge.assembly import load_detectors
 from asd_edge.config import parse_config
@@ -235,3 +236,59 @@ def test_reload_naming_a_channel_not_open_is_rejected_and_the_daemon_goes_on(
     assert "daemon_failed" not in names and "config_reloaded" not in names
     after = names.index("reload_rejected")
     assert "window_scored" in names[after:]
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (``SigCgt`` in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+    )
+    return bool(mask >> (signum - 1) & 1)
+
+
+@pytest.mark.parametrize("signame", ["SIGHUP", "SIGTERM"])
+def test_a_signal_while_starting_is_held_until_the_daemon_can_act_on_it(
+    tmp_path: Path, level_model: Path, signame: str
+) -> None:
+    """systemd's ExecReload (SIGHUP) or a stop (SIGTERM) in the first moments after start,
+    while Python imports numpy and loads the models: the process does not die of the
+    signal's default action; it starts, then reloads (SIGHUP) and goes on, or stops
+    cleanly with exit 0 (SIGTERM)."""
+    wav = write_wav(tmp_path / "long.wav", tone_burst(16000, 30.0, (20.0, 21.0)), 16000)
+    config = replay_config(tmp_path, wav, level_model)
+    proc = subprocess.Popen(
+        [*asd_edge_command(), "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # As soon as the process catches the signal (its entry point held it), long
+        # before numpy and the models are loaded and the daemon's handlers installed.
+        wait_until(lambda: catches(proc.pid, getattr(signal, signame)), 20, "signal held")
+        proc.send_signal(getattr(signal, signame))
+        assert proc.stdout is not None
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        wanted = "config_reloaded" if signame == "SIGHUP" else "daemon_stopped"
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            events.append(strict_json(line))
+            if events[-1]["event"] == wanted:
+                break
+        names = [e["event"] for e in events]
+        assert wanted in names, (names, proc.stderr.read() if proc.stderr else "")
+        assert "daemon_started" in names
+        early = next(e for e in events if e["event"] == "early_signal")
+        assert early["signal"] == signame
+        if signame == "SIGHUP":
+            assert proc.poll() is None, "the daemon died of an early SIGHUP"
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
