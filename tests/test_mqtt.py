@@ -22,6 +22,7 @@ from asd_edge.backoff import Backoff
 from asd_edge.config import HomeAssistantConfig, MqttConfig, OutboxConfig, TlsConfig
 from asd_edge.errors import ConfigError
 from asd_edge.mqtt import CommandRouter, MqttLink
+from asd_edge.mqtt.commands import RETAINED_REASON
 from asd_edge.mqtt.connection import RECONNECT_JITTER
 from devkit.broker import HOST, Broker, free_port
 
@@ -518,6 +519,41 @@ class TestState:
 
 
 class TestCommands:
+    def test_a_retained_command_is_refused_once_and_never_run(
+        self, mqtt_broker: Broker, make_link: LinkFactory
+    ) -> None:
+        """A command left retained on the broker (which replays it at every subscription):
+        refused once with the reason, never executed, not answered again when the link
+        subscribes anew; a live command still runs."""
+        pings: list[str | None] = []
+        router = CommandRouter({"ping": lambda cmd: pings.append(cmd.id)})
+        publisher = mqtt_broker.client()
+        publisher.connect(HOST, mqtt_broker.port)
+        publisher.loop_start()
+        try:
+            info = publisher.publish("asd/dev1/cmd/ping", b'{"id": "kept"}', qos=1, retain=True)
+            info.wait_for_publish(timeout=10)
+            sub = mqtt_broker.subscriber("asd/dev1/cmd_result")
+            first = make_link(mqtt_broker, on_command=router, start=False)
+            router.reply = first.publish_command_result
+            first.start()
+            (reply,) = [json.loads(m.payload) for m in sub.wait_for("asd/dev1/cmd_result")]
+            assert reply["id"] == "kept" and reply["ok"] is False
+            assert reply["error"] == RETAINED_REASON
+            first.stop(timeout_s=2.0)
+            second = make_link(mqtt_broker, on_command=router, start=False)
+            router.reply = second.publish_command_result
+            second.start()  # subscribes anew: the broker replays the retained command
+            wait_until(lambda: router.received == 2, what="the retained command again")
+            live = publisher.publish("asd/dev1/cmd/ping", b'{"id": "live"}', qos=1)
+            live.wait_for_publish(timeout=10)
+            wait_until(lambda: pings == ["live"], what="the live ping to run")
+            replies = [json.loads(m.payload) for m in sub.messages]
+            assert [(r["id"], r["ok"]) for r in replies] == [("kept", False), ("live", True)]
+        finally:
+            publisher.loop_stop()
+            publisher.disconnect()
+
     def test_fuzzed_commands_are_rejected_and_ping_still_works(
         self, mqtt_broker: Broker, make_link: LinkFactory
     ) -> None:

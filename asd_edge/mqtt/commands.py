@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -18,6 +19,7 @@ __all__ = [
     "COMMANDS",
     "MAX_COMMAND_BYTES",
     "Command",
+    "CommandHandler",
     "CommandRouter",
     "CommandSpec",
     "Handler",
@@ -33,6 +35,14 @@ MAX_ID_CHARS: Final = 128
 """Longest request id echoed back in a reply."""
 _SHOWN_CHARS: Final = 64
 """How much of an unknown command name is repeated in logs and replies."""
+RETAINED_REASON: Final = (
+    "retained: a command published with the retain flag is never executed (the broker "
+    "would replay it at every reconnect); publish it without retain, and clear the "
+    "retained one with an empty retained message on its topic"
+)
+"""The answer to a retained command (given once per message while the daemon runs)."""
+RETAINED_REMEMBERED: Final = 256
+"""Retained commands remembered as answered (the oldest is forgotten beyond this)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,14 +187,22 @@ def parse_command(
     return Command(name=suffix, id=request_id, args=args)
 
 
+CommandHandler = Callable[[str, bytes, bool], None]
+"""What the link calls for each ``<prefix>/cmd/<suffix>`` message: (suffix, payload,
+retained); ``CommandRouter`` is the daemon's."""
+
+
 class CommandRouter:
     """Parses each ``cmd/...`` message, runs its handler and replies; nothing ever escapes.
 
-    Call it as ``router(suffix, payload)`` (MqttLink's ``on_command``). Every
+    Call it as ``router(suffix, payload, retained)`` (MqttLink's ``on_command``). Every
     message gets one reply through ``reply`` (e.g. ``MqttLink.publish_command_result``):
     ``{"command", "id", "ok", "error"}`` plus ``"result"`` when the handler returns one.
     A malformed message or a failing handler is logged as ``command_rejected`` and
     counted in ``rejected``. ``ping`` is built in unless ``handlers`` overrides it.
+    A *retained* message (the broker replays it at every subscription) is never run:
+    it is refused with ``RETAINED_REASON`` the first time this router sees it, and
+    passed over silently when the broker replays it again.
     """
 
     def __init__(
@@ -201,11 +219,15 @@ class CommandRouter:
         self.received = 0
         self.handled = 0
         self.rejected = 0
+        self._retained_seen: dict[bytes, None] = {}  # digests, oldest first
 
-    def __call__(self, suffix: str, payload: bytes) -> None:
+    def __call__(self, suffix: str, payload: bytes, retained: bool = False) -> None:
         """Handle one message from ``<prefix>/cmd/<suffix>``; never raises."""
         self.received += 1
         try:
+            if retained:
+                self._refuse_retained(suffix, payload)
+                return
             self._handle(suffix, payload)
         except Exception as exc:  # supervisor boundary: nothing reaches paho
             self._reject(
@@ -256,6 +278,16 @@ class CommandRouter:
         if result is not None:
             answer["result"] = dict(result)
         self._send(answer)
+
+    def _refuse_retained(self, suffix: str, payload: bytes) -> None:
+        key = hashlib.sha256(suffix.encode("utf-8", "replace") + b"\0" + payload).digest()
+        if key in self._retained_seen:
+            log.debug("command_retained_again", command=_shown(suffix))
+            return
+        self._retained_seen[key] = None
+        if len(self._retained_seen) > RETAINED_REMEMBERED:
+            del self._retained_seen[next(iter(self._retained_seen))]
+        self._reject(_shown(suffix), _peek_id(payload), RETAINED_REASON, size=len(payload))
 
     def _reject(
         self,

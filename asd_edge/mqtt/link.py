@@ -10,7 +10,7 @@ from typing import Any, Final
 import structlog
 
 from ..config import MqttConfig, OutboxConfig
-from .commands import CommandRouter
+from .commands import CommandHandler, CommandRouter
 from .delivery import MAX_INFLIGHT
 from .messages import Discovery, LinkMessage, ReleaseAlert, Retain, Score, Send, SubmitAlert
 from .thread import LinkThread
@@ -70,7 +70,7 @@ class MqttLink:
         device_id: str,
         outbox_path: Path,
         outbox: OutboxConfig,
-        on_command: Callable[[str, bytes], None] | None = None,
+        on_command: CommandHandler | None = None,
         fleet_prefix: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
@@ -100,12 +100,13 @@ class MqttLink:
         )
 
     @property
-    def on_command(self) -> Callable[[str, bytes], None] | None:
-        """Called on the link thread with (command, payload) for each <prefix>/cmd/<command>."""
+    def on_command(self) -> CommandHandler | None:
+        """Called on the link thread with (command, payload, retained) for each
+        <prefix>/cmd/<command> (``retained``: the broker replayed a retained message)."""
         return self._link_thread.on_command
 
     @on_command.setter
-    def on_command(self, handler: Callable[[str, bytes], None] | None) -> None:
+    def on_command(self, handler: CommandHandler | None) -> None:
         self._link_thread.on_command = handler
 
     # --- the API (any thread) -----------------------------------------------------------

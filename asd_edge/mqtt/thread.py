@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import MqttConfig, OutboxConfig
 from .backlog import Backlog
 from .client import build_client
+from .commands import CommandHandler
 from .connection import Connection
 from .delivery import MAX_INFLIGHT, Delivery
 from .messages import (
@@ -65,7 +66,7 @@ class LinkThread:
         client_id: str,
         outbox_path: Path,
         outbox: OutboxConfig,
-        on_command: Callable[[str, bytes], None] | None,
+        on_command: CommandHandler | None,
         clock: Callable[[], float],
         seed: int | None,
         max_inflight: int = MAX_INFLIGHT,
@@ -303,7 +304,7 @@ class LinkThread:
         if command is not None and self.on_command is not None:
             self._counts["commands_received"] += 1
             try:
-                self.on_command(command, bytes(message.payload))
+                self.on_command(command, bytes(message.payload), bool(message.retain))
             except Exception as exc:  # a handler's error must not reach paho
                 self._counts["commands_failed"] += 1
                 log.error(
