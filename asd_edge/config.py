@@ -144,6 +144,11 @@ class PushConfig:
     )
     """Prefix whose cmd/model and cmd/model/rollback reach every device (``push --all``);
     None: only this device's own prefix."""
+    max_clock_skew_s: float = field(default=300.0, metadata={"min": 0.0, "max": 86400.0})
+    """A push or rollback whose ``issued_at`` lies more than this ahead of the device's
+    clock is refused: accepted, it would make every later request look like a replay.
+    A device whose clock is wrong (no RTC, before NTP has synchronised) refuses every
+    push until its clock is set, and says so."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

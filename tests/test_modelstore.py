@@ -386,6 +386,38 @@ class TestPush:
         folder = rig.state_dir / "models" / "pump"
         assert (folder / "active.onnx").read_bytes() == rig.models["v2"]
 
+    def test_a_push_dated_ahead_of_the_device_clock_is_refused(self, rig: Rig) -> None:
+        """A push issued a year ahead of the device's clock is refused with the reason (were
+        it accepted, every later push would be a replay); the store is untouched and the
+        next push of today is accepted. Within push.max_clock_skew_s is fine."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager, _ = rig.manager(config)
+        ahead = rig.push(rig.models["v2"], issued_at="2099-01-01T00:00:00.000Z")
+        submit(manager, ahead)
+        refusal = one_refusal(manager)
+        assert refusal.reason.startswith("issued_at: 2099-01-01T00:00:00.000Z is ")
+        assert "ahead of this device's clock" in refusal.reason
+        assert "push.max_clock_skew_s (300 s)" in refusal.reason
+        assert refusal.monitor == "pump"
+        submit(manager, rig.push(rig.models["v3"]))  # dated 2026-11-21: before the clock
+        assert one_swap(manager).detector.sha256 == sha(rig.models["v3"])
+
+    def test_a_device_whose_clock_is_not_set_refuses_pushes_and_says_why(self, rig: Rig) -> None:
+        """A board without a real-time clock, before NTP (its clock near 1970): a push of
+        today lies decades ahead of it, and the reply says to set the clock."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager = ModelManager(rig.state_dir, device_id=DEVICE, wall_clock=lambda: 86400.0)
+        rig.managers.append(manager)
+        manager.load(config)
+        manager.set_capture(CAPTURE_RATE, RING_S)
+        manager.start()
+        submit(manager, rig.push(rig.models["v2"]))
+        refusal = one_refusal(manager)
+        assert "ahead of this device's clock (1970-01-02T00:00:00.000Z)" in refusal.reason
+        assert refusal.reason.endswith(
+            "set the clock of the signer or of the device (NTP) and push again"
+        )
+
     def test_a_device_with_several_monitors_needs_a_name(self, rig: Rig) -> None:
         """Without a monitor field, a two-monitor device refuses; named, it swaps that one."""
         config = rig.config(

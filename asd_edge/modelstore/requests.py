@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..config import Config, PushConfig
 from ..errors import ConfigError, KeyFileError, Refused
+from ..jsonvalues import iso_utc
 from .files import ModelRecord
 from .slot import ModelSlot
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stay
 __all__ = [
     "COMMAND_SOURCES",
     "CheckedRequest",
+    "check_not_ahead",
     "check_replay",
     "check_request",
     "is_duplicate",
@@ -100,6 +103,20 @@ def check_replay(monitor: str, issued_at: str, last_issued_at: str | None) -> No
         raise Refused(
             f"issued_at: {issued_at} is not later than the last accepted push or rollback "
             f"of monitor {monitor!r} ({last_issued_at}): a replay is refused",
+            monitor=monitor,
+        )
+
+
+def check_not_ahead(issued_at: str, now_s: float, max_ahead_s: float, monitor: str) -> None:
+    """Refused when ``issued_at`` lies more than ``max_ahead_s`` ahead of the device's clock
+    (``now_s``, epoch seconds): the signer's clock or this device's is wrong."""
+    moment = datetime.strptime(issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    ahead_s = moment.timestamp() - now_s
+    if ahead_s > max_ahead_s:
+        raise Refused(
+            f"issued_at: {issued_at} is {ahead_s:.0f} s ahead of this device's clock "
+            f"({iso_utc(now_s)}), more than push.max_clock_skew_s ({max_ahead_s:g} s): "
+            "set the clock of the signer or of the device (NTP) and push again",
             monitor=monitor,
         )
 

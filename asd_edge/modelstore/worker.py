@@ -14,7 +14,13 @@ from ..detector import Detector
 from ..errors import ModelError, Refused, Unfit
 from .checks import validate_candidate
 from .files import HeldFile, ModelRecord, StatKey, close_held, stat_key
-from .requests import COMMAND_SOURCES, check_replay, check_request, pick_monitor
+from .requests import (
+    COMMAND_SOURCES,
+    check_not_ahead,
+    check_replay,
+    check_request,
+    pick_monitor,
+)
 from .shared import SUPERSEDED, SharedState, Swap, SwapSource, _Command, _Discard, _Job, _Pending
 from .slot import ModelSlot, new_record
 
@@ -192,6 +198,7 @@ class ModelWorker:
             key=key,
         )
         monitor = pick_monitor(request.monitor, names)
+        check_not_ahead(request.issued_at, shared.wall(), config.push.max_clock_skew_s, monitor)
         with shared.lock:
             slot = shared.slots[monitor]
             check_replay(monitor, request.issued_at, slot.last_issued_at)
