@@ -18,7 +18,7 @@ from .detector import Detector
 from .errors import ConfigError, ModelError
 from .filesource import FileSource
 from .modelstore import ModelManager
-from .mqtt import Command, CommandRouter, MqttLink, command_specs
+from .mqtt import Command, CommandRouter, MqttLink, command_specs, max_message_bytes
 
 __all__ = [
     "REPLAY_PREFIX",
@@ -142,6 +142,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
             outbox=config.outbox,
             on_command=router,
             fleet_prefix=config.push.fleet_prefix,
+            max_message_bytes=max_message_bytes(router.commands),
         )
         router.reply = link.publish_command_result
     store = recorder = None

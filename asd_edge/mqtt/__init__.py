@@ -16,8 +16,16 @@ work happens on the link thread:
 - ``commands``: ``<prefix>/cmd/<name>`` messages parsed, checked and dispatched.
 """
 
-from .commands import Command, CommandRouter, command_specs
+from .commands import Command, CommandRouter, command_specs, max_message_bytes
 from .link import MqttLink
 from .topics import Topics, encode_json
 
-__all__ = ["Command", "CommandRouter", "MqttLink", "Topics", "command_specs", "encode_json"]
+__all__ = [
+    "Command",
+    "CommandRouter",
+    "MqttLink",
+    "Topics",
+    "command_specs",
+    "encode_json",
+    "max_message_bytes",
+]

@@ -17,25 +17,90 @@ from paho.mqtt.properties import Properties
 from ..config import MqttConfig
 from ..errors import ConfigError
 
-__all__ = ["SESSION_EXPIRY_S", "build_client", "read_password", "tls_context"]
+__all__ = [
+    "HEAD_BYTES",
+    "RECV_CHUNK",
+    "SESSION_EXPIRY_S",
+    "BoundedClient",
+    "build_client",
+    "read_password",
+    "tls_context",
+]
 
 SESSION_EXPIRY_S: Final = 86400
 """MQTT 5: how long the broker keeps the session (subscriptions, queued commands) offline."""
 
 
+RECV_CHUNK: Final = 1 << 16
+"""Most bytes read from the socket at once (paho asks for a whole packet's size at once,
+which allocates that much however little has arrived)."""
+HEAD_BYTES: Final = 70_000
+"""What is kept of an oversized PUBLISH: its topic (at most 65,535 bytes), packet id and
+properties, and the start of its payload (where a command's ``id`` usually is)."""
+_PUBLISH: Final = 0x30
+
+
+class _Head(bytearray):
+    """A packet buffer that keeps its first ``HEAD_BYTES`` and only counts the rest."""
+
+    def __iadd__(self, data: Any) -> _Head:  # type: ignore[misc]  # paho appends with +=
+        room = HEAD_BYTES - len(self)
+        if room > 0:
+            self.extend(memoryview(data)[:room])
+        return self
+
+
+class BoundedClient(Client):
+    """paho's client, reading in bounded chunks and never holding more than
+    ``max_packet_bytes`` (plus ``HEAD_BYTES``) of one incoming packet.
+
+    A PUBLISH larger than ``max_packet_bytes`` is read and thrown away as it arrives;
+    only its head is kept, so paho still decodes its topic and packet id, calls
+    ``on_message`` (whose handler must look at ``oversized``: the payload it sees is
+    cut) and acknowledges it, so the broker never delivers it again. Relies on paho
+    2.x's ``_sock_recv`` and ``_in_packet`` (pinned below 3 in pyproject.toml; the
+    real-broker test of an oversized message guards it).
+    """
+
+    def __init__(self, *args: Any, max_packet_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_packet_bytes = max_packet_bytes
+        self.oversized: int | None = None
+        """The real size of the PUBLISH being delivered when it was cut; None otherwise."""
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        packet = self._in_packet
+        if packet["have_remaining"] and not isinstance(packet["packet"], _Head):
+            size = packet["remaining_length"]
+            if size > self.max_packet_bytes and packet["command"] & 0xF0 == _PUBLISH:
+                packet["packet"] = _Head(packet["packet"])
+                self.oversized = size
+        elif not packet["have_remaining"] and packet["command"] == 0:
+            self.oversized = None  # a new packet begins
+        return super()._sock_recv(min(bufsize, RECV_CHUNK))
+
+
 def build_client(
-    cfg: MqttConfig, *, client_id: str, will_topic: str, will_payload: bytes
-) -> Client:
+    cfg: MqttConfig,
+    *,
+    client_id: str,
+    will_topic: str,
+    will_payload: bytes,
+    max_packet_bytes: int,
+) -> BoundedClient:
     """A client with a persistent session and a retained will, set to connect on ``reconnect``.
+    No incoming packet larger than ``max_packet_bytes`` is held (``BoundedClient``); with
+    MQTT 5 the broker is told so at CONNECT (Maximum Packet Size) and does not send one.
 
     Raises ConfigError for credentials or TLS files that cannot be read, naming the key.
     """
     v5 = cfg.protocol == "5"
-    client = Client(
+    client = BoundedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=MQTTv5 if v5 else MQTTv311,
         clean_session=None if v5 else False,
+        max_packet_bytes=max_packet_bytes,
     )
     client.will_set(will_topic, will_payload, qos=1, retain=True)
     password = cfg.password
@@ -52,6 +117,7 @@ def build_client(
     if v5:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties.MaximumPacketSize = max_packet_bytes
     client.connect_async(
         cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=properties
     )

@@ -24,7 +24,9 @@ __all__ = [
     "CommandSpec",
     "Handler",
     "command_specs",
+    "max_message_bytes",
     "parse_command",
+    "peek_id",
 ]
 
 log = structlog.get_logger()
@@ -41,6 +43,8 @@ RETAINED_REASON: Final = (
     "retained one with an empty retained message on its topic"
 )
 """The answer to a retained command (given once per message while the daemon runs)."""
+TOPIC_ROOM_BYTES: Final = 64 * 1024
+"""Room for a message's topic and properties beside its payload (``max_message_bytes``)."""
 RETAINED_REMEMBERED: Final = 256
 """Retained commands remembered as answered (the oldest is forgotten beyond this)."""
 
@@ -105,6 +109,12 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
     }
 
 
+def max_message_bytes(commands: Mapping[str, CommandSpec]) -> int:
+    """The largest message the link reads whole: the largest command payload plus room
+    for its topic and MQTT 5 properties."""
+    return max(spec.max_bytes for spec in commands.values()) + TOPIC_ROOM_BYTES
+
+
 Handler = Callable[[Command], Mapping[str, Any] | None]
 """Carries out one command; may return a result mapping that goes into the reply."""
 
@@ -124,14 +134,14 @@ def parse_command(
     if spec is None:
         known = ", ".join(sorted(commands))
         raise CommandError(
-            f"unknown command {shown!r}; known: {known}", command=shown, id=_peek_id(payload)
+            f"unknown command {shown!r}; known: {known}", command=shown, id=peek_id(payload)
         )
     limit = spec.max_bytes if spec.bulk else min(spec.max_bytes, MAX_COMMAND_BYTES)
     if len(payload) > limit:
         raise CommandError(
             f"payload too large: {len(payload)} bytes, at most {limit}",
             command=suffix,
-            id=_peek_id(payload),
+            id=peek_id(payload),
         )
     if not payload.strip():
         data: object = {}
@@ -287,7 +297,7 @@ class CommandRouter:
         self._retained_seen[key] = None
         if len(self._retained_seen) > RETAINED_REMEMBERED:
             del self._retained_seen[next(iter(self._retained_seen))]
-        self._reject(_shown(suffix), _peek_id(payload), RETAINED_REASON, size=len(payload))
+        self._reject(_shown(suffix), peek_id(payload), RETAINED_REASON, size=len(payload))
 
     def _reject(
         self,
@@ -358,7 +368,7 @@ _LEADING_ID = re.compile(rb'^\s*\{\s*"id"\s*:\s*"([^"\\]{1,128})"')
 """An ``id`` written first in a JSON object (``asd-train push`` does): found without parsing."""
 
 
-def _peek_id(payload: bytes) -> str | None:
+def peek_id(payload: bytes) -> str | None:
     """The request id of a payload that will be refused anyway, so that the reply can
     still name it; None when there is no usable one. A payload too large to parse is
     searched for a leading ``"id"`` only."""

@@ -13,7 +13,7 @@ from ..config import MqttConfig, OutboxConfig
 from .commands import CommandHandler, CommandRouter
 from .delivery import MAX_INFLIGHT
 from .messages import Discovery, LinkMessage, ReleaseAlert, Retain, Score, Send, SubmitAlert
-from .thread import LinkThread
+from .thread import MAX_MESSAGE_BYTES, LinkThread
 from .topics import Topics, encode_json
 
 __all__ = ["MqttLink"]
@@ -32,6 +32,7 @@ _COUNTERS: Final = (
     "replies_dropped",
     "commands_received",
     "commands_failed",
+    "messages_oversized",
     "outbox_depth",
     "dropped_rows",
     "dropped_age",
@@ -75,6 +76,7 @@ class MqttLink:
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
         max_inflight: int = MAX_INFLIGHT,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.config = config
         self.device_id = device_id
@@ -97,6 +99,7 @@ class MqttLink:
             clock=clock,
             seed=seed,
             max_inflight=max_inflight,
+            max_message_bytes=max_message_bytes,
         )
 
     @property

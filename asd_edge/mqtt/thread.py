@@ -22,7 +22,7 @@ from .. import __version__
 from ..config import MqttConfig, OutboxConfig
 from .backlog import Backlog
 from .client import build_client
-from .commands import CommandHandler
+from .commands import CommandHandler, peek_id
 from .connection import Connection
 from .delivery import MAX_INFLIGHT, Delivery
 from .messages import (
@@ -38,10 +38,13 @@ from .messages import (
 )
 from .topics import Topics, encode_json
 
-__all__ = ["WAKE_S", "LinkThread"]
+__all__ = ["MAX_MESSAGE_BYTES", "WAKE_S", "LinkThread"]
 
 log = structlog.get_logger()
 
+MAX_MESSAGE_BYTES: Final = 1 << 20
+"""The largest incoming message read whole when the caller sets none (``max_message_bytes``
+gives the daemon's: its largest push)."""
 WAKE_S: Final = 1.0
 """Longest sleep of the link thread (keep-alive and timers are checked at least this often)."""
 
@@ -70,8 +73,10 @@ class LinkThread:
         clock: Callable[[], float],
         seed: int | None,
         max_inflight: int = MAX_INFLIGHT,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.config = config
+        self.max_message_bytes = max_message_bytes
         self.device_id = device_id
         self.topics = topics
         self.client_id = client_id
@@ -106,7 +111,7 @@ class LinkThread:
         # State of the link thread (only it writes these).
         self._stop_timeout_s = 5.0
         self._offline_mid: int | None = None
-        self._counts = {"commands_received": 0, "commands_failed": 0}
+        self._counts = {"commands_received": 0, "commands_failed": 0, "messages_oversized": 0}
 
     # --- any thread -----------------------------------------------------------------------
 
@@ -169,6 +174,7 @@ class LinkThread:
             client_id=self.client_id,
             will_topic=self.topics.status,
             will_payload=self._status("offline", reason="connection_lost"),
+            max_packet_bytes=self.max_message_bytes,
         )
         self.connection.attach(client)
         client.on_publish = self._on_publish
@@ -298,9 +304,13 @@ class LinkThread:
             self._offline_mid = None
         self.delivery.acknowledged(mid, reason)
 
-    def _on_message(self, _c: Client, _u: Any, message: MQTTMessage) -> None:
+    def _on_message(self, client: Client, _u: Any, message: MQTTMessage) -> None:
         topic = message.topic
         command = self.topics.command_name(topic)
+        oversized = getattr(client, "oversized", None)
+        if oversized is not None:  # cut while it arrived: refuse it (paho acknowledges it)
+            self._refuse_oversized(topic, command, bytes(message.payload), oversized)
+            return
         if command is not None and self.on_command is not None:
             self._counts["commands_received"] += 1
             try:
@@ -317,6 +327,21 @@ class LinkThread:
             and message.payload == b"online"
         ):
             self.backlog.rediscover()
+
+    def _refuse_oversized(self, topic: str, command: str | None, head: bytes, size: int) -> None:
+        """An incoming message larger than ``max_message_bytes``: counted, logged, answered
+        on ``cmd_result`` when it was a command; it is never run nor delivered again."""
+        self._counts["messages_oversized"] += 1
+        reason = (
+            f"too large: {size} bytes, more than the {self.max_message_bytes} this device "
+            "reads (push.max_mb sets the largest push)"
+        )
+        log.warning("message_oversized", topic=topic[:128], size=size, limit=self.max_message_bytes)
+        if command is None:
+            return
+        answer = {"command": command[:64], "id": peek_id(head), "ok": False, "error": reason}
+        live = self._client if self.connection.connected else None
+        self.backlog.send(live, self.topics.command_result, encode_json(answer), "replies")
 
     def _shutdown(self) -> None:
         """Status offline (retained), wait for it and the alerts in flight, then disconnect."""
