@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import structlog
+
 from ..config import Config, PushConfig
 from ..errors import ConfigError, KeyFileError, Refused
 from ..jsonvalues import iso_utc
@@ -28,6 +30,8 @@ __all__ = [
     "outcome",
     "pick_monitor",
 ]
+
+log = structlog.get_logger()
 
 COMMAND_SOURCES: Final[Mapping[str, Literal["push", "rollback"]]] = {
     "model": "push",
@@ -97,21 +101,40 @@ def pick_monitor(name: str | None, monitors: Sequence[str]) -> str:
     return name
 
 
-def check_replay(monitor: str, issued_at: str, last_issued_at: str | None) -> None:
-    """Refused unless ``issued_at`` is later than the monitor's last accepted request."""
-    if last_issued_at is not None and issued_at <= last_issued_at:
-        raise Refused(
-            f"issued_at: {issued_at} is not later than the last accepted push or rollback "
-            f"of monitor {monitor!r} ({last_issued_at}): a replay is refused",
-            monitor=monitor,
+def check_replay(
+    monitor: str,
+    issued_at: str,
+    last_issued_at: str | None,
+    *,
+    now_s: float,
+    max_skew_s: float,
+) -> None:
+    """Refused unless ``issued_at`` is later than the monitor's last accepted request.
+
+    One exception recovers a device whose replay marker lies in the future (a push
+    accepted while the signer's or the device's clock was wrong): while the marker is
+    more than ``max_skew_s`` ahead of the device's clock (``now_s``), a request issued
+    within ``max_skew_s`` of that clock is accepted and becomes the new marker. Only the
+    key holder can sign one, and an old signed request is not fresh, so a replay still
+    fails."""
+    if last_issued_at is None or issued_at > last_issued_at:
+        return
+    if _epoch(last_issued_at) - now_s > max_skew_s and abs(_epoch(issued_at) - now_s) <= max_skew_s:
+        log.warning(
+            "replay_marker_reset", monitor=monitor, marker=last_issued_at, issued_at=issued_at
         )
+        return
+    raise Refused(
+        f"issued_at: {issued_at} is not later than the last accepted push or rollback "
+        f"of monitor {monitor!r} ({last_issued_at}): a replay is refused",
+        monitor=monitor,
+    )
 
 
 def check_not_ahead(issued_at: str, now_s: float, max_ahead_s: float, monitor: str) -> None:
     """Refused when ``issued_at`` lies more than ``max_ahead_s`` ahead of the device's clock
     (``now_s``, epoch seconds): the signer's clock or this device's is wrong."""
-    moment = datetime.strptime(issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    ahead_s = moment.timestamp() - now_s
+    ahead_s = _epoch(issued_at) - now_s
     if ahead_s > max_ahead_s:
         raise Refused(
             f"issued_at: {issued_at} is {ahead_s:.0f} s ahead of this device's clock "
@@ -119,6 +142,11 @@ def check_not_ahead(issued_at: str, now_s: float, max_ahead_s: float, monitor: s
             "set the clock of the signer or of the device (NTP) and push again",
             monitor=monitor,
         )
+
+
+def _epoch(issued_at: str) -> float:
+    """Epoch seconds of an ``issued_at`` (ISO 8601 UTC with milliseconds, as checked)."""
+    return datetime.strptime(issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def is_duplicate(

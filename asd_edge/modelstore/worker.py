@@ -198,10 +198,13 @@ class ModelWorker:
             key=key,
         )
         monitor = pick_monitor(request.monitor, names)
-        check_not_ahead(request.issued_at, shared.wall(), config.push.max_clock_skew_s, monitor)
+        now_s, skew_s = shared.wall(), config.push.max_clock_skew_s
+        check_not_ahead(request.issued_at, now_s, skew_s, monitor)
         with shared.lock:
             slot = shared.slots[monitor]
-            check_replay(monitor, request.issued_at, slot.last_issued_at)
+            check_replay(
+                monitor, request.issued_at, slot.last_issued_at, now_s=now_s, max_skew_s=skew_s
+            )
             previous = slot.state.previous
         files = slot.files
         with shared.disk_lock:
