@@ -354,8 +354,8 @@ class Daemon:
                     id=result.request_id,
                     reason=result.reason,
                 )
-        if results and self.link is not None:
-            self.link.publish_model(self.monitors.model_payload())
+        if results:  # the model topic, and discovery (Home Assistant names the model)
+            self.monitors.announce()
 
     def _reload(self) -> None:
         """SIGHUP: load the configuration file again and apply it without stopping the

@@ -30,10 +30,14 @@ pytestmark = [pytest.mark.realaudio, pytest.mark.slow]
 MODEL_TOPIC = f"{PREFIX}/model"
 
 
-def level_model(path: Path, *, version: str, rate: int = RATE, threshold: float = -30.0) -> Path:
+def level_model(
+    path: Path, *, version: str, rate: int = RATE, threshold: float = -30.0, name: str = "level"
+) -> Path:
     from training.level import build_level_model, save_model
 
-    model = build_level_model(sample_rate=rate, threshold_dbfs=threshold, version=version)
+    model = build_level_model(
+        sample_rate=rate, threshold_dbfs=threshold, version=version, name=name
+    )
     return save_model(model, path)
 
 
@@ -93,7 +97,7 @@ def test_signed_push_refusals_restart_and_rollback(
     made = asd_train("keygen", "--out", str(keys))
     assert made.returncode == 0, made.stderr
     original = level_model(tmp_path / "v1.onnx", version="v1")
-    pushed = level_model(tmp_path / "v2.onnx", version="v2", threshold=-28.0)
+    pushed = level_model(tmp_path / "v2.onnx", version="v2", threshold=-28.0, name="pushed")
     wrong_rate = level_model(tmp_path / "v48k.onnx", version="v48k", rate=48000)
     burst = write_wav(tmp_path / "burst.wav", stream_with_bursts(4.0, [(1.0, 1.0)]), RATE)
     config = daemon_config(
@@ -104,7 +108,7 @@ def test_signed_push_refusals_restart_and_rollback(
         push={"key_file": str(keys / "device.key")},
     )
     broker_arg = f"{mqtt_broker.host}:{mqtt_broker.port}"
-    sub = mqtt_broker.subscriber(f"{PREFIX}/#")
+    sub = mqtt_broker.subscriber(f"{PREFIX}/#", "homeassistant/#")
     daemon = start_daemon(config, virtual_mic.env)
     try:
         daemon.wait_for("daemon_started", 20)
@@ -124,6 +128,14 @@ def test_signed_push_refusals_restart_and_rollback(
         assert (state["version"], state["source"]) == ("v2", "push")
         assert state["previous"]["version"] == "v1" and state["threshold"] == -28.0
         assert burst_alert(sub, virtual_mic, burst)["model"]["version"] == "v2"
+        # Home Assistant learns the new model's name too (discovery is sent again)
+        wait_until(
+            lambda: any(
+                b"model='pushed'" in m.payload for m in sub.messages if "config" in m.topic
+            ),
+            10,
+            "discovery naming the pushed model",
+        )
 
         # refusals, each with its reason; detection goes on with v2
         key = keyfiles.load_private_key(keys / "push.key")
