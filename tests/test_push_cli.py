@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -283,12 +284,30 @@ class TestPush:
         self, mqtt_broker: Broker, keys: tuple[Path, Path], level_model: Path
     ) -> None:
         """Nobody answers: exit 75 after --timeout, saying the device may be offline."""
+        offline = {"state": "offline", "device_id": "gone"}  # it connected once, long ago
+        mqtt_broker.publish("asd/gone/status", json.dumps(offline), retain=True)
         result = asd_train(
             "push", str(level_model), *broker_args(mqtt_broker), "--device", "gone",
             "--key", str(keys[0]), "--timeout", "1",
         )  # fmt: skip
         assert result.returncode == 75, result.stdout + result.stderr
         assert "may be offline" in result.stderr and "reconnects" in result.stderr
+
+    def test_a_device_that_never_connected_is_named_and_nothing_is_sent(
+        self, mqtt_broker: Broker, keys: tuple[Path, Path], level_model: Path
+    ) -> None:
+        """A typo in --device: no retained status under its prefix, so exit 68 at once
+        naming the device and the topic, and no command is left queued on the broker."""
+        commands = mqtt_broker.subscriber("asd/+/cmd/#")
+        result = asd_train(
+            "push", str(level_model), *broker_args(mqtt_broker), "--device", "presss-1",
+            "--key", str(keys[0]), "--timeout", "10",
+        )  # fmt: skip
+        assert result.returncode == 68, result.stdout + result.stderr
+        assert "no device 'presss-1' on this broker" in result.stderr
+        assert "asd/presss-1/status" in result.stderr and "nothing was published" in result.stderr
+        time.sleep(0.5)
+        assert commands.messages == []
 
     def test_unreachable_broker(self, keys: tuple[Path, Path], level_model: Path) -> None:
         """No broker on the port: exit 69 naming the broker."""

@@ -7,6 +7,7 @@ __all__ = [
     "EXIT_CODES",
     "EXIT_DATA",
     "EXIT_FAILED",
+    "EXIT_NOHOST",
     "EXIT_NOINPUT",
     "EXIT_OK",
     "EXIT_SOFTWARE",
@@ -31,6 +32,8 @@ EXIT_SOFTWARE = 70
 """EX_SOFTWARE: internal error, or an export whose ONNX disagrees with the framework."""
 EXIT_UNAVAILABLE = 69
 """EX_UNAVAILABLE: a service (broker, tracker) could not be reached."""
+EXIT_NOHOST = 68
+"""EX_NOHOST: no such device on the broker (it never left a retained status there)."""
 EXIT_CANTCREAT = 73
 """EX_CANTCREAT: an output file cannot be created (or exists and --force was not given)."""
 EXIT_TEMPFAIL = 75

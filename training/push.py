@@ -23,6 +23,7 @@ from asd_edge.modelstore import load_private_key, push_message, rollback_message
 from .errors import (
     EXIT_DATA,
     EXIT_FAILED,
+    EXIT_NOHOST,
     EXIT_NOINPUT,
     EXIT_OK,
     EXIT_TEMPFAIL,
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 DISCOVER_S: Final = 1.0
+STATUS_WAIT_S: Final = 0.5
+"""How long the retained ``<prefix>/status`` of the one device asked may take to arrive."""
 """--all: how long retained ``<base>/+/status`` messages are collected."""
 
 EXIT_CODES: Final = """exit codes:
@@ -50,6 +53,8 @@ EXIT_CODES: Final = """exit codes:
   65  the model would be refused by the daemon's own loader (the reason is printed), or the
       key file is not an Ed25519 private key
   66  the model, key, password or CA file does not exist or cannot be read
+  68  no such device: no retained status on <prefix>/status, so it never connected to
+      this broker (a typo in --device or --prefix); nothing was published
   69  the broker cannot be reached or refused the connection; --all found no device
   75  no answer in time: the device may be offline (EX_TEMPFAIL); its persistent session
       still receives the command when it reconnects
@@ -178,8 +183,17 @@ def exchange(args: argparse.Namespace, *, command: str, build: Builder) -> int:
             topic, target = f"{args.fleet_prefix}/cmd/{command}", "*"
         else:
             prefix = args.prefix or f"asd/{args.device}"
-            session.subscribe([f"{prefix}/model", f"{prefix}/cmd_result"])
-            devices = {prefix: (args.device, True)}
+            session.subscribe([f"{prefix}/status", f"{prefix}/model", f"{prefix}/cmd_result"])
+            seen = session.devices(settle_s=STATUS_WAIT_S).get(prefix)
+            if seen is None:
+                return _fail(
+                    args,
+                    f"no device {args.device!r} on this broker: no retained status on "
+                    f"{prefix}/status (every asd-edge that connected once leaves one); "
+                    "check --device or --prefix; nothing was published",
+                    EXIT_NOHOST,
+                )
+            devices = {prefix: (args.device, True)}  # offline: its session still gets it
             topic, target = f"{prefix}/cmd/{command}", args.device
         payload = json.dumps(build(request_id, target), separators=(",", ":")).encode()
         say(f"publishing {_size(len(payload))} on {topic} (request {request_id})")
