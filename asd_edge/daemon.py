@@ -47,8 +47,16 @@ EXIT_SOFTWARE = 70
 EXIT_CONFIG = 78
 """sysexits EX_CONFIG: bad configuration or model; systemd should not restart-loop."""
 
-POLL_S = 0.05
-"""How often the loop wakes to look for completed windows (bounds the added latency)."""
+MAX_SLEEP_S = 0.25
+"""Longest sleep of the loop: input health, the watchdog, clip copying and a reload or
+health request are looked at least this often."""
+MIN_SLEEP_S = 0.02
+"""Shortest sleep: when a window is due but the block holding its last sample has not
+arrived yet (PortAudio delivers whole blocks), the loop looks again this soon."""
+DUE_MARGIN_S = 0.002
+"""Slack after the moment a window's audio is due, for the block to land in the ring."""
+LATE_S = 0.05
+"""A wake this much later than planned counts in ``ticks.skipped_wakes`` (a busy CPU)."""
 STOP_TIMEOUT_S = 5.0
 """How long shutdown waits for the clip writer and for the broker to take the last messages."""
 
@@ -237,8 +245,12 @@ class Daemon:
         next_wake = self._clock()
         next_report = next_wake + interval_s
         self.liveness.start(next_wake)
+        assert self.monitors is not None
+        monitors = self.monitors
         while not self._stop.is_set():
             now = self._clock()
+            if now - next_wake > LATE_S:  # woke late: a busy CPU
+                telemetry.skipped_wakes += 1
             try:
                 self.source.poll(now)
             except AudioError as exc:
@@ -265,13 +277,14 @@ class Daemon:
                 self._health_now.clear()
                 self._report_health()
                 next_report = now + interval_s
-            next_wake += POLL_S
+            # Sleep until the next window's audio is due, not on a fixed poll: an idle
+            # daemon wakes a few times a second, and a window is scored as it completes.
+            due_s = min((m.due_in_s() for m in monitors), default=MAX_SLEEP_S)
             now = self._clock()
-            if next_wake < now:  # late: skip the missed wakes rather than pile them up
-                missed = int((now - next_wake) // POLL_S) + 1
-                telemetry.skipped_wakes += missed
-                next_wake += missed * POLL_S
-            self._stop.wait(max(0.0, next_wake - now))
+            sleep_s = min(MAX_SLEEP_S, max(MIN_SLEEP_S, due_s + DUE_MARGIN_S))
+            sleep_s = min(sleep_s, max(MIN_SLEEP_S, next_report - now))
+            next_wake = now + sleep_s
+            self._stop.wait(sleep_s)
         return EXIT_OK
 
     def _tick_all(self, *, final: bool = False) -> bool:

@@ -227,6 +227,16 @@ class Monitor:
         """Capture-ring index of the next sample this monitor will consume."""
         return self._cursor
 
+    def due_in_s(self) -> float:
+        """Seconds until the capture ring holds all the audio of this monitor's next
+        window (the resampler's look-ahead included); 0 when it already does."""
+        missing = self._next_end - self._stream.written
+        if missing <= 0:
+            return 0.0
+        needed = missing * self.source_rate / self.model_rate + self._resampler.delay_in
+        waiting = self.source.written - self._cursor  # in the ring, not consumed yet
+        return max(0.0, (needed - waiting) / self.source_rate)
+
     def now_s(self) -> float:
         """Stream time of the newest audio this monitor has consumed."""
         return self.stream_time(self._stream.written)
