@@ -502,7 +502,12 @@ class TestCommands:
             live = publisher.publish("asd/dev1/cmd/ping", b'{"id": "live"}', qos=1)
             live.wait_for_publish(timeout=10)
             wait_until(lambda: pings == ["live"], what="the live ping to run")
-            replies = [json.loads(m.payload) for m in sub.messages]
+            # The handler runs before its reply is published: wait for the reply too. A
+            # second answer to the replay would have come before it.
+            replies = wait_until(
+                lambda: len(got := [json.loads(m.payload) for m in sub.messages]) >= 2 and got,
+                what="the live ping's reply",
+            )
             assert [(r["id"], r["ok"]) for r in replies] == [("kept", False), ("live", True)]
         finally:
             publisher.loop_stop()
