@@ -131,6 +131,11 @@ class Broker:
     ``users`` makes a password file (mosquitto_passwd) and refuses anonymous
     clients; ``tls`` serves TLS and requires a client certificate signed by the CA;
     ``persistence`` keeps sessions and queued messages across a stop/start.
+    ``acl_file`` is used as given (mosquitto's ``acl_file``: nothing it does not
+    allow is allowed); ``max_packet_size`` makes mosquitto disconnect a client that
+    sends a larger packet (none by default: a test sends 200 MB on purpose to check
+    the daemon's own guard); ``username_as_client_id`` is mosquitto's
+    ``use_username_as_clientid`` (a client cannot take another user's client id).
     """
 
     host = HOST
@@ -142,6 +147,9 @@ class Broker:
         users: dict[str, str] | None = None,
         tls: TlsFiles | None = None,
         persistence: bool = False,
+        acl_file: Path | None = None,
+        max_packet_size: int | None = None,
+        username_as_client_id: bool = False,
     ) -> None:
         check_tools()
         self.root = root
@@ -179,6 +187,12 @@ class Broker:
                 f"keyfile {tls.server_key}",
                 "require_certificate true",
             ]
+        if acl_file is not None:
+            lines.append(f"acl_file {acl_file}")
+        if max_packet_size is not None:
+            lines.append(f"max_packet_size {max_packet_size}")
+        if username_as_client_id:
+            lines.append("use_username_as_clientid true")
         self.config_path = root / "mosquitto.conf"
         self.config_path.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None

@@ -20,9 +20,12 @@ import pytest
 import structlog
 from support import REPO
 
+from asd_edge.config import MqttConfig, OutboxConfig
+from asd_edge.mqtt import MqttLink
+from asd_edge.mqtt.thread import MAX_MESSAGE_BYTES
 from devkit import Unavailable
 from devkit import vmic as _vmic
-from devkit.broker import Broker
+from devkit.broker import HOST, Broker
 from devkit.vmic import VirtualMic
 
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -99,6 +102,52 @@ def mqtt_broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 def mqtt_broker(mqtt_broker_factory: Callable[..., Broker]) -> Broker:
     """A running, anonymous mosquitto on a free port of 127.0.0.1."""
     return mqtt_broker_factory()
+
+
+@pytest.fixture
+def make_link(tmp_path: Path) -> Iterator[Callable[..., MqttLink]]:
+    """Build MqttLinks for a broker (or a port) with a fast back-off, as device ``name``
+    (prefix ``asd/<name>``, client id ``asd-edge-<name>``); ``cfg`` goes to MqttConfig,
+    ``fleet_prefix`` and ``max_message_bytes`` to MqttLink. All are stopped after the test."""
+    made: list[MqttLink] = []
+
+    def make(
+        broker: Broker | int,
+        *,
+        name: str = "dev1",
+        start: bool = True,
+        on_command: Callable[[str, bytes, bool], None] | None = None,
+        fleet_prefix: str | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        **cfg: Any,
+    ) -> MqttLink:
+        port = broker if isinstance(broker, int) else broker.port
+        settings: dict[str, Any] = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, **cfg}
+        config = MqttConfig(
+            host=HOST,
+            port=port,
+            topic_prefix=f"asd/{name}",
+            client_id=f"asd-edge-{name}",
+            **settings,
+        )
+        link = MqttLink(
+            config,
+            device_id=name,
+            outbox_path=tmp_path / f"{name}.sqlite",
+            outbox=OutboxConfig(),
+            on_command=on_command,
+            fleet_prefix=fleet_prefix,
+            seed=len(made),
+            max_message_bytes=max_message_bytes,
+        )
+        made.append(link)
+        if start:
+            link.start()
+        return link
+
+    yield make
+    for link in made:
+        link.stop(timeout_s=1.0)
 
 
 @pytest.fixture(scope="session")

@@ -10,16 +10,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from support.services import make_tls_files, wait_until
+from support.services import connected, make_tls_files, wait_until
 
 from asd_edge.backoff import Backoff
-from asd_edge.config import HomeAssistantConfig, MqttConfig, OutboxConfig, TlsConfig
+from asd_edge.config import HomeAssistantConfig, TlsConfig
 from asd_edge.errors import ConfigError
 from asd_edge.mqtt import CommandRouter, MqttLink
 from asd_edge.mqtt.commands import RETAINED_REASON
@@ -27,51 +26,6 @@ from asd_edge.mqtt.connection import RECONNECT_JITTER
 from devkit.broker import HOST, Broker, free_port
 
 LinkFactory = Callable[..., MqttLink]
-
-
-@pytest.fixture
-def make_link(tmp_path: Path) -> Iterator[LinkFactory]:
-    """Build MqttLinks for a broker (fast back-off); every one is stopped after the test."""
-    made: list[MqttLink] = []
-
-    def make(
-        broker: Broker | int,
-        *,
-        name: str = "dev1",
-        start: bool = True,
-        on_command: Callable[[str, bytes], None] | None = None,
-        **cfg: Any,
-    ) -> MqttLink:
-        port = broker if isinstance(broker, int) else broker.port
-        settings: dict[str, Any] = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, **cfg}
-        config = MqttConfig(
-            host=HOST,
-            port=port,
-            topic_prefix=f"asd/{name}",
-            client_id=f"asd-edge-{name}",
-            **settings,
-        )
-        link = MqttLink(
-            config,
-            device_id=name,
-            outbox_path=tmp_path / f"{name}.sqlite",
-            outbox=OutboxConfig(),
-            on_command=on_command,
-            seed=len(made),
-        )
-        made.append(link)
-        if start:
-            link.start()
-        return link
-
-    yield make
-    for link in made:
-        link.stop(timeout_s=1.0)
-
-
-def connected(link: MqttLink) -> MqttLink:
-    wait_until(lambda: link.connected, what="the link to connect")
-    return link
 
 
 def ids(messages: list) -> list[str]:
@@ -548,7 +502,12 @@ class TestCommands:
             live = publisher.publish("asd/dev1/cmd/ping", b'{"id": "live"}', qos=1)
             live.wait_for_publish(timeout=10)
             wait_until(lambda: pings == ["live"], what="the live ping to run")
-            replies = [json.loads(m.payload) for m in sub.messages]
+            # The handler runs before its reply is published: wait for the reply too. A
+            # second answer to the replay would have come before it.
+            replies = wait_until(
+                lambda: len(got := [json.loads(m.payload) for m in sub.messages]) >= 2 and got,
+                what="the live ping's reply",
+            )
             assert [(r["id"], r["ok"]) for r in replies] == [("kept", False), ("live", True)]
         finally:
             publisher.loop_stop()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -18,7 +18,17 @@ from devkit import daemonproc as _daemonproc
 from devkit.broker import TlsFiles
 from devkit.daemonproc import DaemonProcess
 
-__all__ = ["asd_edge_command", "asd_train", "make_tls_files", "start_daemon", "wait_until"]
+if TYPE_CHECKING:
+    from asd_edge.mqtt import MqttLink
+
+__all__ = [
+    "asd_edge_command",
+    "asd_train",
+    "connected",
+    "make_tls_files",
+    "start_daemon",
+    "wait_until",
+]
 
 
 def wait_until(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
@@ -27,6 +37,12 @@ def wait_until(condition: Callable[[], Any], timeout_s: float = 10.0, what: str 
         return _broker.wait_until(condition, timeout_s, what)
     except TimeoutError as exc:
         pytest.fail(str(exc))
+
+
+def connected(link: MqttLink) -> MqttLink:
+    """``link`` once it is connected to its broker; fails the test after 10 s."""
+    wait_until(lambda: link.connected, what="the link to connect")
+    return link
 
 
 def make_tls_files(root: Path) -> TlsFiles:
