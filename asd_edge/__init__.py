@@ -29,7 +29,8 @@ The wings::
                  swaps checked and stored (manager, worker, shared, slot, files, checks,
                  requests, signing, keyfiles)
     clips/       the audio around each event: recorded on the tick, written by a thread,
-                 kept within quota (types, recorder, writer, retention, spectrogram)
+                 kept within quota; what an alert says of its clip (types, recorder,
+                 writer, retention, status, spectrogram)
 
 The service::
 

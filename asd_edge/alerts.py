@@ -13,19 +13,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from .clips import ClipRecorder, ClipResult
+from .clips import ClipRecorder, ClipResult, clip_facts, found_clip
 from .decision import Event
 from .jsonvalues import iso_utc
 from .machine import MachineChange
 from .modelspec import BandsSpec, band_evidence
 from .ring import RingBuffer
 
-__all__ = ["AlertSink", "Alerts", "Link", "MonitorInfo", "new_alert_id"]
+__all__ = ["AlertSink", "Alerts", "Link", "MonitorInfo", "finish_previous_run", "new_alert_id"]
 
 log = structlog.get_logger()
-
-CLIP_LOST = "the daemon stopped before the clip was saved"
-"""The clip error of an end alert held by a daemon that was killed meanwhile."""
 
 
 class AlertSink(Protocol):
@@ -409,21 +406,9 @@ def _log_fields(
     }
 
 
-def clip_facts(result: ClipResult) -> dict[str, Any]:
-    """The ``clip`` object of an end alert: where the clip is, or why there is none."""
-    if result.path is None:
-        return {"path": None, "status": "skipped", "error": result.error}
-    return {
-        "path": str(result.path),
-        "status": "saved",
-        "duration_s": round(result.duration_s, 3),
-        "sha256": result.sha256,
-        "bytes": result.bytes,
-    }
-
-
-def lost_clip(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A held end alert left by a daemon that died before its clip was saved."""
-    clip = payload.get("clip") or {}
-    path = clip.get("path") if isinstance(clip, Mapping) else None
-    return {**payload, "clip": {"path": path, "status": "lost", "error": CLIP_LOST}}
+def finish_previous_run(link: Link) -> None:
+    """At start, before any new alert: finish what a daemon killed meanwhile left. Its held
+    end alerts go out with their clip as found on disk (``found_clip``)."""
+    for alert_id, phase, payload in link.held_alerts():
+        log.warning("held_alert_released", alert_id=alert_id, phase=phase)
+        link.release_alert(alert_id, phase, found_clip(payload))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from support.alerting import RATE, WALL, RecordingSink, filled_ring, info
 
-from asd_edge.alerts import CLIP_LOST, Alerts, lost_clip, new_alert_id
-from asd_edge.clips import ClipRecorder, ClipStore
+from asd_edge.alerts import Alerts, new_alert_id
+from asd_edge.clips import CLIP_LOST, ClipRecorder, ClipStore, lost_clip
 from asd_edge.config import ClipsConfig
 from asd_edge.decision import Event
 from asd_edge.jsonvalues import iso_utc
