@@ -52,6 +52,8 @@ class Link(AlertSink, Protocol):
 
     def held_alerts(self) -> list[tuple[str, str, dict[str, Any]]]: ...
 
+    def open_alerts(self) -> list[tuple[str, dict[str, Any]]]: ...
+
     def publish_health(self, payload: Mapping[str, Any]) -> None: ...
 
     def publish_model(self, payload: Mapping[str, Any]) -> None: ...
@@ -406,9 +408,33 @@ def _log_fields(
     }
 
 
+def interrupted_end(start: Mapping[str, Any]) -> dict[str, Any]:
+    """The end of an alert whose daemon was killed first: the start's payload, ``phase:
+    end``, ``status: interrupted``. ``ended_at`` is the last moment the daemon is known to
+    have run it, taken as the start's ``detected_at``: no heartbeat is written while an
+    alert is open (input and machine alerts can stay open for days), so the true end lies
+    between that and the restart, and ``duration_s`` is a lower bound. An anomaly's clip
+    is as the restart finds it (``found_clip``)."""
+    ended_at = start.get("detected_at") or start.get("started_at")
+    end = {**start, "phase": "end", "status": "interrupted", "ended_at": ended_at}
+    end.pop("detected_at", None)
+    try:
+        began = datetime.fromisoformat(str(start.get("started_at")))
+        lasted_s = (datetime.fromisoformat(str(ended_at)) - began).total_seconds()
+        end["duration_s"] = round(max(0.0, lasted_s), 3)
+    except (TypeError, ValueError):  # a start without its times: no duration to give
+        end["duration_s"] = None
+    return end if start.get("clip") is None else found_clip(end)
+
+
 def finish_previous_run(link: Link) -> None:
     """At start, before any new alert: finish what a daemon killed meanwhile left. Its held
-    end alerts go out with their clip as found on disk (``found_clip``)."""
+    end alerts go out with their clip as found on disk (``found_clip``); each alert it
+    started and never ended (anomaly, input or machine alike, recorded open by the
+    outbox) gets its end now, ``status: interrupted`` (``interrupted_end``)."""
     for alert_id, phase, payload in link.held_alerts():
         log.warning("held_alert_released", alert_id=alert_id, phase=phase)
         link.release_alert(alert_id, phase, found_clip(payload))
+    for alert_id, start in link.open_alerts():
+        log.warning("interrupted_alert_ended", alert_id=alert_id, type=start.get("type"))
+        link.submit_alert(alert_id, interrupted_end(start), phase="end")

@@ -207,7 +207,7 @@ class Daemon:
             self.clip_store.start()
         if self.link is not None:
             self.link.start()
-            # End alerts whose clip a killed daemon never finished: send them now.
+            # What a killed daemon left (held ends, alerts never ended), before any new alert.
             finish_previous_run(self.link)
 
     def _shutdown(self) -> None:

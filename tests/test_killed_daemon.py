@@ -7,15 +7,21 @@ hardware) to a real mosquitto, as a user's device would run it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from support.audio import write_wav
 from support.e2e import ALERT, RATE, alerts, daemon_config, stream_with_bursts
 from support.services import start_daemon, wait_until
 
+from asd_edge.clips import CLIP_LOST
 from devkit.broker import Broker
 from devkit.daemonproc import DaemonProcess
 
@@ -82,3 +88,127 @@ class TestHeldEnd:
         assert end["clip"]["duration_s"] == 3.0 and end["clip"]["sha256"]
         assert "status" not in end  # it did end before the kill: not interrupted
         assert restarted.events("clip_recovered")[0]["path"] == str(audio)
+
+
+def open_in_outbox(state: Path) -> list[str]:
+    """Ids the daemon's outbox records as open (started, not ended)."""
+    with sqlite3.connect(state / "outbox.sqlite") as db:
+        return [r[0] for r in db.execute("SELECT alert_id FROM open_alerts")]
+
+
+class TestInterrupted:
+    def test_an_event_cut_by_a_kill_is_ended_before_any_new_alert(
+        self, tmp_path: Path, level_model: Path, mqtt_broker: Broker
+    ) -> None:
+        """SIGKILL in the middle of an anomaly: its start was published, its end never was.
+        The restart sends that end first (same id, the start's facts, ``status:
+        interrupted``, ``ended_at`` the start's detection, the clip never written ``lost``),
+        before the alerts of the replay's new event; a clean stop leaves nothing open."""
+        stream = stream_with_bursts(40.0, [(1.5, 30.0)])
+        wav = write_wav(tmp_path / "stream.wav", stream, RATE)
+        config = daemon_config(tmp_path, mqtt_broker, level_model, f"file:{wav}")
+        sub = mqtt_broker.subscriber(ALERT)
+        daemon = start_daemon(config)
+        daemon.wait_for("daemon_started", 20)
+        alert_id = daemon.wait_for("anomaly_started", 20)["alert_id"]
+        wait_until(lambda: has_alert(sub, alert_id, "start"), 10, "the start alert")
+        time.sleep(1.0)  # the event goes on
+        killed(daemon)
+        assert open_in_outbox(tmp_path / "state") == [alert_id]
+
+        restarted = start_daemon(config)
+        try:
+            restarted.wait_for("daemon_started", 20)
+            wait_until(lambda: len(alerts(sub)) >= 3, 20, "the end, then the new start")
+        finally:
+            code = restarted.stop()
+        assert code == 0
+        got = [json.loads(m.payload) for m in sub.on(ALERT)]
+        assert [(a["id"] == alert_id, a["phase"]) for a in got][:3] == [
+            (True, "start"),
+            (True, "end"),
+            (False, "start"),
+        ]
+        start, end = got[0], got[1]
+        assert end["status"] == "interrupted"
+        assert end["ended_at"] == start["detected_at"] and "detected_at" not in end
+        began = datetime.fromisoformat(start["started_at"])
+        lasted_s = (datetime.fromisoformat(start["detected_at"]) - began).total_seconds()
+        assert end["duration_s"] == pytest.approx(lasted_s, abs=1e-3)
+        for key in ("type", "device_id", "monitor", "started_at", "score", "threshold", "model"):
+            assert end[key] == start[key], key
+        assert end["clip"] == {"path": start["clip"]["path"], "status": "lost", "error": CLIP_LOST}
+        assert restarted.events("interrupted_alert_ended")[0]["alert_id"] == alert_id
+        assert open_in_outbox(tmp_path / "state") == []  # the clean stop ended the new event
+
+    def test_the_clip_saved_before_the_kill_is_named_recovered(
+        self, tmp_path: Path, level_model: Path, mqtt_broker: Broker
+    ) -> None:
+        """An event longer than clips.max_clip_s has its clip cut and written while it goes
+        on; killed after the WAV was written but before its sidecar (removed here, as the
+        kill would have left it), the interrupted end names the clip ``saved`` and
+        ``recovered``, with its path, duration and sha256."""
+        stream = stream_with_bursts(40.0, [(1.5, 30.0)])
+        wav = write_wav(tmp_path / "stream.wav", stream, RATE)
+        config = daemon_config(
+            tmp_path, mqtt_broker, level_model, f"file:{wav}", clips={"max_clip_s": 3.0}
+        )
+        sub = mqtt_broker.subscriber(ALERT)
+        daemon = start_daemon(config)
+        daemon.wait_for("daemon_started", 20)
+        saved = daemon.wait_for("clip_saved", 20)
+        killed(daemon)
+        assert not daemon.events("anomaly_ended")
+        audio = Path(saved["path"])
+        for suffix in (".json", ".png"):
+            audio.with_suffix(suffix).unlink()
+
+        restarted = start_daemon(config)
+        try:
+            restarted.wait_for("daemon_started", 20)
+            wait_until(lambda: has_alert(sub, saved["alert_id"], "end"), 20, "the end")
+        finally:
+            restarted.stop()
+        end = one_alert(sub, saved["alert_id"], "end")
+        assert end["status"] == "interrupted"
+        assert end["clip"] == {
+            "path": str(audio),
+            "status": "saved",
+            "duration_s": 3.0,
+            "sha256": hashlib.sha256(audio.read_bytes()).hexdigest(),
+            "bytes": audio.stat().st_size,
+            "recovered": True,
+        }
+
+    def test_an_input_alert_cut_by_a_kill_is_ended_too(
+        self, tmp_path: Path, level_model: Path, mqtt_broker: Broker
+    ) -> None:
+        """An input alert (digital silence) open at the kill gets its interrupted end at the
+        restart, before the restarted daemon's own silence alert."""
+        wav = write_wav(tmp_path / "zeros.wav", np.zeros(40 * RATE, np.float32), RATE)
+        config = daemon_config(
+            tmp_path, mqtt_broker, level_model, f"file:{wav}", health={"hold_s": 1.0}
+        )
+        sub = mqtt_broker.subscriber(ALERT)
+        daemon = start_daemon(config)
+        daemon.wait_for("daemon_started", 20)
+        alert_id = daemon.wait_for("input_problem", 20)["alert_id"]
+        wait_until(lambda: has_alert(sub, alert_id, "start", "input"), 10, "the input alert")
+        killed(daemon)
+
+        restarted = start_daemon(config)
+        try:
+            restarted.wait_for("daemon_started", 20)
+            wait_until(lambda: len(alerts(sub, "input")) >= 3, 20, "the end, then a new start")
+        finally:
+            restarted.stop()
+        got = alerts(sub, "input")
+        assert [(a["id"] == alert_id, a["phase"]) for a in got][:3] == [
+            (True, "start"),
+            (True, "end"),
+            (False, "start"),
+        ]
+        start, end = got[0], got[1]
+        assert end["status"] == "interrupted" and end["ended_at"] == start["detected_at"]
+        assert (end["condition"], end["channel"]) == ("silence", start["channel"])
+        assert "clip" not in end
