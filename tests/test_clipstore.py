@@ -245,20 +245,26 @@ class TestStore:
 class TestFoundAtRestart:
     """What a restart finds of the clip an alert names (for the ends a killed daemon left)."""
 
+    @staticmethod
+    def written(directory: Path, alert_id: str, seconds: float) -> tuple[ClipResult, Path]:
+        """One clip written whole by the store (picture included): its result and audio."""
+        results = Results()
+        store = ClipStore(directory, clips_config(spectrogram=True), on_done=results)
+        store.start()
+        write_all(store, [alert_id], seconds, lambda: None)
+        store.stop()
+        written = results.by_id()[alert_id]
+        assert written.path is not None
+        return written, written.path
+
     def test_a_saved_clip_is_found_with_its_facts(self, tmp_path: Path) -> None:
         """A clip written whole is found with the path, duration, sha256 and size the
         writer reported, and an end alert naming it says ``saved``."""
-        results = Results()
-        store = ClipStore(tmp_path, clips_config(spectrogram=True), on_done=results)
-        store.start()
-        write_all(store, ["whole"], 2.0, lambda: None)
-        store.stop()
-        written = results.by_id()["whole"]
-        assert written.path is not None
-        assert saved_clip(written.path) == written
-        end = {"id": "whole", "phase": "end", "clip": {"path": str(written.path)}}
+        written, audio = self.written(tmp_path, "whole", 2.0)
+        assert saved_clip(audio) == written
+        end = {"id": "whole", "phase": "end", "clip": {"path": str(audio)}}
         assert found_clip(end)["clip"] == {
-            "path": str(written.path),
+            "path": str(audio),
             "status": "saved",
             "duration_s": 2.0,
             "sha256": written.sha256,
@@ -268,21 +274,15 @@ class TestFoundAtRestart:
     def test_audio_whose_sidecar_was_cut_off_is_found_recovered(self, tmp_path: Path) -> None:
         """A WAV written just before a SIGKILL took its sidecar: after start() (which rebuilds
         the sidecar) the end alert says ``saved`` and ``recovered``, not ``lost``."""
-        results = Results()
-        store = ClipStore(tmp_path, clips_config(spectrogram=True), on_done=results)
-        store.start()
-        write_all(store, ["cut"], 1.5, lambda: None)
-        store.stop()
-        written = results.by_id()["cut"]
-        assert written.path is not None
+        written, audio = self.written(tmp_path, "cut", 1.5)
         for suffix in (".json", ".png"):  # the kill came between the audio and the rest
-            written.path.with_suffix(suffix).unlink()
+            audio.with_suffix(suffix).unlink()
         restarted = ClipStore(tmp_path, clips_config(), on_done=Results())
         restarted.start()
         restarted.stop()
-        end = {"id": "cut", "phase": "end", "clip": {"path": str(written.path)}}
+        end = {"id": "cut", "phase": "end", "clip": {"path": str(audio)}}
         assert found_clip(end)["clip"] == {
-            "path": str(written.path),
+            "path": str(audio),
             "status": "saved",
             "duration_s": 1.5,
             "sha256": written.sha256,

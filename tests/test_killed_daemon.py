@@ -11,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,23 @@ from support.e2e import ALERT, RATE, alerts, daemon_config, stream_with_bursts
 from support.services import start_daemon, wait_until
 
 from asd_edge.clips import CLIP_LOST
-from devkit.broker import Broker
+from devkit.broker import Broker, Subscriber
 from devkit.daemonproc import DaemonProcess
 
 pytestmark = pytest.mark.slow
+
+
+def replay(
+    tmp_path: Path, broker: Broker, model: Path, stream: np.ndarray, **sections: Any
+) -> tuple[Path, Subscriber, DaemonProcess]:
+    """The daemon replaying ``stream`` to ``broker``, started; a subscriber to its alerts;
+    its configuration (``support.e2e.daemon_config`` with ``sections``), for the restart."""
+    wav = write_wav(tmp_path / "stream.wav", stream, RATE)
+    config = daemon_config(tmp_path, broker, model, f"file:{wav}", **sections)
+    sub = broker.subscriber(ALERT)
+    daemon = start_daemon(config)
+    daemon.wait_for("daemon_started", 20)
+    return config, sub, daemon
 
 
 def killed(daemon: DaemonProcess) -> None:
@@ -33,20 +47,39 @@ def killed(daemon: DaemonProcess) -> None:
     assert daemon.kill() == -9
 
 
-def one_alert(sub: Any, alert_id: str, phase: str, kind: str = "anomaly") -> dict[str, Any]:
+def restarted_until(
+    config: Path, condition: Callable[[], Any], what: str
+) -> tuple[DaemonProcess, int]:
+    """The daemon started again on ``config``, run until ``condition`` holds, then stopped
+    (SIGTERM); the process (its log) and its exit code."""
+    daemon = start_daemon(config)
+    try:
+        daemon.wait_for("daemon_started", 20)
+        wait_until(condition, 20, what)
+    finally:
+        code = daemon.stop()
+    return daemon, code
+
+
+def one_alert(sub: Subscriber, alert_id: str, phase: str, kind: str = "anomaly") -> dict[str, Any]:
     """The first alert received with this id and phase."""
     return next(a for a in alerts(sub, kind) if (a["id"], a["phase"]) == (alert_id, phase))
 
 
-def held_in_outbox(state: Path) -> list[str]:
-    """Ids of the held (stored, unpublished) rows in the daemon's outbox, read as a restart
-    would (a separate connection)."""
-    with sqlite3.connect(state / "outbox.sqlite") as db:
-        return [r[0] for r in db.execute("SELECT alert_id FROM outbox WHERE ready = 0")]
-
-
-def has_alert(sub: Any, alert_id: str, phase: str, kind: str = "anomaly") -> bool:
+def has_alert(sub: Subscriber, alert_id: str, phase: str, kind: str = "anomaly") -> bool:
     return any((a["id"], a["phase"]) == (alert_id, phase) for a in alerts(sub, kind))
+
+
+def outbox_ids(state: Path, query: str) -> list[str]:
+    """Alert ids from the daemon's outbox, read as a restart would (a separate connection)."""
+    with sqlite3.connect(state / "outbox.sqlite") as db:
+        return [r[0] for r in db.execute(query)]
+
+
+HELD = "SELECT alert_id FROM outbox WHERE ready = 0"
+"""The held rows: end alerts stored, not published until their clip is saved."""
+OPEN = "SELECT alert_id FROM open_alerts"
+"""The alerts started and not ended."""
 
 
 class TestHeldEnd:
@@ -58,15 +91,12 @@ class TestHeldEnd:
         in place here, as if the kill came between the audio and its sidecar), the restart
         releases the end with the clip ``saved`` and ``recovered``, not ``lost``."""
         stream = stream_with_bursts(40.0, [(1.5, 1.0)])
-        wav = write_wav(tmp_path / "stream.wav", stream, RATE)
-        config = daemon_config(
-            tmp_path, mqtt_broker, level_model, f"file:{wav}", clips={"post_s": 5.0}
+        config, sub, daemon = replay(
+            tmp_path, mqtt_broker, level_model, stream, clips={"post_s": 5.0}
         )
-        sub = mqtt_broker.subscriber(ALERT)
-        daemon = start_daemon(config)
-        daemon.wait_for("daemon_started", 20)
         alert_id = daemon.wait_for("anomaly_ended", 20)["alert_id"]
-        wait_until(lambda: held_in_outbox(tmp_path / "state") == [alert_id], 3, "the held end")
+        state = tmp_path / "state"
+        wait_until(lambda: outbox_ids(state, HELD) == [alert_id], 3, "the held end")
         killed(daemon)  # 5 s of post-roll to go: the clip is not written, its end is held
         assert not daemon.events("clip_saved")
         wait_until(lambda: has_alert(sub, alert_id, "start"), 10, "the start alert")
@@ -76,24 +106,15 @@ class TestHeldEnd:
         clip.parent.mkdir(parents=True, exist_ok=True)
         audio = write_wav(clip, stream[: 3 * RATE], RATE)  # the WAV, without its sidecar
 
-        restarted = start_daemon(config)
-        try:
-            restarted.wait_for("daemon_started", 20)
-            wait_until(lambda: has_alert(sub, alert_id, "end"), 10, "the held end alert")
-        finally:
-            restarted.stop()
+        restarted, _ = restarted_until(
+            config, lambda: has_alert(sub, alert_id, "end"), "the held end alert"
+        )
         end = one_alert(sub, alert_id, "end")
         assert end["clip"]["path"] == str(audio)
         assert end["clip"]["status"] == "saved" and end["clip"]["recovered"] is True
         assert end["clip"]["duration_s"] == 3.0 and end["clip"]["sha256"]
         assert "status" not in end  # it did end before the kill: not interrupted
         assert restarted.events("clip_recovered")[0]["path"] == str(audio)
-
-
-def open_in_outbox(state: Path) -> list[str]:
-    """Ids the daemon's outbox records as open (started, not ended)."""
-    with sqlite3.connect(state / "outbox.sqlite") as db:
-        return [r[0] for r in db.execute("SELECT alert_id FROM open_alerts")]
 
 
 class TestInterrupted:
@@ -105,23 +126,17 @@ class TestInterrupted:
         interrupted``, ``ended_at`` the start's detection, the clip never written ``lost``),
         before the alerts of the replay's new event; a clean stop leaves nothing open."""
         stream = stream_with_bursts(40.0, [(1.5, 30.0)])
-        wav = write_wav(tmp_path / "stream.wav", stream, RATE)
-        config = daemon_config(tmp_path, mqtt_broker, level_model, f"file:{wav}")
-        sub = mqtt_broker.subscriber(ALERT)
-        daemon = start_daemon(config)
-        daemon.wait_for("daemon_started", 20)
+        config, sub, daemon = replay(tmp_path, mqtt_broker, level_model, stream)
         alert_id = daemon.wait_for("anomaly_started", 20)["alert_id"]
         wait_until(lambda: has_alert(sub, alert_id, "start"), 10, "the start alert")
         time.sleep(1.0)  # the event goes on
         killed(daemon)
-        assert open_in_outbox(tmp_path / "state") == [alert_id]
+        state = tmp_path / "state"
+        assert outbox_ids(state, OPEN) == [alert_id]
 
-        restarted = start_daemon(config)
-        try:
-            restarted.wait_for("daemon_started", 20)
-            wait_until(lambda: len(alerts(sub)) >= 3, 20, "the end, then the new start")
-        finally:
-            code = restarted.stop()
+        restarted, code = restarted_until(
+            config, lambda: len(alerts(sub)) >= 3, "the end, then the new start"
+        )
         assert code == 0
         got = [json.loads(m.payload) for m in sub.on(ALERT)]
         assert [(a["id"] == alert_id, a["phase"]) for a in got][:3] == [
@@ -139,7 +154,7 @@ class TestInterrupted:
             assert end[key] == start[key], key
         assert end["clip"] == {"path": start["clip"]["path"], "status": "lost", "error": CLIP_LOST}
         assert restarted.events("interrupted_alert_ended")[0]["alert_id"] == alert_id
-        assert open_in_outbox(tmp_path / "state") == []  # the clean stop ended the new event
+        assert outbox_ids(state, OPEN) == []  # the clean stop ended the new event
 
     def test_the_clip_saved_before_the_kill_is_named_recovered(
         self, tmp_path: Path, level_model: Path, mqtt_broker: Broker
@@ -149,13 +164,9 @@ class TestInterrupted:
         kill would have left it), the interrupted end names the clip ``saved`` and
         ``recovered``, with its path, duration and sha256."""
         stream = stream_with_bursts(40.0, [(1.5, 30.0)])
-        wav = write_wav(tmp_path / "stream.wav", stream, RATE)
-        config = daemon_config(
-            tmp_path, mqtt_broker, level_model, f"file:{wav}", clips={"max_clip_s": 3.0}
+        config, sub, daemon = replay(
+            tmp_path, mqtt_broker, level_model, stream, clips={"max_clip_s": 3.0}
         )
-        sub = mqtt_broker.subscriber(ALERT)
-        daemon = start_daemon(config)
-        daemon.wait_for("daemon_started", 20)
         saved = daemon.wait_for("clip_saved", 20)
         killed(daemon)
         assert not daemon.events("anomaly_ended")
@@ -163,12 +174,7 @@ class TestInterrupted:
         for suffix in (".json", ".png"):
             audio.with_suffix(suffix).unlink()
 
-        restarted = start_daemon(config)
-        try:
-            restarted.wait_for("daemon_started", 20)
-            wait_until(lambda: has_alert(sub, saved["alert_id"], "end"), 20, "the end")
-        finally:
-            restarted.stop()
+        restarted_until(config, lambda: has_alert(sub, saved["alert_id"], "end"), "the end")
         end = one_alert(sub, saved["alert_id"], "end")
         assert end["status"] == "interrupted"
         assert end["clip"] == {
@@ -185,23 +191,15 @@ class TestInterrupted:
     ) -> None:
         """An input alert (digital silence) open at the kill gets its interrupted end at the
         restart, before the restarted daemon's own silence alert."""
-        wav = write_wav(tmp_path / "zeros.wav", np.zeros(40 * RATE, np.float32), RATE)
-        config = daemon_config(
-            tmp_path, mqtt_broker, level_model, f"file:{wav}", health={"hold_s": 1.0}
+        zeros = np.zeros(40 * RATE, np.float32)
+        config, sub, daemon = replay(
+            tmp_path, mqtt_broker, level_model, zeros, health={"hold_s": 1.0}
         )
-        sub = mqtt_broker.subscriber(ALERT)
-        daemon = start_daemon(config)
-        daemon.wait_for("daemon_started", 20)
         alert_id = daemon.wait_for("input_problem", 20)["alert_id"]
         wait_until(lambda: has_alert(sub, alert_id, "start", "input"), 10, "the input alert")
         killed(daemon)
 
-        restarted = start_daemon(config)
-        try:
-            restarted.wait_for("daemon_started", 20)
-            wait_until(lambda: len(alerts(sub, "input")) >= 3, 20, "the end, then a new start")
-        finally:
-            restarted.stop()
+        restarted_until(config, lambda: len(alerts(sub, "input")) >= 3, "the end, a new start")
         got = alerts(sub, "input")
         assert [(a["id"] == alert_id, a["phase"]) for a in got][:3] == [
             (True, "start"),
