@@ -290,6 +290,22 @@ class TestFoundAtRestart:
             "recovered": True,
         }
 
+    def test_a_damaged_sidecar_does_not_hide_the_audio(self, tmp_path: Path) -> None:
+        """A sidecar that is not a clip's JSON: the audio is still found, with its size
+        (unreadable JSON falls back to the facts of the audio file itself)."""
+        _written, audio = self.written(tmp_path, "odd", 1.0)
+        audio.with_suffix(".json").write_text("[1, 2]")
+        assert found_clip({"id": "odd", "clip": {"path": str(audio)}})["clip"] == {
+            "path": str(audio),
+            "status": "saved",
+            "duration_s": 0.0,
+            "sha256": None,
+            "bytes": audio.stat().st_size,
+        }
+        audio.with_suffix(".json").write_text("{not json")
+        found = saved_clip(audio)
+        assert found is not None and found.duration_s == 1.0 and found.recovered
+
     def test_a_clip_never_written_is_lost(self, tmp_path: Path) -> None:
         """No audio at the path (the daemon died while recording it): ``lost``, with the path;
         a sidecar or picture without audio does not count."""

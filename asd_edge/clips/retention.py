@@ -228,8 +228,8 @@ def saved_clip(audio: Path) -> ClipResult | None:
             doc = json.loads(_recovered_sidecar(audio))
         except OSError:
             return None
-    clip = doc.get("clip") if isinstance(doc, dict) else None
-    clip = clip if isinstance(clip, dict) else {}
+    doc = doc if isinstance(doc, dict) else {}
+    clip: dict[str, Any] = doc["clip"] if isinstance(doc.get("clip"), dict) else {}
     picture, sidecar = audio.with_suffix(".png"), audio.with_suffix(".json")
     return ClipResult(
         alert_id=str(doc.get("alert_id", "")),
