@@ -17,7 +17,8 @@ The data path, in the order the audio flows::
     decision     when scores become an event (threshold, k-of-n, hold, refractory)
     monitor      one channel + one model + one decision policy, ticked
     monitors     the monitors running now: start, swap, reload, describe
-    alerts       events to alert payloads, each naming its clip
+    alerts       events to alert payloads, each naming its clip; at start, the ends of the
+                 alerts a killed daemon left open (status: interrupted)
     scoring      offline scoring through the same pipeline (``asd-edge score``)
 
 The wings::
@@ -29,7 +30,8 @@ The wings::
                  swaps checked and stored (manager, worker, shared, slot, files, checks,
                  requests, signing, keyfiles)
     clips/       the audio around each event: recorded on the tick, written by a thread,
-                 kept within quota (types, recorder, writer, retention, spectrogram)
+                 kept within quota; what an alert says of its clip (types, recorder,
+                 writer, retention, status, spectrogram)
 
 The service::
 

@@ -13,19 +13,16 @@ from typing import Any, Protocol
 
 import structlog
 
-from .clips import ClipRecorder, ClipResult
+from .clips import ClipRecorder, ClipResult, clip_facts, found_clip
 from .decision import Event
 from .jsonvalues import iso_utc
 from .machine import MachineChange
 from .modelspec import BandsSpec, band_evidence
 from .ring import RingBuffer
 
-__all__ = ["AlertSink", "Alerts", "Link", "MonitorInfo", "new_alert_id"]
+__all__ = ["AlertSink", "Alerts", "Link", "MonitorInfo", "finish_previous_run", "new_alert_id"]
 
 log = structlog.get_logger()
-
-CLIP_LOST = "the daemon stopped before the clip was saved"
-"""The clip error of an end alert held by a daemon that was killed meanwhile."""
 
 
 class AlertSink(Protocol):
@@ -54,6 +51,8 @@ class Link(AlertSink, Protocol):
     def stop(self, timeout_s: float = 5.0) -> None: ...
 
     def held_alerts(self) -> list[tuple[str, str, dict[str, Any]]]: ...
+
+    def open_alerts(self) -> list[tuple[str, dict[str, Any]]]: ...
 
     def publish_health(self, payload: Mapping[str, Any]) -> None: ...
 
@@ -409,21 +408,33 @@ def _log_fields(
     }
 
 
-def clip_facts(result: ClipResult) -> dict[str, Any]:
-    """The ``clip`` object of an end alert: where the clip is, or why there is none."""
-    if result.path is None:
-        return {"path": None, "status": "skipped", "error": result.error}
-    return {
-        "path": str(result.path),
-        "status": "saved",
-        "duration_s": round(result.duration_s, 3),
-        "sha256": result.sha256,
-        "bytes": result.bytes,
-    }
+def interrupted_end(start: Mapping[str, Any]) -> dict[str, Any]:
+    """The end of an alert whose daemon was killed first: the start's payload, ``phase:
+    end``, ``status: interrupted``. ``ended_at`` is the last moment the daemon is known to
+    have run it, taken as the start's ``detected_at``: no heartbeat is written while an
+    alert is open (input and machine alerts can stay open for days), so the true end lies
+    between that and the restart, and ``duration_s`` is a lower bound. An anomaly's clip
+    is as the restart finds it (``found_clip``)."""
+    ended_at = start.get("detected_at") or start.get("started_at")
+    end = {**start, "phase": "end", "status": "interrupted", "ended_at": ended_at}
+    end.pop("detected_at", None)
+    try:
+        began = datetime.fromisoformat(str(start.get("started_at")))
+        lasted_s = (datetime.fromisoformat(str(ended_at)) - began).total_seconds()
+        end["duration_s"] = round(max(0.0, lasted_s), 3)
+    except (TypeError, ValueError):  # a start without its times: no duration to give
+        end["duration_s"] = None
+    return end if start.get("clip") is None else found_clip(end)
 
 
-def lost_clip(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A held end alert left by a daemon that died before its clip was saved."""
-    clip = payload.get("clip") or {}
-    path = clip.get("path") if isinstance(clip, Mapping) else None
-    return {**payload, "clip": {"path": path, "status": "lost", "error": CLIP_LOST}}
+def finish_previous_run(link: Link) -> None:
+    """At start, before any new alert: finish what a daemon killed meanwhile left. Its held
+    end alerts go out with their clip as found on disk (``found_clip``); each alert it
+    started and never ended (anomaly, input or machine alike, recorded open by the
+    outbox) gets its end now, ``status: interrupted`` (``interrupted_end``)."""
+    for alert_id, phase, payload in link.held_alerts():
+        log.warning("held_alert_released", alert_id=alert_id, phase=phase)
+        link.release_alert(alert_id, phase, found_clip(payload))
+    for alert_id, start in link.open_alerts():
+        log.warning("interrupted_alert_ended", alert_id=alert_id, type=start.get("type"))
+        link.submit_alert(alert_id, interrupted_end(start), phase="end")

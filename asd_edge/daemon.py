@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from .alerts import Alerts, Link, lost_clip
+from .alerts import Alerts, Link, finish_previous_run
 from .assembly import Services, build_services, open_input
 from .capture import AudioSource
 from .config import Config
@@ -215,10 +215,8 @@ class Daemon:
             self.clip_store.start()
         if self.link is not None:
             self.link.start()
-            for alert_id, phase, payload in self.link.held_alerts():
-                # An end alert whose clip a killed daemon never finished: send it now.
-                log.warning("held_alert_released", alert_id=alert_id, phase=phase)
-                self.link.release_alert(alert_id, phase, lost_clip(payload))
+            # What a killed daemon left (held ends, alerts never ended), before any new alert.
+            finish_previous_run(self.link)
 
     def _shutdown(self) -> None:
         """Close events in progress, finish their clips, hand the last alerts over."""

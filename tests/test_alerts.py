@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from support.alerting import RATE, WALL, RecordingSink, filled_ring, info
 
-from asd_edge.alerts import CLIP_LOST, Alerts, lost_clip, new_alert_id
-from asd_edge.clips import ClipRecorder, ClipStore
+from asd_edge.alerts import Alerts, finish_previous_run, interrupted_end, new_alert_id
+from asd_edge.clips import CLIP_LOST, ClipRecorder, ClipStore, lost_clip
 from asd_edge.config import ClipsConfig
 from asd_edge.decision import Event
 from asd_edge.jsonvalues import iso_utc
@@ -162,6 +162,79 @@ def test_lost_clip_keeps_the_path_and_says_why() -> None:
     payload = {"id": "x", "phase": "end", "clip": {"path": "/c/x.wav", "status": "recording"}}
     assert lost_clip(payload)["clip"] == {"path": "/c/x.wav", "status": "lost", "error": CLIP_LOST}
     assert lost_clip({"id": "x", "clip": None})["clip"]["path"] is None
+
+
+class LeftoverLink(RecordingSink):
+    """A link that a killed daemon left with held end alerts and alerts never ended."""
+
+    def __init__(
+        self, held: list[tuple[str, str, dict[str, Any]]], opened: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        super().__init__()
+        self.held, self.opened = held, opened
+
+    def held_alerts(self) -> list[tuple[str, str, dict[str, Any]]]:
+        return self.held
+
+    def open_alerts(self) -> list[tuple[str, dict[str, Any]]]:
+        return self.opened
+
+
+class TestInterrupted:
+    """The end of an alert a killed daemon started and never ended."""
+
+    def test_an_anomaly_ends_with_its_start_and_the_last_known_time(self) -> None:
+        """The start's payload (id, monitor, scores, model, evidence) with phase end, status
+        interrupted, ended_at at the start's detection (the last moment known), duration_s
+        from started_at to then, no detected_at; a clip never written is lost."""
+        sink = RecordingSink()
+        alerts = Alerts(device_id="dev", sink=sink, recorder=None, wall_clock=lambda: WALL)
+        alerts.event(info(filled_ring(10.0)), event("start", 6.0, 5.5, 6.0))
+        start = {**sink.calls[0][3], "clip": {"path": "/nowhere/x.wav", "status": "recording"}}
+        end = interrupted_end(start)
+        assert end == {
+            **{k: v for k, v in start.items() if k != "detected_at"},
+            "phase": "end",
+            "status": "interrupted",
+            "ended_at": iso_utc(WALL),
+            "duration_s": 5.5,  # the anomaly's audio began 5.5 s before the detection
+            "clip": {"path": "/nowhere/x.wav", "status": "lost", "error": CLIP_LOST},
+        }
+
+    def test_input_and_machine_alerts_end_the_same_way_without_a_clip(self) -> None:
+        """An input alert keeps its condition, channel and details; no clip key appears;
+        a start without its times still ends, with no duration."""
+        start = {
+            "id": "i-1", "type": "input", "condition": "silence", "channel": 0,
+            "phase": "start", "started_at": "2026-09-21T14:13:10.000Z",
+            "detected_at": "2026-09-21T14:13:15.250Z", "details": {"level_dbfs": -200},
+        }  # fmt: skip
+        end = interrupted_end(start)
+        assert end["phase"] == "end" and end["status"] == "interrupted"
+        assert end["ended_at"] == "2026-09-21T14:13:15.250Z" and end["duration_s"] == 5.25
+        assert end["details"] == {"level_dbfs": -200} and "clip" not in end
+        assert interrupted_end({"id": "m-1", "phase": "start"})["duration_s"] is None
+
+    def test_at_start_held_ends_go_first_then_the_interrupted_ends(self) -> None:
+        """The restart releases the held end alerts, then submits an interrupted end for
+        each alert left open, in the order they started, under the same ids."""
+        link = LeftoverLink(
+            held=[("h-1", "end", {"id": "h-1", "clip": {"path": "/nowhere/h.wav"}})],
+            opened=[
+                ("o-1", {"id": "o-1", "type": "anomaly", "started_at": "x", "clip": None}),
+                ("o-2", {"id": "o-2", "type": "machine", "detected_at": "y"}),
+            ],
+        )
+        finish_previous_run(link)  # type: ignore[arg-type]
+        got = [(kind, alert_id, phase) for kind, alert_id, phase, _, _ in link.calls]
+        assert got == [
+            ("release", "h-1", "end"),
+            ("submit", "o-1", "end"),
+            ("submit", "o-2", "end"),
+        ]
+        assert link.calls[0][3]["clip"]["status"] == "lost"
+        assert [c[3]["status"] for c in link.calls[1:]] == ["interrupted", "interrupted"]
+        assert link.calls[1][3]["clip"] is None and link.calls[2][3]["ended_at"] == "y"
 
 
 class TestInputAlerts:

@@ -22,7 +22,7 @@ from scipy.io import wavfile
 from structlog.testing import capture_logs
 from support.clips import MODEL, RATE, Results, clips_config, ints, pcm, sidecar
 
-from asd_edge.clips import ClipRequest, ClipResult
+from asd_edge.clips import ClipRequest, ClipResult, found_clip, saved_clip
 from asd_edge.clips.retention import MB
 from asd_edge.clips.writer import WORKER_NICE, ClipStore, encode_audio
 from asd_edge.config import ClipsConfig
@@ -240,6 +240,81 @@ class TestStore:
         assert doc["clip"]["sha256"] == hashlib.sha256(audio).hexdigest()
         assert doc["clip"]["duration_s"] == 1.0
         assert store.usage().clips == 1
+
+
+class TestFoundAtRestart:
+    """What a restart finds of the clip an alert names (for the ends a killed daemon left)."""
+
+    @staticmethod
+    def written(directory: Path, alert_id: str, seconds: float) -> tuple[ClipResult, Path]:
+        """One clip written whole by the store (picture included): its result and audio."""
+        results = Results()
+        store = ClipStore(directory, clips_config(spectrogram=True), on_done=results)
+        store.start()
+        write_all(store, [alert_id], seconds, lambda: None)
+        store.stop()
+        written = results.by_id()[alert_id]
+        assert written.path is not None
+        return written, written.path
+
+    def test_a_saved_clip_is_found_with_its_facts(self, tmp_path: Path) -> None:
+        """A clip written whole is found with the path, duration, sha256 and size the
+        writer reported, and an end alert naming it says ``saved``."""
+        written, audio = self.written(tmp_path, "whole", 2.0)
+        assert saved_clip(audio) == written
+        end = {"id": "whole", "phase": "end", "clip": {"path": str(audio)}}
+        assert found_clip(end)["clip"] == {
+            "path": str(audio),
+            "status": "saved",
+            "duration_s": 2.0,
+            "sha256": written.sha256,
+            "bytes": written.bytes,
+        }
+
+    def test_audio_whose_sidecar_was_cut_off_is_found_recovered(self, tmp_path: Path) -> None:
+        """A WAV written just before a SIGKILL took its sidecar: after start() (which rebuilds
+        the sidecar) the end alert says ``saved`` and ``recovered``, not ``lost``."""
+        written, audio = self.written(tmp_path, "cut", 1.5)
+        for suffix in (".json", ".png"):  # the kill came between the audio and the rest
+            audio.with_suffix(suffix).unlink()
+        restarted = ClipStore(tmp_path, clips_config(), on_done=Results())
+        restarted.start()
+        restarted.stop()
+        end = {"id": "cut", "phase": "end", "clip": {"path": str(audio)}}
+        assert found_clip(end)["clip"] == {
+            "path": str(audio),
+            "status": "saved",
+            "duration_s": 1.5,
+            "sha256": written.sha256,
+            "bytes": written.bytes,
+            "recovered": True,
+        }
+
+    def test_a_damaged_sidecar_does_not_hide_the_audio(self, tmp_path: Path) -> None:
+        """A sidecar that is not a clip's JSON: the audio is still found, with its size
+        (unreadable JSON falls back to the facts of the audio file itself)."""
+        _written, audio = self.written(tmp_path, "odd", 1.0)
+        audio.with_suffix(".json").write_text("[1, 2]")
+        assert found_clip({"id": "odd", "clip": {"path": str(audio)}})["clip"] == {
+            "path": str(audio),
+            "status": "saved",
+            "duration_s": 0.0,
+            "sha256": None,
+            "bytes": audio.stat().st_size,
+        }
+        audio.with_suffix(".json").write_text("{not json")
+        found = saved_clip(audio)
+        assert found is not None and found.duration_s == 1.0 and found.recovered
+
+    def test_a_clip_never_written_is_lost(self, tmp_path: Path) -> None:
+        """No audio at the path (the daemon died while recording it): ``lost``, with the path;
+        a sidecar or picture without audio does not count."""
+        path = tmp_path / "pump" / "20270101T000000Z_gone.wav"
+        path.parent.mkdir()
+        path.with_suffix(".json").write_text("{}")
+        assert saved_clip(path) is None
+        clip = found_clip({"id": "gone", "clip": {"path": str(path), "status": "recording"}})
+        assert clip["clip"]["status"] == "lost" and clip["clip"]["path"] == str(path)
 
 
 class TestRetention:

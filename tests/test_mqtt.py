@@ -175,6 +175,29 @@ class TestAlerts:
         }
         wait_until(lambda: second.stats()["outbox_depth"] == 0, what="an empty outbox")
 
+    def test_alerts_started_and_never_ended_are_known_to_the_next_link(
+        self, mqtt_broker: Broker, make_link: LinkFactory
+    ) -> None:
+        """A start whose end was never submitted (the process died) is what the next link's
+        open_alerts() gives, with the start's payload; an end, held or not, closes it."""
+        first = connected(make_link(mqtt_broker))
+        first.submit_alert("o-1", {"n": 1}, phase="start")
+        first.submit_alert("o-2", {"n": 2}, phase="start")
+        first.submit_alert("o-2", {"n": 2}, phase="end")
+        first.submit_alert("o-3", {"n": 3, "clip": None}, phase="start")
+        first.submit_alert("o-3", {"n": 3, "clip": None}, phase="end", held=True)
+        first.submit_alert("o-4", {"n": 4}, phase="start")
+        first.stop(timeout_s=2.0)
+        second = make_link(mqtt_broker)
+        assert second.open_alerts() == [
+            ("o-1", {"id": "o-1", "phase": "start", "n": 1}),
+            ("o-4", {"id": "o-4", "phase": "start", "n": 4}),
+        ]
+        second.submit_alert("o-1", {"n": 1}, phase="end")
+        second.stop(timeout_s=2.0)
+        third = make_link(mqtt_broker)
+        assert [alert_id for alert_id, _ in third.open_alerts()] == ["o-4"]
+
     def test_unusable_outbox_falls_back_to_memory(
         self, mqtt_broker: Broker, make_link: LinkFactory, tmp_path: Path
     ) -> None:

@@ -174,6 +174,49 @@ class TestHeld:
             assert not ob.release(42, b"{}")
 
 
+class TestOpenAlerts:
+    def test_a_start_is_open_until_its_end_and_across_restarts(self, tmp_path: Path) -> None:
+        """A start is recorded open with its payload until its end is added, acked or not;
+        what is open survives a restart (a crash), in the order the alerts started."""
+        path = tmp_path / "o.sqlite"
+        with open_outbox(path) as ob:
+            ob.ack(ob.add("a0", TOPIC, b'{"n": 0}', key="start", opens=True))
+            ob.add("a1", TOPIC, b'{"n": 1}', key="start", opens=True)
+            ob.add("a2", TOPIC, b'{"n": 2}', key="start", opens=True)
+            assert ob.open_alerts(TOPIC) == [
+                ("a0", b'{"n": 0}'),
+                ("a1", b'{"n": 1}'),
+                ("a2", b'{"n": 2}'),
+            ]
+            ob.add("a1", TOPIC, b"{}", ready=False, key="end", closes=True)  # held: closes too
+        with open_outbox(path) as ob:
+            assert ob.open_alerts(TOPIC) == [("a0", b'{"n": 0}'), ("a2", b'{"n": 2}')]
+            ob.add("a0", TOPIC, b"{}", key="end", closes=True)
+            assert ob.open_alerts(TOPIC) == [("a2", b'{"n": 2}')]
+            assert ob.open_alerts("another/topic") == []
+
+    def test_a_retried_start_changes_nothing(self, tmp_path: Path) -> None:
+        """Adding a start again (a retry) neither duplicates it nor reopens an ended alert."""
+        with open_outbox(tmp_path / "o.sqlite") as ob:
+            ob.add("a0", TOPIC, b"first", key="start", opens=True)
+            ob.add("a0", TOPIC, b"again", key="start", opens=True)
+            assert ob.open_alerts(TOPIC) == [("a0", b"first")]
+            ob.add("a0", TOPIC, b"{}", key="end", closes=True)
+            ob.add("a0", TOPIC, b"first", key="start", opens=True)
+            assert ob.open_alerts(TOPIC) == []
+
+    def test_an_outbox_file_from_before_open_alerts_is_kept(self, tmp_path: Path) -> None:
+        """A file made before the open-alert table existed keeps its rows and gains the table."""
+        path = tmp_path / "o.sqlite"
+        with open_outbox(path) as ob:
+            ob.add("old", TOPIC, b"{}", key="start")
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TABLE open_alerts")
+        with capture_logs() as logs, open_outbox(path) as ob:
+            assert ids(ob.pending()) == ["old"] and ob.open_alerts(TOPIC) == []
+        assert not [e for e in logs if e["event"] == "outbox_corrupt"]
+
+
 class TestCorruption:
     def test_a_garbage_file_is_moved_aside(self, tmp_path: Path) -> None:
         """A file that is not a database is renamed with a timestamp, logged, and replaced."""

@@ -22,8 +22,9 @@ import structlog
 
 from ..config import ClipsConfig
 from ..durable import write_atomic
+from .types import ClipResult
 
-__all__ = ["AUDIO_SUFFIXES", "MB", "Retention", "statvfs_usage"]
+__all__ = ["AUDIO_SUFFIXES", "MB", "Retention", "saved_clip", "statvfs_usage"]
 
 log = structlog.get_logger()
 
@@ -212,6 +213,36 @@ class Retention:
         stats = [p.stat() for p in files]
         size = sum(s.st_size for s in stats)
         return _Stored(stem, files, size, max(s.st_mtime for s in stats))
+
+
+def saved_clip(audio: Path) -> ClipResult | None:
+    """The clip of ``audio`` as it is on disk, from its sidecar (after ``scan``, an audio
+    file whose sidecar a crash cut off has a rebuilt one: ``recovered``); None when the
+    audio file is not there. For the alerts a killed daemon left without their clip."""
+    try:
+        if audio.suffix not in AUDIO_SUFFIXES or not audio.is_file():
+            return None
+        doc = json.loads(audio.with_suffix(".json").read_bytes())
+    except (OSError, ValueError):  # no sidecar (its recovery failed): the file's own facts
+        try:
+            doc = json.loads(_recovered_sidecar(audio))
+        except OSError:
+            return None
+    doc = doc if isinstance(doc, dict) else {}
+    clip: dict[str, Any] = doc["clip"] if isinstance(doc.get("clip"), dict) else {}
+    picture, sidecar = audio.with_suffix(".png"), audio.with_suffix(".json")
+    return ClipResult(
+        alert_id=str(doc.get("alert_id", "")),
+        monitor=str(doc.get("monitor", audio.parent.name)),
+        path=audio,
+        duration_s=float(clip.get("duration_s") or 0.0),
+        bytes=int(clip.get("bytes") or audio.stat().st_size),
+        sha256=clip.get("sha256"),
+        spectrogram=picture if picture.is_file() else None,
+        sidecar=sidecar if sidecar.is_file() else None,
+        error=None,
+        recovered=doc.get("recovered") is True,
+    )
 
 
 def _recovered_sidecar(audio: Path) -> bytes:

@@ -75,3 +75,6 @@ class ClipResult:
     """The JSON sidecar."""
     error: str | None
     """Why it was skipped or failed; None when saved."""
+    recovered: bool = False
+    """A clip found on disk at a restart whose sidecar a crash had cut off and the store
+    rebuilt from the audio file alone (``retention.saved_clip``)."""

@@ -64,6 +64,8 @@ class Delivery:
         self._outbox: Outbox | None = None
         self.held_at_start: list[tuple[str, str, dict[str, Any]]] = []
         """(alert_id, phase, payload) of the rows a previous run left held, once opened."""
+        self.open_at_start: list[tuple[str, dict[str, Any]]] = []
+        """(alert_id, start payload) of the alerts a previous run started and never ended."""
         self._inflight: dict[int, _Flight] = {}
         self._sent: set[int] = set()
         self._refused: set[int] = set()
@@ -83,7 +85,8 @@ class Delivery:
     # --- the outbox -----------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the outbox file (memory if it cannot be used) and read the held rows."""
+        """Open the outbox file (memory if it cannot be used) and read what a previous run
+        left: the held rows and the alerts started and not ended."""
         max_rows, max_age_s = self.outbox_config.max_rows, self.outbox_config.max_age_days * 86400
         try:
             self._outbox = Outbox(self.outbox_path, max_rows=max_rows, max_age_s=max_age_s)
@@ -93,12 +96,11 @@ class Delivery:
             )
             self._outbox = self._memory_outbox()
         for row in self._outbox.held():
-            try:
-                body = json.loads(row.payload)
-            except ValueError as exc:
-                log.error("outbox_row_unreadable", alert_id=row.alert_id, error=str(exc))
-                continue
-            self.held_at_start.append((row.alert_id, row.key, body))
+            if (body := _decoded(row.alert_id, row.payload)) is not None:
+                self.held_at_start.append((row.alert_id, row.key, body))
+        for alert_id, payload in self._outbox.open_alerts(self.topic):
+            if (body := _decoded(alert_id, payload)) is not None:
+                self.open_at_start.append((alert_id, body))
         self._refresh_counts()
 
     def ensure_open(self) -> None:
@@ -120,10 +122,19 @@ class Delivery:
 
     def store(self, alert_id: str, phase: str, body: bytes, held: bool, at_s: float) -> None:
         """Store one alert phase (``held``: not published until released); ``at_s`` on the
-        injected clock, when it was submitted."""
+        injected clock, when it was submitted. A ``start`` is recorded as open and its
+        ``end`` closes it, in the same transaction (no write of its own)."""
         assert self._outbox is not None
         try:
-            rowid = self._outbox.add(alert_id, self.topic, body, ready=not held, key=phase)
+            rowid = self._outbox.add(
+                alert_id,
+                self.topic,
+                body,
+                ready=not held,
+                key=phase,
+                opens=phase == "start",
+                closes=phase == "end",
+            )
         except sqlite3.Error as exc:
             log.error("outbox_write_failed", alert_id=alert_id, phase=phase, error=str(exc))
             self._unstored.append((alert_id, body))
@@ -235,3 +246,13 @@ class Delivery:
             )
         except sqlite3.Error as exc:
             log.error("outbox_error", operation="stats", error=str(exc))
+
+
+def _decoded(alert_id: str, payload: bytes) -> dict[str, Any] | None:
+    """A stored alert's JSON body; None (logged) when it cannot be read."""
+    try:
+        body: dict[str, Any] = json.loads(payload)
+    except ValueError as exc:
+        log.error("outbox_row_unreadable", alert_id=alert_id, error=str(exc))
+        return None
+    return body

@@ -150,6 +150,11 @@ class MqttLink:
         """(alert_id, phase, payload) of the alerts a previous run left held, after start."""
         return self._link_thread.held_alerts(timeout_s)
 
+    def open_alerts(self, timeout_s: float = 5.0) -> list[tuple[str, dict[str, Any]]]:
+        """(alert_id, start payload) of the alerts a previous run started and never ended
+        (it was killed meanwhile), after start."""
+        return self._link_thread.open_alerts(timeout_s)
+
     def publish_health(self, payload: Mapping[str, Any]) -> None:
         """Retained QoS 1 on <prefix>/health; offline, only the latest is kept and sent later."""
         self._put(Retain(self.topics.health, encode_json(payload)))

@@ -36,7 +36,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_s);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('dropped_rows', 0), ('dropped_age', 0);
+CREATE TABLE IF NOT EXISTS open_alerts (
+    alert_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (alert_id, topic)
+);
 """
+# open_alerts came after version 1 without a new version: CREATE IF NOT EXISTS adds it to
+# an older file, and an older daemon reading a newer file ignores it.
 _COLUMNS: Final = "rowid, alert_id, topic, key, payload, created_s, ready"
 
 
@@ -84,6 +92,9 @@ class OutboxStats:
 
 class Outbox:
     """Alerts stored before publishing, deleted once acknowledged (SQLite, WAL, fsync per commit).
+
+    It also keeps the alerts that are open (started, not ended; see ``add``), so that
+    a start whose end a crash prevented can be ended at the next start.
 
     Used from one thread only. A file that is not a readable SQLite database of
     ours is renamed aside (``<name>.corrupt-<UTC time>``) with an error log and a
@@ -152,6 +163,7 @@ class Outbox:
                 )
                 conn.execute(f"SELECT {_COLUMNS} FROM outbox LIMIT 1").fetchall()
                 conn.execute("SELECT name, value FROM counters LIMIT 1").fetchall()
+                conn.execute("SELECT alert_id, topic, payload FROM open_alerts LIMIT 1").fetchall()
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorname", "") != "SQLITE_ERROR":
                     raise  # busy, locked, read-only, I/O, full: not the file's fault
@@ -179,13 +191,24 @@ class Outbox:
     # --- writing -------------------------------------------------------------------
 
     def add(
-        self, alert_id: str, topic: str, payload: bytes, *, ready: bool = True, key: str = ""
+        self,
+        alert_id: str,
+        topic: str,
+        payload: bytes,
+        *,
+        ready: bool = True,
+        key: str = "",
+        opens: bool = False,
+        closes: bool = False,
     ) -> int:
         """Store one message durably and return its rowid.
 
         (alert_id, topic, key) is unique: adding the same message again (a retry)
         returns the existing row unchanged. The bounds are then enforced: rows older
         than max_age_s, then the oldest beyond max_rows, are dropped and counted.
+        ``opens`` (an alert's start) also records the alert as open, with this payload,
+        until an add that ``closes`` it (its end), in the same transaction: what stays
+        open across a crash is what ``open_alerts`` finds at the next start.
         """
         with _transaction(self._conn):
             found = self._conn.execute(
@@ -194,6 +217,15 @@ class Outbox:
             ).fetchone()
             if found is not None:
                 return int(found[0])
+            if opens:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO open_alerts VALUES (?, ?, ?)",
+                    (alert_id, topic, bytes(payload)),
+                )
+            if closes:
+                self._conn.execute(
+                    "DELETE FROM open_alerts WHERE alert_id = ? AND topic = ?", (alert_id, topic)
+                )
             cursor = self._conn.execute(
                 "INSERT INTO outbox (alert_id, topic, key, payload, created_s, ready) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -270,6 +302,14 @@ class Outbox:
             (alert_id, topic, key),
         ).fetchone()
         return None if row is None else _row(row)
+
+    def open_alerts(self, topic: str) -> list[tuple[str, bytes]]:
+        """(alert_id, payload) of the alerts on ``topic`` added with ``opens`` and not closed
+        since, in the order they were opened: at start, those a crash left open."""
+        rows = self._conn.execute(
+            "SELECT alert_id, payload FROM open_alerts WHERE topic = ? ORDER BY rowid", (topic,)
+        ).fetchall()
+        return [(str(alert_id), bytes(payload)) for alert_id, payload in rows]
 
     def depth(self) -> int:
         """How many rows (ready or held) are waiting."""

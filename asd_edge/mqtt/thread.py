@@ -152,10 +152,20 @@ class LinkThread:
 
     def held_alerts(self, timeout_s: float) -> list[tuple[str, str, dict[str, Any]]]:
         """(alert_id, phase, payload) a previous run left held, once the outbox is open."""
+        return list(self.delivery.held_at_start) if self._wait_opened(timeout_s) else []
+
+    def open_alerts(self, timeout_s: float) -> list[tuple[str, dict[str, Any]]]:
+        """(alert_id, start payload) a previous run started and never ended, once the
+        outbox is open."""
+        return list(self.delivery.open_at_start) if self._wait_opened(timeout_s) else []
+
+    def _wait_opened(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) for the link thread to open the outbox; False if
+        the thread was never started."""
         if self._thread is None:
-            return []
+            return False
         self._opened.wait(timeout_s)
-        return list(self.delivery.held_at_start)
+        return True
 
     def counts(self) -> dict[str, int]:
         """Every counter of the link: connection, commands, backlog and delivery."""
