@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any
 
 import structlog
@@ -25,7 +23,7 @@ from .machine import MachineChange
 from .modelstore import Swap
 from .monitor import Monitor, WindowScore
 from .monitors import Monitors, prepare_reload
-from .runtime import take_early_signals
+from .runtime import install_signal_handlers
 from .sdnotify import Liveness, Notifier
 from .telemetry import Telemetry, describe, status_line
 
@@ -140,18 +138,8 @@ class Daemon:
         that arrived while the process started (``runtime.hold_early_signals``) is
         acted on now: a reload at the first wake, or a clean stop."""
 
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            self.stop(signal.Signals(signum).name)
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: self.request_reload())
-        for early in take_early_signals():
+        for early in install_signal_handlers(self.stop, self.request_reload):
             log.info("early_signal", signal=early.name)
-            if early == signal.SIGHUP:
-                self.request_reload()
-            else:
-                self.stop(early.name)
 
     def run(self) -> int:
         """Capture and tick until stopped; return the process exit code."""

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
 
 __all__ = [
     "EARLY_SIGNALS",
     "MATH_THREAD_VARIABLES",
     "hold_early_signals",
+    "install_signal_handlers",
     "pin_math_threads",
-    "take_early_signals",
 ]
 
 MATH_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -42,14 +43,30 @@ def _hold(signum: int, _frame: FrameType | None) -> None:
 
 
 def hold_early_signals() -> None:
-    """Record ``EARLY_SIGNALS`` instead of dying of them, until ``take_early_signals``."""
+    """Record ``EARLY_SIGNALS`` instead of dying of them, until ``install_signal_handlers``."""
     for signum in EARLY_SIGNALS:
         signal.signal(signum, _hold)
 
 
-def take_early_signals() -> list[signal.Signals]:
-    """The signals held since ``hold_early_signals``, in order (each once); the daemon
-    installs its own handlers right before it calls this."""
-    taken = list(dict.fromkeys(_held))
+def install_signal_handlers(
+    stop: Callable[[str], None], reload: Callable[[], None]
+) -> list[signal.Signals]:
+    """SIGTERM and SIGINT call ``stop`` with the signal's name, SIGHUP calls ``reload``
+    (both must only set flags: they run in a signal handler). Then the signals held
+    since ``hold_early_signals`` are acted on the same way, in order, each once; they
+    are returned, for the log."""
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: reload())
+    early = list(dict.fromkeys(_held))
     _held.clear()
-    return taken
+    for signum in early:
+        if signum == signal.SIGHUP:
+            reload()
+        else:
+            stop(signum.name)
+    return early
