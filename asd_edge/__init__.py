@@ -50,7 +50,7 @@ The service::
 Small shared pieces, one of each::
 
     audiofile    reading any audio file; 16-bit WAV bytes and files
-    durable      atomic file replacement with fsync (daemon and training)
+    durable      atomic file replacement with fsync; a regular file read within a size bound
     jsonvalues   JSON-safe values and ISO-8601 UTC time stamps (daemon and training)
     backoff      capped, jittered retry delays (capture restarts, broker reconnects)
 """

@@ -5,21 +5,36 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 from support import REPO
 from support.audio import tone_burst, write_wav
+from support.files import REJECTED_KINDS, rejected_file
 from support.services import asd_edge_command
 
 from asd_edge.audiofile import read_audio, to_mono
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*asd_edge_command(), *args], capture_output=True, text=True, timeout=120, cwd=cwd
+        [*asd_edge_command(), *args], capture_output=True, text=True, timeout=timeout_s, cwd=cwd
     )
+
+
+QUICK_S = 30
+"""A check that must not wait on a file: it takes a few seconds (the process starting and
+loading onnxruntime); a FIFO used to hold check-config until this ran out."""
+
+
+def config_file(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 class TestHelp:
@@ -174,6 +189,19 @@ class TestCheckConfig:
         result = cli("check-config", "--config", str(config))
         assert result.returncode == 78
         assert "monitors[0].model" in result.stderr and "nope.onnx" in result.stderr
+
+    @pytest.mark.parametrize("kind", REJECTED_KINDS)
+    def test_a_model_no_regular_file_or_too_large_exits_78_at_once(
+        self, tmp_path: Path, kind: str
+    ) -> None:
+        """A FIFO (which held check-config 30 s), a link to /dev/zero or a 2 GB sparse
+        file (which filled its memory) as the model: exit 78 at once, naming the key and
+        the file, nothing read."""
+        path, problem = rejected_file(tmp_path, kind, ".onnx")
+        config = config_file(tmp_path, {"monitors": [{"name": "fan", "model": str(path)}]})
+        result = cli("check-config", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        assert f"monitors[0].model: {path}: file: {problem}" in result.stderr
 
 
 class TestRun:
