@@ -22,6 +22,7 @@ the outbox moves aside) stay private there.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 __all__ = [
     "AsdEdgeError",
@@ -52,6 +53,19 @@ class ConfigError(AsdEdgeError):
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+    @classmethod
+    def check_all(cls, *checks: Callable[[], object]) -> None:
+        """Run every one of ``checks``; if any raised a ConfigError, raise one listing all
+        their problems, in order (a user fixes them in one go)."""
+        problems: list[str] = []
+        for check in checks:
+            try:
+                check()
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise cls(problems)
 
 
 class ModelError(AsdEdgeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,23 @@ def config_file(tmp_path: Path, data: dict[str, Any]) -> Path:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def mqtt_file_configs(tmp_path: Path, model: Path) -> dict[str, dict[str, Any]]:
+    """Configurations whose MQTT password or TLS CA file is missing, by the key naming it:
+    each runs a monitor on a replayed recording, so only that file can stop it."""
+    wav = write_wav(tmp_path / "quiet.wav", np.zeros(16000 * 60, np.float32), 16000)
+    base = {
+        "state_dir": str(tmp_path / "state"),
+        "input": {"device": f"file:{wav}"},
+        "clips": {"enabled": False},
+        "monitors": [{"name": "fan", "model": str(model)}],
+    }
+    missing = str(tmp_path / "missing")
+    return {
+        "mqtt.password_file": {**base, "mqtt": {"username": "u", "password_file": missing}},
+        "mqtt.tls.ca_file": {**base, "mqtt": {"tls": {"enabled": True, "ca_file": missing}}},
+    }
 
 
 class TestHelp:
@@ -203,8 +221,67 @@ class TestCheckConfig:
         assert result.returncode == 78
         assert f"monitors[0].model: {path}: file: {problem}" in result.stderr
 
+    def test_every_file_key_that_names_a_fifo_is_listed(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """The push key, the MQTT password and the TLS files are read as the daemon reads
+        them: each key naming a FIFO is listed, without waiting on any."""
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        tls = {"enabled": True, "ca_file": str(fifo), "cert_file": "c.pem", "key_file": "k.pem"}
+        config = config_file(
+            tmp_path,
+            {
+                "monitors": [{"name": "fan", "model": str(level_model)}],
+                "push": {"key_file": str(fifo)},
+                "mqtt": {"username": "u", "password_file": str(fifo), "tls": tls},
+            },
+        )
+        result = cli("check-config", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        fifo_problem = "not a regular file (a FIFO)"
+        assert f"push.key_file: {fifo}: {fifo_problem}" in result.stderr
+        assert f"mqtt.password_file: cannot read {fifo}: {fifo_problem}" in result.stderr
+        assert f"mqtt.tls.ca_file: cannot load the TLS file {fifo}: {fifo_problem}" in (
+            result.stderr
+        )
+
+    @pytest.mark.parametrize("key", ["mqtt.password_file", "mqtt.tls.ca_file"])
+    def test_a_missing_mqtt_file_exits_78_naming_the_key(
+        self, tmp_path: Path, level_model: Path, key: str
+    ) -> None:
+        """A missing password or CA file fails the check as it would fail the daemon."""
+        config = config_file(tmp_path, mqtt_file_configs(tmp_path, level_model)[key])
+        result = cli("check-config", "--config", str(config))
+        assert result.returncode == 78
+        assert f"{key}: " in result.stderr and str(tmp_path / "missing") in result.stderr
+
 
 class TestRun:
+    @pytest.mark.parametrize("key", ["mqtt.password_file", "mqtt.tls.ca_file"])
+    def test_a_missing_mqtt_file_exits_78_naming_the_key(
+        self, tmp_path: Path, level_model: Path, key: str
+    ) -> None:
+        """A missing password or CA file stops the daemon with exit 78, which systemd does
+        not restart, and names the key (it was exit 70 with a traceback: a restart loop)."""
+        config = config_file(tmp_path, mqtt_file_configs(tmp_path, level_model)[key])
+        result = cli("run", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        assert f"{key}: " in result.stderr and str(tmp_path / "missing") in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+    def test_a_password_without_a_user_name_exits_78(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """A password without mqtt.username stops the daemon at the link's start with exit
+        78 and the key in its log (it was exit 70 with a traceback)."""
+        data = mqtt_file_configs(tmp_path, level_model)["mqtt.password_file"]
+        config = config_file(tmp_path, {**data, "mqtt": {"password": "secret"}})
+        result = cli("run", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        assert "mqtt.username: expected a user name to go with the password" in result.stdout
+        assert "Traceback" not in result.stderr + result.stdout
+
     def test_no_monitor_exits_78(self, tmp_path: Path) -> None:
         """Running with nothing to monitor is a configuration error, not a silent daemon."""
         config = tmp_path / "empty.yaml"

@@ -25,6 +25,7 @@ __all__ = [
     "TLS_FILE_MAX_BYTES",
     "BoundedClient",
     "build_client",
+    "check_credentials",
     "read_password",
     "tls_context",
 ]
@@ -132,6 +133,21 @@ def build_client(
     )
     client.on_socket_open = _no_delay
     return client
+
+
+def check_credentials(cfg: MqttConfig) -> None:
+    """Read and load the files ``build_client`` reads, without a client: the password file
+    and, with TLS, the CA, certificate and key files. ConfigError naming the key: what
+    ``check-config`` and the daemon's start run, so that a bad file stops the daemon
+    with exit 78 (EX_CONFIG) before anything starts. Lists the password's problem and the
+    TLS files' together."""
+    checks: list[Callable[[], object]] = []
+    if cfg.password_file is not None:
+        password_file = cfg.password_file
+        checks.append(lambda: read_password(password_file))
+    if cfg.tls.enabled:
+        checks.append(lambda: tls_context(cfg))
+    ConfigError.check_all(*checks)
 
 
 def read_password(path: str) -> str:
