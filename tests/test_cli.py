@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from support import REPO
-from support.audio import tone_burst, write_wav
+from support.audio import sparse_wav, tone_burst, write_wav
 from support.files import REJECTED_KINDS, rejected_file
 from support.services import asd_edge_command
 
@@ -27,6 +28,8 @@ def cli(
     )
 
 
+PEAK_RSS_LIMIT_KB = 200_000
+"""``asd-edge score`` of a 2 GB WAV must stay under this; it takes about 95 MB."""
 QUICK_S = 30
 """A check that must not wait on a file: it takes a few seconds (the process starting and
 loading onnxruntime); a FIFO used to hold check-config until this ran out."""
@@ -119,6 +122,59 @@ class TestScore:
         first, second = (json.loads(line) for line in result.stdout.strip().splitlines())
         assert first["file"] == str(bad) and "broken.wav" in first["error"]
         assert second["file"] == str(good) and len(second["windows"]) == 5
+
+    def test_a_truncated_wav_is_reported_by_name_and_others_scored(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """A WAV cut short is an error naming it and both lengths (it was scored silently as
+        far as it went); the next file is scored; exit 1."""
+        good = write_wav(tmp_path / "good.wav", tone_burst(16000, 3.0, (1.0, 2.0)), 16000)
+        cut = tmp_path / "cut.wav"
+        cut.write_bytes(good.read_bytes()[: 44 + 32000])
+        result = cli("score", "--model", str(level_model), str(cut), str(good))
+        assert result.returncode == 1
+        first, second = (json.loads(line) for line in result.stdout.strip().splitlines())
+        assert first == {
+            "file": str(cut),
+            "error": f"{cut}: truncated: the header announces 96,000 bytes of audio (3.000 s), "
+            "the file holds 32,000 (1.000 s)",
+        }
+        assert second["file"] == str(good) and len(second["windows"]) == 5
+
+    @pytest.mark.slow
+    def test_a_2_gb_wav_is_scored_in_bounded_memory_beside_the_others(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """A 2 GB WAV (sparse: 32 channels of silence, 35 min) is scored block by block
+        with the peak resident memory of the process under 200 MB (it used to read the
+        whole file, several times its size); the good file after it is scored and a
+        truncated one is reported by name."""
+        big = sparse_wav(tmp_path / "big.wav", 16000, 32, 2**31 - 64)
+        good = write_wav(tmp_path / "good.wav", tone_burst(16000, 3.0, (1.0, 2.0)), 16000)
+        cut = tmp_path / "cut.wav"
+        cut.write_bytes(good.read_bytes()[:1000])
+        args = ["score", "--model", str(level_model), str(big), str(good), str(cut)]
+        code = (
+            "import sys\n"
+            "from asd_edge.cli import main\n"
+            f"code = main({args!r})\n"
+            "status = open('/proc/self/status').read().splitlines()\n"
+            "print(next(s for s in status if s.startswith('VmHWM:')), file=sys.stderr)\n"
+            "sys.exit(code)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+        )
+        assert result.returncode == 1, result.stderr
+        peak_kb = int(result.stderr.strip().splitlines()[-1].split()[1])
+        assert peak_kb < PEAK_RSS_LIMIT_KB, f"peak resident memory {peak_kb} kB"
+        scored, second, third = (json.loads(line) for line in result.stdout.strip().splitlines())
+        seconds = (2**31 - 64) // (32 * 2) / 16000
+        assert scored["file"] == str(big) and scored["events"] == []
+        assert len(scored["windows"]) == int((seconds - 1.0) / 0.5) + 1
+        assert scored["windows"][-1]["end_s"] == pytest.approx(seconds, abs=0.5)
+        assert second["file"] == str(good) and len(second["windows"]) == 5
+        assert third["file"] == str(cut) and f"{cut}: truncated" in third["error"]
 
     def test_bad_model_exits_78_naming_the_field(self, tmp_path: Path) -> None:
         """A model without the contract's metadata: exit 78, the field named."""

@@ -1,6 +1,6 @@
 """What the tests import besides the code under test (fixtures live in ``conftest.py``).
 
-- ``support.audio``: test sounds and WAV files.
+- ``support.audio``: test sounds and WAV files (a sparse one of any announced size too).
 - ``support.services``: devkit's mosquitto and daemon process and the installed commands,
   as tests use them (a timeout fails the test, a missing tool skips it).
 - ``support.alerting``: an AlertSink that records, a monitor's info, a filled ring.
