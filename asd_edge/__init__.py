@@ -51,8 +51,8 @@ The service::
 
 Small shared pieces, one of each::
 
-    audiofile    reading any audio file; 16-bit WAV bytes and files
-    durable      atomic file replacement with fsync (daemon and training)
+    audiofile/   reading any audio file, a WAV in blocks (reader, wav, ffmpeg); 16-bit WAV
+    durable      atomic file replacement with fsync; a regular file read within a size bound
     jsonvalues   JSON-safe values and ISO-8601 UTC time stamps (daemon and training)
     backoff      capped, jittered retry delays (capture restarts, broker reconnects)
 """

@@ -17,13 +17,21 @@ from .config import Config, InputConfig
 from .detector import Detector
 from .errors import ConfigError, ModelError
 from .filesource import FileSource
-from .modelstore import ModelManager
-from .mqtt import Command, CommandRouter, MqttLink, command_specs, max_message_bytes
+from .modelstore import ModelManager, load_key
+from .mqtt import (
+    Command,
+    CommandRouter,
+    MqttLink,
+    check_credentials,
+    command_specs,
+    max_message_bytes,
+)
 
 __all__ = [
     "REPLAY_PREFIX",
     "Services",
     "build_services",
+    "check_services",
     "command_router",
     "load_detectors",
     "open_input",
@@ -82,6 +90,17 @@ def load_detectors(config: Config) -> dict[str, Detector]:
     return detectors
 
 
+def check_services(config: Config) -> None:
+    """What ``build_services`` would refuse over files, checked without building, starting
+    or writing anything: every monitor's model (the configured file), ``push.key_file``
+    and, with MQTT, its password and TLS files (``mqtt.check_credentials``). ConfigError
+    listing every problem, each naming its key (``check-config``)."""
+    checks: list[Callable[[], object]] = [lambda: load_detectors(config), lambda: load_key(config)]
+    if config.mqtt.enabled:
+        checks.append(lambda: check_credentials(config.mqtt))
+    ConfigError.check_all(*checks)
+
+
 def command_router(
     config: Config, models: ModelManager, request_health: Callable[[], None]
 ) -> CommandRouter:
@@ -120,7 +139,10 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     """The models (the configured ones, or those pushed since, from ``state_dir/models``),
     the MQTT link with its outbox and command router, the clip store and recorder under
     ``state_dir/clips``, and the alerts that tie them together. Nothing is started.
-    Raises ConfigError naming every bad key, model or key file."""
+    Raises ConfigError naming the MQTT password and TLS files that cannot be used
+    (checked first: the link reads them again at start), or every bad model or key file."""
+    if config.mqtt.enabled:
+        check_credentials(config.mqtt)
     state_dir = Path(config.state_dir)
     if config.clips.enabled or config.mqtt.enabled:
         try:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .assembly import load_detectors, open_input, replay_path
+from .assembly import check_services, open_input, replay_path
 from .audiofile import write_wav
 from .capture import list_input_devices
 from .config import (
@@ -32,7 +32,6 @@ from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
 from .jsonvalues import json_safe
 from .logs import configure_logging
-from .modelstore import load_key
 from .scoring import score_file
 
 __all__ = ["main"]
@@ -113,11 +112,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the configuration and load its models; print the effective configuration."""
+    """Validate the configuration, load its models and read every file it names as the
+    daemon will (push.key_file, the MQTT password and TLS files); print the effective
+    configuration."""
     try:
         config = _load(args.config)
-        load_detectors(config)
-        load_key(config)  # push.key_file, as the daemon will read it
+        check_services(config)
     except ConfigError as exc:
         return _config_error(exc)
     print(f"# effective configuration of {config.source or 'the built-in defaults'}")

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from asd_edge.durable import read_regular
 from asd_edge.errors import ConfigError
 from asd_edge.schema import INVALID, at, build, convert, load_yaml, show, to_plain
 
 __all__ = [
+    "CONFIG_MAX_BYTES",
     "DEFAULT_CONFIG_PATH",
     "HOP_MAX_S",
     "HOP_MIN_S",
+    "PUSH_MAX_MB",
     "ClipsConfig",
     "Config",
     "DetectorConfig",
@@ -39,6 +42,13 @@ __all__ = [
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/asd-edge/config.yaml")
 """Where the daemon reads its configuration when it is not given a path."""
+CONFIG_MAX_BYTES: Final = 1 << 20
+"""The largest configuration file read (1 MiB): the shipped, fully commented one is about
+10 kB; a larger file is a wrong path (a log, a recording, a device), refused unread."""
+PUSH_MAX_MB: Final = 32.0
+"""The most ``push.max_mb`` may be: a push briefly takes about 6 times the model's size in
+memory, and the unit's MemoryMax=256M leaves room for 32 MB. The largest model file the
+daemon reads follows from it (``detector.MODEL_MAX_BYTES``)."""
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
@@ -132,7 +142,7 @@ class PushConfig:
     allow_unsigned: bool = False
     """Accept pushes without a signature (anyone who can publish to the broker can then
     replace the model: for a lab only)."""
-    max_mb: float = field(default=16.0, metadata={"min": 0.01, "max": 32.0})
+    max_mb: float = field(default=16.0, metadata={"min": 0.01, "max": PUSH_MAX_MB})
     """Largest model accepted by push, in megabytes (a push briefly takes about 6 times
     its size in memory: the unit's MemoryMax=256M leaves room for 32)."""
     fleet_prefix: str | None = field(
@@ -329,13 +339,14 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
 
     Relative paths in the file are resolved against the file's directory (against
     the working directory when ``path`` is None). Raises ConfigError listing every
-    problem found; a file that cannot be read or parsed is named in the message.
+    problem found; a file that cannot be read or parsed is named in the message, as is
+    one that is not a regular file or is larger than ``CONFIG_MAX_BYTES`` (not read).
     """
     if path is None:
         return parse_config(None, base_dir=Path.cwd())
     shown = os.fspath(path)
     try:
-        raw = Path(shown).read_bytes()
+        raw = read_regular(shown, CONFIG_MAX_BYTES)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError(f"{shown}: cannot read the configuration file: {reason}") from exc

@@ -189,6 +189,10 @@ class Daemon:
             )
             self.notifier.ready(self._status_line())
             code = self._loop()
+        except ConfigError as exc:  # the link's start: a credentials file gone since checked,
+            # or a password without a user name (check-config lets that through)
+            log.error("config_invalid", problems=exc.problems)
+            code = EXIT_CONFIG
         except Exception:  # the supervisor boundary: log it, exit so systemd restarts us
             log.exception("daemon_failed")
             code = EXIT_SOFTWARE

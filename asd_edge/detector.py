@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from .errors import ModelError
+from .config import PUSH_MAX_MB
+from .durable import read_regular
+from .errors import FileRejected, ModelError
 from .features import LogMel, normalize_window
 from .modelspec import ModelSpec, parse_model_spec
 
-__all__ = ["Detector"]
+__all__ = ["MODEL_MAX_BYTES", "Detector", "unreadable_model"]
 
 FloatArray = npt.NDArray[np.float32]
+
+MODEL_MAX_BYTES: Final = math.ceil(PUSH_MAX_MB * 1e6)
+"""The largest model file loaded (32,000,000 bytes): the largest a push may carry
+(``push.max_mb`` at its most), so any model the device may run can be pushed, and one
+that could not is refused unread, wherever it is (the config's file, the store)."""
+
+
+def unreadable_model(path: str, exc: OSError) -> ModelError:
+    """The ModelError (field ``file``) for a model file that cannot be read, or that was
+    refused unread (``FileRejected``: not a regular file, or over ``MODEL_MAX_BYTES``)."""
+    if isinstance(exc, FileRejected):
+        return ModelError(path, "file", exc.problem)
+    return ModelError(path, "file", f"cannot read ({exc.strerror or exc})")
 
 
 class Detector:
@@ -27,15 +43,16 @@ class Detector:
     clear ``ModelError`` (file and field) before the first tick: the metadata, the
     input and output names, ranks and fixed sizes, and a test inference on a
     silent window. The outputs are ``score`` and, optionally, ``bands`` (with its
-    ``bands`` metadata: ``asd_edge.modelspec``).
+    ``bands`` metadata: ``asd_edge.modelspec``). A path that is not a regular file or
+    holds more than ``MODEL_MAX_BYTES`` is refused before it is read.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int = 1) -> None:
         self.path = str(path)
         try:
-            blob = Path(path).read_bytes()
+            blob = read_regular(path, MODEL_MAX_BYTES)
         except OSError as exc:
-            raise ModelError(self.path, "file", f"cannot read ({exc.strerror or exc})") from None
+            raise unreadable_model(self.path, exc) from None
         self.sha256 = hashlib.sha256(blob).hexdigest()
         self.loaded_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         """When this model was loaded (ISO 8601 UTC)."""

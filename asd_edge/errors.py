@@ -10,6 +10,7 @@ and a reader sees them all at once::
     ├── AudioError        the audio input cannot be opened or stopped delivering
     │   └── AudioDecodeError  an audio file cannot be read (names the file)
     ├── OutboxError       the outbox file cannot be opened or created
+    ├── FileRejected      a file not read: not a regular file, or over its size bound
     ├── CommandError      an MQTT command is malformed or cannot be carried out
     ├── Refused           a model push, rollback or file change is refused (names the field)
     └── KeyFileError      a push key file cannot be used (names the file)
@@ -21,6 +22,7 @@ the outbox moves aside) stay private there.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 __all__ = [
     "AsdEdgeError",
@@ -28,6 +30,7 @@ __all__ = [
     "AudioError",
     "CommandError",
     "ConfigError",
+    "FileRejected",
     "KeyFileError",
     "ModelError",
     "OutboxError",
@@ -50,6 +53,19 @@ class ConfigError(AsdEdgeError):
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__("\n".join(self.problems))
+
+    @classmethod
+    def check_all(cls, *checks: Callable[[], object]) -> None:
+        """Run every one of ``checks``; if any raised a ConfigError, raise one listing all
+        their problems, in order (a user fixes them in one go)."""
+        problems: list[str] = []
+        for check in checks:
+            try:
+                check()
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise cls(problems)
 
 
 class ModelError(AsdEdgeError):
@@ -86,6 +102,23 @@ class OutboxError(AsdEdgeError):
     The message names the file, e.g. ``/var/lib/asd-edge/outbox.sqlite: cannot
     create the outbox: unable to open database file``.
     """
+
+
+class FileRejected(AsdEdgeError, OSError):
+    """A file that is not read at all: not a regular file (a FIFO would block the reader,
+    ``/dev/zero`` never ends) or larger than the bound its reader sets.
+
+    Also an OSError, so each reader reports it where it reports a file it cannot read,
+    naming the file and the key; ``problem`` (and ``strerror``) say why, e.g.
+    ``not a regular file (a FIFO)`` or ``too large: 2,147,483,692 bytes (at most
+    32,000,000)``; ``path`` is the file (``durable.open_regular``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(problem)
+        self.strerror = problem
 
 
 class CommandError(AsdEdgeError):

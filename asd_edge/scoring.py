@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .audiofile import read_audio, to_mono
+from .audiofile import check_channel, open_audio, to_mono
 from .config import MonitorConfig
 from .decision import Event
 from .detector import Detector
@@ -15,7 +16,9 @@ from .modelspec import band_evidence
 from .monitor import Monitor
 from .ring import RingBuffer
 
-__all__ = ["score_file", "score_samples"]
+__all__ = ["score_blocks", "score_file", "score_samples"]
+
+FloatArray = npt.NDArray[np.float32]
 
 
 def score_samples(
@@ -37,9 +40,22 @@ def score_samples(
     to each window and ``"machine": [{state, at_s, since_s, level_dbfs}]``, the
     machine's state changes (it starts ``running``).
     """
-    mono = np.asarray(samples, dtype=np.float32)
-    if mono.ndim != 1:
-        raise ValueError(f"expected mono samples, got shape {mono.shape}")
+    mono = _mono(samples)
+    return score_blocks([mono], sample_rate, detector, settings, threshold=threshold, hop_s=hop_s)
+
+
+def score_blocks(
+    blocks: Iterable[npt.ArrayLike],
+    sample_rate: int,
+    detector: Detector,
+    settings: MonitorConfig,
+    *,
+    threshold: float | None = None,
+    hop_s: float | None = None,
+) -> dict[str, Any]:
+    """``score_samples`` of a mono recording that arrives in consecutive blocks of any
+    length: the same report, while memory holds only the ring, a block and the report
+    (however long the recording)."""
     ring = RingBuffer(round(2 * (hop_s or settings.hop_s) * sample_rate) + 4096)
     monitor = Monitor.from_config(
         settings, detector, ring, sample_rate, threshold=threshold, hop_s=hop_s, start_index=0
@@ -63,10 +79,9 @@ def score_samples(
         if spec.bands is not None:
             events[-1]["evidence"] = band_evidence(spec.bands, event.peak_bands)
 
-    total = mono.shape[0]
-    for begin in range(0, total, step):
-        ring.write(mono[begin : begin + step])
-        result = monitor.tick(catch_up=True, final=begin + step >= total)
+    for piece, final in _hops(blocks, step):
+        ring.write(piece)
+        result = monitor.tick(catch_up=True, final=final)
         for w in result.scores:
             window = {"start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4), "score": w.score}
             if w.level_dbfs is not None:
@@ -98,6 +113,35 @@ def score_samples(
     return report
 
 
+def _hops(blocks: Iterable[npt.ArrayLike], step: int) -> Iterator[tuple[FloatArray, bool]]:
+    """The samples of ``blocks`` in consecutive pieces of ``step`` (the last may be
+    shorter), each with whether it is the last one."""
+    pending = np.empty(0, dtype=np.float32)
+    held: FloatArray | None = None  # a piece, yielded once it is known not to be the last
+    for block in blocks:
+        mono = _mono(block)
+        pending = np.concatenate([pending, mono]) if pending.size else mono
+        whole = pending.shape[0] - pending.shape[0] % step
+        for begin in range(0, whole, step):
+            if held is not None:
+                yield held, False
+            held = pending[begin : begin + step]
+        pending = pending[whole:]
+    if pending.size:
+        if held is not None:
+            yield held, False
+        held = pending
+    if held is not None:
+        yield held, True
+
+
+def _mono(samples: npt.ArrayLike) -> FloatArray:
+    mono = np.asarray(samples, dtype=np.float32)
+    if mono.ndim != 1:
+        raise ValueError(f"expected mono samples, got shape {mono.shape}")
+    return mono
+
+
 def score_file(
     path: str,
     detector: Detector,
@@ -107,17 +151,21 @@ def score_file(
     threshold: float | None = None,
     hop_s: float | None = None,
 ) -> dict[str, Any]:
-    """Read one file (any format ``read_audio`` takes) and score it with ``score_samples``.
+    """Read one file (any format ``open_audio`` takes) and score it with ``score_blocks``:
+    a WAV block by block, in bounded memory however long it is; another format decoded
+    whole by ffmpeg first. AudioDecodeError naming the file when it cannot be read, or
+    is a truncated WAV.
 
     ``channel`` picks one channel of a multichannel file; ``None`` mixes down.
     """
-    audio = read_audio(path)
-    report = score_samples(
-        to_mono(audio.samples, channel),
-        audio.sample_rate,
-        detector,
-        settings,
-        threshold=threshold,
-        hop_s=hop_s,
-    )
+    with open_audio(path) as audio:
+        check_channel(channel, audio.channels)
+        report = score_blocks(
+            (to_mono(block, channel) for block in audio.blocks()),
+            audio.sample_rate,
+            detector,
+            settings,
+            threshold=threshold,
+            hop_s=hop_s,
+        )
     return {"file": path, **report}

@@ -6,6 +6,7 @@ import csv
 import io
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from scipy.io import wavfile
 
 from asd_edge.audiofile import (
     AudioData,
+    open_audio,
     pcm16,
     read_audio,
     to_mono,
@@ -84,6 +86,55 @@ class TestReadWav:
         out = tmp_path / "s24.wav"
         subprocess.run(["ffmpeg", "-v", "error", "-i", src, "-c:a", "pcm_s24le", out], check=True)
         np.testing.assert_allclose(read_audio(out).samples[:, 0], tone(16000, 0.2), atol=1e-4)
+
+    def test_big_endian_rifx(self, tmp_path: Path) -> None:
+        """A RIFX file (big-endian) reads as its little-endian twin does."""
+        pcm = np.array([[0, 16384], [-32768, 32767], [1, -1]], dtype=np.int16)
+        wavfile.write(tmp_path / "le.wav", 8000, pcm)
+        le = (tmp_path / "le.wav").read_bytes()
+        fields = struct.unpack("<4sI4s4sIHHIIHH4sI", le[:44])
+        header = struct.pack(">4sI4s4sIHHIIHH4sI", b"RIFX", *fields[1:])
+        (tmp_path / "be.wav").write_bytes(header + pcm.astype(">i2").tobytes())
+        big = read_audio(tmp_path / "be.wav")
+        assert big.sample_rate == 8000
+        np.testing.assert_array_equal(big.samples, read_audio(tmp_path / "le.wav").samples)
+
+    @needs_ffmpeg
+    def test_rf64_and_chunks_before_the_data(self, tmp_path: Path) -> None:
+        """RF64 (its sizes in a ds64 chunk) and a bext chunk before the data read as scipy
+        reads the plain file."""
+        src = tmp_path / "src.wav"
+        pcm = (np.stack([tone(16000, 0.3), tone(16000, 0.3, 1000)], axis=1) * 32767).astype(
+            np.int16
+        )
+        wavfile.write(src, 16000, pcm)
+        want = pcm / 32768.0
+        for name, extra in (("rf64.wav", ["-rf64", "always"]), ("bext.wav", ["-write_bext", "1"])):
+            out = tmp_path / name
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-i", src, "-c:a", "pcm_s16le", *extra, out], check=True
+            )
+            np.testing.assert_array_equal(read_audio(out).samples, want.astype(np.float32))
+
+    def test_blocks_are_the_whole_file_in_pieces(self, tmp_path: Path) -> None:
+        """Read block by block (7 frames at a time), a WAV gives exactly what a whole read
+        gives, for every sample type."""
+        stereo = np.stack([tone(8000, 0.05), tone(8000, 0.05, 300)], axis=1)
+        kinds = {
+            "u8": (stereo * 127 + 128).astype(np.uint8),
+            "i16": (stereo * 32767).astype(np.int16),
+            "i32": (stereo * 2**31 * 0.9).astype(np.int32),
+            "f32": stereo.astype(np.float32),
+            "f64": stereo,
+        }
+        for name, data in kinds.items():
+            wavfile.write(tmp_path / f"{name}.wav", 8000, data)
+            whole = read_audio(tmp_path / f"{name}.wav").samples
+            with open_audio(tmp_path / f"{name}.wav") as audio:
+                assert (audio.frames, audio.channels) == whole.shape
+                blocks = list(audio.blocks(max_frames=7))
+            assert max(len(b) for b in blocks) == 7, name
+            np.testing.assert_array_equal(np.concatenate(blocks), whole, err_msg=name)
 
 
 class TestWriteWav:
@@ -237,6 +288,45 @@ class TestReadErrors:
         path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
         with pytest.raises(AudioDecodeError) as info:
             read_audio(path)
+        assert info.value.path == str(path)
+
+    def test_truncated_wav_is_reported_not_read_short(self, tmp_path: Path) -> None:
+        """A WAV cut short (its header announces more audio than it holds) is an error
+        naming the file and both lengths, not the part that is there."""
+        path = tmp_path / "cut.wav"
+        whole = wav_bytes(np.zeros(16000, np.float32), 16000)
+        path.write_bytes(whole[: 44 + 16000])
+        with pytest.raises(AudioDecodeError) as info:
+            read_audio(path)
+        assert info.value.path == str(path)
+        assert info.value.problem == (
+            "truncated: the header announces 32,000 bytes of audio (1.000 s), "
+            "the file holds 16,000 (0.500 s)"
+        )
+
+    def test_a_header_claiming_2_to_the_31_samples_over_1_s_is_reported(
+        self, tmp_path: Path
+    ) -> None:
+        """8-bit mono whose header claims 2**31 samples over 1 s of data: refused at
+        once, nothing allocated for the claim."""
+        path = tmp_path / "claims.wav"
+        wavfile.write(path, 8000, np.full(8000, 128, dtype=np.uint8))
+        header = bytearray(path.read_bytes())
+        struct.pack_into("<I", header, 40, 2**31)
+        path.write_bytes(bytes(header))
+        with pytest.raises(AudioDecodeError, match=r"announces 2,147,483,648 bytes") as info:
+            read_audio(path)
+        assert info.value.path == str(path) and "holds 8,000 (1.000 s)" in info.value.problem
+
+    def test_a_wav_cut_while_it_is_read_is_reported(self, tmp_path: Path) -> None:
+        """A file that shrinks after it was opened: the block that is gone is an error
+        naming the file, never silence or a short read taken as the end."""
+        path = tmp_path / "a.wav"
+        write_wav(path, np.zeros(16000, np.float32), 16000)
+        with open_audio(path) as audio:
+            os.truncate(path, 44 + 8000)
+            with pytest.raises(AudioDecodeError, match="truncated while it was read") as info:
+                list(audio.blocks(max_frames=1000))
         assert info.value.path == str(path)
 
 

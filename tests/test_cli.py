@@ -3,23 +3,59 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 from support import REPO
-from support.audio import tone_burst, write_wav
+from support.audio import sparse_wav, tone_burst, write_wav
+from support.files import REJECTED_KINDS, rejected_file
 from support.services import asd_edge_command
 
 from asd_edge.audiofile import read_audio, to_mono
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*asd_edge_command(), *args], capture_output=True, text=True, timeout=120, cwd=cwd
+        [*asd_edge_command(), *args], capture_output=True, text=True, timeout=timeout_s, cwd=cwd
     )
+
+
+PEAK_RSS_LIMIT_KB = 200_000
+"""``asd-edge score`` of a 2 GB WAV must stay under this; it takes about 95 MB."""
+QUICK_S = 30
+"""A check that must not wait on a file: it takes a few seconds (the process starting and
+loading onnxruntime); a FIFO used to hold check-config until this ran out."""
+
+
+def config_file(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def mqtt_file_configs(tmp_path: Path, model: Path) -> dict[str, dict[str, Any]]:
+    """Configurations whose MQTT password or TLS CA file is missing, by the key naming it:
+    each runs a monitor on a replayed recording, so only that file can stop it."""
+    wav = write_wav(tmp_path / "quiet.wav", np.zeros(16000 * 60, np.float32), 16000)
+    base = {
+        "state_dir": str(tmp_path / "state"),
+        "input": {"device": f"file:{wav}"},
+        "clips": {"enabled": False},
+        "monitors": [{"name": "fan", "model": str(model)}],
+    }
+    missing = str(tmp_path / "missing")
+    return {
+        "mqtt.password_file": {**base, "mqtt": {"username": "u", "password_file": missing}},
+        "mqtt.tls.ca_file": {**base, "mqtt": {"tls": {"enabled": True, "ca_file": missing}}},
+    }
 
 
 class TestHelp:
@@ -86,6 +122,59 @@ class TestScore:
         first, second = (json.loads(line) for line in result.stdout.strip().splitlines())
         assert first["file"] == str(bad) and "broken.wav" in first["error"]
         assert second["file"] == str(good) and len(second["windows"]) == 5
+
+    def test_a_truncated_wav_is_reported_by_name_and_others_scored(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """A WAV cut short is an error naming it and both lengths (it was scored silently as
+        far as it went); the next file is scored; exit 1."""
+        good = write_wav(tmp_path / "good.wav", tone_burst(16000, 3.0, (1.0, 2.0)), 16000)
+        cut = tmp_path / "cut.wav"
+        cut.write_bytes(good.read_bytes()[: 44 + 32000])
+        result = cli("score", "--model", str(level_model), str(cut), str(good))
+        assert result.returncode == 1
+        first, second = (json.loads(line) for line in result.stdout.strip().splitlines())
+        assert first == {
+            "file": str(cut),
+            "error": f"{cut}: truncated: the header announces 96,000 bytes of audio (3.000 s), "
+            "the file holds 32,000 (1.000 s)",
+        }
+        assert second["file"] == str(good) and len(second["windows"]) == 5
+
+    @pytest.mark.slow
+    def test_a_2_gb_wav_is_scored_in_bounded_memory_beside_the_others(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """A 2 GB WAV (sparse: 32 channels of silence, 35 min) is scored block by block
+        with the peak resident memory of the process under 200 MB (it used to read the
+        whole file, several times its size); the good file after it is scored and a
+        truncated one is reported by name."""
+        big = sparse_wav(tmp_path / "big.wav", 16000, 32, 2**31 - 64)
+        good = write_wav(tmp_path / "good.wav", tone_burst(16000, 3.0, (1.0, 2.0)), 16000)
+        cut = tmp_path / "cut.wav"
+        cut.write_bytes(good.read_bytes()[:1000])
+        args = ["score", "--model", str(level_model), str(big), str(good), str(cut)]
+        code = (
+            "import sys\n"
+            "from asd_edge.cli import main\n"
+            f"code = main({args!r})\n"
+            "status = open('/proc/self/status').read().splitlines()\n"
+            "print(next(s for s in status if s.startswith('VmHWM:')), file=sys.stderr)\n"
+            "sys.exit(code)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO
+        )
+        assert result.returncode == 1, result.stderr
+        peak_kb = int(result.stderr.strip().splitlines()[-1].split()[1])
+        assert peak_kb < PEAK_RSS_LIMIT_KB, f"peak resident memory {peak_kb} kB"
+        scored, second, third = (json.loads(line) for line in result.stdout.strip().splitlines())
+        seconds = (2**31 - 64) // (32 * 2) / 16000
+        assert scored["file"] == str(big) and scored["events"] == []
+        assert len(scored["windows"]) == int((seconds - 1.0) / 0.5) + 1
+        assert scored["windows"][-1]["end_s"] == pytest.approx(seconds, abs=0.5)
+        assert second["file"] == str(good) and len(second["windows"]) == 5
+        assert third["file"] == str(cut) and f"{cut}: truncated" in third["error"]
 
     def test_bad_model_exits_78_naming_the_field(self, tmp_path: Path) -> None:
         """A model without the contract's metadata: exit 78, the field named."""
@@ -175,8 +264,80 @@ class TestCheckConfig:
         assert result.returncode == 78
         assert "monitors[0].model" in result.stderr and "nope.onnx" in result.stderr
 
+    @pytest.mark.parametrize("kind", REJECTED_KINDS)
+    def test_a_model_no_regular_file_or_too_large_exits_78_at_once(
+        self, tmp_path: Path, kind: str
+    ) -> None:
+        """A FIFO (which held check-config 30 s), a link to /dev/zero or a 2 GB sparse
+        file (which filled its memory) as the model: exit 78 at once, naming the key and
+        the file, nothing read."""
+        path, problem = rejected_file(tmp_path, kind, ".onnx")
+        config = config_file(tmp_path, {"monitors": [{"name": "fan", "model": str(path)}]})
+        result = cli("check-config", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        assert f"monitors[0].model: {path}: file: {problem}" in result.stderr
+
+    def test_every_file_key_that_names_a_fifo_is_listed(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """The push key, the MQTT password and the TLS files are read as the daemon reads
+        them: each key naming a FIFO is listed, without waiting on any."""
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)
+        tls = {"enabled": True, "ca_file": str(fifo), "cert_file": "c.pem", "key_file": "k.pem"}
+        config = config_file(
+            tmp_path,
+            {
+                "monitors": [{"name": "fan", "model": str(level_model)}],
+                "push": {"key_file": str(fifo)},
+                "mqtt": {"username": "u", "password_file": str(fifo), "tls": tls},
+            },
+        )
+        result = cli("check-config", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        fifo_problem = "not a regular file (a FIFO)"
+        assert f"push.key_file: {fifo}: {fifo_problem}" in result.stderr
+        assert f"mqtt.password_file: cannot read {fifo}: {fifo_problem}" in result.stderr
+        assert f"mqtt.tls.ca_file: cannot load the TLS file {fifo}: {fifo_problem}" in (
+            result.stderr
+        )
+
+    @pytest.mark.parametrize("key", ["mqtt.password_file", "mqtt.tls.ca_file"])
+    def test_a_missing_mqtt_file_exits_78_naming_the_key(
+        self, tmp_path: Path, level_model: Path, key: str
+    ) -> None:
+        """A missing password or CA file fails the check as it would fail the daemon."""
+        config = config_file(tmp_path, mqtt_file_configs(tmp_path, level_model)[key])
+        result = cli("check-config", "--config", str(config))
+        assert result.returncode == 78
+        assert f"{key}: " in result.stderr and str(tmp_path / "missing") in result.stderr
+
 
 class TestRun:
+    @pytest.mark.parametrize("key", ["mqtt.password_file", "mqtt.tls.ca_file"])
+    def test_a_missing_mqtt_file_exits_78_naming_the_key(
+        self, tmp_path: Path, level_model: Path, key: str
+    ) -> None:
+        """A missing password or CA file stops the daemon with exit 78, which systemd does
+        not restart, and names the key (it was exit 70 with a traceback: a restart loop)."""
+        config = config_file(tmp_path, mqtt_file_configs(tmp_path, level_model)[key])
+        result = cli("run", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        assert f"{key}: " in result.stderr and str(tmp_path / "missing") in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+    def test_a_password_without_a_user_name_exits_78(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """A password without mqtt.username stops the daemon at the link's start with exit
+        78 and the key in its log (it was exit 70 with a traceback)."""
+        data = mqtt_file_configs(tmp_path, level_model)["mqtt.password_file"]
+        config = config_file(tmp_path, {**data, "mqtt": {"password": "secret"}})
+        result = cli("run", "--config", str(config), timeout_s=QUICK_S)
+        assert result.returncode == 78
+        assert "mqtt.username: expected a user name to go with the password" in result.stdout
+        assert "Traceback" not in result.stderr + result.stdout
+
     def test_no_monitor_exits_78(self, tmp_path: Path) -> None:
         """Running with nothing to monitor is a configuration error, not a silent daemon."""
         config = tmp_path / "empty.yaml"

@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from support import REPO
+from support.files import REJECTED_KINDS, rejected_file
 
 from asd_edge.config import (
     DEFAULT_CONFIG_PATH,
@@ -532,6 +533,19 @@ class TestLoadConfig:
         """A directory given as the config file is a ConfigError naming it."""
         with pytest.raises(ConfigError, match=re.escape(str(tmp_path))):
             load_config(tmp_path)
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("kind", REJECTED_KINDS)
+    def test_not_a_regular_file_or_too_large_is_refused_unread(
+        self, tmp_path: Path, kind: str
+    ) -> None:
+        """A FIFO, /dev/zero or a 2 GB sparse file given as the configuration is a
+        ConfigError naming it at once, unread (a configuration is at most 1 MiB)."""
+        path, problem = rejected_file(tmp_path, kind)
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        (message,) = caught.value.problems
+        assert message.startswith(f"{path}: cannot read the configuration file: {problem}")
 
     def test_syntax_error_names_file_line_and_column(self, tmp_path: Path) -> None:
         """A YAML syntax error names the file, the line and the column."""

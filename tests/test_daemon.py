@@ -17,9 +17,9 @@ from structlog.testing import capture_logs
 from support.audio import tone_burst, write_wav
 from support.services import asd_edge_command, wait_until
 
-from asd_edge.assembly import load_detectors
+from asd_edge.assembly import build_services, load_detectors
 from asd_edge.config import parse_config
-from asd_edge.daemon import EXIT_SOFTWARE, EXIT_UNAVAILABLE, Daemon
+from asd_edge.daemon import EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, Daemon
 from asd_edge.errors import AudioError
 from asd_edge.filesource import FileSource
 
@@ -189,6 +189,35 @@ class TestDaemonInProcess:
         assert failed["log_level"] == "error" and failed.get("exc_info")
         assert not source.alive
         assert logs[-1]["event"] == "daemon_stopped" and logs[-1]["exit_code"] == EXIT_SOFTWARE
+
+    def test_a_password_file_gone_before_the_link_starts_exits_78(
+        self, tmp_path: Path, setup: tuple[Any, Any, Path]
+    ) -> None:
+        """A password file removed after build_services read it and before the link's start
+        stops the daemon with exit 78 naming the key (it was 70: systemd restarted it in a
+        loop), with no traceback logged."""
+        model, wav = setup[0].monitors[0].model, setup[2]
+        password = tmp_path / "password"
+        password.write_text("secret\n")
+        config = parse_config(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "clips": {"enabled": False},
+                "mqtt": {"username": "u", "password_file": str(password)},
+                "monitors": [{"name": "fan", "model": model}],
+            },
+            base_dir=tmp_path,
+        )
+        services = build_services(config)
+        password.unlink()
+        daemon = Daemon(config, services.detectors, source=FileSource(wav), services=services)
+        with capture_logs() as logs:
+            code = daemon.run()
+        assert code == EXIT_CONFIG
+        invalid = next(e for e in logs if e["event"] == "config_invalid")
+        missing = "No such file or directory"
+        assert invalid["problems"] == [f"mqtt.password_file: cannot read {password}: {missing}"]
+        assert not any(e["event"] == "daemon_failed" for e in logs)
 
     def test_audio_failure_exits_69(self, setup: tuple[Any, Any, Path]) -> None:
         """When the input cannot be kept alive the daemon exits 69 (EX_UNAVAILABLE)."""

@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from support.audio import sine
 from support.bands import build_bands_model
+from support.files import REJECTED_KINDS, rejected_file
 
 from asd_edge.detector import Detector
 from asd_edge.errors import ModelError
@@ -75,6 +76,20 @@ class TestRefusals:
         """A missing file names the file."""
         with pytest.raises(ModelError, match="cannot read"):
             Detector(tmp_path / "nope.onnx")
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("kind", REJECTED_KINDS)
+    def test_not_a_regular_file_or_too_large_is_refused_unread(
+        self, tmp_path: Path, kind: str
+    ) -> None:
+        """A FIFO (the loader used to wait for a writer), /dev/zero and a 2 GB sparse file
+        (it used to read them until memory ran out) are refused at once, unread, naming
+        the file."""
+        path, problem = rejected_file(tmp_path, kind)
+        with pytest.raises(ModelError) as info:
+            Detector(path)
+        assert info.value.field == "file" and problem in info.value.problem
+        assert str(info.value).startswith(f"{path}: file: ")
 
     def test_not_onnx(self, tmp_path: Path) -> None:
         """Random bytes are not a loadable model."""

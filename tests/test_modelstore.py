@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
+from support.files import REJECTED_KINDS, rejected_file
 
 from asd_edge.config import Config, parse_config
 from asd_edge.detector import Detector
@@ -217,6 +218,35 @@ class TestLoad:
         assert len(problems) == 2
         assert problems[0].startswith("monitors[0].model: ") and "a.onnx: file:" in problems[0]
         assert problems[1].startswith("monitors[2].model: ") and "missing.onnx" in problems[1]
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("kind", REJECTED_KINDS)
+    def test_a_config_model_that_is_no_regular_file_or_too_large_is_refused_unread(
+        self, rig: Rig, kind: str
+    ) -> None:
+        """A FIFO, a link to /dev/zero or a 2 GB sparse file as the config's model stops
+        the start at once, naming monitors[i].model and the file, nothing read or written."""
+        path, problem = rejected_file(rig.root, kind, ".onnx")
+        config = rig.config({"a": rig.model_file("a.onnx", rig.models["v1"]), "b": path})
+        with pytest.raises(ConfigError) as err:
+            ModelManager(rig.state_dir, device_id=DEVICE).load(config)
+        (message,) = err.value.problems
+        assert message.startswith(f"monitors[1].model: {path}: file: {problem}")
+        assert not rig.state_dir.exists()
+
+    def test_a_damaged_state_file_too_large_to_be_one_is_read_as_empty(self, rig: Rig) -> None:
+        """A state.json grown to 2 GB (sparse) is not read: the config's model runs."""
+        state = rig.state_dir / "models" / "a" / modelfiles.STATE_NAME
+        state.parent.mkdir(parents=True)
+        with state.open("wb") as f:
+            f.truncate(2**31)
+        config = rig.config({"a": rig.model_file("a.onnx", rig.models["v1"])})
+        with capture_logs() as logs:
+            manager, detectors = rig.manager(config)
+        assert detectors["a"].sha256 == sha(rig.models["v1"])
+        assert manager.facts("a")["source"] == "config"
+        (unreadable,) = [e for e in logs if e["event"] == "model_state_unreadable"]
+        assert "too large" in unreadable["error"]
 
     def test_a_bad_key_file_is_a_config_error_naming_it(self, rig: Rig) -> None:
         """push.key_file that is not a public key stops the start with its name."""
@@ -581,6 +611,21 @@ class TestFileWatch:
         assert swap.detector.threshold == -10.0
         manager.applied(swap)
         assert manager.facts("pump")["last_error"] is None
+
+    @pytest.mark.timeout(30)
+    def test_a_fifo_put_in_place_is_refused_unread_then_a_good_one_swaps(self, rig: Rig) -> None:
+        """A FIFO renamed over the config's model file is refused with the file named;
+        the worker does not wait on it, and the next good replacement is swapped in."""
+        path = rig.model_file("pump.onnx", rig.models["v1"])
+        manager, _ = rig.manager(rig.config({"pump": path}))
+        fifo = path.with_name("new.fifo")
+        os.mkfifo(fifo)
+        os.replace(fifo, path)
+        refusal = one_refusal(manager)
+        assert refusal.reason == f"{path}: file: not a regular file (a FIFO)"
+        replace_atomically(path, rig.models["v3"])
+        swap = one_swap(manager)
+        assert swap.detector.threshold == -10.0
 
     def test_watching_follows_the_reloaded_config(self, rig: Rig) -> None:
         """After load() with a config naming another file, that file is the one watched."""

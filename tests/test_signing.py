@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from support.files import REJECTED_KINDS, rejected_file
 
 from asd_edge.errors import KeyFileError, Refused
 from asd_edge.modelstore.keyfiles import (
@@ -385,6 +386,19 @@ class TestKeyFiles:
             with pytest.raises(KeyFileError, match="cannot read the key file") as info:
                 load(tmp_path / "nope.key")
             assert info.value.path == str(tmp_path / "nope.key")
+
+    @pytest.mark.timeout(10)
+    @pytest.mark.parametrize("kind", REJECTED_KINDS)
+    def test_not_a_regular_file_or_too_large_is_refused_unread(
+        self, tmp_path: Path, kind: str
+    ) -> None:
+        """A FIFO, /dev/zero and a 2 GB sparse file given as a key are refused at once,
+        unread, naming the file (a key file is at most KEY_FILE_MAX_BYTES)."""
+        path, problem = rejected_file(tmp_path, kind)
+        for load in (load_public_key, load_private_key):
+            with pytest.raises(KeyFileError) as info:
+                load(path)
+            assert info.value.path == str(path) and problem in info.value.problem
 
     def test_swapped_keys(self, keys: tuple[Path, Path]) -> None:
         """The private key given where the public one is expected (and back) is named as such."""

@@ -2,9 +2,9 @@
 
 Every input (a file, or a folder searched recursively) becomes a sequence of
 :class:`Recording` objects: mono float32 at the target rate, with the label its
-names carry. Audio is decoded with :func:`asd_edge.audiofile.read_audio` (scipy
-for WAV, ffmpeg for MP3/MP4/M4A and the rest; soundfile first for FLAC/OGG where it
-is installed), one channel picked or all mixed down, and resampled with
+names carry. Audio is decoded with :func:`asd_edge.audiofile.read_audio` (its own
+reader for WAV, ffmpeg for MP3/MP4/M4A and the rest; soundfile first for FLAC/OGG where
+it is installed), one channel picked or all mixed down, and resampled with
 ``scipy.signal.resample_poly``, which is what the daemon's resampler computes.
 """
 

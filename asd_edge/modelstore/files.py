@@ -12,8 +12,9 @@ from typing import Any, BinaryIO, Final, Literal, cast
 
 import structlog
 
-from ..durable import fsync_dir, write_atomic
-from ..errors import Refused
+from ..detector import MODEL_MAX_BYTES
+from ..durable import fsync_dir, open_regular, read_regular, write_atomic
+from ..errors import FileRejected, Refused
 
 __all__ = [
     "ACTIVE_NAME",
@@ -47,6 +48,9 @@ INCOMING_NAME: Final = "incoming.onnx"
 STATE_NAME: Final = "state.json"
 """What the model files are, and the replay marker of pushes and rollbacks."""
 STATE_SCHEMA: Final = 1
+STATE_MAX_BYTES: Final = 1 << 16
+"""The largest state.json read (64 KiB): it holds two records and a replay marker, under
+2 kB; a larger one is damaged and read as empty, unread."""
 _SOURCES: Final = ("config", "file", "push", "rollback")
 
 
@@ -167,14 +171,16 @@ class HeldFile:
     """A model file kept open as it was read, so that its bytes stay readable after the
     file is replaced by a rename (the watcher's "keep the replaced model as previous").
 
-    An in-place overwrite changes what it reads; ``read`` notices by the sha256.
+    An in-place overwrite changes what it reads; ``read`` notices by the sha256. Only a
+    regular file of at most ``MODEL_MAX_BYTES`` is opened (OSError ``FileRejected``
+    otherwise, before a byte is read), and no read takes more than one byte beyond that.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
-        self._file: BinaryIO | None = Path(path).open("rb")  # noqa: SIM115 (held open on purpose)
+        self._file: BinaryIO | None = open_regular(path, MODEL_MAX_BYTES)
         try:
-            data = self._file.read()
+            data = self._file.read(MODEL_MAX_BYTES + 1)
             self.stat: StatKey = stat_key(os.fstat(self._file.fileno()))
         except OSError:
             self.close()
@@ -190,7 +196,7 @@ class HeldFile:
             return None
         try:
             self._file.seek(0)
-            data = self._file.read()
+            data = self._file.read(MODEL_MAX_BYTES + 1)
         except OSError:
             return None
         return data if hashlib.sha256(data).hexdigest() == self.sha256 else None
@@ -225,9 +231,10 @@ class MonitorFiles:
 
     def read_state(self) -> SlotState:
         """state.json, or an empty state when there is none; a damaged one is logged
-        and read as empty (its models are then not used)."""
+        and read as empty (its models are then not used), as is one that is not a regular
+        file or is larger than ``STATE_MAX_BYTES``."""
         try:
-            raw = self.state.read_bytes()
+            raw = read_regular(self.state, STATE_MAX_BYTES)
         except FileNotFoundError:
             return SlotState()
         except OSError as exc:
@@ -253,11 +260,17 @@ class MonitorFiles:
 
     def read_previous(self, previous: ModelRecord | None) -> bytes:
         """The bytes of previous.onnx, checked against its record ``previous``; Refused
-        when there is none or it is damaged (a rollback's model)."""
+        when there is none or it is damaged (a rollback's model): not a regular file, or
+        larger than ``MODEL_MAX_BYTES`` (unread) or not the recorded sha256."""
         path = self.previous
         if previous is None or not path.is_file():
             raise Refused("no previous model to roll back to", monitor=self.monitor)
-        data = path.read_bytes()
+        try:
+            data = read_regular(path, MODEL_MAX_BYTES)
+        except FileRejected as exc:
+            raise Refused(
+                f"previous.onnx: {exc.problem}: the previous model is damaged", monitor=self.monitor
+            ) from None
         if hashlib.sha256(data).hexdigest() != previous.sha256:
             raise Refused(
                 "previous.onnx does not match its record (sha256): the previous model is damaged",

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from ..durable import write_atomic
-from ..errors import KeyFileError
+from ..durable import read_regular, write_atomic
+from ..errors import FileRejected, KeyFileError
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemo
 
 __all__ = [
     "DEVICE_KEY_NAME",
+    "KEY_FILE_MAX_BYTES",
     "PUSH_KEY_NAME",
     "generate_keys",
     "key_id",
@@ -29,6 +30,9 @@ PUSH_KEY_NAME: Final = "push.key"
 """``generate_keys``' private key file: stays on the workstation (``asd-train push --key``)."""
 DEVICE_KEY_NAME: Final = "device.key"
 """``generate_keys``' public key file: goes to each device (config ``push.key_file``)."""
+KEY_FILE_MAX_BYTES: Final = 1 << 16
+"""The largest key file read (64 KiB): an Ed25519 key in PEM is about 120 bytes; the bound
+leaves room for comments and refuses a wrong path (a model, a device) unread."""
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
@@ -123,7 +127,9 @@ def generate_keys(out_dir: str | os.PathLike[str], *, force: bool = False) -> tu
 
 def _read_key(path: str | os.PathLike[str]) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_regular(path, KEY_FILE_MAX_BYTES)
+    except FileRejected as exc:
+        raise KeyFileError(path, exc.problem) from None
     except OSError as exc:
         raise KeyFileError(path, f"cannot read the key file ({exc.strerror or exc})") from None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from ..config import MonitorConfig
-from ..detector import Detector
+from ..detector import Detector, unreadable_model
 from ..errors import ModelError
 from .files import HeldFile, ModelRecord, MonitorFiles, SlotState, Source, StatKey
 
@@ -156,4 +156,4 @@ def _open_config_model(path: str) -> HeldFile:
     try:
         return HeldFile(path)
     except OSError as exc:
-        raise ModelError(path, "file", f"cannot read ({exc.strerror or exc})") from None
+        raise unreadable_model(path, exc) from None

@@ -10,7 +10,7 @@ from typing import Final
 
 import structlog
 
-from ..detector import Detector
+from ..detector import Detector, unreadable_model
 from ..errors import ModelError, Refused, Unfit
 from .checks import validate_candidate
 from .files import HeldFile, ModelRecord, StatKey, close_held, stat_key
@@ -259,9 +259,7 @@ class ModelWorker:
         try:
             held = HeldFile(path)
         except OSError as exc:
-            shared.refuse(
-                None, "file", None, name, f"{path}: file: cannot read ({exc.strerror or exc})"
-            )
+            shared.refuse(None, "file", None, name, str(unreadable_model(path, exc)))
             return
         with shared.lock:
             slot.seen_stat = slot.last_stat = held.stat

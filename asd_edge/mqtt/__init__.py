@@ -16,6 +16,7 @@ work happens on the link thread:
 - ``commands``: ``<prefix>/cmd/<name>`` messages parsed, checked and dispatched.
 """
 
+from .client import check_credentials
 from .commands import Command, CommandRouter, command_specs, max_message_bytes
 from .link import MqttLink
 from .topics import Topics, encode_json
@@ -25,6 +26,7 @@ __all__ = [
     "CommandRouter",
     "MqttLink",
     "Topics",
+    "check_credentials",
     "command_specs",
     "encode_json",
     "max_message_bytes",

@@ -6,7 +6,6 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
 from paho.mqtt.client import Client, MQTTv5, MQTTv311
@@ -15,14 +14,18 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..config import MqttConfig
+from ..durable import open_regular, read_regular
 from ..errors import ConfigError
 
 __all__ = [
     "HEAD_BYTES",
+    "PASSWORD_FILE_MAX_BYTES",
     "RECV_CHUNK",
     "SESSION_EXPIRY_S",
+    "TLS_FILE_MAX_BYTES",
     "BoundedClient",
     "build_client",
+    "check_credentials",
     "read_password",
     "tls_context",
 ]
@@ -38,6 +41,13 @@ HEAD_BYTES: Final = 70_000
 """What is kept of an oversized PUBLISH: its topic (at most 65,535 bytes), packet id and
 properties, and the start of its payload (where a command's ``id`` usually is)."""
 _PUBLISH: Final = 0x30
+
+PASSWORD_FILE_MAX_BYTES: Final = 65_535 + 2
+"""The largest ``mqtt.password_file`` read: MQTT's CONNECT carries a password of at most
+65,535 bytes (its length is two bytes), and the file may end with a CR LF."""
+TLS_FILE_MAX_BYTES: Final = 1 << 20
+"""The largest TLS file (CA, certificate, key) loaded, 1 MiB: a whole CA bundle, such as
+Debian's ca-certificates.crt, is about 220 kB; a certificate or key a few kB."""
 
 
 class _Head(bytearray):
@@ -125,10 +135,26 @@ def build_client(
     return client
 
 
+def check_credentials(cfg: MqttConfig) -> None:
+    """Read and load the files ``build_client`` reads, without a client: the password file
+    and, with TLS, the CA, certificate and key files. ConfigError naming the key: what
+    ``check-config`` and the daemon's start run, so that a bad file stops the daemon
+    with exit 78 (EX_CONFIG) before anything starts. Lists the password's problem and the
+    TLS files' together."""
+    checks: list[Callable[[], object]] = []
+    if cfg.password_file is not None:
+        password_file = cfg.password_file
+        checks.append(lambda: read_password(password_file))
+    if cfg.tls.enabled:
+        checks.append(lambda: tls_context(cfg))
+    ConfigError.check_all(*checks)
+
+
 def read_password(path: str) -> str:
-    """``mqtt.password_file`` less its trailing line break; ConfigError if unreadable or empty."""
+    """``mqtt.password_file`` less its trailing line break; ConfigError if unreadable or empty,
+    not a regular file or larger than ``PASSWORD_FILE_MAX_BYTES`` (then it is not read)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular(path, PASSWORD_FILE_MAX_BYTES).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(f"mqtt.password_file: cannot read {path}: {reason}") from exc
@@ -139,9 +165,19 @@ def read_password(path: str) -> str:
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
-    """The TLS context for the broker; a file that cannot be loaded is a ConfigError naming it."""
+    """The TLS context for the broker; a file that cannot be loaded is a ConfigError naming
+    the key and the file. Each file must be a regular file of at most
+    ``TLS_FILE_MAX_BYTES``, checked before OpenSSL reads it (it takes paths)."""
     tls = cfg.tls
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    files = {
+        "mqtt.tls.ca_file": tls.ca_file,
+        "mqtt.tls.cert_file": tls.cert_file,
+        "mqtt.tls.key_file": tls.key_file,
+    }
+    for name, path in files.items():
+        if path is not None:
+            _check_tls_file(name, path)
     steps: list[tuple[str, Callable[[], None]]] = []
     if tls.ca_file is not None:
         ca_file = tls.ca_file
@@ -158,8 +194,18 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext:
         try:
             step()
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"{name}: cannot load the TLS file: {exc}") from exc
+            raise ConfigError(f"{name}: cannot load the TLS file {files[name]}: {exc}") from exc
     return context
+
+
+def _check_tls_file(name: str, path: str) -> None:
+    """ConfigError naming ``name`` and ``path`` unless ``path`` is a regular file of at most
+    ``TLS_FILE_MAX_BYTES`` that can be opened."""
+    try:
+        open_regular(path, TLS_FILE_MAX_BYTES).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{name}: cannot load the TLS file {path}: {reason}") from exc
 
 
 def _no_key_password() -> str:

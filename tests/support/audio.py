@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from asd_edge import audiofile
 
-__all__ = ["sine", "tone_burst", "write_wav"]
+__all__ = ["sine", "sparse_wav", "tone_burst", "write_wav"]
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
     """A 16-bit WAV test file, written by the product's own writer; returns the path."""
     audiofile.write_wav(path, samples, rate)
+    return path
+
+
+def sparse_wav(path: Path, rate: int, channels: int, data_bytes: int) -> Path:
+    """A 16-bit PCM WAV of ``data_bytes`` of silence that takes no disk space: its header,
+    then a hole up to the announced length (``truncate``); returns the path."""
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + data_bytes,
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,  # PCM
+        channels,
+        rate,
+        rate * channels * 2,
+        channels * 2,
+        16,
+        b"data",
+        data_bytes,
+    )
+    path.write_bytes(header)
+    os.truncate(path, len(header) + data_bytes)
     return path
 
 
