@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 from asd_edge.durable import read_regular
 from asd_edge.errors import ConfigError
+from asd_edge.runtime import host_device_id
 from asd_edge.schema import INVALID, at, build, convert, load_yaml, show, to_plain
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "PushConfig",
     "TlsConfig",
     "config_to_dict",
-    "host_device_id",
     "load_config",
     "parse_config",
 ]
@@ -143,8 +141,7 @@ class PushConfig:
     """Accept pushes without a signature (anyone who can publish to the broker can then
     replace the model: for a lab only)."""
     max_mb: float = field(default=16.0, metadata={"min": 0.01, "max": PUSH_MAX_MB})
-    """Largest model accepted by push, in megabytes (a push briefly takes about 6 times
-    its size in memory: the unit's MemoryMax=256M leaves room for 32)."""
+    """Largest model accepted by push, in megabytes (at most ``PUSH_MAX_MB``)."""
     fleet_prefix: str | None = field(
         default="asd/fleet",
         metadata={
@@ -435,13 +432,6 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
     password, password_file = at(tree, "mqtt", "password"), at(tree, "mqtt", "password_file")
     if isinstance(password, str) and isinstance(password_file, str):
         problems.append("mqtt.password: expected password or password_file, got both")
-
-
-def host_device_id() -> str:
-    """The device id a configuration without one gets: the host name, each character
-    outside ``[A-Za-z0-9_-]`` made ``-``, at most 64 characters (``asd-edge`` if empty)."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64]
-    return host or "asd-edge"
 
 
 def _fill_derived(tree: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from .logs import configure_logging
 from .machine import MachineChange
 from .modelstore import Swap
 from .monitor import Monitor, WindowScore
-from .monitors import Monitors, prepare_reload
+from .monitors import Monitors, listened_channels, prepare_reload
 from .runtime import install_signal_handlers
 from .sdnotify import Liveness, Notifier
 from .telemetry import Telemetry, describe, status_line
@@ -154,7 +154,7 @@ class Daemon:
             self.telemetry = Telemetry(
                 device_id=self.config.device_id,
                 source=self.source,
-                channels=_channels(self.config),
+                channels=listened_channels(self.config),
                 health=self.config.health,
                 clock=self._clock,
                 wall_clock=self._wall,
@@ -172,7 +172,7 @@ class Daemon:
             self.monitors.start(self.config.monitors)
             self.input_health = InputHealth(
                 self.source,
-                channels=_channels(self.config),
+                channels=listened_channels(self.config),
                 config=self.config.health,
                 stall_timeout_s=self.config.input.stall_timeout_s,
                 clock=self._clock,
@@ -376,9 +376,9 @@ class Daemon:
         self.config = new
         assert self.monitors is not None and self.telemetry is not None
         changed = self.monitors.reload(old_config.monitors, new.monitors, detectors)
-        self.telemetry.configure(_channels(new), new.health)
+        self.telemetry.configure(listened_channels(new), new.health)
         if self.input_health is not None:
-            ended = self.input_health.configure(channels=_channels(new), config=new.health)
+            ended = self.input_health.configure(channels=listened_channels(new), config=new.health)
             self._input_changes(ended, self._clock())
         self.monitors.announce()
         log.info(
@@ -446,8 +446,3 @@ class Daemon:
             if self.monitors is not None:
                 for monitor in self.monitors:
                     self.monitors.publish_state(monitor.name)
-
-
-def _channels(config: Config) -> list[int]:
-    """The input channels the configuration's monitors listen to, in order."""
-    return sorted({m.channel for m in config.monitors})

@@ -30,6 +30,7 @@ __all__ = [
     "SWAP_WARMUP_S",
     "Monitors",
     "ReloadPlan",
+    "listened_channels",
     "plan_reload",
     "prepare_reload",
 ]
@@ -299,6 +300,11 @@ def prepare_reload(
             )
     detectors = models.load(plan.config) if models is not None else load_detectors(plan.config)
     return plan, detectors
+
+
+def listened_channels(config: Config) -> list[int]:
+    """The input channels the configuration's monitors listen to, in order."""
+    return sorted({m.channel for m in config.monitors})
 
 
 def _changed(prefix: str, old: object, new: object) -> list[str]:

@@ -1,9 +1,12 @@
-"""Process-wide settings of the daemon's command line, applied before numpy loads."""
+"""Process-wide settings of the daemon's command line, applied before numpy loads, and the
+facts of the host it runs on."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 from collections.abc import Callable
 from types import FrameType
 
@@ -11,6 +14,7 @@ __all__ = [
     "EARLY_SIGNALS",
     "MATH_THREAD_VARIABLES",
     "hold_early_signals",
+    "host_device_id",
     "install_signal_handlers",
     "pin_math_threads",
 ]
@@ -70,3 +74,10 @@ def install_signal_handlers(
         else:
             stop(signum.name)
     return early
+
+
+def host_device_id() -> str:
+    """The device id a configuration without one gets: the host name, each character
+    outside ``[A-Za-z0-9_-]`` made ``-``, at most 64 characters (``asd-edge`` if empty)."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64]
+    return host or "asd-edge"
