@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from asd_edge.errors import CommandError
+from asd_edge.mqtt import encode_json
 from asd_edge.mqtt.commands import (
     MAX_COMMAND_BYTES,
     Command,
@@ -132,6 +133,22 @@ class TestRouter:
         assert [e["log_level"] for e in events] == ["warning", "warning"]
         assert "unknown field 'x'" in events[0]["reason"]
         assert "unknown command 'shutdown'" in replies[1]["error"]
+
+    def test_an_id_with_a_lone_surrogate_still_gets_a_reply(self) -> None:
+        """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``), which no UTF-8 reply can
+        carry: the command is refused with the reason and a null id, and the reply is
+        publishable; an unknown command with such an id is answered too."""
+        replies: list[dict[str, Any]] = []
+        router = CommandRouter({}, reply=replies.append)
+        router("ping", b'{"id": "\\ud800x"}')
+        router("no-such", b'{"id": "\\udc00"}')
+        assert [(r["command"], r["id"], r["ok"]) for r in replies] == [
+            ("ping", None, False),
+            ("no-such", None, False),
+        ]
+        assert replies[0]["error"].startswith("id: expected Unicode text, got a lone surrogate")
+        for reply in replies:
+            encode_json(reply)  # what MqttLink.publish_command_result sends
 
     def test_a_failing_handler_is_contained(self) -> None:
         """A handler that raises is reported, counted and answered; the next command still works."""

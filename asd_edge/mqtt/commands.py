@@ -174,6 +174,11 @@ def parse_command(
             f"id: expected at most {MAX_ID_CHARS} characters, got {len(request_id)}",
             command=suffix,
         )
+    if isinstance(request_id, str) and not _encodable(request_id):
+        raise CommandError(  # a lone UTF-16 surrogate ("\ud800"): no reply could carry it
+            "id: expected Unicode text, got a lone surrogate (\\ud800-\\udfff)",
+            command=suffix,
+        )
     args = {key: value for key, value in data.items() if key != "id"}
     for key, value in args.items():
         types = spec.fields.get(key)
@@ -384,5 +389,15 @@ def peek_id(payload: bytes) -> str | None:
         return None
     request_id = data.get("id") if isinstance(data, dict) else None
     if isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS:
-        return request_id
+        return request_id if _encodable(request_id) else None
     return None
+
+
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
