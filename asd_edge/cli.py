@@ -32,6 +32,7 @@ from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
 from .jsonvalues import json_safe
 from .logs import configure_logging
+from .modelstore import running_model
 from .scoring import score_file
 
 __all__ = ["main"]
@@ -121,6 +122,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     print(f"# effective configuration of {config.source or 'the built-in defaults'}")
+    root = Path(config.state_dir) / "models"
+    for monitor in config.monitors:  # a pushed model may run instead of the configured one
+        try:
+            runs = running_model(monitor, config.detector.threads, root)
+        except (ModelError, OSError) as exc:
+            runs = f"the configured file (the stored models cannot be read: {exc})"
+        print(f"# monitor {monitor.name} runs {runs}")
     print(yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True), end="")
     return EXIT_OK
 

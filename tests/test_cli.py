@@ -18,6 +18,7 @@ from support.files import REJECTED_KINDS, rejected_file
 from support.services import asd_edge_command
 
 from asd_edge.audiofile import read_audio, to_mono
+from asd_edge.detector import Detector
 
 
 def cli(
@@ -238,6 +239,23 @@ class TestCheckConfig:
         effective = yaml.safe_load(result.stdout)
         assert effective["monitors"][0]["model"] == str(REPO / "models/level.onnx")
         assert effective["mqtt"]["topic_prefix"] == f"asd/{effective['device_id']}"
+
+    def test_it_says_which_model_each_monitor_runs(self, tmp_path: Path, level_model: Path) -> None:
+        """Before the effective configuration, one comment line per monitor names the
+        model the daemon would run now, where it comes from and its file (a pushed
+        model would run from the state directory instead of the configured file)."""
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"state_dir: {tmp_path / 'state'}\nmonitors:\n  - name: fan\n    model: {level_model}\n"
+        )
+        result = cli("check-config", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        name, version = (
+            Detector(str(level_model)).spec.name,
+            Detector(str(level_model)).spec.version,
+        )
+        assert f"# monitor fan runs {name} {version} (config, {level_model})" in result.stdout
+        assert not (tmp_path / "state").exists()  # nothing written
 
     def test_secrets_are_redacted(self, tmp_path: Path) -> None:
         """A password in the config never reaches the output."""

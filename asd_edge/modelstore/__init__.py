@@ -25,6 +25,7 @@ from .manager import ModelManager
 from .requests import load_key
 from .shared import Swap
 from .signing import push_message, rollback_message
+from .slot import running_model
 
 __all__ = [
     "ModelManager",
@@ -36,4 +37,5 @@ __all__ = [
     "load_public_key",
     "push_message",
     "rollback_message",
+    "running_model",
 ]

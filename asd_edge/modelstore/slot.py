@@ -13,7 +13,12 @@ from ..detector import Detector, unreadable_model
 from ..errors import ModelError
 from .files import HeldFile, ModelRecord, MonitorFiles, SlotState, Source, StatKey
 
-__all__ = ["ModelSlot", "load_slot", "new_record"]
+__all__ = [
+    "ModelSlot",
+    "load_slot",
+    "new_record",
+    "running_model",
+]
 
 log = structlog.get_logger()
 
@@ -157,3 +162,14 @@ def _open_config_model(path: str) -> HeldFile:
         return HeldFile(path)
     except OSError as exc:
         raise unreadable_model(path, exc) from None
+
+
+def running_model(cfg: MonitorConfig, threads: int, root: Path) -> str:
+    """Which model monitor ``cfg`` would run if the daemon started now, in one line (for
+    ``check-config``): ``name version (source, path)``. Reads, never writes."""
+    slot, _detector, _demote = load_slot(cfg, threads, root)
+    if slot.held is not None:
+        slot.held.close()
+    record = slot.running
+    path = slot.files.active if record.stored else cfg.model
+    return f"{record.name} {record.version} ({record.source}, {path})"
