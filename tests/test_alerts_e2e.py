@@ -127,7 +127,8 @@ class TestNothingIsLost:
         none lost; any duplicate carries the same id."""
         broker = mqtt_broker_factory(persistence=True)
         sub = broker.subscriber(ALERT, persistent=True, client_id="e2e-consumer")
-        stream = stream_with_bursts(12.0, [(1.5, 0.8), (5.0, 0.8), (8.5, 0.8)])
+        # the stream outlasts the broker's restart by seconds: the daemon stops at its end
+        stream = stream_with_bursts(20.0, [(1.5, 0.8), (5.0, 0.8), (8.5, 0.8)])
         wav = write_wav(tmp_path / "stream.wav", stream, RATE)
         broker.stop()
         daemon = start_daemon(daemon_config(tmp_path, broker, level_model, f"file:{wav}"), {})
