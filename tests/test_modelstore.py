@@ -29,7 +29,7 @@ from asd_edge.modelstore import (
 )
 from asd_edge.modelstore import files as modelfiles
 from asd_edge.modelstore import worker as modelstore
-from asd_edge.modelstore.signing import format_issued_at
+from asd_edge.mqtt import encode_json
 
 DEVICE = "dev-1"
 CAPTURE_RATE = 16000
@@ -449,43 +449,20 @@ class TestPush:
             "set the clock of the signer or of the device (NTP) and push again"
         )
 
-    def test_a_replay_marker_in_the_future_is_recovered_by_a_fresh_signed_push(
+    def test_a_key_id_no_utf8_can_carry_is_refused_and_the_answer_still_encodes(
         self, rig: Rig
     ) -> None:
-        """A device that accepted a push dated 2099 (its clock was wrong then, or an older
-        version let it through) would refuse every later push as a replay. While its
-        marker lies beyond the allowed skew, a signed push issued now is accepted and
-        becomes the marker; an old signed push is still a replay, and so is the 2099 one."""
+        """Anyone who can publish may send a push naming key_id "\\ud800" (a lone
+        surrogate) with a bad signature: it is refused, and the refusal (which names the
+        key id) still encodes as the model topic's message (it once crashed the tick)."""
         config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
-        future = rig.push(rig.models["v2"], issued_at="2099-01-01T00:00:00.000Z")
-        wrong = ModelManager(
-            rig.state_dir,
-            device_id=DEVICE,
-            wall_clock=lambda: 4_070_908_800.0,  # 2099
-        )
-        rig.managers.append(wrong)
-        wrong.load(config)
-        wrong.set_capture(CAPTURE_RATE, RING_S)
-        wrong.start()
-        submit(wrong, future)
-        wrong.applied(one_swap(wrong))
-        wrong.stop(5.0)
-        manager, _ = rig.manager(config)  # the clock is right again
-        old = rig.push(rig.models["v1"], issued_at="2026-11-21T09:00:00.000Z")
-        submit(manager, old)
-        assert one_refusal(manager).reason.startswith("issued_at: 2026-11-21T09:00:00.000Z is")
-        fresh = rig.push(rig.models["v3"], issued_at=format_issued_at())
-        with capture_logs() as logs:
-            submit(manager, fresh)
-            manager.applied(one_swap(manager))
-        assert any(e["event"] == "replay_marker_reset" for e in logs)
-        settle(manager)
-        state = json.loads((rig.state_dir / "models" / "pump" / "state.json").read_text())
-        assert state["last_issued_at"] == fresh["issued_at"]
-        submit(manager, future)  # replayed: older than the new marker, and ahead of the clock
-        assert "ahead of this device's clock" in one_refusal(manager).reason
-        submit(manager, old)
-        assert "a replay is refused" in one_refusal(manager).reason
+        manager, _ = rig.manager(config)
+        bad = base64.b64encode(bytes(64)).decode("ascii")
+        forged = {**rig.push(rig.models["v2"]), "key_id": "\ud800", "signature": bad}
+        submit(manager, forged)
+        refusal = one_refusal(manager)
+        assert refusal.reason.startswith("bad signature")
+        encode_json({"reason": refusal.reason, "last_push": manager.last_push()})
 
     def test_a_device_with_several_monitors_needs_a_name(self, rig: Rig) -> None:
         """Without a monitor field, a two-monitor device refuses; named, it swaps that one."""

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import structlog
-
 from ..config import Config, PushConfig
 from ..errors import ConfigError, KeyFileError, Refused
 from ..jsonvalues import iso_utc
@@ -31,7 +29,6 @@ __all__ = [
     "pick_monitor",
 ]
 
-log = structlog.get_logger()
 
 COMMAND_SOURCES: Final[Mapping[str, Literal["push", "rollback"]]] = {
     "model": "push",
@@ -101,28 +98,11 @@ def pick_monitor(name: str | None, monitors: Sequence[str]) -> str:
     return name
 
 
-def check_replay(
-    monitor: str,
-    issued_at: str,
-    last_issued_at: str | None,
-    *,
-    now_s: float,
-    max_skew_s: float,
-) -> None:
+def check_replay(monitor: str, issued_at: str, last_issued_at: str | None) -> None:
     """Refused unless ``issued_at`` is later than the monitor's last accepted request.
-
-    One exception recovers a device whose replay marker lies in the future (a push
-    accepted while the signer's or the device's clock was wrong): while the marker is
-    more than ``max_skew_s`` ahead of the device's clock (``now_s``), a request issued
-    within ``max_skew_s`` of that clock is accepted and becomes the new marker. Only the
-    key holder can sign one, and an old signed request is not fresh, so a replay still
-    fails."""
+    (No exception for a marker in the future: trusting the device's clock to reset it
+    would let an old signed request be replayed whenever that clock runs behind.)"""
     if last_issued_at is None or issued_at > last_issued_at:
-        return
-    if _epoch(last_issued_at) - now_s > max_skew_s and abs(_epoch(issued_at) - now_s) <= max_skew_s:
-        log.warning(
-            "replay_marker_reset", monitor=monitor, marker=last_issued_at, issued_at=issued_at
-        )
         return
     raise Refused(
         f"issued_at: {issued_at} is not later than the last accepted push or rollback "

@@ -259,7 +259,7 @@ def _verify(
         raw = base64.b64decode(signature.encode("ascii"), validate=True)
         public_key.verify(raw, canonical_bytes(context, fields))
     except (ValueError, binascii.Error, InvalidSignature):
-        named = f"the {what} names key_id {claimed[:40]}" if claimed else "it names no key_id"
+        named = f"the {what} names key_id {_shown(claimed)}" if claimed else "it names no key_id"
         raise Refused(
             f"bad signature: it does not verify with push.key_file (key_id {ours}; {named})"
         ) from None

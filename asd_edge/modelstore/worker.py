@@ -202,9 +202,7 @@ class ModelWorker:
         check_not_ahead(request.issued_at, now_s, skew_s, monitor)
         with shared.lock:
             slot = shared.slots[monitor]
-            check_replay(
-                monitor, request.issued_at, slot.last_issued_at, now_s=now_s, max_skew_s=skew_s
-            )
+            check_replay(monitor, request.issued_at, slot.last_issued_at)
             previous = slot.state.previous
         files = slot.files
         with shared.disk_lock:

@@ -54,13 +54,15 @@ class Topics:
 
 
 def encode_json(payload: Mapping[str, Any]) -> bytes:
-    """Standard JSON (UTF-8, NaN as null, numpy scalars as numbers) for a message body."""
+    """Standard JSON (UTF-8, NaN as null, numpy scalars as numbers) for a message body.
+    Text no UTF-8 can carry (a lone surrogate a client sent) is written as its escape
+    (``\\ud800``) rather than refused: a message must never fail to encode."""
     return json.dumps(
         json_safe(dict(payload)),
         ensure_ascii=False,
         allow_nan=False,
         separators=(",", ":"),
-    ).encode("utf-8")
+    ).encode("utf-8", "backslashreplace")
 
 
 def _level(name: str, what: str) -> str:
