@@ -35,7 +35,7 @@ The wings::
 
 The service::
 
-    daemon       the loop (a tick every 50 ms) and the lifecycle: start, reload, stop
+    daemon       the loop (a tick when a window is due) and the lifecycle: start, reload, stop
     assembly     the daemon's parts as a configuration describes them, wired together
     cli          the ``asd-edge`` command line: run, check-config, devices, score, record
     __main__     the console script: pins the math thread pools, then runs the CLI

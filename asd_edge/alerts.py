@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from .clips import ClipRecorder, ClipResult, clip_facts, found_clip
+from .clips import ClipRecorder, ClipResult, clip_facts, found_clip, lost_clip
 from .decision import Event
 from .jsonvalues import iso_utc
 from .machine import MachineChange
@@ -434,7 +434,12 @@ def finish_previous_run(link: Link) -> None:
     outbox) gets its end now, ``status: interrupted`` (``interrupted_end``)."""
     for alert_id, phase, payload in link.held_alerts():
         log.warning("held_alert_released", alert_id=alert_id, phase=phase)
-        link.release_alert(alert_id, phase, found_clip(payload))
+        try:
+            released = found_clip(payload)
+        except Exception:  # a damaged clip or sidecar must not stop the start (nor loop it)
+            log.exception("held_alert_clip_unreadable", alert_id=alert_id)
+            released = lost_clip(payload)
+        link.release_alert(alert_id, phase, released)
     for alert_id, start in link.open_alerts():
         log.warning("interrupted_alert_ended", alert_id=alert_id, type=start.get("type"))
         link.submit_alert(alert_id, interrupted_end(start), phase="end")

@@ -65,9 +65,8 @@ class Daemon:
     Its collaborators are injected: the audio source, the services (``Services``: the
     link to the broker, the clip store and recorder, the alerts, the model manager,
     the health request; None: alerts only, no MQTT, no clips, no model manager) and
-    the clocks. ``from_config`` builds the real ones (``assembly.build_services``);
-    tests pass a file source and real or no services. The daemon owns the clip
-    recorder: it feeds it every score and tick.
+    the clocks. ``from_config`` builds the real ones (``assembly.build_services``).
+    The daemon owns the clip recorder: it feeds it every score and tick.
     """
 
     def __init__(
@@ -236,7 +235,7 @@ class Daemon:
         next_report = next_wake + interval_s
         self.liveness.start(next_wake)
         assert self.monitors is not None
-        monitors = self.monitors
+        monitors, last_heard, heard_at = self.monitors, -1, next_wake  # audio seen, and when
         while not self._stop.is_set():
             now = self._clock()
             if now - next_wake > LATE_S:  # woke late: a busy CPU
@@ -267,10 +266,13 @@ class Daemon:
                 self._health_now.clear()
                 self._report_health()
                 next_report = now + interval_s
-            # Sleep until the next window's audio is due, not on a fixed poll: an idle
-            # daemon wakes a few times a second, and a window is scored as it completes.
+            # Sleep until the next window's audio is due (not a fixed poll): few wakes idle.
+            now, heard = self._clock(), self.source.ring(self.config.monitors[0].channel).written
+            if heard != last_heard:
+                last_heard, heard_at = heard, now
             due_s = min((m.due_in_s() for m in monitors), default=MAX_SLEEP_S)
-            now = self._clock()
+            if now - heard_at > MAX_SLEEP_S:  # no audio for a while (a stall): no hurry
+                due_s = MAX_SLEEP_S
             sleep_s = min(MAX_SLEEP_S, max(MIN_SLEEP_S, due_s + DUE_MARGIN_S))
             sleep_s = min(sleep_s, max(MIN_SLEEP_S, next_report - now))
             next_wake = now + sleep_s

@@ -306,6 +306,21 @@ class TestFoundAtRestart:
         found = saved_clip(audio)
         assert found is not None and found.duration_s == 1.0 and found.recovered
 
+    def test_sidecar_fields_of_the_wrong_type_do_not_stop_a_restart(self, tmp_path: Path) -> None:
+        """A sidecar whose fields are not numbers (damaged, or written by hand): the clip is
+        still found, the odd fields read as unknown (once, this raised and the daemon's
+        start failed on every restart)."""
+        _written, audio = self.written(tmp_path, "typo", 1.0)
+        odd = {"clip": {"duration_s": "n/a", "bytes": [1], "sha256": 7}}
+        audio.with_suffix(".json").write_text(json.dumps(odd))
+        assert found_clip({"id": "typo", "clip": {"path": str(audio)}})["clip"] == {
+            "path": str(audio),
+            "status": "saved",
+            "duration_s": 0.0,
+            "sha256": None,
+            "bytes": audio.stat().st_size,
+        }
+
     def test_a_clip_never_written_is_lost(self, tmp_path: Path) -> None:
         """No audio at the path (the daemon died while recording it): ``lost``, with the path;
         a sidecar or picture without audio does not count."""

@@ -42,9 +42,9 @@ __all__ = [
 ]
 
 DISCOVER_S: Final = 1.0
+"""--all: how long retained ``<base>/+/status`` messages are collected."""
 STATUS_WAIT_S: Final = 0.5
 """How long the retained ``<prefix>/status`` of the one device asked may take to arrive."""
-"""--all: how long retained ``<base>/+/status`` messages are collected."""
 
 EXIT_CODES: Final = """exit codes:
   0   every device that was asked (every online device with --all) accepted

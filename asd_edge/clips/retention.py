@@ -10,6 +10,7 @@ import bisect
 import hashlib
 import io
 import json
+import math
 import os
 import threading
 import wave
@@ -235,14 +236,21 @@ def saved_clip(audio: Path) -> ClipResult | None:
         alert_id=str(doc.get("alert_id", "")),
         monitor=str(doc.get("monitor", audio.parent.name)),
         path=audio,
-        duration_s=float(clip.get("duration_s") or 0.0),
-        bytes=int(clip.get("bytes") or audio.stat().st_size),
-        sha256=clip.get("sha256"),
+        duration_s=_number(clip.get("duration_s"), 0.0),
+        bytes=int(_number(clip.get("bytes"), audio.stat().st_size)),
+        sha256=clip.get("sha256") if isinstance(clip.get("sha256"), str) else None,
         spectrogram=picture if picture.is_file() else None,
         sidecar=sidecar if sidecar.is_file() else None,
         error=None,
         recovered=doc.get("recovered") is True,
     )
+
+
+def _number(value: object, default: float) -> float:
+    """A sidecar's number, or ``default`` when it is missing or not a finite number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return float(default)
 
 
 def _recovered_sidecar(audio: Path) -> bytes:
@@ -259,8 +267,8 @@ def _recovered_sidecar(audio: Path) -> bytes:
             with wave.open(io.BytesIO(data)) as w:
                 clip["sample_rate"] = w.getframerate()
                 clip["duration_s"] = w.getnframes() / w.getframerate()
-        except (wave.Error, EOFError) as exc:
-            clip["error"] = str(exc)
+        except (wave.Error, EOFError, ZeroDivisionError) as exc:  # rate 0: a damaged header
+            clip["error"] = str(exc) or type(exc).__name__
     _stamp, _, alert_id = audio.stem.partition("_")
     doc = {"alert_id": alert_id, "monitor": audio.parent.name, "recovered": True, "clip": clip}
     return (json.dumps(doc, indent=1) + "\n").encode()

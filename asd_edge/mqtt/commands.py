@@ -215,9 +215,11 @@ class CommandRouter:
     ``{"command", "id", "ok", "error"}`` plus ``"result"`` when the handler returns one.
     A malformed message or a failing handler is logged as ``command_rejected`` and
     counted in ``rejected``. ``ping`` is built in unless ``handlers`` overrides it.
-    A *retained* message (the broker replays it at every subscription) is never run:
-    it is refused with ``RETAINED_REASON`` the first time this router sees it, and
-    passed over silently when the broker replays it again.
+    A message the broker replays from its retained store (at every subscription) is
+    never run: it is refused with ``RETAINED_REASON`` the first time this router sees
+    it, and passed over silently when the broker replays it again. (A retained message
+    published while subscribed arrives with the flag cleared, as MQTT requires, and
+    runs once.)
     """
 
     def __init__(
