@@ -13,7 +13,8 @@ and a reader sees them all at once::
     ├── FileRejected      a file not read: not a regular file, or over its size bound
     ├── CommandError      an MQTT command is malformed or cannot be carried out
     ├── Refused           a model push, rollback or file change is refused (names the field)
-    └── KeyFileError      a push key file cannot be used (names the file)
+    ├── KeyFileError      a push key file cannot be used (names the file)
+    └── LearnError        normal sound cannot be learned: too little, or the fit failed
 
 Errors that never leave the module that raises them (e.g. a corrupt SQLite file
 the outbox moves aside) stay private there.
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "FileRejected",
     "KeyFileError",
+    "LearnError",
     "ModelError",
     "OutboxError",
     "Refused",
@@ -172,3 +174,8 @@ class KeyFileError(AsdEdgeError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class LearnError(AsdEdgeError):
+    """Normal sound cannot be learned (too little usable audio, a bad parameter, an
+    export that disagrees with numpy); the message is one sentence saying why."""

@@ -21,7 +21,7 @@ have). Every anomalous file is in test. Per kind and split:
   the same cross-fades). A fault is *detected* when an event's alert falls in ``[fault
   start, fault end + window + hop]``; every other event is a *false alarm*, per day of the
   normal audio in the stream; latency = alert - fault start;
-- **injected recall**: each fault of ``training.inject`` at each severity, added to each
+- **injected recall**: each fault of ``asd_edge.learning.inject`` at each severity, added to each
   test normal recording that raises no event as it is, scored the same way: the share on
   which an event is raised (``_clean.alarmed`` counts the recordings left out). ``auto``
   chose its scorer on the same kinds of faults (injected into its training recordings).
@@ -72,13 +72,13 @@ from tqdm import tqdm  # noqa: E402
 from asd_edge.audiofile import read_audio, to_mono  # noqa: E402
 from asd_edge.config import MonitorConfig  # noqa: E402
 from asd_edge.detector import Detector  # noqa: E402
+from asd_edge.learning.crossfit import auc, pauc  # noqa: E402
+from asd_edge.learning.inject import FAULTS, SEVERITIES, inject  # noqa: E402
 from asd_edge.meters import dbfs  # noqa: E402
 from asd_edge.scoring import score_samples  # noqa: E402
-from training.crossfit import auc, pauc  # noqa: E402
 from training.dataset import file_sha256  # noqa: E402
 from training.errors import DataError, ExportError  # noqa: E402
 from training.fit import FitConfig, fit  # noqa: E402
-from training.inject import FAULTS, SEVERITIES, inject  # noqa: E402
 
 RATE = 16000
 FAULT_S = 3.0

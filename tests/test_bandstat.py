@@ -18,20 +18,21 @@ from sklearn.metrics import roc_auc_score
 from asd_edge.audiofile import write_wav
 from asd_edge.config import MonitorConfig
 from asd_edge.detector import Detector
+from asd_edge.learning import bandstat
+from asd_edge.learning.crossfit import auc, pauc
+from asd_edge.learning.inject import FAULTS, SEVERITIES, inject
+from asd_edge.learning.windows import Featurizer
 from asd_edge.modelspec import band_evidence
 from asd_edge.scoring import score_samples
-from training import bandstat
-from training.bandfit import BandFit, spec_for
-from training.crossfit import auc, pauc
+from training.bandfit import spec_for
 from training.dataset import file_sha256, write_manifest
 from training.export import read_metadata
 from training.fit import FitConfig, fit
-from training.inject import FAULTS, SEVERITIES, inject
 from training.synth import Machine, write_labelled_dataset
 
 RATE = 16000
 SPEC = spec_for(RATE, 1.0, 0.5, 64)
-FEATURIZE = BandFit(SPEC)
+FEATURIZE = Featurizer(SPEC.features, SPEC.window_s, SPEC.hop_s)
 
 
 def _normal_logmel(seconds: float = 40.0, seed: int = 0) -> np.ndarray:
@@ -147,7 +148,7 @@ class TestEvidence:
         x = machine.normal(6.0, np.random.default_rng(42)).astype(np.float64)
         sos = signal.butter(6, [2000.0, 2600.0], btype="bandpass", fs=RATE, output="sos")
         changed = (x + (10 ** (6 / 20) - 1) * signal.sosfiltfilt(sos, x)).astype(np.float32)
-        windows = FEATURIZE.spec  # window grid of the model
+        windows = SPEC  # window grid of the model
         starts = np.arange(0, changed.size - windows.window_samples + 1, RATE // 2)
         waves = np.stack([changed[s : s + windows.window_samples] for s in starts])
         scores, bands = detector.score_bands(waves)
@@ -313,7 +314,8 @@ def test_fitting_needs_no_torch_or_sklearn() -> None:
     and running it loads neither torch nor scikit-learn (the device will fit it)."""
     code = (
         "import sys, numpy as np\n"
-        "from training import bandstat, crossfit, inject, bandfit\n"
+        "from asd_edge.learning import bandstat, crossfit, inject, fitting\n"
+        "from training import bandfit\n"
         "x = np.random.default_rng(0).normal(-40, 1, (40, 30, 64))\n"
         "m = bandstat.fit(x, {'scorer': 'maha'})\n"
         "bandstat.to_onnx(m, 30, {})\n"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.calibrate import (
+from asd_edge.learning.calibration import (
     CalibrationConfig,
     ScoreSequence,
     calibrate,

@@ -14,15 +14,18 @@ import pytest
 import torch
 
 from asd_edge.detector import Detector
+from asd_edge.errors import LearnError
+from asd_edge.learning.contract import (
+    SOURCE_DATE_EPOCH,
+    build_time,
+    contract_metadata,
+    make_version,
+)
 from asd_edge.modelspec import parse_model_spec
 from training.errors import ExportError
 from training.export import (
     OPSET,
-    SOURCE_DATE_EPOCH,
-    build_time,
-    contract_metadata,
     export_model,
-    make_version,
     quantize_model,
     read_metadata,
     update_metadata,
@@ -176,9 +179,9 @@ class TestSourceDateEpoch:
         assert meta["training"] == {"created": "2026-09-21T14:13:20Z", "files": 3}
 
     def test_a_bad_value_names_the_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A value that is not whole seconds is an ExportError naming SOURCE_DATE_EPOCH."""
+        """A value that is not whole seconds is a LearnError naming SOURCE_DATE_EPOCH."""
         monkeypatch.setenv(SOURCE_DATE_EPOCH, "yesterday")
-        with pytest.raises(ExportError, match=r"SOURCE_DATE_EPOCH.*'yesterday'"):
+        with pytest.raises(LearnError, match=r"SOURCE_DATE_EPOCH.*'yesterday'"):
             build_time()
 
     def test_same_command_same_bytes(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,10 +20,11 @@ import pytest
 import torch
 
 from asd_edge.detector import Detector
+from asd_edge.learning.contract import ATOL, RTOL
 from asd_edge.modelspec import parse_model_spec
 from training.cli import main as asd_train
 from training.dataset import MANIFEST_COLUMNS, file_sha256
-from training.export import ATOL, RTOL, read_metadata
+from training.export import read_metadata
 from training.fit import FitConfig, FitResult, fit
 from training.kinds import KIND_NAMES, get_kind
 from training.synth import write_dataset, write_labelled_dataset

@@ -28,10 +28,10 @@ from asd_edge.audiofile import read_audio, to_mono
 from asd_edge.config import MonitorConfig
 from asd_edge.detector import Detector
 from asd_edge.errors import AudioDecodeError, ModelError
+from asd_edge.learning.calibration import DEVICE_RULE
+from asd_edge.learning.crossfit import MAX_FPR
 from asd_edge.scoring import score_samples
 
-from .calibrate import DEVICE_RULE
-from .crossfit import MAX_FPR
 from .errors import EXIT_DATA, EXIT_FAILED, EXIT_NOINPUT, EXIT_OK, DataError
 from .plots import plot_roc, plot_score_hist
 from .runs import RunDir

@@ -4,12 +4,9 @@ The export pins the opset, names the input after the contract (``logmel`` or
 ``waveform``) and the output ``score``, makes the batch axis dynamic, runs the ONNX
 checker, compares onnxruntime with torch on real inputs (held-out windows), and
 loads the result in the daemon's own ``Detector``. Only a model that passes all of
-it is written, atomically; otherwise ``ExportError`` and no file.
-
-Reproducible builds: when ``SOURCE_DATE_EPOCH`` (seconds since 1970, UTC; see
-reproducible-builds.org) is set, it is the build time of every model made here: the
-time in the version and ``training.created``, so the same data, kind, parameters and
-seed give byte-identical files.
+it is written, atomically; otherwise ``ExportError`` and no file. The contract's
+metadata, versions and reproducible build times are ``asd_edge.learning.contract``'s
+(the device makes models too).
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +30,8 @@ import onnxruntime as ort
 from asd_edge.detector import Detector
 from asd_edge.durable import write_atomic
 from asd_edge.errors import ModelError
-from asd_edge.modelspec import METADATA_KEY, SCHEMA_VERSION
+from asd_edge.learning.contract import ATOL, RTOL, spread_windows
+from asd_edge.modelspec import METADATA_KEY
 
 from .errors import ExportError
 
@@ -42,97 +39,18 @@ if TYPE_CHECKING:  # torch is imported where a torch module is exported: numpy k
     from .kinds.base import ScoreModel
 
 __all__ = [
-    "ATOL",
     "OPSET",
-    "RTOL",
-    "SOURCE_DATE_EPOCH",
     "ExportReport",
-    "build_time",
     "check_parity",
-    "contract_metadata",
     "export_model",
-    "make_version",
     "quantize_model",
     "read_metadata",
     "save_checked",
-    "spread_windows",
     "to_onnx",
     "update_metadata",
 ]
 
 OPSET = 17
-ATOL = 1e-4
-"""Parity: ``max|onnx - torch| <= ATOL + RTOL * |torch|`` on every held-out window."""
-RTOL = 1e-3
-PARITY_MAX_WINDOWS = 512
-"""At most this many real windows are compared (spread over the given ones)."""
-SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
-"""Environment variable fixing the build time (integer seconds since 1970-01-01 UTC)."""
-
-
-def build_time(now: datetime | None = None) -> datetime:
-    """The build time: ``SOURCE_DATE_EPOCH`` when set, else ``now``, else the clock (UTC, s).
-
-    ExportError names the variable when its value is not a non-negative integer.
-    """
-    text = os.environ.get(SOURCE_DATE_EPOCH, "").strip()
-    if not text:
-        return (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
-    if not (text.isascii() and text.isdigit()):
-        raise ExportError(
-            f"{SOURCE_DATE_EPOCH}: expected whole seconds since 1970-01-01 UTC, got {text!r}"
-        )
-    try:
-        return datetime.fromtimestamp(int(text), UTC)
-    except (OverflowError, OSError, ValueError):
-        raise ExportError(f"{SOURCE_DATE_EPOCH}: {text} is out of range") from None
-
-
-def make_version(
-    created: datetime, data_sha256: str, kind: str, params: Mapping[str, Any], seed: int
-) -> str:
-    """``<UTC yyyymmddThhmmssZ>-<7 hex of sha256(data hash + kind + params + seed)>``.
-
-    The time is ``created``, or ``SOURCE_DATE_EPOCH`` when that is set (:func:`build_time`).
-    """
-    created = build_time(created)
-    digest = hashlib.sha256(
-        json.dumps(
-            {"data": data_sha256, "kind": kind, "params": dict(params), "seed": seed},
-            sort_keys=True,
-            default=str,
-        ).encode("utf-8")
-    ).hexdigest()
-    return f"{created.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{digest[:7]}"
-
-
-def contract_metadata(
-    *,
-    name: str,
-    version: str,
-    kind: str,
-    spec_fields: Mapping[str, Any],
-    threshold: float,
-    calibration: Mapping[str, Any],
-    training: Mapping[str, Any],
-) -> dict[str, Any]:
-    """The ``asd_edge`` metadata object (schema 1); ``spec_fields`` from ``WindowSpec.metadata``.
-
-    When ``SOURCE_DATE_EPOCH`` is set, it replaces ``training.created`` (:func:`build_time`).
-    """
-    training = dict(training)
-    if os.environ.get(SOURCE_DATE_EPOCH, "").strip():
-        training["created"] = build_time().isoformat().replace("+00:00", "Z")
-    return {
-        "schema": SCHEMA_VERSION,
-        "name": name,
-        "version": version,
-        "kind": kind,
-        **dict(spec_fields),
-        "threshold": float(threshold),
-        "calibration": dict(calibration),
-        "training": training,
-    }
 
 
 def to_onnx(module: ScoreModel, example: np.ndarray, input_name: str) -> onnx.ModelProto:
@@ -203,13 +121,6 @@ def _session(blob: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(blob, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def spread_windows(x: np.ndarray, limit: int = PARITY_MAX_WINDOWS) -> np.ndarray:
-    """At most ``limit`` rows of ``x``, evenly spread (the parity check's real windows)."""
-    if x.shape[0] <= limit:
-        return x
-    return x[np.linspace(0, x.shape[0] - 1, limit).round().astype(np.int64)]
-
-
 def check_parity(
     module: ScoreModel,
     blob: bytes,
@@ -261,8 +172,10 @@ class ExportReport:
     parity: dict[str, Any]
 
 
-def save_checked(model: onnx.ModelProto, path: Path) -> str:
+def save_checked(model: onnx.ModelProto | bytes, path: Path) -> str:
     """Check, write atomically only once the daemon's Detector loads it; return its sha256."""
+    if isinstance(model, bytes):
+        model = onnx.load_from_string(model)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:

@@ -18,20 +18,14 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from asd_edge.learning.bandstat import DEFAULTS as BANDSTAT_DEFAULTS
+from asd_edge.learning.calibration import DEVICE_RULE, CalibrationConfig, calibrate_files
+from asd_edge.learning.contract import build_time, contract_metadata, make_version
+
 from .bandfit import NUMPY_KINDS, fit_bandstat
-from .bandstat import DEFAULTS as BANDSTAT_DEFAULTS
-from .calibrate import DEVICE_RULE, CalibrationConfig, calibrate_files
 from .errors import DataError
 from .evaluate import compare_quantized, evaluate_split
-from .export import (
-    build_time,
-    contract_metadata,
-    export_model,
-    make_version,
-    quantize_model,
-    read_metadata,
-    update_metadata,
-)
+from .export import export_model, quantize_model, read_metadata, update_metadata
 from .kinds import DEFAULT_KIND, InputStats, KindInfo, ScoreModel, get_kind
 from .plots import plot_learning_curve
 from .runs import RunDir, Tracker, finish_run, make_tracker
@@ -110,7 +104,7 @@ class FitResult:
     model_path: Path
     metrics: dict[str, Any]
     model: Any
-    """The fitted model: a torch ``ScoreModel``, or a ``training.bandstat.BandStat``."""
+    """The fitted model: a torch ``ScoreModel``, or a ``asd_edge.learning.bandstat.BandStat``."""
 
 
 def fit(config: FitConfig, *, tracker: Tracker | None = None) -> FitResult:

@@ -11,9 +11,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .bandfit import NUMPY_KINDS, candidates_for
-from .bandstat import DEFAULTS as BANDSTAT_DEFAULTS
-from .calibrate import DEVICE_RULE, METHODS
+from asd_edge.errors import LearnError
+from asd_edge.learning.bandstat import DEFAULTS as BANDSTAT_DEFAULTS
+from asd_edge.learning.calibration import DEVICE_RULE, METHODS
+from asd_edge.learning.fitting import candidates_for
+
+from .bandfit import NUMPY_KINDS
 from .errors import (
     EXIT_DATA,
     EXIT_NOINPUT,
@@ -125,7 +128,10 @@ def _config(args: argparse.Namespace) -> FitConfig:
     config.calibration_config()
     config.train_config()
     if info is None:
-        candidates_for(config.kind, config.params)
+        try:
+            candidates_for(config.kind, config.params)
+        except LearnError as exc:
+            raise ValueError(str(exc).replace("auto chooses", "--model auto chooses")) from None
         if config.calibration != "fa_per_day":
             raise ValueError(
                 f"--calibration {config.calibration}: --model {config.kind} calibrates its two "
@@ -163,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(EXIT_DATA, str(exc))
     except ExportError as exc:
         return fail(EXIT_SOFTWARE, f"export failed, no model.onnx written: {exc}")
+    except LearnError as exc:  # SOURCE_DATE_EPOCH unusable
+        return fail(EXIT_USAGE, str(exc))
     finally:
         tracker.close()
     print(result.model_path)

@@ -1,6 +1,6 @@
 """Registry of the torch-trained detector kinds: each lives in its own module exposing
 ``INFO: KindInfo``. The numpy-fitted kind (``bandstat``, and ``auto`` which chooses its
-scorer by measurement) lives in ``training.bandstat`` / ``training.bandfit``."""
+scorer by measurement) lives in ``asd_edge.learning.bandstat`` / ``training.bandfit``."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
 
 Each generator draws from the rng it is given, always in the same order, so a sound is
 a function of its seed. :func:`decaying_tone` and :func:`place_pulses` are also the
-bricks of the faults ``training.inject`` adds to real recordings.
+bricks of the faults ``asd_edge.learning.inject`` adds to real recordings.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import signal
+
+from asd_edge.learning.inject import decaying_tone, place_pulses
 
 __all__ = [
     "ANOMALY_KINDS",
@@ -157,19 +159,3 @@ def impacts(
             end = min(n, int(pos) + knock_len)
             out[pos:end] += burst[: end - pos]
     return out
-
-
-def decaying_tone(freq_hz: float, decay_s: float, sample_rate: int) -> np.ndarray:
-    """A sine at ``freq_hz`` decaying with time constant ``decay_s`` (6 of them long)."""
-    length = max(8, round(6 * decay_s * sample_rate))
-    k = np.arange(length)
-    return np.exp(-k / (decay_s * sample_rate)) * np.sin(2 * np.pi * freq_hz * k / sample_rate)
-
-
-def place_pulses(n: int, pulse: np.ndarray, starts: np.ndarray, amps: np.ndarray) -> np.ndarray:
-    """Sum of ``pulse`` scaled by ``amps`` at (rounded) sample positions ``starts``."""
-    comb = np.zeros(n + pulse.shape[0])
-    pos = np.round(starts).astype(np.int64)
-    keep = (pos >= 0) & (pos < n)
-    np.add.at(comb, pos[keep], amps[keep])
-    return signal.oaconvolve(comb, pulse)[:n] if np.any(keep) else np.zeros(n)

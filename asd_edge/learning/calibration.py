@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats as sstats
 
 from asd_edge.config import MonitorConfig
 from asd_edge.decision import Decision, DecisionPolicy
@@ -172,7 +171,7 @@ class TailModel:
         ratio = self.zeta / p
         if self.shape == 0.0:
             return self.u + self.scale * math.log(ratio)
-        return self.u + self.scale / self.shape * (ratio**self.shape - 1.0)
+        return float(self.u + self.scale / self.shape * (ratio**self.shape - 1.0))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready description for the metadata."""
@@ -202,7 +201,9 @@ def fit_tail(scores: np.ndarray, tail_fraction: float = 0.1) -> TailModel:
         return TailModel("exponential", u, zeta, float(excess.mean()), 0.0, int(excess.size))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        shape, _, scale = sstats.genpareto.fit(excess, floc=0.0)
+        from scipy import stats  # heavy: loaded by the fit only
+
+        shape, _, scale = stats.genpareto.fit(excess, floc=0.0)
     shape = float(np.clip(shape, -MAX_ABS_SHAPE, MAX_ABS_SHAPE))
     if not (math.isfinite(scale) and scale > 0):
         return TailModel("exponential", u, zeta, float(excess.mean()), 0.0, int(excess.size))

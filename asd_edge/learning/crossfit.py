@@ -7,13 +7,13 @@ All normal audio a user has serves both fitting and calibration:
    :data:`MIN_PIECE_S` that serve as sources, which is said in the report);
 2. for every fold, each candidate is fitted on the other folds and scores the fold's
    windows at the device's hop: these held-out score sequences are what the threshold
-   is calibrated on (``training.calibrate.calibrate``, the daemon's decision rule);
-3. faults (``training.inject``) are injected into the fold's *real* recordings and
+   is calibrated on (``asd_edge.learning.calibration.calibrate``, the daemon's decision rule);
+3. faults (``asd_edge.learning.inject``) are injected into the fold's *real* recordings and
    scored the same way; at the calibrated threshold, a faulty recording counts as
    caught when the daemon's decision rule raises an event on it. That recall, per fault
    and severity, is how candidates are compared (ties within :data:`RECALL_TIE` by the
    window-level pAUC of normal against injected windows);
-   Each candidate has two channels (``training.bandstat``): its distance to normal and
+   Each candidate has two channels (``asd_edge.learning.bandstat``): its distance to normal and
    the loudness deviation. Each is calibrated on the held-out sequences at half the
    false-alarm budget, the score becomes the larger of the two ratios to their
    thresholds, and that fused score is calibrated at the full budget;
@@ -26,8 +26,7 @@ numpy and scipy only, so that a device can run it.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import bandstat
-from .calibrate import (
+from .calibration import (
     Calibration,
     CalibrationConfig,
     ScoreSequence,
@@ -44,13 +43,13 @@ from .calibrate import (
     required_exceedance,
 )
 from .inject import FAULTS, SEVERITIES, inject
+from .recording import MAX_INJECTED_S, Recording
 
 __all__ = [
     "CANDIDATES",
     "MAX_FOLDS",
     "Candidate",
     "CandidateReport",
-    "Recording",
     "auc",
     "audio_needed_s",
     "choose",
@@ -65,8 +64,6 @@ MIN_PIECE_S = 10.0
 """A single long recording is cut into pieces of at least this for folds."""
 MAX_INJECTED_RECORDINGS = 24
 """At most this many held-out recordings (spread over the folds) get injected faults."""
-MAX_INJECTED_S = 30.0
-"""Only the first seconds of a recording are used for injection (cost)."""
 RECALL_TIE = 0.01
 """Mean recalls closer than this are a tie, broken by the window pAUC."""
 MAX_FPR = 0.1
@@ -93,31 +90,6 @@ CANDIDATES: tuple[Candidate, ...] = (
     Candidate("bandstat/maha", {"scorer": "maha"}),
 )
 """What ``asd-train fit --model auto`` compares."""
-
-
-@dataclass
-class Recording:
-    """One normal recording (or piece of one) at the model's rate, cut into windows."""
-
-    source: str
-    """The source recording; folds never split a source."""
-    sample_rate: int
-    """The model's rate, Hz."""
-    stream: FloatArray
-    """Model-rate samples (pre-filtered as the model needs)."""
-    logmel: FloatArray
-    """Model input of each window at the device's hop ``[n, n_frames, n_mels]``."""
-    stats: npt.NDArray[np.float64]
-    """``bandstat.statistics`` of each window ``[n, 3 n_mels + 1]``, computed once."""
-    end_s: npt.NDArray[np.float64]
-    """Each window's end, seconds from the recording's start."""
-    levels_dbfs: npt.NDArray[np.float64]
-    """Each window's level (mean square, dBFS)."""
-
-    @property
-    def duration_s(self) -> float:
-        """Length in seconds, from the window grid."""
-        return float(self.end_s[-1]) if self.end_s.size else 0.0
 
 
 @dataclass
@@ -209,7 +181,7 @@ def folds(recordings: Sequence[Recording], seed: int) -> list[list[int]]:
 def source_groups(recordings: Sequence[Recording]) -> np.ndarray:
     """Each window's source, as an integer (``bandstat.fit``'s ``groups``)."""
     ids = {src: i for i, src in enumerate(sorted({r.source for r in recordings}))}
-    return np.concatenate([np.full(r.logmel.shape[0], ids[r.source]) for r in recordings])
+    return np.concatenate([np.full(r.stats.shape[0], ids[r.source]) for r in recordings])
 
 
 def crossfit(
@@ -219,11 +191,12 @@ def crossfit(
     featurize: Callable[[FloatArray], tuple[FloatArray, np.ndarray]],
     *,
     seed: int = 0,
-    progress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[CandidateReport]:
     """Cross-fit every candidate (see the module doc); ``featurize(stream)`` gives the
-    model input and window end times of a stream at the device's hop."""
+    model input and window end times of a stream at the device's hop; ``progress(done,
+    total)`` is called after each fold fit."""
     fold_idx = folds(recordings, seed)
     if len(fold_idx) < 2:
         raise ValueError("cross-fitting needs normal audio from at least 2 sources")
@@ -232,10 +205,9 @@ def crossfit(
     # window instead of 1920.
     injected: dict[int, dict[tuple[str, float], tuple[np.ndarray, np.ndarray]]] = {}
     jobs = [(c, f) for c in candidates for f in range(len(fold_idx))]
-    bar = _bar(jobs, progress, "cross-fit")
     held: dict[str, list[_Channels]] = {c.name: [] for c in candidates}
     faulty: dict[str, list[tuple[str, float, _Channels]]] = {c.name: [] for c in candidates}
-    for cand, f in bar:
+    for done, (cand, f) in enumerate(jobs):
         kept = [i for g, idx in enumerate(fold_idx) if g != f for i in idx]
         model = bandstat.fit_statistics(
             np.concatenate([recordings[i].stats for i in kept]), cand.params, seed,
@@ -250,6 +222,8 @@ def crossfit(
                 injected[i] = _inject_all(rec, featurize, seed + i)
             for (fault, sev), (s, ends) in injected[i].items():
                 faulty[cand.name].append((fault, sev, _Channels.of(model, s, ends, rec.source)))
+        if progress is not None:
+            progress(done + 1, len(jobs))
     reports = []
     for cand in candidates:
         reports.append(_report(cand, held[cand.name], faulty[cand.name], config))
@@ -360,11 +334,3 @@ def _report(
         taus=taus,
         held_out=fused,
     )
-
-
-def _bar(items: Sequence[Any], progress: bool, desc: str) -> Iterable[Any]:
-    if not (progress and sys.stderr.isatty()):
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, desc=desc, unit="fit", file=sys.stderr, leave=False)

@@ -30,7 +30,7 @@ recording agree more closely) and then scores a window by one of:
 The distance is one channel; the other is the loudness deviation, ``|z|`` of the
 broadband level: what a level meter sees, and on real recordings of several machines or
 set-ups the one statistic that agrees across them. The cross-fitted calibration
-(``training.crossfit``) gives each channel its own threshold at half the false-alarm
+(``asd_edge.learning.crossfit``) gives each channel its own threshold at half the false-alarm
 budget, and the score is ``max(distance / its threshold, loudness / its threshold)``:
 a fault is caught by either, and neither hides the other.
 

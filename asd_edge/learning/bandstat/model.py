@@ -200,7 +200,7 @@ def fuse(distance: np.ndarray, loudness: np.ndarray, taus: tuple[float, float]) 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances ``[len(a), len(b)]`` as |a|^2 + |b|^2 - 2 a.b (fast in
     float64 for fitting; the graph sums squared differences instead, see ``to_onnx``)."""
-    return (a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T
+    return np.asarray((a * a).sum(axis=1)[:, None] + (b * b).sum(axis=1)[None, :] - 2.0 * a @ b.T)
 
 
 def _coreset(z: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -214,7 +214,7 @@ def _coreset(z: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
         i = int(dist.argmax())
         chosen.append(i)
         dist = np.minimum(dist, _sq_distances(z, z[i : i + 1])[:, 0])
-    return z[np.sort(chosen)]
+    return np.asarray(z[np.sort(chosen)])
 
 
 def _ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
@@ -259,7 +259,7 @@ def _local_scale(
         else:
             dist2[np.arange(q.size), q] = np.inf
         resid.append(np.abs(z[q] - z[dist2.argmin(axis=1)]) * scale)
-    return np.maximum(MAD_TO_STD * np.median(np.concatenate(resid), axis=0), floor)
+    return np.asarray(np.maximum(MAD_TO_STD * np.median(np.concatenate(resid), axis=0), floor))
 
 
 def fit(

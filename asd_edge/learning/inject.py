@@ -2,7 +2,8 @@
 
 Users have no recordings of their machine failing. To choose a detector and to say
 what it catches at its threshold, faults are added to held-out normal audio of the
-user's own machine, the way ``training.synth`` makes them on its synthetic machine:
+user's own machine, the way ``training.synth`` makes them on its synthetic machine (which builds its
+faults from :func:`decaying_tone` and :func:`place_pulses` here):
 
 - ``impulses``: a train of short resonant clicks (a bearing defect) at a rate
   unrelated to the machine's (20-70 Hz), resonance 2-5 kHz;
@@ -30,9 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import signal
 
-from .synth.faults import decaying_tone, place_pulses
-
-__all__ = ["ADDED_DB", "FAULTS", "SEVERITIES", "inject"]
+__all__ = ["ADDED_DB", "FAULTS", "SEVERITIES", "decaying_tone", "inject", "place_pulses"]
 
 FAULTS: tuple[str, ...] = (
     "impulses",
@@ -52,12 +51,28 @@ recording's RMS; each doubling of severity adds 6 dB."""
 FloatArray = npt.NDArray[np.float32]
 
 
+def decaying_tone(freq_hz: float, decay_s: float, sample_rate: int) -> np.ndarray:
+    """A sine at ``freq_hz`` decaying with time constant ``decay_s`` (6 of them long)."""
+    length = max(8, round(6 * decay_s * sample_rate))
+    k = np.arange(length)
+    return np.exp(-k / (decay_s * sample_rate)) * np.sin(2 * np.pi * freq_hz * k / sample_rate)
+
+
+def place_pulses(n: int, pulse: np.ndarray, starts: np.ndarray, amps: np.ndarray) -> np.ndarray:
+    """Sum of ``pulse`` scaled by ``amps`` at (rounded) sample positions ``starts``."""
+    comb = np.zeros(n + pulse.shape[0])
+    pos = np.round(starts).astype(np.int64)
+    keep = (pos >= 0) & (pos < n)
+    np.add.at(comb, pos[keep], amps[keep])
+    return signal.oaconvolve(comb, pulse)[:n] if np.any(keep) else np.zeros(n)
+
+
 def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) or 1e-6
 
 
 def _added_gain(x: np.ndarray, severity: float) -> float:
-    return _rms(x) * 10.0 ** ((ADDED_DB + 20.0 * math.log10(max(severity, 1e-3))) / 20.0)
+    return float(_rms(x) * 10.0 ** ((ADDED_DB + 20.0 * math.log10(max(severity, 1e-3))) / 20.0))
 
 
 def _impulses(x: np.ndarray, sr: int, severity: float, rng: np.random.Generator) -> np.ndarray:
@@ -84,7 +99,7 @@ def _tone_shift(x: np.ndarray, sr: int, severity: float, rng: np.random.Generato
     while out.shape[0] < x.shape[0]:
         joined = out[-fade:] * ramp[::-1] + y[:fade] * ramp
         out = np.concatenate([out[:-fade], joined, y[fade:]])
-    return out[: x.shape[0]]
+    return np.asarray(out[: x.shape[0]])
 
 
 def _imbalance(x: np.ndarray, sr: int, severity: float, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +117,7 @@ def _band_level(x: np.ndarray, sr: int, severity: float, rng: np.random.Generato
     sos = signal.butter(4, [lo, hi], btype="bandpass", fs=sr, output="sos")
     band = signal.sosfiltfilt(sos, x)
     gain = 10.0 ** (3.0 * severity / 20.0)
-    return x + (gain - 1.0) * band
+    return np.asarray(x + (gain - 1.0) * band)
 
 
 def _squeal(x: np.ndarray, sr: int, severity: float, rng: np.random.Generator) -> np.ndarray:
@@ -110,12 +125,12 @@ def _squeal(x: np.ndarray, sr: int, severity: float, rng: np.random.Generator) -
     t = np.arange(x.shape[0]) / sr
     vib = 1.0 + 0.01 * np.sin(2 * np.pi * 6.0 * t + rng.uniform(0.0, 2 * np.pi))
     phase = 2 * np.pi * np.cumsum(f * vib) / sr + rng.uniform(0.0, 2 * np.pi)
-    return x + _added_gain(x, severity) * np.sqrt(2.0) * np.sin(phase)
+    return np.asarray(x + _added_gain(x, severity) * np.sqrt(2.0) * np.sin(phase))
 
 
 def _level(x: np.ndarray, sr: int, severity: float, rng: np.random.Generator) -> np.ndarray:
     sign = 1.0 if rng.random() < 0.5 else -1.0
-    return x * 10.0 ** (sign * 2.0 * severity / 20.0)
+    return np.asarray(x * 10.0 ** (sign * 2.0 * severity / 20.0))
 
 
 _MAKERS: dict[str, Callable[[np.ndarray, int, float, np.random.Generator], np.ndarray]] = {
@@ -142,4 +157,4 @@ def inject(
         raise ValueError(f"expected mono samples, got shape {x.shape}")
     rng = np.random.default_rng([seed, FAULTS.index(fault), round(severity * 100)])
     y = _MAKERS[fault](x, sample_rate, severity, rng)
-    return np.clip(y, -1.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip(y, -1.0, 1.0), dtype=np.float32)

@@ -1,0 +1,334 @@
+"""Normal recordings to a calibrated, exported ``bandstat`` model: the one implementation
+that ``asd-train fit`` (on a workstation) and ``asd-edge learn`` (on the device) share.
+
+Reads top to bottom: candidates cross-fitted by source recording (``crossfit``:
+calibration on held-out normal windows, recall on faults injected into held-out real
+recordings) → the choice → the final fit on all normal audio, checked against its own
+training audio at the cross-fitted threshold → the contract's metadata → the ONNX graph,
+held to numpy on real windows. numpy, scipy and onnx (the graph builder) only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from ..errors import LearnError
+from ..features import LogMelParams
+from . import bandstat
+from .calibration import CalibrationConfig, ScoreSequence, count_events
+from .contract import ATOL, RTOL, build_time, contract_metadata, make_version, spread_windows
+from .crossfit import (
+    CANDIDATES,
+    MAX_FOLDS,
+    Candidate,
+    CandidateReport,
+    audio_needed_s,
+    choose,
+    crossfit,
+    source_groups,
+)
+from .recording import Recording
+from .windows import Featurizer
+
+__all__ = [
+    "AUTO",
+    "KIND",
+    "MIN_WINDOWS",
+    "Learned",
+    "candidates_for",
+    "export_checked",
+    "features_for",
+    "fit_recordings",
+    "min_seconds",
+]
+
+KIND = "bandstat"
+AUTO = "auto"
+"""``auto``: choose among :data:`asd_edge.learning.crossfit.CANDIDATES` by measurement."""
+MIN_WINDOWS = 16
+"""Normal windows a fit needs: two folds of at least 8 (``bandstat.fit``'s minimum)."""
+DEFAULT_FEATURES: dict[str, Any] = {
+    "n_fft": 1024,
+    "hop_length": 512,
+    "fmin": 0.0,
+    "fmax": 8000.0,
+    "power": 2.0,
+}
+"""The contract's log-mel defaults (``n_mels`` is the kind's parameter)."""
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)`` after each cross-fitting job."""
+
+
+def features_for(rate: int, window_s: float, n_mels: int) -> LogMelParams:
+    """The kind's log-mel parameters at a rate; LearnError when a window is too short."""
+    d = DEFAULT_FEATURES
+    if round(window_s * rate) < int(d["n_fft"]):
+        raise LearnError(f"a window of {window_s} s at {rate} Hz is shorter than n_fft")
+    return LogMelParams(
+        sample_rate=rate,
+        n_fft=int(d["n_fft"]),
+        hop_length=int(d["hop_length"]),
+        n_mels=n_mels,
+        fmin=float(d["fmin"]),
+        fmax=min(float(d["fmax"]), rate / 2.0),
+        power=float(d["power"]),
+    )
+
+
+def min_seconds(window_s: float, hop_s: float) -> float:
+    """The least normal audio a fit can use: :data:`MIN_WINDOWS` windows at the hop."""
+    return (MIN_WINDOWS - 1) * hop_s + window_s
+
+
+def candidates_for(kind: str, params: Mapping[str, Any]) -> list[Candidate]:
+    """What ``auto`` (all of :data:`CANDIDATES`) or ``bandstat`` (its scorer) fits;
+    LearnError when the parameters contradict the kind."""
+    extra = {k: v for k, v in params.items() if k != "n_mels"}
+    if kind == AUTO:
+        if "scorer" in extra:
+            raise LearnError("auto chooses the scorer; use the bandstat kind to fix it")
+        return [Candidate(c.name, {**c.params, **extra}) for c in CANDIDATES]
+    if kind != KIND:
+        raise LearnError(f"kind {kind!r} is not fitted with numpy (auto or bandstat)")
+    scorer = str(extra.get("scorer", bandstat.DEFAULTS["scorer"]))
+    return [Candidate(f"bandstat/{scorer}", {**extra, "scorer": scorer})]
+
+
+@dataclass
+class Learned:
+    """A fitted, calibrated and exported model, and how it was chosen."""
+
+    model: bandstat.BandStat
+    onnx: bytes
+    """The contract ONNX file, parity-checked against ``model``."""
+    metadata: dict[str, Any]
+    """Its ``asd_edge`` metadata."""
+    chosen: CandidateReport
+    reports: list[CandidateReport]
+    threshold: float
+    calibration: dict[str, Any]
+    parity: dict[str, Any]
+    windows: int
+    seconds: float
+    sources: int
+    warning: str | None
+    fit_s: float
+
+
+def _check_final(
+    model: bandstat.BandStat,
+    recordings: Sequence[Recording],
+    config: CalibrationConfig,
+    threshold: float,
+) -> tuple[float, dict[str, Any]]:
+    """The final model on its own training audio at the cross-fitted threshold: the fold
+    models' thresholds must hold for it too. If it raises an event there (it saw that
+    audio: it should not), the threshold goes up to its highest score on it."""
+    scores = [model.score_of(r.stats)[0] for r in recordings]
+    seqs = [
+        ScoreSequence(r.end_s, s, r.duration_s, r.source)
+        for r, s in zip(recordings, scores, strict=True)
+    ]
+    events = count_events(seqs, config.policy(threshold))
+    top = float(max(s.max() for s in scores))
+    raised = events > 0
+    return (max(threshold, top) if raised else threshold), {
+        "events_at_crossfitted_threshold": events,
+        "highest_training_score": round(top, 6),
+        "raised_to_training_max": raised,
+    }
+
+
+def export_checked(
+    model: bandstat.BandStat, n_frames: int, metadata: Mapping[str, Any], parity_x: np.ndarray
+) -> tuple[bytes, dict[str, Any]]:
+    """The contract graph, held to numpy on real windows; LearnError when they disagree."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = bandstat.to_onnx(model, n_frames, metadata)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise LearnError(f"ONNX checker rejects the model: {exc}") from None
+    blob: bytes = proto.SerializeToString()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(blob, sess_options=options, providers=["CPUExecutionProvider"])
+    x = spread_windows(parity_x)
+    got_s, got_b = session.run(["score", "bands"], {"logmel": x.astype(np.float32)})
+    ref_s, ref_b = model.score(x)
+    report: dict[str, Any] = {"windows": int(x.shape[0]), "atol": ATOL, "rtol": RTOL}
+    for name, got, ref in (("score", got_s, ref_s), ("bands", got_b, ref_b)):
+        diff = np.abs(np.asarray(got, np.float64) - ref)
+        report[f"max_abs_diff_{name}"] = float(diff.max())
+        if not np.all(np.isfinite(got)) or np.any(diff > ATOL + RTOL * np.abs(ref)):
+            raise LearnError(f"ONNX {name} disagrees with numpy (max |diff| {diff.max():.3g})")
+    report["max_abs_diff"] = report["max_abs_diff_score"]
+    return blob, report
+
+
+def fit_recordings(
+    recordings: Sequence[Recording],
+    *,
+    kind: str,
+    params: Mapping[str, Any],
+    features: LogMelParams,
+    window_s: float,
+    config: CalibrationConfig,
+    name: str,
+    data_sha256: str,
+    training: Mapping[str, Any],
+    pieces: bool,
+    seed: int = 0,
+    created: datetime | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Learned:
+    """Cross-fit the candidates of ``kind`` on ``recordings``, fit the chosen one on all
+    of them, calibrate and export it. ``training``: extra fields for the metadata's
+    ``training`` object; ``pieces``: the sources are pieces of one recording (said in
+    the calibration). LearnError when there is too little audio or the export fails."""
+    started = time.perf_counter()
+    say = log or (lambda _line: None)
+    candidates = candidates_for(kind, params)
+    windows = sum(r.stats.shape[0] for r in recordings)
+    seconds = float(sum(r.duration_s for r in recordings))
+    sources = len({r.source for r in recordings})
+    if windows < MIN_WINDOWS or sources < 2:
+        need_s = min_seconds(window_s, config.hop_s)
+        raise LearnError(
+            f"{seconds:.0f} s of usable normal audio ({windows} windows of {window_s:g} s at "
+            f"a {config.hop_s:g} s hop, {sources} source(s)): bandstat needs at least "
+            f"{MIN_WINDOWS} windows ({need_s:g} s), from 2 recordings or cut from one"
+        )
+    try:
+        reports = crossfit(
+            recordings, candidates, config, Featurizer(features, window_s, config.hop_s),
+            seed=seed, progress=progress, log=log,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise LearnError(str(exc)) from None
+    chosen = choose(reports)
+    say(f"chose {chosen.name} ({time.perf_counter() - started:.1f} s of cross-fitting)")
+
+    levels = np.concatenate([r.levels_dbfs for r in recordings])
+    model = bandstat.fit_statistics(
+        np.concatenate([r.stats for r in recordings]), chosen.params, seed,
+        groups=source_groups(recordings),
+    ).with_taus(*chosen.taus)  # fmt: skip
+    threshold, final_check = _check_final(model, recordings, config, chosen.threshold)
+    if final_check["raised_to_training_max"]:
+        say(
+            f"the final model raised {final_check['events_at_crossfitted_threshold']} events "
+            f"on its own training audio at {chosen.threshold:.4g}: threshold raised to "
+            f"{threshold:.4g}"
+        )
+    needed_s = audio_needed_s(config)
+    held_s = sum(q.duration_s for q in chosen.held_out)
+    calibration: dict[str, Any] = {
+        **chosen.calibration,
+        "cross_fitted": {
+            "folds": min(MAX_FOLDS, sources),
+            "sources": sources,
+            "pieces_of_one_recording": pieces,
+        },
+        "final_model": final_check,
+        "injected_recall_mean": round(chosen.recall_mean, 4),
+        "injected_recall": chosen.recall,
+        "audio_needed_s": round(needed_s, 1),
+    }
+    warning = None
+    if held_s < needed_s:
+        warning = (
+            f"only {held_s / 60:.1f} min of normal audio: the threshold for "
+            f"{config.target_fa_per_day:g} false alarm(s)/day is extrapolated from the score "
+            f"tail; record about {(needed_s - held_s) / 60:.0f} min more normal sound to "
+            "observe it directly"
+        )
+        calibration["warning"] = warning
+        say(f"warning: {warning}")
+    created = build_time(created)
+    final_params = {**chosen.params, "n_mels": features.n_mels}
+    metadata = contract_metadata(
+        name=name,
+        version=make_version(created, data_sha256, KIND, final_params, seed),
+        kind=KIND,
+        spec_fields=_spec_fields(features, window_s),
+        threshold=threshold,
+        calibration=calibration,
+        training={
+            "data_sha256": data_sha256,
+            **dict(training),
+            "sources": sources,
+            "windows": windows,
+            "seconds": round(seconds, 1),
+            "created": created.isoformat().replace("+00:00", "Z"),
+            "seed": seed,
+            "params": final_params,
+            "chosen_from": [r.name for r in reports],
+            "hop_s": config.hop_s,
+        },
+    )
+    nearest = chosen.params.get("scorer") in ("knn", "knn_topk")
+    metadata["bands"] = {
+        "unit": "dB",
+        "measure": "window mean level of the mel band minus "
+        + ("that of the nearest normal window" if nearest else "its normal median"),
+        "edges_hz": bandstat.band_edges_hz(
+            features.sample_rate, features.n_mels, features.fmin, features.fmax_hz
+        ),
+        "spread_db": [round(float(v), 4) for v in model.band_spread_db],
+    }
+    metadata["level"] = bandstat.level_stats(levels)
+    parity_x = np.concatenate([r.logmel for r in recordings])
+    blob, parity = export_checked(
+        model, features.n_frames(round(window_s * features.sample_rate)), metadata, parity_x
+    )
+    say(
+        f"exported: ONNX vs numpy on {parity['windows']} windows, max |diff| "
+        f"{parity['max_abs_diff']:.3g}; threshold {threshold:.4g}, predicted "
+        f"{calibration.get('predicted_fa_per_day', float('nan')):.3g} false alarms/day"
+    )
+    return Learned(
+        model=model,
+        onnx=blob,
+        metadata=metadata,
+        chosen=chosen,
+        reports=list(reports),
+        threshold=threshold,
+        calibration=calibration,
+        parity=parity,
+        windows=windows,
+        seconds=seconds,
+        sources=sources,
+        warning=warning,
+        fit_s=time.perf_counter() - started,
+    )
+
+
+def _spec_fields(features: LogMelParams, window_s: float) -> dict[str, Any]:
+    """The contract's input fields of a log-mel model (one frame per context)."""
+    return {
+        "sample_rate": features.sample_rate,
+        "window_s": window_s,
+        "input": "logmel",
+        "features": {
+            "n_fft": features.n_fft,
+            "hop_length": features.hop_length,
+            "n_mels": features.n_mels,
+            "fmin": features.fmin,
+            "fmax": features.fmax_hz,
+            "power": features.power,
+            "log": features.log,
+            "frames": 1,
+        },
+    }
