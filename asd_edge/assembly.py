@@ -17,6 +17,7 @@ from .config import Config, InputConfig
 from .detector import Detector
 from .errors import ConfigError, ModelError
 from .filesource import FileSource
+from .learning.learner import Learner
 from .modelstore import ModelManager, load_key
 from .mqtt import (
     Command,
@@ -102,16 +103,18 @@ def check_services(config: Config) -> None:
 
 
 def command_router(
-    config: Config, models: ModelManager, request_health: Callable[[], None]
+    config: Config, models: ModelManager, request_health: Callable[[], None], learner: Learner
 ) -> CommandRouter:
-    """The ``cmd/...`` commands: ping, health, and the model push and rollback, which are
+    """The ``cmd/...`` commands: ping, health, the model push and rollback, which are
     handed to the model manager's worker (the reply says queued; the outcome follows on
-    ``<prefix>/model``)."""
+    ``<prefix>/model``), and learn (the reply says it started; progress on
+    ``<prefix>/learn``)."""
     return CommandRouter(
         {
             "health": lambda _cmd: request_health(),
             "model": lambda cmd: _queued(models.submit_push, cmd),
             "model/rollback": lambda cmd: _queued(models.submit_rollback, cmd),
+            "learn": learner.command,
         },
         commands=command_specs(config.push),
     )
@@ -133,6 +136,8 @@ class Services:
     alerts: Alerts
     health_request: threading.Event
     """Set by the ``cmd/health`` command; the daemon reports at its next wake."""
+    learner: Learner | None = None
+    """Learning normal sound (``cmd/learn``); None without the model manager."""
 
 
 def build_services(config: Config, *, wall_clock: Callable[[], float] = time.time) -> Services:
@@ -155,8 +160,9 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     detectors = models.load(config)
     health_request = threading.Event()
     link = None
+    learner = Learner(config, models=models, publish=None, wall_clock=wall_clock)
     if config.mqtt.enabled:
-        router = command_router(config, models, health_request.set)
+        router = command_router(config, models, health_request.set, learner)
         link = MqttLink(
             config.mqtt,
             device_id=config.device_id,
@@ -167,6 +173,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
             max_message_bytes=max_message_bytes(router.commands),
         )
         router.reply = link.publish_command_result
+        learner.publish = link.publish_learn
     store = recorder = None
     if config.clips.enabled:
         store = ClipStore(state_dir / "clips", config.clips, on_done=lambda _result: None)
@@ -176,7 +183,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     alerts = Alerts(device_id=config.device_id, sink=link, recorder=recorder, wall_clock=wall_clock)
     if store is not None:
         store.on_done = alerts.clip_done  # a saved clip releases its held end alert
-    return Services(detectors, models, link, store, recorder, alerts, health_request)
+    return Services(detectors, models, link, store, recorder, alerts, health_request, learner)
 
 
 def _queued(

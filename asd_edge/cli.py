@@ -31,6 +31,7 @@ from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon
 from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
 from .jsonvalues import json_safe
+from .learning import cli as learning_cli
 from .logs import configure_logging
 from .modelstore import running_model
 from .scoring import score_file
@@ -263,6 +264,15 @@ def cmd_record(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    """``asd-edge learn``: in the running daemon, or from recordings (``asd_edge.learning``)."""
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    return learning_cli.learn(config, args)
+
+
 def _command(
     sub: Any, name: str, func: Any, *, help: str, description: str
 ) -> argparse.ArgumentParser:
@@ -378,6 +388,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=16000,
         help="preferred sample rate when input.sample_rate is null (default: %(default)s Hz)",
     )
+
+    learn = sub.add_parser(
+        "learn",
+        help="learn a monitor's normal sound (no torch)",
+        description=learning_cli.__doc__,
+        epilog=learning_cli.EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    learn.set_defaults(func=cmd_learn)
+    learn.add_argument("--config", metavar="FILE", help=config_help)
+    learning_cli.add_arguments(learn)
     return parser
 
 

@@ -18,6 +18,7 @@ from .detector import Detector
 from .errors import AudioError, ConfigError
 from .filesource import FileSource
 from .inputhealth import InputChange, InputHealth
+from .learning.learner import Learner
 from .logs import configure_logging
 from .machine import MachineChange
 from .modelstore import Swap
@@ -27,13 +28,7 @@ from .runtime import install_signal_handlers
 from .sdnotify import Liveness, Notifier
 from .telemetry import Telemetry, describe, status_line
 
-__all__ = [
-    "EXIT_CONFIG",
-    "EXIT_OK",
-    "EXIT_SOFTWARE",
-    "EXIT_UNAVAILABLE",
-    "Daemon",
-]
+__all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_SOFTWARE", "EXIT_UNAVAILABLE", "Daemon"]
 
 log = structlog.get_logger()
 
@@ -104,6 +99,7 @@ class Daemon:
         self.clip_store = services.clip_store
         self.recorder = services.recorder
         self.alerts = services.alerts
+        self.learner = services.learner or Learner(config, models=None, publish=None)
         self.monitors: Monitors | None = None
         self.telemetry: Telemetry | None = None
         self._reported_callback_errors = 0
@@ -179,6 +175,7 @@ class Daemon:
             if self.models is not None:
                 self.models.set_capture(self.source.sample_rate, self.config.input.ring_s)
                 self.models.start()
+            self.learner.attach(self.source)  # what a killed run's learning left, then listen
             log.info(
                 "daemon_started",
                 device_id=self.config.device_id,
@@ -212,6 +209,7 @@ class Daemon:
     def _shutdown(self) -> None:
         """Close events in progress, finish their clips, hand the last alerts over."""
         self.notifier.stopping()
+        self.learner.stop()
         if self.models is not None:
             self.models.stop(STOP_TIMEOUT_S)
         if self.monitors is not None:
@@ -258,6 +256,7 @@ class Daemon:
             telemetry.update()
             if self.recorder is not None:
                 self.recorder.poll()  # clips whose audio is in go to the writer
+            self.learner.poll()  # new audio to the learning in progress, if any
             self._supervise_input(now)
             self._feed_watchdog(now)
             if end_of_input:
@@ -376,6 +375,7 @@ class Daemon:
         if new.logging != old_config.logging:
             configure_logging(new.logging.level, new.logging.format)
         self.config = new
+        self.learner.config = new  # a learning in progress keeps its monitor's settings
         assert self.monitors is not None and self.telemetry is not None
         changed = self.monitors.reload(old_config.monitors, new.monitors, detectors)
         self.telemetry.configure(listened_channels(new), new.health)

@@ -21,10 +21,10 @@ import numpy as np
 
 from asd_edge.errors import AudioDecodeError, LearnError
 from asd_edge.learning import bandstat
-from asd_edge.learning.crossfit import MAX_FOLDS, MIN_PIECE_S
-from asd_edge.learning.fitting import AUTO, KIND, candidates_for, features_for, fit_recordings
-from asd_edge.learning.recording import Recording
-from asd_edge.learning.windows import Featurizer
+from asd_edge.learning.crossfit import MAX_FOLDS
+from asd_edge.learning.fitting import AUTO, KIND, candidates_for, fit_recordings
+from asd_edge.learning.recording import MIN_PIECE_S, Recording
+from asd_edge.learning.windows import Featurizer, features_for
 
 from .errors import DataError, ExportError
 from .export import save_checked

@@ -33,6 +33,7 @@ from asd_edge.features import (
     StreamingFilter,
     normalize_window,
 )
+from asd_edge.learning.windows import DEFAULT_FEATURES
 from asd_edge.resample import resample_whole
 
 if TYPE_CHECKING:  # the kinds import torch; windows must not (numpy kinds fit without it)
@@ -53,16 +54,6 @@ __all__ = [
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
-DEFAULT_FEATURES: dict[str, Any] = {
-    "n_fft": 1024,
-    "hop_length": 512,
-    "n_mels": 128,
-    "fmin": 0.0,
-    "fmax": 8000.0,
-    "power": 2.0,
-    "log": "db",
-}
-"""The contract's default log-mel parameters (30 frames x 128 mels per 1 s at 16 kHz)."""
 
 LABELS = {"normal": 0, "anomaly": 1}
 """Label names of ``training.dataset.DataFile`` to the 0/1 targets the kinds use."""

@@ -21,6 +21,7 @@ from .sections import (
     DetectorConfig,
     HealthConfig,
     InputConfig,
+    LearnConfig,
     LoggingConfig,
     MonitorConfig,
     MqttConfig,
@@ -58,6 +59,8 @@ class Config:
     """The durable alert queue, <state_dir>/outbox.sqlite."""
     health: HealthConfig = field(default_factory=HealthConfig)
     """How the input's health is judged."""
+    learn: LearnConfig = field(default_factory=LearnConfig)
+    """Learning normal sound on the device."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging."""
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
@@ -135,6 +138,12 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
             problems.append(
                 f"{where}.onset_k: expected an integer 1-{onset_n} (at most onset_n), got {onset_k}"
             )
+    default_s, max_s = at(tree, "learn", "default_s"), at(tree, "learn", "max_s")
+    if isinstance(default_s, float) and isinstance(max_s, float) and default_s > max_s:
+        problems.append(
+            f"learn.default_s: expected a number at most {max_s:g} (learn.max_s), "
+            f"got {show(default_s)}"
+        )
     pre_s, ring_s = at(tree, "clips", "pre_s"), at(tree, "input", "ring_s")
     if isinstance(pre_s, float) and isinstance(ring_s, float) and pre_s >= ring_s - 2:
         problems.append(

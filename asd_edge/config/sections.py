@@ -12,12 +12,15 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "HOP_MAX_S",
     "HOP_MIN_S",
+    "LEARN_MAX_S",
+    "LEARN_MIN_S",
     "PUSH_MAX_MB",
     "ClipsConfig",
     "DetectorConfig",
     "HealthConfig",
     "HomeAssistantConfig",
     "InputConfig",
+    "LearnConfig",
     "LogFormat",
     "LogLevel",
     "LoggingConfig",
@@ -49,6 +52,11 @@ _DEVICE_ID: Final = r"^[A-Za-z0-9_-]{1,64}$"
 """A device_id goes into MQTT topics, so it is kept to these characters."""
 
 
+LEARN_MIN_S: Final = 20.0
+"""The least normal sound a learn request may ask for: two 10 s pieces for the
+cross-fitted calibration (``asd_edge.learning.recording.MIN_PIECE_S``)."""
+LEARN_MAX_S: Final = 86400.0
+"""The most a learn request may ask for (``learn.max_s`` is at most this)."""
 HOP_MIN_S: Final = 0.05
 """Shortest hop between scored windows, in seconds."""
 HOP_MAX_S: Final = 10.0
@@ -237,6 +245,29 @@ class OutboxConfig:
     """Most alerts kept unacknowledged; beyond it the oldest are dropped and counted."""
     max_age_days: float = field(default=30.0, metadata={"min": 0.01, "max": 3650.0})
     """Unacknowledged alerts older than this are dropped and counted."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LearnConfig:
+    """Learning a monitor's normal sound on the device (``cmd/learn``, ``asd-edge learn``)."""
+
+    enabled: bool = True
+    """Accept ``cmd/learn`` over MQTT (offline ``asd-edge learn --from`` works either way)."""
+    default_s: float = field(default=600.0, metadata={"min": LEARN_MIN_S, "max": LEARN_MAX_S})
+    """Seconds of normal sound a request without ``seconds`` (the Home Assistant button)
+    learns."""
+    max_s: float = field(default=7200.0, metadata={"min": LEARN_MIN_S, "max": LEARN_MAX_S})
+    """Longest learn request, seconds; learned statistics take about 5.6 MB per hour."""
+    target_fa_per_day: float = field(default=1.0, metadata={"min": 0.001, "max": 1000.0})
+    """False alarms per day of normal sound the learned threshold is calibrated for."""
+    kind: Literal["auto", "bandstat"] = "auto"
+    """``auto`` chooses the bandstat scorer by measurement; ``bandstat`` uses topk."""
+    sample_rate: int = field(default=16000, metadata={"min": 8000, "max": 48000})
+    """The learned model's rate, Hz."""
+    n_mels: int = field(default=64, metadata={"min": 8, "max": 128})
+    """Mel bands of the learned model."""
+    fit_timeout_s: float = field(default=3600.0, metadata={"min": 10.0, "max": 86400.0})
+    """A fit that takes longer than this is stopped and the learning fails."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

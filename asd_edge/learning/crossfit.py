@@ -60,8 +60,6 @@ __all__ = [
 ]
 
 MAX_FOLDS = 5
-MIN_PIECE_S = 10.0
-"""A single long recording is cut into pieces of at least this for folds."""
 MAX_INJECTED_RECORDINGS = 24
 """At most this many held-out recordings (spread over the folds) get injected faults."""
 RECALL_TIE = 0.01

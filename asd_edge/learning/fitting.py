@@ -34,7 +34,7 @@ from .crossfit import (
     source_groups,
 )
 from .recording import Recording
-from .windows import Featurizer
+from .windows import Featurizer, features_for
 
 __all__ = [
     "AUTO",
@@ -53,33 +53,8 @@ AUTO = "auto"
 """``auto``: choose among :data:`asd_edge.learning.crossfit.CANDIDATES` by measurement."""
 MIN_WINDOWS = 16
 """Normal windows a fit needs: two folds of at least 8 (``bandstat.fit``'s minimum)."""
-DEFAULT_FEATURES: dict[str, Any] = {
-    "n_fft": 1024,
-    "hop_length": 512,
-    "fmin": 0.0,
-    "fmax": 8000.0,
-    "power": 2.0,
-}
-"""The contract's log-mel defaults (``n_mels`` is the kind's parameter)."""
-
 Progress = Callable[[int, int], None]
 """``progress(done, total)`` after each cross-fitting job."""
-
-
-def features_for(rate: int, window_s: float, n_mels: int) -> LogMelParams:
-    """The kind's log-mel parameters at a rate; LearnError when a window is too short."""
-    d = DEFAULT_FEATURES
-    if round(window_s * rate) < int(d["n_fft"]):
-        raise LearnError(f"a window of {window_s} s at {rate} Hz is shorter than n_fft")
-    return LogMelParams(
-        sample_rate=rate,
-        n_fft=int(d["n_fft"]),
-        hop_length=int(d["hop_length"]),
-        n_mels=n_mels,
-        fmin=float(d["fmin"]),
-        fmax=min(float(d["fmax"]), rate / 2.0),
-        power=float(d["power"]),
-    )
 
 
 def min_seconds(window_s: float, hop_s: float) -> float:

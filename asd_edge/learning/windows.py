@@ -15,6 +15,7 @@ import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,17 +29,46 @@ from .recording import MAX_INJECTED_S, Recording
 
 __all__ = [
     "CLIP_LEVEL",
+    "DEFAULT_FEATURES",
     "Collector",
     "Featurizer",
+    "features_for",
     "load_recordings",
     "save_recordings",
 ]
 
 FloatArray = npt.NDArray[np.float32]
+DEFAULT_FEATURES: dict[str, Any] = {
+    "n_fft": 1024,
+    "hop_length": 512,
+    "n_mels": 128,
+    "fmin": 0.0,
+    "fmax": 8000.0,
+    "power": 2.0,
+    "log": "db",
+}
+"""The contract's default log-mel parameters (30 frames x 128 mels per 1 s at 16 kHz)."""
 CLIP_LEVEL = 0.999
 """A sample at or above this magnitude counts as clipped (the health check's full scale)."""
 BATCH = 32
 """Windows featurised together (numpy's per-call cost amortised)."""
+
+
+def features_for(rate: int, window_s: float, n_mels: int) -> LogMelParams:
+    """The default log-mel parameters with ``n_mels`` bands at a rate (``fmax`` at most
+    half of it); LearnError when a window is shorter than ``n_fft``."""
+    d = DEFAULT_FEATURES
+    if round(window_s * rate) < int(d["n_fft"]):
+        raise LearnError(f"a window of {window_s} s at {rate} Hz is shorter than n_fft")
+    return LogMelParams(
+        sample_rate=rate,
+        n_fft=int(d["n_fft"]),
+        hop_length=int(d["hop_length"]),
+        n_mels=n_mels,
+        fmin=float(d["fmin"]),
+        fmax=min(float(d["fmax"]), rate / 2.0),
+        power=float(d["power"]),
+    )
 
 
 class Featurizer:
@@ -212,6 +242,7 @@ class Collector:
             self._skip("clipping")
             return
         self._pending.append((start, window.copy()))
+        self.windows += 1
 
     def _piece(self, start: int) -> _Piece:
         k = 0 if self.piece_samples is None else start // self.piece_samples
@@ -235,7 +266,6 @@ class Collector:
             piece.stats.append(stats[i])
             piece.levels.append(levels[i : i + 1])
             piece.windows += 1
-            self.windows += 1
             if piece.keeping:
                 contiguous = self._last_piece is piece
                 if not contiguous and piece.kept_samples:

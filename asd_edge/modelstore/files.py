@@ -33,9 +33,10 @@ __all__ = [
 
 log = structlog.get_logger()
 
-Source = Literal["config", "file", "push", "rollback"]
+Source = Literal["config", "file", "push", "rollback", "learn"]
 """Where a running model came from: the config's file at start or reload, that file
-replaced on disk, an MQTT push, or a rollback to the previous model."""
+replaced on disk, an MQTT push, a rollback to the previous model, or normal sound
+learned on the device."""
 StatKey = tuple[int, int, int, int]
 """What the file watcher compares: (st_mtime_ns, st_size, st_ino, st_dev)."""
 
@@ -51,7 +52,7 @@ STATE_SCHEMA: Final = 1
 STATE_MAX_BYTES: Final = 1 << 16
 """The largest state.json read (64 KiB): it holds two records and a replay marker, under
 2 kB; a larger one is damaged and read as empty, unread."""
-_SOURCES: Final = ("config", "file", "push", "rollback")
+_SOURCES: Final = ("config", "file", "push", "rollback", "learn")
 
 
 def stat_key(st: os.stat_result) -> StatKey:

@@ -232,6 +232,13 @@ class ModelManager:
         """Queue a ``cmd/model/rollback``; returns at once (CommandError when busy)."""
         self._submit("model/rollback", args, request_id)
 
+    def submit_learned(self, monitor: str, model: bytes, request_id: str | None) -> None:
+        """Queue a model learned on the device (``asd_edge.learning``) for ``monitor``:
+        validated like a push (no signature: the daemon made it), stored like one, and
+        put in service with ``source: "learn"``. CommandError ("busy: ...") while a push
+        or rollback is in flight."""
+        self._submit("learn", {"monitor": monitor, "model": model}, request_id)
+
     def _submit(self, command: str, args: Mapping[str, Any], request_id: str | None) -> None:
         shared = self._shared
         item = _Command(command, dict(args), request_id)

@@ -30,9 +30,10 @@ __all__ = [
 ]
 
 
-COMMAND_SOURCES: Final[Mapping[str, Literal["push", "rollback"]]] = {
+COMMAND_SOURCES: Final[Mapping[str, Literal["push", "rollback", "learn"]]] = {
     "model": "push",
     "model/rollback": "rollback",
+    "learn": "learn",
 }
 """The commands that change a model, and the source they give it."""
 

@@ -27,7 +27,7 @@ __all__ = ["SUPERSEDED", "SharedState", "Swap", "SwapSource"]
 
 log = structlog.get_logger()
 
-SwapSource = Literal["file", "push", "rollback"]
+SwapSource = Literal["file", "push", "rollback", "learn"]
 
 
 @dataclass(frozen=True, slots=True)

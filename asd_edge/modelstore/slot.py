@@ -67,7 +67,7 @@ def new_record(
         sha256=detector.sha256,
         adopted_at="",
         config_sha256=config_sha256,
-        stored=source in ("push", "rollback"),
+        stored=source in ("push", "rollback", "learn"),
         request_id=request_id,
     )
 

@@ -12,7 +12,7 @@ import structlog
 
 from ..detector import Detector, unreadable_model
 from ..errors import ModelError, Refused, Unfit
-from .checks import validate_candidate
+from .checks import CaptureFacts, validate_candidate
 from .files import HeldFile, ModelRecord, StatKey, close_held, stat_key
 from .requests import (
     COMMAND_SOURCES,
@@ -179,9 +179,10 @@ class ModelWorker:
             slot, detector, record, item.name, request_id, generation, issued_at=issued_at
         )
 
-    def _prepare(self, item: _Command) -> tuple[ModelSlot, str, str, Detector, int]:
+    def _prepare(self, item: _Command) -> tuple[ModelSlot, str | None, str | None, Detector, int]:
         """Check a push or rollback and validate its model; Refused says why not. Also
-        returns the configuration generation it was picked up under."""
+        returns the configuration generation it was picked up under. A learned model
+        (``learn``) is the daemon's own: no signature, no replay marker."""
         shared = self._shared
         with shared.lock:
             config, key, capture = shared.config, shared.key, shared.capture
@@ -189,6 +190,12 @@ class ModelWorker:
             names = list(shared.slots)
         if config is None:
             raise Refused("the daemon has no models loaded yet")
+        if item.name == "learn":
+            monitor = pick_monitor(item.args["monitor"], names)
+            with shared.lock:
+                slot = shared.slots[monitor]
+            detector = self._validate(slot, item.args["model"], config.detector.threads, capture)
+            return slot, item.request_id, None, detector, generation
         request = check_request(
             item.name,
             item.args,
@@ -204,15 +211,29 @@ class ModelWorker:
             slot = shared.slots[monitor]
             check_replay(monitor, request.issued_at, slot.last_issued_at)
             previous = slot.state.previous
-        files = slot.files
         with shared.disk_lock:
             try:
-                files.write_incoming(
-                    request.model if request.model is not None else files.read_previous(previous)
+                model = (
+                    request.model
+                    if request.model is not None
+                    else slot.files.read_previous(previous)
                 )
             except OSError as exc:
                 raise Refused(f"model: cannot be stored ({exc})", monitor=monitor) from None
-        threads = config.detector.threads
+        detector = self._validate(slot, model, config.detector.threads, capture)
+        return slot, request.request_id, request.issued_at, detector, generation
+
+    def _validate(
+        self, slot: ModelSlot, model: bytes, threads: int, capture: CaptureFacts | None
+    ) -> Detector:
+        """Store a candidate as incoming and validate it beside the running model;
+        Refused (and no incoming file) when it does not serve."""
+        files, monitor = slot.files, slot.config.name
+        with self._shared.disk_lock:
+            try:
+                files.write_incoming(model)
+            except OSError as exc:
+                raise Refused(f"model: cannot be stored ({exc})", monitor=monitor) from None
         try:
             detector = validate_candidate(
                 files.incoming, slot.config, threads=threads, capture=capture
@@ -222,8 +243,8 @@ class ModelWorker:
         except Unfit as exc:
             reason = str(exc)
         else:
-            return slot, request.request_id, request.issued_at, detector, generation
-        with shared.disk_lock:
+            return detector
+        with self._shared.disk_lock:
             files.discard_incoming()
         raise Refused(reason, monitor=monitor)
 

@@ -83,6 +83,14 @@ COMMANDS: Final[Mapping[str, CommandSpec]] = {
 
 _SIGNED = {"target": (str,), "monitor": (str, type(None)), "issued_at": (str,)}
 _SIGNATURE = {"key_id": (str,), "signature": (str,)}
+LEARN_FIELDS: Final = {
+    "monitor": (str, type(None)),
+    "seconds": (int, float, type(None)),
+    "append": (bool,),
+    "cancel": (bool,),
+}
+"""``cmd/learn``: learn ``monitor``'s normal sound for ``seconds`` (``append``: add to its
+normal data), or ``cancel`` the learning in progress (``asd_edge.learning.learner``)."""
 PUSH_OVERHEAD_BYTES: Final = 4096
 """Room for a push message's fields besides the base64 model."""
 
@@ -91,7 +99,8 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
     """Every command the daemon understands, with ``model`` sized for ``push.max_mb``.
 
     ``model`` (a push, see ``asd_edge.modelstore.signing``) carries the model as base64, 4/3 of
-    its size; ``model/rollback`` returns a monitor to its previous model.
+    its size; ``model/rollback`` returns a monitor to its previous model; ``learn`` learns
+    a monitor's normal sound on the device.
     """
     max_model_bytes = math.ceil(push.max_mb * 1e6)
     return {
@@ -106,6 +115,7 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
             fields={**_SIGNED, **_SIGNATURE},
             required=frozenset({"target", "issued_at"}),
         ),
+        "learn": CommandSpec(fields=LEARN_FIELDS),
     }
 
 

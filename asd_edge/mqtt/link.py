@@ -163,6 +163,10 @@ class MqttLink:
         """Retained QoS 1 on <prefix>/model (the active model per monitor)."""
         self._put(Retain(self.topics.model, encode_json(payload)))
 
+    def publish_learn(self, payload: Mapping[str, Any]) -> None:
+        """Retained QoS 1 on <prefix>/learn: the progress of learning normal sound."""
+        self._put(Retain(self.topics.learn, encode_json(payload)))
+
     def publish_monitor_state(self, monitor: str, payload: Mapping[str, Any]) -> None:
         """Retained QoS 1 on <prefix>/monitor/<name>: anomaly, score, level_dbfs, at."""
         self._put(Retain(self.topics.monitor(monitor), encode_json(payload)))

@@ -27,6 +27,8 @@ class Topics:
             f"{prefix}/score",
         )
         self.model, self.command_result = f"{prefix}/model", f"{prefix}/cmd_result"
+        self.learn = f"{prefix}/learn"
+        """Retained: the progress of learning normal sound on the device."""
         self.commands = f"{prefix}/cmd/#"
         """Subscribed: every command topic."""
         self.fleet_commands = tuple(

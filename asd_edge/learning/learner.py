@@ -1,0 +1,226 @@
+"""Learning in the running daemon: the ``cmd/learn`` command, one session at a time, fed
+from the tick, its progress on ``<prefix>/learn``, and what a restart left behind.
+
+Where things are (``<state_dir>/learn``): ``session.json`` while a session runs (a
+restart finds it and says the learning was interrupted), and per monitor
+``<monitor>/normal-<ms>.npz``: the learned normal data (window statistics and 30 s of
+audio per piece; about 0.8 kB per second of learning). At most :data:`MAX_DATA_FILES`
+such files are kept per monitor (``append`` adds one; a new learning replaces them).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+
+from ..capture import AudioSource
+from ..config import LEARN_MIN_S, Config, MonitorConfig
+from ..durable import write_atomic
+from ..errors import CommandError
+from ..jsonvalues import iso_utc
+from ..modelstore import ModelManager
+from ..mqtt.commands import Command
+from .session import LearnSession
+
+__all__ = ["MAX_DATA_FILES", "SESSION_FILE", "Learner"]
+
+log = structlog.get_logger()
+
+SESSION_FILE: Final = "session.json"
+MAX_DATA_FILES: Final = 8
+"""Learned data files kept per monitor (the oldest goes when ``append`` adds one more)."""
+CHUNK_S: Final = 2.0
+"""Most audio handed to the session per tick (a late tick hands more over several)."""
+STOP_WAIT_S: Final = 5.0
+
+
+class Learner:
+    """The daemon's face for learning (see the module doc)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        models: ModelManager | None,
+        publish: Callable[[Mapping[str, Any]], None] | None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.publish: Callable[[Mapping[str, Any]], None] = publish or (lambda _payload: None)
+        """Where progress goes (the link's ``publish_learn``; set once the link exists)."""
+        self._wall = wall_clock
+        self.root = Path(config.state_dir) / "learn"
+        self._lock = threading.Lock()
+        self._session: LearnSession | None = None
+        self._source: AudioSource | None = None
+        self._cursor = 0
+        self._channel = 0
+
+    # --- the daemon's thread ------------------------------------------------------------
+
+    def attach(self, source: AudioSource) -> None:
+        """The capture learning listens to (after it started); first, what a killed or
+        stopped run's learning left is said and cleaned up (``recover``)."""
+        self.recover()
+        self._source = source
+
+    def recover(self) -> None:
+        """A session a killed or stopped daemon left: say it was interrupted, clean up."""
+        marker = self.root / SESSION_FILE
+        try:
+            left = json.loads(marker.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            left = {}
+        monitor = left.get("monitor") if isinstance(left, dict) else None
+        payload = {
+            **(left if isinstance(left, dict) else {}),
+            "state": "failed",
+            "error": "interrupted: the daemon restarted while learning; the model it ran "
+            "before keeps running",
+            "at": iso_utc(self._wall()),
+        }
+        log.warning("learn_interrupted", monitor=monitor)
+        self.publish(payload)
+        if isinstance(monitor, str):
+            for name in ("candidate.onnx", "job.json", "report.json"):
+                (self.root / monitor / name).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+
+    def poll(self) -> None:
+        """Hand the session the audio captured since the last tick (a copy)."""
+        session, source = self._session, self._source
+        if session is None or source is None or not session.collecting:
+            return
+        ring = source.ring(self._channel)
+        chunk = ring.since(self._cursor, round(CHUNK_S * source.sample_rate))
+        self._cursor = chunk.start + chunk.data.shape[0]
+        if chunk.data.shape[0] or chunk.lost:
+            session.offer(chunk.data.copy(), chunk.lost)
+
+    def stop(self) -> None:
+        """The daemon stops: a session in progress ends as interrupted."""
+        session = self._session
+        if session is not None:
+            session.cancel("failed", "interrupted: the daemon stopped while learning")
+            session.join(STOP_WAIT_S)
+
+    @property
+    def active(self) -> dict[str, Any] | None:
+        """The session in progress (its progress), or None."""
+        session = self._session
+        return None if session is None else session.progress.as_dict()
+
+    # --- the MQTT thread ----------------------------------------------------------------
+
+    def command(self, cmd: Command) -> dict[str, Any]:
+        """``cmd/learn``: start (``monitor``, ``seconds``, ``append``) or ``cancel``.
+        CommandError says why a request is refused."""
+        args = cmd.args
+        if not self.config.learn.enabled:
+            raise CommandError("learning over MQTT is off (learn.enabled: false)")
+        with self._lock:
+            session = self._session
+            if args.get("cancel") is True:
+                if session is None:
+                    raise CommandError("cancel: nothing is being learned")
+                named = args.get("monitor")
+                if named is not None and named != session.progress.monitor:
+                    raise CommandError(
+                        f"cancel: monitor {named!r} is not learning "
+                        f"({session.progress.monitor!r} is)"
+                    )
+                session.cancel()
+                return {"monitor": session.progress.monitor, "state": "cancelled"}
+            monitor = self._monitor(args.get("monitor"))
+            seconds = self._seconds(args.get("seconds"))
+            if session is not None:
+                p = session.progress
+                raise CommandError(
+                    f"busy: monitor {p.monitor!r} is learning ({p.state}, "
+                    f"{p.seconds_collected:.0f} of {p.seconds_wanted:g} s); cancel it first"
+                )
+            if self.models is None or self._source is None:
+                raise CommandError("learning needs the running daemon's model store")
+            self._session = self._start(monitor, seconds, bool(args.get("append")), cmd.id)
+            return {"monitor": monitor.name, "state": "collecting", "seconds_wanted": seconds}
+
+    def _monitor(self, named: object) -> MonitorConfig:
+        monitors = self.config.monitors
+        if named is None:
+            if len(monitors) == 1:
+                return monitors[0]
+            names = ", ".join(m.name for m in monitors)
+            raise CommandError(f"monitor: name the monitor to learn (one of {names})")
+        for m in monitors:
+            if m.name == named:
+                return m
+        names = ", ".join(m.name for m in monitors)
+        raise CommandError(f"monitor: {named!r} does not exist (monitors: {names})")
+
+    def _seconds(self, value: object) -> float:
+        learn = self.config.learn
+        if value is None:
+            return learn.default_s
+        seconds = float(value)  # type: ignore[arg-type]  # the spec allows int and float
+        if not seconds >= LEARN_MIN_S:
+            raise CommandError(
+                f"seconds: at least {LEARN_MIN_S:g} s of normal sound are needed (the "
+                f"threshold is cross-fitted on two 10 s pieces), got {seconds:g}"
+            )
+        if seconds > learn.max_s:
+            raise CommandError(f"seconds: at most {learn.max_s:g} (learn.max_s), got {seconds:g}")
+        return seconds
+
+    def _start(
+        self, monitor: MonitorConfig, seconds: float, append: bool, request_id: str | None
+    ) -> LearnSession:
+        assert self.models is not None and self._source is not None
+        source, models = self._source, self.models
+        directory = self.root / monitor.name
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        previous = sorted(directory.glob("normal-*.npz"))
+        if append and len(previous) >= MAX_DATA_FILES:
+            for old in previous[: len(previous) - MAX_DATA_FILES + 1]:
+                old.unlink(missing_ok=True)
+            previous = previous[len(previous) - MAX_DATA_FILES + 1 :]
+        rid = request_id or f"learn-{monitor.name}-{int(self._wall() * 1000)}"
+        session = LearnSession(
+            config=self.config,
+            monitor=monitor,
+            capture_rate=source.sample_rate,
+            seconds=seconds,
+            append=append,
+            request_id=rid,
+            directory=directory,
+            previous_data=previous,
+            publish=lambda payload: self.publish(payload),
+            submit=models.submit_learned,
+            outcome=models.last_push,
+            on_end=self._ended,
+            wall_clock=self._wall,
+        )
+        self._channel = monitor.channel
+        self._cursor = source.ring(monitor.channel).written
+        write_atomic(
+            self.root / SESSION_FILE,
+            json.dumps({"monitor": monitor.name, "id": rid, "seconds_wanted": seconds}).encode(),
+            mode=0o600,
+        )
+        log.info("learn_started", monitor=monitor.name, id=rid, seconds=seconds, append=append)
+        session.start()
+        return session
+
+    def _ended(self, session: LearnSession) -> None:
+        with self._lock:
+            if self._session is session:
+                self._session = None
+        (self.root / SESSION_FILE).unlink(missing_ok=True)
