@@ -2,7 +2,7 @@
 
 Where things are. The top level reads as the architecture diagram (ARCHITECTURE.md):
 the data path from the microphone to a decision, then the service around it; the
-three wings that talk to the world each have a face (their ``__init__``).
+four wings each have a face (their ``__init__``).
 
 The data path, in the order the audio flows::
 
@@ -32,15 +32,21 @@ The wings::
     clips/       the audio around each event: recorded on the tick, written by a thread,
                  kept within quota; what an alert says of its clip (types, recorder,
                  writer, retention, status, spectrogram)
+    learning/    the default kind (bandstat) and its fit, numpy only, shared with training;
+                 learning a monitor's normal sound in the running daemon (learner,
+                 session, job: the fit in a child process) or from recordings (cli)
+                 (bandstat/, windows, recording, crossfit, calibration, inject, fitting,
+                 contract)
 
 The service::
 
     daemon       the loop (a tick when a window is due) and the lifecycle: start, reload, stop
     assembly     the daemon's parts as a configuration describes them, wired together
-    cli          the ``asd-edge`` command line: run, check-config, devices, score, record
+    cli          the ``asd-edge`` command line: run, check-config, devices, score, record,
+                 learn
     __main__     the console script: pins the math thread pools, then runs the CLI
     runtime      process-wide settings applied before numpy loads
-    config       the YAML configuration parsed into frozen dataclasses
+    config/      the YAML configuration parsed into frozen dataclasses (sections, loading)
     schema       the strict, generic YAML-to-dataclass validator under config
     inputhealth  input alerts: a lost stream, silence, clipping, overruns
     meters       audio levels per channel, the process's CPU and memory

@@ -115,6 +115,7 @@ def command_router(
             "model": lambda cmd: _queued(models.submit_push, cmd),
             "model/rollback": lambda cmd: _queued(models.submit_rollback, cmd),
             "learn": learner.command,
+            "feedback": learner.feedback,
         },
         commands=command_specs(config.push),
     )
@@ -174,6 +175,8 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
         )
         router.reply = link.publish_command_result
         learner.publish = link.publish_learn
+        if config.learn.enabled:
+            link.offer_learning(config.learn.default_s)
     store = recorder = None
     if config.clips.enabled:
         store = ClipStore(state_dir / "clips", config.clips, on_done=lambda _result: None)

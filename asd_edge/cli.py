@@ -273,6 +273,15 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return learning_cli.learn(config, args)
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """``asd-edge feedback ALERT_ID --normal``: a false alarm learned as normal."""
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        return _config_error(exc)
+    return learning_cli.feedback(config, args)
+
+
 def _command(
     sub: Any, name: str, func: Any, *, help: str, description: str
 ) -> argparse.ArgumentParser:
@@ -389,16 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="preferred sample rate when input.sample_rate is null (default: %(default)s Hz)",
     )
 
-    learn = sub.add_parser(
-        "learn",
-        help="learn a monitor's normal sound (no torch)",
-        description=learning_cli.__doc__,
-        epilog=learning_cli.EXIT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    learn.set_defaults(func=cmd_learn)
-    learn.add_argument("--config", metavar="FILE", help=config_help)
-    learning_cli.add_arguments(learn)
+    learning_cli.register(sub, config_help, cmd_learn, cmd_feedback)
     return parser
 
 

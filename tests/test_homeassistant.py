@@ -155,3 +155,27 @@ class TestTemplates:
         attributes = json.loads(render(config["json_attributes_template"], self.state))
         assert attributes["model"] == "pump-a's model"
         assert attributes["score"] == 3.25
+
+
+class TestLearning:
+    def test_a_learn_button_per_monitor_sends_the_learn_command(self) -> None:
+        """With learning on, each monitor has a button whose press is the ``cmd/learn``
+        payload the daemon accepts, and the device a sensor of the learning's state."""
+        from asd_edge.config import parse_config
+        from asd_edge.mqtt import command_specs
+        from asd_edge.mqtt.commands import parse_command
+
+        msgs = dict(messages(learn_s=600.0))
+        button = msgs["homeassistant/button/asd-edge-dev-1/pump-a_learn/config"]
+        assert button["command_topic"] == f"{PREFIX}/cmd/learn"
+        specs = command_specs(parse_config(None, base_dir=".").push)
+        command = parse_command("learn", button["payload_press"].encode(), commands=specs)
+        assert dict(command.args) == {"monitor": "pump-a", "seconds": 600.0}
+        sensor = msgs["homeassistant/sensor/asd-edge-dev-1/learning/config"]
+        body = encode_json({"monitor": "pump-a", "state": "fitting"})
+        assert render(sensor["value_template"], body) == "fitting"
+        assert sensor["json_attributes_topic"] == f"{PREFIX}/learn"
+
+    def test_no_learning_entities_when_learning_is_off(self) -> None:
+        topics = [topic for topic, _ in messages()]
+        assert not any("learn" in topic for topic in topics)

@@ -543,6 +543,48 @@ class TestRollback:
         assert stored_files(rig) == []
 
 
+class TestLearned:
+    def test_a_learned_model_is_validated_stored_and_rolled_back_like_a_push(
+        self, rig: Rig
+    ) -> None:
+        """A model learned on the device (no signature) runs with source learn, is the
+        stored model after a restart, and rollback brings the config's model back."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager, _ = rig.manager(config)
+        manager.submit_learned("pump", rig.models["v2"], "learn-1")
+        swap = one_swap(manager)
+        assert (swap.source, swap.command, swap.request_id) == ("learn", "learn", "learn-1")
+        manager.applied(swap)
+        last = manager.last_push()
+        assert last is not None and (last["id"], last["command"], last["ok"]) == (
+            "learn-1",
+            "learn",
+            True,
+        )
+        assert manager.facts("pump")["source"] == "learn"
+        settle(manager)
+        folder = rig.state_dir / "models" / "pump"
+        assert (folder / "active.onnx").read_bytes() == rig.models["v2"]
+        again, detectors = rig.manager(config)
+        assert detectors["pump"].sha256 == sha(rig.models["v2"])
+        assert again.facts("pump")["source"] == "learn"
+        submit(again, rig.rollback(), rollback=True)
+        back = one_swap(again)
+        assert back.detector.sha256 == sha(rig.models["v1"])
+
+    def test_a_learned_model_that_does_not_serve_is_refused_and_not_stored(self, rig: Rig) -> None:
+        """A learned model is held to the same checks as a push: one the daemon cannot
+        serve is refused with the field, and nothing is stored."""
+        config = rig.config({"pump": rig.model_file("pump.onnx", rig.models["v1"])})
+        manager, _ = rig.manager(config)
+        manager.submit_learned("pump", b"not an onnx model", "learn-2")
+        refused = one_refusal(manager)
+        assert refused.command == "learn" and refused.reason.startswith("model:")
+        last = manager.last_push()
+        assert last is not None and last["id"] == "learn-2" and last["ok"] is False
+        assert stored_files(rig) == []
+
+
 class TestFileWatch:
     def test_an_atomically_replaced_model_file_is_swapped(self, rig: Rig) -> None:
         """``mv`` of a new model over the config's file: a Swap within a few watch

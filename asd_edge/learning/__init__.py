@@ -11,7 +11,12 @@ workstation fits the very same kind (``asd-train fit --model auto``).
   faults added to real recordings to say what a threshold catches.
 - ``fitting``: ``fit_recordings``, the whole fit from recordings to a checked ONNX file.
 - ``contract``: the model contract's metadata, versions and reproducible build times.
+- ``learner`` and ``session``: learning in the running daemon (``cmd/learn``): the tick
+  hands the session thread its audio, the session collects, then ``job`` fits in a child
+  process at the lowest priority and the model manager puts the model in service.
+- ``cli``: ``asd-edge learn``, live through the broker or ``--from`` recordings.
 
-The daemon process itself imports none of it: the fit runs in a child process at low
-priority, so that its memory and CPU never touch the tick (``asd_edge.learner``).
+The daemon imports only the numpy side (``learner``, ``session``, ``windows``,
+``bandstat``'s statistics): the fit (onnx, scipy.stats, the cross-fitting's arrays) runs
+in the child, so that its memory and CPU never touch the tick.
 """

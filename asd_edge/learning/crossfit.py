@@ -206,10 +206,10 @@ def crossfit(
     held: dict[str, list[_Channels]] = {c.name: [] for c in candidates}
     faulty: dict[str, list[tuple[str, float, _Channels]]] = {c.name: [] for c in candidates}
     for done, (cand, f) in enumerate(jobs):
-        kept = [i for g, idx in enumerate(fold_idx) if g != f for i in idx]
+        kept = [recordings[i] for g, idx in enumerate(fold_idx) if g != f for i in idx]
         model = bandstat.fit_statistics(
-            np.concatenate([recordings[i].stats for i in kept]), cand.params, seed,
-            groups=source_groups([recordings[i] for i in kept]),
+            np.concatenate([r.stats for r in kept]), cand.params, seed,
+            groups=source_groups(kept),
         )  # fmt: skip
         for i in fold_idx[f]:
             rec = recordings[i]

@@ -28,25 +28,31 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXIT_DATA", "EXIT_OK", "EXIT_SOFTWARE", "main"]
+__all__ = ["EXIT_DATA", "EXIT_OK", "EXIT_SOFTWARE", "PARENT_ENV", "main"]
 
 EXIT_OK = 0
 EXIT_DATA = 65
 EXIT_SOFTWARE = 70
 _PR_SET_PDEATHSIG = 1
+PARENT_ENV = "ASD_EDGE_LEARN_PARENT"
+"""The daemon's pid, set by the daemon: a fit whose daemon died before it started stops."""
 
 
 def _emit(**fields: Any) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def _die_with_parent() -> None:
-    """SIGKILL this process when its parent (the daemon) dies (Linux ``prctl``)."""
+def _die_with_parent() -> bool:
+    """SIGKILL this process when its parent (the daemon) dies (Linux ``prctl``); False
+    when the parent named by ``PARENT_ENV`` is already gone (it died while this process
+    started, before the request could take effect)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the daemon kills it on its way out
         pass
+    parent = os.environ.get(PARENT_ENV)
+    return parent is None or str(os.getppid()) == parent
 
 
 def _sha256(paths: list[Path]) -> str:
@@ -63,10 +69,13 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from ..durable import write_atomic
     from .calibration import CalibrationConfig
     from .fitting import fit_recordings
+    from .recording import MARKED_PREFIX
     from .windows import features_for, load_recordings
 
     data = [Path(p) for p in job["data"]]
-    recordings = [r for path in data for r in load_recordings(path)]
+    everything = [r for path in data for r in load_recordings(path)]
+    recordings = [r for r in everything if not r.source.startswith(MARKED_PREFIX)]
+    marked = [r for r in everything if r.source.startswith(MARKED_PREFIX)]
     window_s = float(job["window_s"])
     features = features_for(int(job["sample_rate"]), window_s, int(job["n_mels"]))
     learned = fit_recordings(
@@ -83,6 +92,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         seed=int(job.get("seed", 0)),
         progress=lambda done, total: _emit(progress=round(done / total, 4)),
         log=lambda line: _emit(log=line),
+        marked=marked,
     )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report = {
@@ -100,6 +110,9 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "bytes": len(learned.onnx),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "marked": {
+            r.source: round(float(learned.model.score_of(r.stats)[0].max()), 4) for r in marked
+        },
     }
     write_atomic(Path(job["out"]), learned.onnx, mode=0o600)
     write_atomic(Path(job["report"]), json.dumps(report).encode(), mode=0o600)
@@ -112,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print(__doc__)
         return EXIT_OK if args and args[0] in ("-h", "--help") else 2
-    _die_with_parent()
+    if not _die_with_parent():
+        return EXIT_SOFTWARE
     with contextlib.suppress(OSError):  # already at the lowest priority
         os.nice(19)
     from ..errors import LearnError

@@ -11,6 +11,7 @@ such files are kept per monitor (``append`` adds one; a new learning replaces th
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ import structlog
 
 from ..capture import AudioSource
 from ..config import LEARN_MIN_S, Config, MonitorConfig
-from ..durable import write_atomic
+from ..durable import read_regular, write_atomic
 from ..errors import CommandError
 from ..jsonvalues import iso_utc
 from ..modelstore import ModelManager
@@ -35,6 +36,9 @@ log = structlog.get_logger()
 SESSION_FILE: Final = "session.json"
 MAX_DATA_FILES: Final = 8
 """Learned data files kept per monitor (the oldest goes when ``append`` adds one more)."""
+_ALERT_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,160}$")
+"""What an alert id looks like (it names a clip file: no path separators, no globs)."""
+SIDECAR_MAX_BYTES: Final = 1 << 20
 CHUNK_S: Final = 2.0
 """Most audio handed to the session per tick (a late tick hands more over several)."""
 STOP_WAIT_S: Final = 5.0
@@ -153,6 +157,63 @@ class Learner:
             self._session = self._start(monitor, seconds, bool(args.get("append")), cmd.id)
             return {"monitor": monitor.name, "state": "collecting", "seconds_wanted": seconds}
 
+    def feedback(self, cmd: Command) -> dict[str, Any]:
+        """``cmd/feedback``: ``{"alert_id", "verdict": "normal"}`` (``alert_id: "last"``
+        with ``monitor``: that monitor's latest alert): the alert's clip joins the
+        monitor's learned data as marked normal and the model is refitted. CommandError
+        says why a request is refused."""
+        args = cmd.args
+        if not self.config.learn.enabled:
+            raise CommandError("learning over MQTT is off (learn.enabled: false)")
+        if args.get("verdict") != "normal":
+            raise CommandError('verdict: expected "normal" (the alert was a false alarm)')
+        with self._lock:
+            if self._session is not None:
+                p = self._session.progress
+                raise CommandError(
+                    f"busy: monitor {p.monitor!r} is learning ({p.state}); try again later"
+                )
+            clip, alert = self._clip(str(args.get("alert_id")), args.get("monitor"))
+            monitor = self._monitor(alert.get("monitor"))
+            directory = self.root / monitor.name
+            if not sorted(directory.glob("normal-*.npz")):
+                raise CommandError(
+                    f"monitor {monitor.name!r} has no normal sound learned on this device: "
+                    "learn it first (cmd/learn), then mark its false alarms"
+                )
+            if self.models is None or self._source is None:
+                raise CommandError("learning needs the running daemon's model store")
+            self._session = self._start(monitor, 0.0, True, cmd.id, clip=(clip, alert))
+            return {"monitor": monitor.name, "state": "fitting", "alert_id": alert["alert_id"]}
+
+    def _clip(self, alert_id: str, monitor: object) -> tuple[Path, dict[str, Any]]:
+        """The clip of an alert (or the newest of ``monitor``'s for ``last``) and its
+        sidecar; CommandError when it is not on this device."""
+        clips = Path(self.config.state_dir) / "clips"
+        if alert_id == "last":
+            name = self._monitor(monitor).name
+            sidecars = sorted((clips / name).glob("*.json"))  # named by start time
+            found = sidecars[-1:] if sidecars else []
+            if not found:
+                raise CommandError(f"alert_id: monitor {name!r} has no alert clip on this device")
+        else:
+            if not _ALERT_ID.match(alert_id):
+                raise CommandError(f"alert_id: not an alert id: {alert_id[:64]!r}")
+            found = sorted(clips.glob(f"*/*_{alert_id}.json"))
+        for sidecar in found:
+            try:
+                alert = json.loads(read_regular(sidecar, SIDECAR_MAX_BYTES))
+                audio = sidecar.with_name(str(alert["clip"]["file"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if audio.is_file() and isinstance(alert, dict):
+                return audio, alert
+        raise CommandError(
+            f"alert_id: the clip of alert {alert_id} is not on this device (deleted by "
+            "retention: clips.max_total_mb, clips.max_age_days; or never saved): "
+            "nothing to learn from"
+        )
+
     def _monitor(self, named: object) -> MonitorConfig:
         monitors = self.config.monitors
         if named is None:
@@ -181,7 +242,13 @@ class Learner:
         return seconds
 
     def _start(
-        self, monitor: MonitorConfig, seconds: float, append: bool, request_id: str | None
+        self,
+        monitor: MonitorConfig,
+        seconds: float,
+        append: bool,
+        request_id: str | None,
+        *,
+        clip: tuple[Path, dict[str, Any]] | None = None,
     ) -> LearnSession:
         assert self.models is not None and self._source is not None
         source, models = self._source, self.models
@@ -207,6 +274,8 @@ class Learner:
             outcome=models.last_push,
             on_end=self._ended,
             wall_clock=self._wall,
+            clip=None if clip is None else clip[0],
+            alert=None if clip is None else clip[1],
         )
         self._channel = monitor.channel
         self._cursor = source.ring(monitor.channel).written
@@ -215,7 +284,14 @@ class Learner:
             json.dumps({"monitor": monitor.name, "id": rid, "seconds_wanted": seconds}).encode(),
             mode=0o600,
         )
-        log.info("learn_started", monitor=monitor.name, id=rid, seconds=seconds, append=append)
+        log.info(
+            "learn_started",
+            monitor=monitor.name,
+            id=rid,
+            seconds=seconds,
+            append=append,
+            marked=None if clip is None else clip[1].get("alert_id"),
+        )
         session.start()
         return session
 

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MAX_INJECTED_S", "MIN_PIECE_S", "Recording"]
+__all__ = ["MARKED_PREFIX", "MAX_INJECTED_S", "MIN_PIECE_S", "Recording"]
 
 MIN_PIECE_S = 10.0
 """A single long recording (or a live stream) is cut into pieces of at least this many
 seconds that serve as the cross-fitting's sources."""
+MARKED_PREFIX = "marked-"
+"""Sources named so hold sound an operator marked normal (a false alarm's clip): the fit
+keeps them apart from the normal recordings (``fitting.fit_recordings``'s ``marked``)."""
 MAX_INJECTED_S = 30.0
 """Only the first seconds of a recording are used for injected faults (cost)."""
 

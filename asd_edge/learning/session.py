@@ -26,10 +26,11 @@ import numpy as np
 import structlog
 
 from ..config import Config, MonitorConfig
-from ..errors import CommandError, LearnError
+from ..errors import AudioDecodeError, CommandError, LearnError
 from ..jsonvalues import iso_utc
 from ..resample import StreamResampler
-from .recording import MIN_PIECE_S
+from .job import PARENT_ENV
+from .recording import MARKED_PREFIX, MIN_PIECE_S
 from .windows import Collector, features_for, save_recordings
 
 __all__ = ["PROGRESS_EVERY_S", "LearnSession", "State"]
@@ -70,6 +71,9 @@ class Progress:
     model: dict[str, Any] | None = None
     fit: dict[str, Any] | None = None
     started_at: str = ""
+    feedback: dict[str, Any] | None = None
+    """For a false alarm marked normal: the alert, its score and threshold then, and
+    (once done) the score of its clip and the threshold now."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +90,7 @@ class Progress:
             "model": self.model,
             "fit": self.fit,
             "started_at": self.started_at,
+            **({"feedback": self.feedback} if self.feedback is not None else {}),
         }
 
 
@@ -108,7 +113,11 @@ class LearnSession:
         outcome: Outcome,
         on_end: Callable[[LearnSession], None],
         wall_clock: Callable[[], float] = time.time,
+        clip: Path | None = None,
+        alert: Mapping[str, Any] | None = None,
     ) -> None:
+        """``clip`` (with its sidecar ``alert``): learn that false alarm's clip as normal
+        (marked, see ``fitting``) beside the monitor's learned data instead of listening."""
         learn = config.learn
         self.config, self.monitor = config, monitor
         self.directory = directory
@@ -128,6 +137,17 @@ class LearnSession:
             clipping_ratio=config.health.clipping_ratio,
         )
         self.collector.begin(f"live-{self.progress.started_at}")
+        self.clip, self.alert = clip, dict(alert or {})
+        if clip is not None:
+            event = self.alert.get("event") or {}
+            self.progress.state = "fitting"
+            self.progress.feedback = {
+                "alert_id": self.alert.get("alert_id"),
+                "alert_score": event.get("peak_score"),
+                "alert_threshold": event.get("threshold"),
+                "score_now": None,
+                "threshold_now": None,
+            }
         self.capture_rate = capture_rate
         self._resampler = StreamResampler(capture_rate, learn.sample_rate)
         self._inbox: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(INBOX_CHUNKS)
@@ -175,7 +195,7 @@ class LearnSession:
     def _run(self) -> None:
         p = self.progress
         try:
-            data = self._collect()
+            data = self._collect() if self.clip is None else self._from_clip(self.clip)
             if data is None:
                 return
             self._fit_and_install(data)
@@ -230,6 +250,35 @@ class LearnSession:
         log.info("learn_collected", monitor=p.monitor, seconds=round(c.seconds, 1), bytes=size)
         return path
 
+    def _from_clip(self, clip: Path) -> Path:
+        """The false alarm's clip as marked-normal statistics (saved beside the data)."""
+        from ..audiofile import open_audio, to_mono
+
+        learn = self.config.learn
+        c = Collector(
+            features_for(learn.sample_rate, 1.0, learn.n_mels),
+            1.0,
+            self.monitor.hop_s,
+            silence_dbfs=self.config.health.silence_dbfs,
+            clipping_ratio=self.config.health.clipping_ratio,
+        )
+        c.begin(f"{MARKED_PREFIX}{self.alert.get('alert_id')}")
+        try:
+            with open_audio(clip) as reader:
+                resampler = StreamResampler(reader.sample_rate, learn.sample_rate)
+                for block in reader.blocks():
+                    c.feed(resampler(to_mono(block, None)))
+                c.feed(resampler.flush())
+        except AudioDecodeError as exc:
+            raise LearnError(f"the clip cannot be read: {exc}") from None
+        recordings = c.recordings()
+        if not recordings:
+            raise LearnError(f"the clip {clip.name} holds no usable window")
+        self.progress.seconds_collected = c.seconds
+        path = self.directory / f"normal-{int(self._wall() * 1000)}.npz"
+        save_recordings(path, recordings)
+        return path
+
     def _unusable(self) -> str:
         c, p = self.collector, self.progress
         lost = max(0.0, time.monotonic() - self._started - c.seconds - c.skipped_total_s)
@@ -282,12 +331,16 @@ class LearnSession:
                  "predicted_fa_per_day", "warning")  # fmt: skip
         p.fit = {k: report.get(k) for k in shown}
         self._install(model, report)
+        if p.feedback is not None:
+            scores = dict(report.get("marked") or {})
+            p.feedback["score_now"] = scores.get(f"{MARKED_PREFIX}{p.feedback['alert_id']}")
+            p.feedback["threshold_now"] = report.get("threshold")
         self._keep(data)
 
     def _run_child(self, job_path: Path, timeout_s: float) -> dict[str, Any] | None:
         """Run the fit at low priority; its report, None when cancelled; LearnError."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1"}  # fmt: skip
+               "MKL_NUM_THREADS": "1", PARENT_ENV: str(os.getpid())}  # fmt: skip
         child = subprocess.Popen(
             [sys.executable, "-m", "asd_edge.learning.job", str(job_path)],
             stdout=subprocess.PIPE,

@@ -45,6 +45,8 @@ class Backlog:
         }
         self._discovery: tuple[list[str], dict[str, str]] | None = None
         self._discovery_topics: set[str] = set()
+        self.learn_s: float | None = None
+        """Seconds the Home Assistant "learn normal sound" buttons learn (None: no buttons)."""
         self.counts = {"scores_dropped": 0, "clips_dropped": 0, "replies_dropped": 0}
         """Scores dropped while offline; clips and replies dropped from a full queue."""
 
@@ -106,6 +108,7 @@ class Backlog:
             monitors=monitors,
             discovery_prefix=self.discovery_prefix,
             model_names=models,
+            learn_s=self.learn_s,
         )
         topics = {topic for topic, _ in messages}
         for topic in sorted(self._discovery_topics - topics):  # entities of removed monitors

@@ -91,6 +91,9 @@ LEARN_FIELDS: Final = {
 }
 """``cmd/learn``: learn ``monitor``'s normal sound for ``seconds`` (``append``: add to its
 normal data), or ``cancel`` the learning in progress (``asd_edge.learning.learner``)."""
+FEEDBACK_FIELDS: Final = {"alert_id": (str,), "verdict": (str,), "monitor": (str, type(None))}
+"""``cmd/feedback``: the alert (or ``"last"`` of ``monitor``) was a false alarm
+(``verdict: "normal"``): its clip is learned as normal."""
 PUSH_OVERHEAD_BYTES: Final = 4096
 """Room for a push message's fields besides the base64 model."""
 
@@ -116,6 +119,9 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
             required=frozenset({"target", "issued_at"}),
         ),
         "learn": CommandSpec(fields=LEARN_FIELDS),
+        "feedback": CommandSpec(
+            fields=FEEDBACK_FIELDS, required=frozenset({"alert_id", "verdict"})
+        ),
     }
 
 

@@ -3,6 +3,7 @@ machine-running entities."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -56,6 +57,7 @@ def discovery_messages(
     monitors: Sequence[str],
     discovery_prefix: str = "homeassistant",
     model_names: Mapping[str, str] | None = None,
+    learn_s: float | None = None,
     version: str = __version__,
 ) -> list[DiscoveryMessage]:
     """Every discovery config message for the device and its monitors, in a stable order.
@@ -69,6 +71,12 @@ def discovery_messages(
     available while the device is online; the connectivity entity has no
     availability of its own, since it *is* the availability (it reads "off" when
     the device is offline instead of "unavailable").
+
+    With ``learn_s`` (learning on the device is on): per monitor a ``button`` that
+    sends ``cmd/learn`` for ``learn_s`` seconds and one that marks the monitor's last
+    alert as a false alarm (``cmd/feedback``), and for the device a ``sensor`` of the
+    learning's state (``collecting``, ``fitting``, ``done``, ``failed``, ``cancelled``)
+    with the whole ``<prefix>/learn`` message as its attributes.
     """
     for what, value in (("device_id", device_id), ("discovery_prefix", discovery_prefix)):
         if not _LEVEL.match(value):
@@ -114,6 +122,21 @@ def discovery_messages(
             available=False,
         )
     ]
+    if learn_s is not None:
+        learn = f"{topic_prefix}/learn"
+        messages.append(
+            entity(
+                "sensor",
+                "learning",
+                {
+                    "name": "Learning",
+                    "state_topic": learn,
+                    "value_template": "{{ value_json.state }}",
+                    "json_attributes_topic": learn,
+                    "icon": "mdi:school",
+                },
+            )
+        )
     for monitor in monitors:
         if not _LEVEL.match(monitor):
             raise ValueError(f"monitors: expected A-Z a-z 0-9 _ - only, got {monitor!r}")
@@ -183,6 +206,33 @@ def discovery_messages(
                 },
             )
         )
+        if learn_s is not None:
+            messages.append(
+                entity(
+                    "button",
+                    f"{monitor}_learn",
+                    {
+                        "name": f"{monitor} learn normal sound",
+                        "command_topic": f"{topic_prefix}/cmd/learn",
+                        "payload_press": json.dumps({"monitor": monitor, "seconds": learn_s}),
+                        "icon": "mdi:ear-hearing",
+                    },
+                )
+            )
+            messages.append(
+                entity(
+                    "button",
+                    f"{monitor}_false_alarm",
+                    {
+                        "name": f"{monitor} last alert was a false alarm",
+                        "command_topic": f"{topic_prefix}/cmd/feedback",
+                        "payload_press": json.dumps(
+                            {"monitor": monitor, "alert_id": "last", "verdict": "normal"}
+                        ),
+                        "icon": "mdi:bell-cancel",
+                    },
+                )
+            )
     return messages
 
 

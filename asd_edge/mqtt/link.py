@@ -200,6 +200,11 @@ class MqttLink:
         if self.config.homeassistant.enabled:
             self._put(Discovery(list(monitors), dict(model_names or {})))
 
+    def offer_learning(self, default_s: float) -> None:
+        """Before ``start``: discovery adds a "learn normal sound" button per monitor
+        (``cmd/learn`` for ``default_s`` seconds) and the learning state sensor."""
+        self._link_thread.backlog.learn_s = default_s
+
     @property
     def connected(self) -> bool:
         """True between a successful CONNACK and the loss of that connection."""

@@ -127,8 +127,9 @@ def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
             node("Sqrt", ["per_stat"], ["distance"]),
             node("Sub", ["mean", "band_center"], ["bands"]),
         ]
+    fused = "score" if model.marked is None else "fused"
     if model.taus is None:
-        nodes.append(node("Identity", ["distance"], ["score"]))
+        nodes.append(node("Identity", ["distance"], [fused]))
     else:
         inits += [
             const("level_index", [d - 1], np.int64),
@@ -141,7 +142,26 @@ def to_onnx(model: BandStat, n_frames: int, metadata: Mapping[str, Any]) -> Any:
             node("Abs", ["level_z"], ["loudness"]),
             node("Div", ["distance", "distance_tau"], ["distance_ratio"]),
             node("Div", ["loudness", "loudness_tau"], ["loudness_ratio"]),
-            node("Max", ["distance_ratio", "loudness_ratio"], ["score"]),
+            node("Max", ["distance_ratio", "loudness_ratio"], [fused]),
+        ]
+    if model.marked is not None:  # windows close to a marked-normal one score low
+        inits += [
+            const("marked", model.marked),
+            const("marked_axis", [1], np.int64),
+            const("marked_stats_axis", [2], np.int64),
+            const("marked_inv_dims", 1.0 / d),
+            const("marked_gain", model.marked_gain),
+        ]
+        nodes += [
+            node("Unsqueeze", ["z", "marked_axis"], ["marked_z3"]),
+            node("Sub", ["marked_z3", "marked"], ["marked_diff"]),
+            node("Mul", ["marked_diff", "marked_diff"], ["marked_sq"]),
+            node("ReduceSum", ["marked_sq", "marked_stats_axis"], ["marked_d2"], keepdims=0),
+            node("ReduceMin", ["marked_d2"], ["marked_min"], axes=[1], keepdims=0),
+            node("Mul", ["marked_min", "marked_inv_dims"], ["marked_per_stat"]),
+            node("Sqrt", ["marked_per_stat"], ["marked_distance"]),
+            node("Mul", ["marked_distance", "marked_gain"], ["marked_cap"]),
+            node("Min", ["fused", "marked_cap"], ["score"]),
         ]
     graph = helper.make_graph(
         nodes,

@@ -111,6 +111,12 @@ class BandStat:
     taus: tuple[float, float] | None = None
     """The thresholds of the distance and of the loudness deviation when they are fused
     (set by the cross-fitted calibration); None scores the distance alone."""
+    marked: npt.NDArray[np.float64] | None = None
+    """Standardised statistics of windows an operator marked normal (false alarms fed
+    back) ``[m, d]``: a window this close to one of them is not anomalous."""
+    marked_gain: float = 0.0
+    """A window at RMS distance ``r`` from the nearest marked window scores at most
+    ``marked_gain * r`` (the threshold at the marked radius, see :meth:`with_marked`)."""
 
     @property
     def dims(self) -> int:
@@ -132,9 +138,33 @@ class BandStat:
     def score_of(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`score` of windows already turned into :func:`statistics`."""
         shape, level, bands = self.components_of(s)
-        if self.taus is None:
-            return shape, bands
-        return fuse(shape, level, self.taus), bands
+        score = shape if self.taus is None else fuse(shape, level, self.taus)
+        if self.marked is not None:
+            score = np.minimum(score, self.marked_gain * self.marked_distance(s))
+        return score, bands
+
+    def marked_distance(self, s: np.ndarray) -> np.ndarray:
+        """RMS distance (in spreads, per statistic) of windows' statistics to the nearest
+        marked-normal window; ``inf`` without any."""
+        if self.marked is None:
+            return np.full(s.shape[0], np.inf)
+        z = (s - self.center) / self.scale
+        d2 = np.concatenate(
+            [
+                ((z[at : at + _CHUNK, None, :] - self.marked[None, :, :]) ** 2).sum(axis=2)
+                for at in range(0, z.shape[0], _CHUNK)
+            ]
+        )
+        return np.asarray(np.sqrt(np.maximum(d2.min(axis=1), 0.0) / self.dims))
+
+    def with_marked(self, s: np.ndarray, radius: float, threshold: float) -> BandStat:
+        """This model with windows ``s`` (statistics) marked normal: a window within
+        ``radius`` of one of them scores below ``threshold``, in proportion to its
+        distance (the cap reaches the threshold at ``radius``)."""
+        if not (radius > 0 and threshold > 0) or s.shape[0] == 0:
+            raise ValueError(f"marked windows need a positive radius and threshold, got {radius}")
+        z = (np.asarray(s, np.float64) - self.center) / self.scale
+        return replace(self, marked=z, marked_gain=float(threshold / radius))
 
     def with_taus(self, shape_tau: float, level_tau: float) -> BandStat:
         """This model with the two channels fused at these thresholds (see the module doc)."""
