@@ -264,22 +264,14 @@ def cmd_record(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_learn(args: argparse.Namespace) -> int:
-    """``asd-edge learn``: in the running daemon, or from recordings (``asd_edge.learning``)."""
+def cmd_learning(args: argparse.Namespace) -> int:
+    """``asd-edge learn`` and ``feedback``: the configuration, then ``asd_edge.learning``."""
     try:
         config = _load(args.config)
     except ConfigError as exc:
         return _config_error(exc)
-    return learning_cli.learn(config, args)
-
-
-def cmd_feedback(args: argparse.Namespace) -> int:
-    """``asd-edge feedback ALERT_ID --normal``: a false alarm learned as normal."""
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        return _config_error(exc)
-    return learning_cli.feedback(config, args)
+    code: int = args.run(config, args)
+    return code
 
 
 def _command(
@@ -398,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="preferred sample rate when input.sample_rate is null (default: %(default)s Hz)",
     )
 
-    learning_cli.register(sub, config_help, cmd_learn, cmd_feedback)
+    learning_cli.register(sub, config_help, cmd_learning)
     return parser
 
 

@@ -125,6 +125,18 @@ class CalibrationConfig:
         if not self.hop_s > 0:
             raise ValueError(f"hop_s must be positive, got {self.hop_s}")
 
+    @classmethod
+    def for_monitor(cls, monitor: MonitorConfig, target_fa_per_day: float) -> CalibrationConfig:
+        """False alarms per day under a monitor's own hop and decision rule."""
+        return cls(
+            target_fa_per_day=target_fa_per_day,
+            hop_s=monitor.hop_s,
+            onset_k=monitor.onset_k,
+            onset_n=monitor.onset_n,
+            hold_s=monitor.hold_s,
+            refractory_s=monitor.refractory_s,
+        )
+
     def policy(self, threshold: float) -> DecisionPolicy:
         """The daemon's decision rule at ``threshold``."""
         return DecisionPolicy(

@@ -37,13 +37,9 @@ EXIT_HELP = """exit codes:
 """
 
 
-def register(
-    sub: Any,
-    config_help: str,
-    on_learn: Callable[[argparse.Namespace], int],
-    on_feedback: Callable[[argparse.Namespace], int],
-) -> None:
-    """The ``learn`` and ``feedback`` subcommands of ``asd-edge``."""
+def register(sub: Any, config_help: str, func: Callable[[argparse.Namespace], int]) -> None:
+    """The ``learn`` and ``feedback`` subcommands of ``asd-edge``: ``func`` loads the
+    configuration and calls ``args.run(config, args)`` (``learn`` or ``feedback``)."""
     learn_parser = sub.add_parser(
         "learn",
         help="learn a monitor's normal sound (no torch)",
@@ -51,7 +47,7 @@ def register(
         epilog=EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    learn_parser.set_defaults(func=on_learn)
+    learn_parser.set_defaults(func=func, run=learn)
     learn_parser.add_argument("--config", metavar="FILE", help=config_help)
     _learn_arguments(learn_parser)
     fb = sub.add_parser(
@@ -64,7 +60,7 @@ def register(
         epilog=EXIT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fb.set_defaults(func=on_feedback)
+    fb.set_defaults(func=func, run=feedback)
     fb.add_argument("alert_id", metavar="ALERT_ID", help='the alert\'s id, or "last"')
     fb.add_argument(
         "--normal", action="store_true", required=True, help="the alert's sound is normal"

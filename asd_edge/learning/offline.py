@@ -96,14 +96,7 @@ def learn_offline(
     )
     if not recordings:
         return EXIT_NOINPUT
-    calibration = CalibrationConfig(
-        target_fa_per_day=learn_cfg.target_fa_per_day,
-        hop_s=monitor.hop_s,
-        onset_k=monitor.onset_k,
-        onset_n=monitor.onset_n,
-        hold_s=monitor.hold_s,
-        refractory_s=monitor.refractory_s,
-    )
+    calibration = CalibrationConfig.for_monitor(monitor, learn_cfg.target_fa_per_day)
     with _fit_bar() as progress:
         try:
             learned = fit_recordings(

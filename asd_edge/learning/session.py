@@ -10,6 +10,7 @@ state and every few seconds while collecting or fitting.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -29,6 +30,7 @@ from ..config import Config, MonitorConfig
 from ..errors import AudioDecodeError, CommandError, LearnError
 from ..jsonvalues import iso_utc
 from ..resample import StreamResampler
+from .calibration import CalibrationConfig
 from .job import PARENT_ENV
 from .recording import MARKED_PREFIX, MIN_PIECE_S
 from .windows import Collector, features_for, save_recordings
@@ -306,14 +308,9 @@ class LearnSession:
             "sample_rate": learn.sample_rate,
             "n_mels": learn.n_mels,
             "window_s": 1.0,
-            "calibration": {
-                "target_fa_per_day": learn.target_fa_per_day,
-                "hop_s": self.monitor.hop_s,
-                "onset_k": self.monitor.onset_k,
-                "onset_n": self.monitor.onset_n,
-                "hold_s": self.monitor.hold_s,
-                "refractory_s": self.monitor.refractory_s,
-            },
+            "calibration": dataclasses.asdict(
+                CalibrationConfig.for_monitor(self.monitor, learn.target_fa_per_day)
+            ),
             "training": {
                 "source": "learn",
                 "monitor": p.monitor,
