@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..audiofile import pcm16
 from ..durable import write_atomic
 from ..errors import LearnError
 from ..features import LogMel, LogMelParams
@@ -50,6 +51,8 @@ DEFAULT_FEATURES: dict[str, Any] = {
 """The contract's default log-mel parameters (30 frames x 128 mels per 1 s at 16 kHz)."""
 CLIP_LEVEL = 0.999
 """A sample at or above this magnitude counts as clipped (the health check's full scale)."""
+PCM16_SCALE = 32768.0
+"""Kept audio is saved as 16-bit PCM (``audiofile.pcm16``) and read back over this."""
 BATCH = 32
 """Windows featurised together (numpy's per-call cost amortised)."""
 
@@ -311,7 +314,7 @@ def save_recordings(path: Path, recordings: list[Recording], *, mode: int = 0o60
         arrays[f"stats_{i}"] = r.stats.astype(np.float32)
         arrays[f"end_{i}"] = r.end_s
         arrays[f"levels_{i}"] = r.levels_dbfs.astype(np.float32)
-        arrays[f"stream_{i}"] = r.stream
+        arrays[f"stream_{i}"] = pcm16(r.stream)  # as a clip keeps it: half the bytes
         arrays[f"logmel_{i}"] = r.logmel
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
@@ -331,7 +334,7 @@ def load_recordings(path: Path) -> list[Recording]:
                 Recording(
                     source=src,
                     sample_rate=rate,
-                    stream=z[f"stream_{i}"].astype(np.float32),
+                    stream=z[f"stream_{i}"].astype(np.float32) / PCM16_SCALE,
                     logmel=z[f"logmel_{i}"].astype(np.float32),
                     stats=z[f"stats_{i}"].astype(np.float64),
                     end_s=z[f"end_{i}"].astype(np.float64),
