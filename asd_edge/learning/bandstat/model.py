@@ -41,7 +41,10 @@ OPSET = 17
 LN10 = math.log(10.0)
 MAD_TO_STD = 1.4826
 _CHUNK = 256
-"""Windows per block where a computation would otherwise grow with (windows x coreset)."""
+"""Windows per block where a computation would otherwise grow with (windows x windows)."""
+_PAIR_ELEMENTS = 1 << 20
+"""Differences held at once by :func:`_nearest` (8 MB of float64; a block of 256 windows
+against a 256-window coreset held 100 MB, the fit's peak for an hour of audio)."""
 STOPPED_MARGIN_DB = 12.0
 """A window this far below the 1st percentile of normal window levels means the machine
 stopped. Measured on ../shared/data: real MIMII pump faults that make the pump quieter
@@ -149,13 +152,8 @@ class BandStat:
         if self.marked is None:
             return np.full(s.shape[0], np.inf)
         z = (s - self.center) / self.scale
-        d2 = np.concatenate(
-            [
-                ((z[at : at + _CHUNK, None, :] - self.marked[None, :, :]) ** 2).sum(axis=2)
-                for at in range(0, z.shape[0], _CHUNK)
-            ]
-        )
-        return np.asarray(np.sqrt(np.maximum(d2.min(axis=1), 0.0) / self.dims))
+        d2, _ = _nearest(z, self.marked)
+        return np.asarray(np.sqrt(np.maximum(d2, 0.0) / self.dims))
 
     def with_marked(self, s: np.ndarray, radius: float, threshold: float) -> BandStat:
         """This model with windows ``s`` (statistics) marked normal: a window within
@@ -186,15 +184,9 @@ class BandStat:
             bands = s[:, : self.n_mels] - self.center[: self.n_mels]
         elif self.scorer in ("knn", "knn_topk"):
             assert self.coreset is not None
-            dist2 = np.concatenate(  # in chunks: [batch, coreset, d] would not fit an hour
-                [
-                    ((z[at : at + _CHUNK, None, :] - self.coreset[None, :, :]) ** 2).sum(axis=2)
-                    for at in range(0, z.shape[0], _CHUNK)
-                ]
-            )
-            nearest = dist2.argmin(axis=1)
+            nearest_d2, nearest = _nearest(z, self.coreset)
             if self.scorer == "knn":
-                score = np.sqrt(np.maximum(dist2.min(axis=1), 0.0) / d)
+                score = np.sqrt(np.maximum(nearest_d2, 0.0) / d)
             else:
                 assert self.local_scale is not None
                 r = np.abs(z - self.coreset[nearest]) * (self.scale / self.local_scale)
@@ -225,6 +217,21 @@ class BandStat:
 def fuse(distance: np.ndarray, loudness: np.ndarray, taus: tuple[float, float]) -> np.ndarray:
     """The fused score: ``max(distance / taus[0], loudness / taus[1])``."""
     return np.maximum(distance / taus[0], loudness / taus[1])
+
+
+def _nearest(z: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The squared distance of each row of ``z`` to its nearest row of ``ref`` (summed
+    squared differences, as the graph computes them) and that row's index, in blocks of
+    at most :data:`_PAIR_ELEMENTS` differences: memory stays bounded for hours of audio."""
+    rows = max(1, _PAIR_ELEMENTS // max(1, ref.shape[0] * ref.shape[1]))
+    best, index = [], []
+    for at in range(0, z.shape[0], rows):
+        d2 = ((z[at : at + rows, None, :] - ref[None, :, :]) ** 2).sum(axis=2)
+        index.append(d2.argmin(axis=1))
+        best.append(d2.min(axis=1))
+    if not best:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(best), np.concatenate(index)
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
