@@ -26,8 +26,9 @@ DEVICE = "big"
 PREFIX = f"asd/{DEVICE}"
 HUGE_BYTES = 200_000_000
 PEAK_RSS_LIMIT_KB = 250_000
-"""The daemon's peak resident memory must stay well under the unit's MemoryMax (256 MB)
-and nowhere near the message's size; it runs at about 110 MB."""
+"""The daemon's peak resident memory must stay well under its share of the unit's memory
+(the unit's MemoryHigh, 512 MB, also holds a learning's child) and nowhere near the
+message's size; it runs at about 110 MB."""
 
 
 def peak_rss_kb(pid: int) -> int:

@@ -38,8 +38,8 @@ CONFIG_MAX_BYTES: Final = 1 << 20
 10 kB; a larger file is a wrong path (a log, a recording, a device), refused unread."""
 PUSH_MAX_MB: Final = 32.0
 """The most ``push.max_mb`` may be: a push briefly takes about 6 times the model's size in
-memory, and the unit's MemoryMax=256M leaves room for 32 MB. The largest model file the
-daemon reads follows from it (``detector.MODEL_MAX_BYTES``)."""
+memory, and the daemon's share of the unit's memory leaves room for 32 MB. The largest
+model file the daemon reads follows from it (``detector.MODEL_MAX_BYTES``)."""
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["auto", "json", "console"]
@@ -256,8 +256,9 @@ class LearnConfig:
     default_s: float = field(default=600.0, metadata={"min": LEARN_MIN_S, "max": LEARN_MAX_S})
     """Seconds of normal sound a request without ``seconds`` (the Home Assistant button)
     learns."""
-    max_s: float = field(default=7200.0, metadata={"min": LEARN_MIN_S, "max": LEARN_MAX_S})
-    """Longest learn request, seconds; learned statistics take about 5.6 MB per hour."""
+    max_s: float = field(default=3600.0, metadata={"min": LEARN_MIN_S, "max": LEARN_MAX_S})
+    """Longest learn request, seconds; the learning's child holds about 7 MB of statistics
+    per hour of sound, and its fit peaks at about 340 MB for an hour."""
     target_fa_per_day: float = field(default=1.0, metadata={"min": 0.001, "max": 1000.0})
     """False alarms per day of normal sound the learned threshold is calibrated for."""
     kind: Literal["auto", "bandstat"] = "auto"

@@ -11,12 +11,15 @@ workstation fits the very same kind (``asd-train fit --model auto``).
   faults added to real recordings to say what a threshold catches.
 - ``fitting``: ``fit_recordings``, the whole fit from recordings to a checked ONNX file.
 - ``contract``: the model contract's metadata, versions and reproducible build times.
-- ``learner`` and ``session``: learning in the running daemon (``cmd/learn``): the tick
-  hands the session thread its audio, the session collects, then ``job`` fits in a child
-  process at the lowest priority and the model manager puts the model in service.
-- ``cli``: ``asd-edge learn``, live through the broker or ``--from`` recordings.
+- ``learner`` and ``session``: learning in the running daemon (``cmd/learn``,
+  ``cmd/feedback``): the tick hands the session thread its audio, the session writes it
+  to ``job``, a child process at the lowest priority that collects and fits, and the
+  model manager puts the model in service.
+- ``cli``, ``offline``, ``remote``: ``asd-edge learn`` and ``feedback``, through the
+  broker to the running daemon or ``--from`` recordings here.
 
-The daemon imports only the numpy side (``learner``, ``session``, ``windows``,
-``bandstat``'s statistics): the fit (onnx, scipy.stats, the cross-fitting's arrays) runs
-in the child, so that its memory and CPU never touch the tick.
+The daemon imports only ``learner``, ``session``, ``job``'s frame format and the
+calibration's settings: collecting (log-mel frames, statistics) and the fit (onnx,
+scipy.stats, the cross-fitting's arrays) run in the child, so that their memory and CPU
+never touch the daemon or its tick.
 """

@@ -1,17 +1,28 @@
-"""The fit as a child of the daemon: ``python -m asd_edge.learning.job JOB.json``.
+"""The learning as a child of the daemon: ``python -m asd_edge.learning.job JOB.json``.
 
-The daemon collects the statistics (``windows.Collector``) and saves them; this process
-fits, calibrates and exports the model (``fitting.fit_recordings``) so that neither its
-memory (onnx, scipy.stats, the cross-fitting arrays) nor its CPU touch the daemon: it
-runs at the lowest priority, with one BLAS thread, and dies with its parent. The model
-is written atomically only once it is complete, so a kill at any moment leaves no
-partial model; the daemon validates it like any candidate before it runs.
+Everything that costs memory or CPU happens here, never in the daemon: turning the live
+audio into the kind's statistics (``windows.Collector``), saving them, the fit, the
+calibration and the export (``fitting.fit_recordings``). The child runs at the lowest
+priority with one BLAS thread and dies with its parent; the model is written atomically
+only once it is complete, so a kill at any moment leaves no partial model, and the
+daemon validates it like any candidate before it runs.
 
-``JOB.json``: ``{"data": [npz paths], "out": path, "report": path, "name", "kind",
-"sample_rate", "n_mels", "window_s", "calibration": {CalibrationConfig fields},
-"training": {...}, "seed"}``. Progress goes to stdout as JSON lines: ``{"progress":
-0..1}``, ``{"log": "..."}``, ``{"error": "..."}``. Exit 0: the model is written; 65: the
-data cannot make a model (the error says why); 70: a bug.
+``JOB.json``: the fit (``"data"``: earlier ``.npz`` files, ``"out"``, ``"report"``,
+``"name"``, ``"kind"``, ``"sample_rate"``, ``"n_mels"``, ``"window_s"``,
+``"calibration"``: CalibrationConfig fields, ``"training"``, ``"seed"``) and what to
+collect first, ``"collect"``:
+
+- ``{"mode": "live", "seconds", "capture_rate", "source", "piece_s", "silence_dbfs",
+  "clipping_ratio", "hop_s", "save"}``: capture audio arrives on stdin in frames (a
+  header ``<II``: samples that follow as float32, samples lost before them); collection
+  ends once ``seconds`` of usable sound are in, or fails once the skipped audio passes
+  half of it; the statistics go to ``save``;
+- ``{"mode": "clip", "path", "source", ..., "save"}``: a false alarm's clip, read here.
+
+Progress goes to stdout as JSON lines: ``{"collected", "skipped"}``, ``{"collected_done"}``,
+``{"progress": 0..1}`` (the fit), ``{"log"}``, ``{"error"}``, ``{"done", "report"}``.
+Exit 0: the model is written; 65: the sound cannot make a model (the error says why);
+70: a bug.
 """
 
 from __future__ import annotations
@@ -23,19 +34,26 @@ import json
 import os
 import resource
 import signal
+import struct
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["EXIT_DATA", "EXIT_OK", "EXIT_SOFTWARE", "PARENT_ENV", "main"]
+__all__ = ["EXIT_DATA", "EXIT_OK", "EXIT_SOFTWARE", "FRAME", "PARENT_ENV", "main"]
 
 EXIT_OK = 0
 EXIT_DATA = 65
 EXIT_SOFTWARE = 70
 _PR_SET_PDEATHSIG = 1
 PARENT_ENV = "ASD_EDGE_LEARN_PARENT"
-"""The daemon's pid, set by the daemon: a fit whose daemon died before it started stops."""
+"""The daemon's pid, set by the daemon: a child whose daemon died before it started stops."""
+FRAME = struct.Struct("<II")
+"""A live frame's header: float32 samples that follow, samples lost before them."""
+MOSTLY_BAD = 0.5
+"""Collection fails once the skipped audio passes this share of the audio asked for."""
+PROGRESS_EVERY_S = 1.0
 
 
 def _emit(**fields: Any) -> None:
@@ -64,8 +82,89 @@ def _sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def run(job: dict[str, Any]) -> dict[str, Any]:
-    """Fit the job; returns the report (also written to ``job["report"]``)."""
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        part = stream.read(n - len(data))
+        if not part:
+            return None
+        data += part
+    return data
+
+
+def collect(job: dict[str, Any], stdin: BinaryIO) -> Path:
+    """Collect what ``job["collect"]`` says; the saved statistics. LearnError when the
+    input is unusable for most of the period, or ends before enough sound is in."""
+    import numpy as np
+
+    from ..errors import AudioDecodeError, LearnError
+    from ..resample import StreamResampler
+    from .windows import Collector, features_for, save_recordings
+
+    spec = job["collect"]
+    rate = int(job["sample_rate"])
+    c = Collector(
+        features_for(rate, float(job["window_s"]), int(job["n_mels"])),
+        float(job["window_s"]),
+        float(spec["hop_s"]),
+        piece_s=spec.get("piece_s"),
+        silence_dbfs=float(spec["silence_dbfs"]),
+        clipping_ratio=float(spec["clipping_ratio"]),
+    )
+    c.begin(str(spec["source"]))
+    if spec["mode"] == "clip":
+        from ..audiofile import open_audio, to_mono
+
+        try:
+            with open_audio(spec["path"]) as reader:
+                resampler = StreamResampler(reader.sample_rate, rate)
+                for block in reader.blocks():
+                    c.feed(resampler(to_mono(block, None)))
+                c.feed(resampler.flush())
+        except AudioDecodeError as exc:
+            raise LearnError(f"the clip cannot be read: {exc}") from None
+    else:
+        wanted, capture = float(spec["seconds"]), int(spec["capture_rate"])
+        resampler = StreamResampler(capture, rate)
+        last = 0.0
+        while c.seconds < wanted:
+            head = _read_exactly(stdin, FRAME.size)
+            if head is None:
+                raise LearnError("the daemon stopped sending audio")
+            count, lost = FRAME.unpack(head)
+            raw = _read_exactly(stdin, 4 * count) if count else b""
+            if raw is None:
+                raise LearnError("the daemon stopped sending audio")
+            if lost:
+                c.skipped_s["input_lost"] = c.skipped_s.get("input_lost", 0.0) + lost / capture
+                resampler.reset()
+                c.gap()
+            if count:
+                c.feed(resampler(np.frombuffer(raw, dtype=np.float32)))
+            if c.skipped_total_s > MOSTLY_BAD * wanted:
+                shown = ", ".join(
+                    f"{k} {v:.0f} s" for k, v in sorted(c.skipped_s.items(), key=lambda i: -i[1])
+                )
+                raise LearnError(
+                    f"the input was unusable for most of the period ({shown}): "
+                    f"{c.seconds:.0f} s of usable sound of {wanted:g} s asked for; "
+                    "the model that runs now keeps running"
+                )
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                _emit(collected=round(c.seconds, 1), skipped=c.skipped_s)
+    recordings = c.recordings()
+    if not recordings:
+        raise LearnError("no usable window of sound")
+    save = Path(spec["save"])
+    save_recordings(save, recordings)
+    _emit(collected_done=True, collected=round(c.seconds, 1), skipped=c.skipped_s)
+    return save
+
+
+def run(job: dict[str, Any], stdin: BinaryIO | None = None) -> dict[str, Any]:
+    """Collect (if the job says so) and fit; returns the report (also written to
+    ``job["report"]``)."""
     from ..durable import write_atomic
     from .calibration import CalibrationConfig
     from .fitting import fit_recordings
@@ -73,6 +172,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from .windows import features_for, load_recordings
 
     data = [Path(p) for p in job["data"]]
+    if job.get("collect"):
+        data.append(collect(job, stdin or sys.stdin.buffer))
     everything = [r for path in data for r in load_recordings(path)]
     recordings = [r for r in everything if not r.source.startswith(MARKED_PREFIX)]
     marked = [r for r in everything if r.source.startswith(MARKED_PREFIX)]
@@ -110,6 +211,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "bytes": len(learned.onnx),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "data": [str(p) for p in data],
         "marked": {
             r.source: round(float(learned.model.score_of(r.stats)[0].max()), 4) for r in marked
         },

@@ -4,7 +4,8 @@ from the tick, its progress on ``<prefix>/learn``, and what a restart left behin
 Where things are (``<state_dir>/learn``): ``session.json`` while a session runs (a
 restart finds it and says the learning was interrupted), and per monitor
 ``<monitor>/normal-<ms>.npz``: the learned normal data (window statistics and 30 s of
-audio per piece; about 0.8 kB per second of learning). At most :data:`MAX_DATA_FILES`
+audio per piece; about 5 MB per hour of learning plus up to 7 MB of audio excerpts and
+their frames, measured by ``benchmarks/bench_learning.py``). At most :data:`MAX_DATA_FILES`
 such files are kept per monitor (``append`` adds one; a new learning replaces them).
 """
 

@@ -1,15 +1,18 @@
-"""One learning of a monitor's normal sound in the running daemon, on its own thread:
-collect → fit (a child process) → hand the model to the model manager → done.
+"""One learning of a monitor's normal sound in the running daemon: a child process
+(``job``) collects, fits and exports; this thread feeds it and follows it, then hands
+the model to the model manager.
 
-The tick thread only copies the new audio of the monitor's channel into the session's
-bounded inbox (``offer``); everything else happens here or in the child: resampling,
-log-mel frames and statistics (``Collector``), saving them, and waiting for the fit.
-Progress goes to ``publish`` (the retained ``<prefix>/learn`` topic) on every change of
-state and every few seconds while collecting or fitting.
+The tick only copies the new audio of the monitor's channel into the session's bounded
+inbox (``offer``); this thread writes it to the child's stdin. Everything that costs
+memory or CPU (resampling, log-mel frames, statistics, the fit) is the child's, at the
+lowest priority, so the daemon's memory and tick stay as they were. Progress goes to
+``publish`` (the retained ``<prefix>/learn`` topic) on every change of state and every
+few seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,13 +30,11 @@ import numpy as np
 import structlog
 
 from ..config import Config, MonitorConfig
-from ..errors import AudioDecodeError, CommandError, LearnError
+from ..errors import CommandError, LearnError
 from ..jsonvalues import iso_utc
-from ..resample import StreamResampler
 from .calibration import CalibrationConfig
-from .job import PARENT_ENV
+from .job import FRAME, PARENT_ENV
 from .recording import MARKED_PREFIX, MIN_PIECE_S
-from .windows import Collector, features_for, save_recordings
 
 __all__ = ["PROGRESS_EVERY_S", "LearnSession", "State"]
 
@@ -44,8 +45,6 @@ PROGRESS_EVERY_S: Final = 2.0
 """Least time between two progress messages of the same state."""
 INBOX_CHUNKS: Final = 256
 """Audio chunks the tick may queue before the session falls behind (then counted lost)."""
-MOSTLY_BAD: Final = 0.5
-"""Learning fails once the skipped audio exceeds this share of the audio asked for."""
 PIECES: Final = 5
 """A live stream is cut into this many pieces (at least ``MIN_PIECE_S`` each) that serve
 as the cross-fitting's sources."""
@@ -129,16 +128,6 @@ class LearnSession:
         self.progress = Progress(
             monitor.name, request_id, float(seconds), append, started_at=iso_utc(wall_clock())
         )
-        features = features_for(learn.sample_rate, 1.0, learn.n_mels)
-        self.collector = Collector(
-            features,
-            1.0,
-            monitor.hop_s,
-            piece_s=max(MIN_PIECE_S, seconds / PIECES),
-            silence_dbfs=config.health.silence_dbfs,
-            clipping_ratio=config.health.clipping_ratio,
-        )
-        self.collector.begin(f"live-{self.progress.started_at}")
         self.clip, self.alert = clip, dict(alert or {})
         if clip is not None:
             event = self.alert.get("event") or {}
@@ -151,14 +140,15 @@ class LearnSession:
                 "threshold_now": None,
             }
         self.capture_rate = capture_rate
-        self._resampler = StreamResampler(capture_rate, learn.sample_rate)
         self._inbox: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(INBOX_CHUNKS)
         self._cancel = threading.Event()
         self._cancel_reason: State = "cancelled"
         self._cancel_error: str | None = None
-        self._child: subprocess.Popen[str] | None = None
+        self._child: subprocess.Popen[bytes] | None = None
         self._last_sent = 0.0
         self._behind_samples = 0
+        self._collected = threading.Event()
+        del learn
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"learn-{monitor.name}", daemon=True)
 
@@ -197,10 +187,7 @@ class LearnSession:
     def _run(self) -> None:
         p = self.progress
         try:
-            data = self._collect() if self.clip is None else self._from_clip(self.clip)
-            if data is None:
-                return
-            self._fit_and_install(data)
+            self._learn()
         except (LearnError, CommandError) as exc:
             p.state, p.error = "failed", str(exc)
         except Exception as exc:  # the thread's boundary: report, never take the daemon down
@@ -213,96 +200,28 @@ class LearnSession:
             self._send(force=True)
             self._on_end(self)
 
-    def _collect(self) -> Path | None:
-        """Collect until the audio asked for is in; the saved statistics, or None when
-        cancelled. LearnError when the input is unusable for most of the period."""
-        p, c = self.progress, self.collector
-        wanted = p.seconds_wanted
-        deadline = self._started + wanted * 2 + 60.0
-        while not self._cancel.is_set():
-            try:
-                data, lost = self._inbox.get(timeout=0.5)
-            except queue.Empty:
-                data, lost = None, 0
-            behind, self._behind_samples = self._behind_samples, 0
-            if lost or behind:
-                for reason, samples in (("input_lost", lost), ("behind", behind)):
-                    if samples:
-                        c.skipped_s[reason] = (
-                            c.skipped_s.get(reason, 0.0) + samples / self.capture_rate
-                        )
-                self._resampler.reset()
-                c.gap()
-            if data is not None and data.shape[0]:
-                c.feed(self._resampler(data))
-            p.seconds_collected, p.skipped_s = c.seconds, c.skipped_total_s
-            p.skipped = dict(c.skipped_s)
-            if c.seconds >= wanted:
-                break
-            if c.skipped_total_s > MOSTLY_BAD * wanted or time.monotonic() > deadline:
-                raise LearnError(self._unusable())
-            self._send()
+    def _job(self) -> dict[str, Any]:
+        """What the child does: collect (live or the clip), then fit."""
+        p, learn, health = self.progress, self.config.learn, self.config.health
+        stamp = int(self._wall() * 1000)
+        collect: dict[str, Any] = {
+            "hop_s": self.monitor.hop_s,
+            "silence_dbfs": health.silence_dbfs,
+            "clipping_ratio": health.clipping_ratio,
+            "save": str(self.directory / f"normal-{stamp}.npz"),
+        }
+        if self.clip is None:
+            collect.update(mode="live", seconds=p.seconds_wanted, capture_rate=self.capture_rate,
+                           source=f"live-{p.started_at}",
+                           piece_s=max(MIN_PIECE_S, p.seconds_wanted / PIECES))  # fmt: skip
         else:
-            return None
-        c.finish()
-        p.seconds_collected = c.seconds
-        recordings = c.recordings()
-        path = self.directory / f"normal-{int(self._wall() * 1000)}.npz"
-        size = save_recordings(path, recordings)
-        log.info("learn_collected", monitor=p.monitor, seconds=round(c.seconds, 1), bytes=size)
-        return path
-
-    def _from_clip(self, clip: Path) -> Path:
-        """The false alarm's clip as marked-normal statistics (saved beside the data)."""
-        from ..audiofile import open_audio, to_mono
-
-        learn = self.config.learn
-        c = Collector(
-            features_for(learn.sample_rate, 1.0, learn.n_mels),
-            1.0,
-            self.monitor.hop_s,
-            silence_dbfs=self.config.health.silence_dbfs,
-            clipping_ratio=self.config.health.clipping_ratio,
-        )
-        c.begin(f"{MARKED_PREFIX}{self.alert.get('alert_id')}")
-        try:
-            with open_audio(clip) as reader:
-                resampler = StreamResampler(reader.sample_rate, learn.sample_rate)
-                for block in reader.blocks():
-                    c.feed(resampler(to_mono(block, None)))
-                c.feed(resampler.flush())
-        except AudioDecodeError as exc:
-            raise LearnError(f"the clip cannot be read: {exc}") from None
-        recordings = c.recordings()
-        if not recordings:
-            raise LearnError(f"the clip {clip.name} holds no usable window")
-        self.progress.seconds_collected = c.seconds
-        path = self.directory / f"normal-{int(self._wall() * 1000)}.npz"
-        save_recordings(path, recordings)
-        return path
-
-    def _unusable(self) -> str:
-        c, p = self.collector, self.progress
-        lost = max(0.0, time.monotonic() - self._started - c.seconds - c.skipped_total_s)
-        reasons = dict(c.skipped_s)
-        if lost > 1.0:
-            reasons["no_audio"] = reasons.get("no_audio", 0.0) + lost
-        shown = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(reasons.items(), key=lambda i: -i[1]))
-        return (
-            f"the input was unusable for most of the period ({shown or 'no audio'}): "
-            f"{c.seconds:.0f} s of usable sound of {p.seconds_wanted:g} s asked for; "
-            "the model that runs now keeps running"
-        )
-
-    def _fit_and_install(self, data: Path) -> None:
-        p, learn = self.progress, self.config.learn
-        p.state = "fitting"
-        self._send(force=True)
-        out, report_path = self.directory / "candidate.onnx", self.directory / "report.json"
-        job = {
-            "data": [str(d) for d in [*(self.previous_data if p.append else []), data]],
-            "out": str(out),
-            "report": str(report_path),
+            collect.update(mode="clip", path=str(self.clip),
+                           source=f"{MARKED_PREFIX}{self.alert.get('alert_id')}")  # fmt: skip
+        return {
+            "data": [str(d) for d in (self.previous_data if p.append else [])],
+            "collect": collect,
+            "out": str(self.directory / "candidate.onnx"),
+            "report": str(self.directory / "report.json"),
             "name": f"{self.config.device_id}-{p.monitor}-learned",
             "kind": learn.kind,
             "sample_rate": learn.sample_rate,
@@ -317,11 +236,49 @@ class LearnSession:
                 "device_id": self.config.device_id,
             },
         }
+
+    def _learn(self) -> None:
+        p = self.progress
         job_path = self.directory / "job.json"
-        job_path.write_text(json.dumps(job), encoding="utf-8")
-        report = self._run_child(job_path, learn.fit_timeout_s)
-        if report is None:
+        job_path.write_text(json.dumps(self._job()), encoding="utf-8")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1", PARENT_ENV: str(os.getpid())}  # fmt: skip
+        child = subprocess.Popen(
+            [sys.executable, "-m", "asd_edge.learning.job", str(job_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        self._child = child
+        outcome: dict[str, Any] = {}
+        reader = threading.Thread(target=self._follow, args=(child, outcome), daemon=True)
+        reader.start()
+        try:
+            if self.clip is None:
+                self._feed(child)
+            if child.stdin is not None:
+                with contextlib.suppress(OSError):
+                    child.stdin.close()
+            code = self._wait(child, self.config.learn.fit_timeout_s)
+            reader.join(5.0)
+        finally:
+            self._child = None
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            job_path.unlink(missing_ok=True)
+        if self._cancel.is_set():
             return
+        report = outcome.get("report")
+        if code != 0 or report is None:
+            if code < 0 and "error" not in outcome:
+                outcome["error"] = (
+                    f"the fit was stopped after {self.config.learn.fit_timeout_s:g} s "
+                    "(learn.fit_timeout_s)"
+                )
+            raise LearnError(str(outcome.get("error") or f"the learning failed (exit {code})"))
+        out = self.directory / "candidate.onnx"
         model = out.read_bytes()
         out.unlink(missing_ok=True)
         shown = ("fit_s", "cpu_s", "peak_rss_mb", "bytes", "chosen", "threshold",
@@ -332,50 +289,81 @@ class LearnSession:
             scores = dict(report.get("marked") or {})
             p.feedback["score_now"] = scores.get(f"{MARKED_PREFIX}{p.feedback['alert_id']}")
             p.feedback["threshold_now"] = report.get("threshold")
-        self._keep(data)
+        self._keep([Path(d) for d in report.get("data", [])])
 
-    def _run_child(self, job_path: Path, timeout_s: float) -> dict[str, Any] | None:
-        """Run the fit at low priority; its report, None when cancelled; LearnError."""
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1", PARENT_ENV: str(os.getpid())}  # fmt: skip
-        child = subprocess.Popen(
-            [sys.executable, "-m", "asd_edge.learning.job", str(job_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
-        )
-        self._child = child
-        timer = threading.Timer(timeout_s, child.kill)
-        timer.start()
-        error = None
-        report: dict[str, Any] | None = None
-        try:
-            assert child.stdout is not None
-            for line in child.stdout:
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue
-                if "progress" in msg:
-                    self.progress.fit_progress = float(msg["progress"])
-                    self._send()
-                elif "error" in msg:
-                    error = str(msg["error"])
-                elif "report" in msg:
-                    report = dict(msg["report"])
-            code = child.wait()
-        finally:
-            timer.cancel()
-            self._child = None
-            job_path.unlink(missing_ok=True)
-        if self._cancel.is_set():
-            return None
-        if code != 0 or report is None:
-            if code < 0 and error is None:
-                error = f"the fit was stopped after {timeout_s:g} s (learn.fit_timeout_s)"
-            raise LearnError(error or f"the fit failed (exit {code})")
-        return report
+    def _feed(self, child: subprocess.Popen[bytes]) -> None:
+        """Write the inbox's audio to the child until it has collected enough (or fails,
+        or the input brings nothing for far too long)."""
+        p = self.progress
+        deadline = self._started + p.seconds_wanted * 2 + 60.0
+        assert child.stdin is not None
+        while not (self._cancel.is_set() or self._collected.is_set()):
+            if child.poll() is not None:
+                return
+            try:
+                data, lost = self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                data, lost = None, 0
+            behind, self._behind_samples = self._behind_samples, 0
+            lost += behind
+            if data is None and not lost:
+                if time.monotonic() > deadline:
+                    raise LearnError(
+                        f"no audio for most of the period: {p.seconds_collected:.0f} s of "
+                        f"usable sound of {p.seconds_wanted:g} s asked for; the model that "
+                        "runs now keeps running"
+                    )
+                continue
+            samples = np.zeros(0, np.float32) if data is None else data
+            try:
+                child.stdin.write(FRAME.pack(samples.shape[0], lost) + samples.tobytes())
+                child.stdin.flush()
+            except (BrokenPipeError, OSError):  # it ended (failed or done): see its output
+                return
+
+    def _follow(self, child: subprocess.Popen[bytes], outcome: dict[str, Any]) -> None:
+        """The child's progress lines, into the progress and ``outcome``."""
+        p = self.progress
+        assert child.stdout is not None
+        for line in child.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(msg, dict):
+                continue
+            if "collected" in msg:
+                p.seconds_collected = float(msg["collected"])
+                p.skipped = {k: float(v) for k, v in dict(msg.get("skipped") or {}).items()}
+                p.skipped_s = sum(p.skipped.values())
+            if msg.get("collected_done"):
+                self._collected.set()
+                p.state = "fitting"
+                self._send(force=True)
+            elif "progress" in msg:
+                p.fit_progress = float(msg["progress"])
+                self._send()
+            elif "collected" in msg:
+                self._send()
+            elif "error" in msg:
+                outcome["error"] = str(msg["error"])
+            elif "report" in msg:
+                outcome["report"] = dict(msg["report"])
+
+    def _wait(self, child: subprocess.Popen[bytes], timeout_s: float) -> int:
+        """The child's exit code; killed after ``timeout_s`` of fitting, or on cancel."""
+        fit_deadline: float | None = None
+        while True:
+            try:
+                return child.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if self._cancel.is_set():
+                child.kill()
+            elif fit_deadline is None and (self.clip is not None or self._collected.is_set()):
+                fit_deadline = time.monotonic() + timeout_s
+            elif fit_deadline is not None and time.monotonic() > fit_deadline:
+                child.kill()
 
     def _install(self, model: bytes, report: Mapping[str, Any]) -> None:
         """Hand the model to the model manager and wait until it runs (or is refused)."""
@@ -401,13 +389,11 @@ class LearnSession:
             if time.monotonic() > deadline:
                 raise LearnError("the learned model was not put in service in time")
 
-    def _keep(self, data: Path) -> None:
-        """The learned data stays as the monitor's normal data: alone, or beside the
-        earlier data when appending."""
-        if self.progress.append:
-            return
+    def _keep(self, used: list[Path]) -> None:
+        """The data the model learned stays as the monitor's normal data; earlier data
+        it did not use (a new learning, not appended) goes."""
         for old in self.previous_data:
-            if old != data:
+            if old not in used:
                 old.unlink(missing_ok=True)
 
     def _send(self, *, force: bool = False) -> None:

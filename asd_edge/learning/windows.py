@@ -4,8 +4,9 @@ file stream fed in blocks and kept as statistics, in constant memory (``Collecto
 A ``Recording`` (``crossfit``) needs each window's statistics, end time and level; the
 audio itself only for its first :data:`~asd_edge.learning.crossfit.MAX_INJECTED_S`
 seconds (faults are injected there) and a few windows' log-mel frames for the export's
-parity check. The collector keeps exactly that: 193 float32 statistics (772 bytes) per
-window, 5.6 MB per hour of learning at a 0.5 s hop, plus at most 30 s of audio and
+parity check. The collector keeps exactly that: 193 float32 statistics per window (with
+numpy's per-array overhead about 7 MB per hour of learning at a 0.5 s hop, measured by
+``benchmarks/bench_learning.py``), plus at most 30 s of audio and
 their frames per piece.
 """
 
