@@ -1,7 +1,7 @@
 """Detection on real recordings: file AUC, a stream test and injected-fault recall, per kind.
 
     python benchmarks/real_data.py [--seeds 0 1 2] [--machines pump toycar toyconveyor]
-        [--kinds auto dense_ae cnn_ae] [--stream-minutes 10] [--no-per-id] [--out DIR]
+        [--kinds auto device dense_ae cnn_ae] [--stream-minutes 10] [--no-per-id] [--out DIR]
 
 Data: ``../shared/data/machines/<machine>/{normal,anomaly}/*.wav`` (MIMII pump, ToyADMOS
 toy car and toy conveyor; recordings of other people, never copied). Two protocols:
@@ -72,6 +72,7 @@ from tqdm import tqdm  # noqa: E402
 from asd_edge.audiofile import read_audio, to_mono  # noqa: E402
 from asd_edge.config import MonitorConfig  # noqa: E402
 from asd_edge.detector import Detector  # noqa: E402
+from asd_edge.errors import LearnError  # noqa: E402
 from asd_edge.learning.crossfit import auc, pauc  # noqa: E402
 from asd_edge.learning.inject import FAULTS, SEVERITIES, inject  # noqa: E402
 from asd_edge.meters import dbfs  # noqa: E402
@@ -213,6 +214,58 @@ def fit_kind(data: Path, out: Path, kind: str, seed: int, args: argparse.Namespa
     }
 
 
+DEVICE = "device"
+"""``--kinds device``: the kind learned on the device (``asd-edge learn``): the training
+normal files heard one after another as one live stream, cut into pieces for the
+cross-fitting, fitted by the daemon's own code (the workstation's ``auto`` treats each file
+as a source instead)."""
+
+
+def learn_device(
+    train: Sequence[Path], normal: Sequence[Path], anomaly: Sequence[Path], out: Path, seed: int
+) -> dict:
+    """Learn as the device does, then score the test files: file score = mean window score."""
+    from asd_edge.learning.calibration import CalibrationConfig
+    from asd_edge.learning.fitting import fit_recordings
+    from asd_edge.learning.recording import MIN_PIECE_S
+    from asd_edge.learning.session import PIECES
+    from asd_edge.learning.windows import Collector, features_for
+
+    t0 = time.perf_counter()
+    stream = np.concatenate([_mono(p) for p in train])
+    features = features_for(RATE, 1.0, 64)
+    c = Collector(features, 1.0, 0.5, piece_s=max(MIN_PIECE_S, stream.shape[0] / RATE / PIECES))
+    c.begin("live")
+    for at in range(0, stream.shape[0], RATE // 2):
+        c.feed(stream[at : at + RATE // 2])
+    learned = fit_recordings(
+        c.recordings(), kind="auto", params={"n_mels": 64}, features=features, window_s=1.0,
+        config=CalibrationConfig(hop_s=0.5), name="device", data_sha256="0" * 64,
+        training={"source": "learn"}, pieces=True, seed=seed,
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    model = out / "model.onnx"
+    model.write_bytes(learned.onnx)
+    detector = Detector(model)
+    settings = MonitorConfig(name="device", model=str(model))
+
+    def file_score(path: Path) -> float:
+        windows = score_samples(_mono(path), RATE, detector, settings)["windows"]
+        return float(np.mean([w["score"] for w in windows]))
+
+    neg, pos = [file_score(p) for p in normal], [file_score(p) for p in anomaly]
+    return {
+        "model": model,
+        "fit_s": round(time.perf_counter() - t0, 2),
+        "auc": auc(neg, pos),
+        "pauc": pauc(neg, pos),
+        "threshold": learned.threshold,
+        "chosen": learned.chosen.name,
+        "predicted_fa_per_day": learned.calibration.get("predicted_fa_per_day"),
+        "bytes": len(learned.onnx),
+    }
+
+
 def mixed(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     jobs = [(m, s) for m in args.machines for s in args.seeds]
@@ -232,8 +285,12 @@ def mixed(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         for kind in args.kinds:
             bar.set_description(f"{machine} split {seed} {kind}")
             try:
-                row = fit_kind(folder, out / machine / f"run{seed}_{kind}", kind, seed, args)
-            except (DataError, ExportError, ValueError) as exc:
+                run = out / machine / f"run{seed}_{kind}"
+                if kind == DEVICE:
+                    row = learn_device(train, test_n, test_a, run, seed)
+                else:
+                    row = fit_kind(folder, run, kind, seed, args)
+            except (DataError, ExportError, ValueError, LearnError) as exc:
                 rows.append({**base, "kind": kind, "error": str(exc)})
                 continue
             model = row.pop("model")
@@ -373,7 +430,8 @@ def main() -> int:
     parser.add_argument("--machines", nargs="+", default=list(MACHINES), help="machines")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="split seeds")
     parser.add_argument("--kinds", nargs="+", default=["auto", "dense_ae", "cnn_ae"],
-                        help="kinds to fit (default: auto dense_ae cnn_ae)")  # fmt: skip
+                        help="kinds to fit (default: auto dense_ae cnn_ae; device: learned "
+                             "as the device learns, from a live stream)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=50, help="most epochs (torch kinds)")
     parser.add_argument("--patience", type=int, default=8, help="early stopping (torch kinds)")
     parser.add_argument("--threads", type=int, default=2, help="torch/BLAS threads of a fit")

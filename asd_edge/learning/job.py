@@ -82,6 +82,17 @@ def _sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM), MB; None where /proc has none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     data = b""
     while len(data) < n:
@@ -165,15 +176,15 @@ def collect(job: dict[str, Any], stdin: BinaryIO) -> Path:
 def run(job: dict[str, Any], stdin: BinaryIO | None = None) -> dict[str, Any]:
     """Collect (if the job says so) and fit; returns the report (also written to
     ``job["report"]``)."""
+    data = [Path(p) for p in job["data"]]
+    if job.get("collect"):  # before the fit's imports (onnx, onnxruntime, scipy.stats)
+        data.append(collect(job, stdin or sys.stdin.buffer))
     from ..durable import write_atomic
     from .calibration import CalibrationConfig
     from .fitting import fit_recordings
     from .recording import MARKED_PREFIX
     from .windows import features_for, load_recordings
 
-    data = [Path(p) for p in job["data"]]
-    if job.get("collect"):
-        data.append(collect(job, stdin or sys.stdin.buffer))
     everything = [r for path in data for r in load_recordings(path)]
     recordings = [r for r in everything if not r.source.startswith(MARKED_PREFIX)]
     marked = [r for r in everything if r.source.startswith(MARKED_PREFIX)]
@@ -195,7 +206,8 @@ def run(job: dict[str, Any], stdin: BinaryIO | None = None) -> dict[str, Any]:
         log=lambda line: _emit(log=line),
         marked=marked,
     )
-    usage = resource.getrusage(resource.RUSAGE_SELF)
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU only: ru_maxrss counts the
+    # parent's peak in a child it vforked; the kernel's own high-water mark does not
     report = {
         "name": learned.metadata["name"],
         "version": learned.metadata["version"],
@@ -210,7 +222,7 @@ def run(job: dict[str, Any], stdin: BinaryIO | None = None) -> dict[str, Any]:
         "fit_s": round(learned.fit_s, 2),
         "bytes": len(learned.onnx),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mb": _peak_rss_mb(),
         "data": [str(p) for p in data],
         "marked": {
             r.source: round(float(learned.model.score_of(r.stats)[0].max()), 4) for r in marked
