@@ -384,3 +384,20 @@ class TestOfflineCli:
 def test_bandstat_statistics_are_numpy_only() -> None:
     """The collector's statistics need no onnx: the daemon computes them."""
     assert bandstat.statistics(np.zeros((1, 30, 64))).shape == (1, 193)
+
+
+def test_the_audio_queued_for_a_slow_child_is_bounded(tmp_path: Path) -> None:
+    """The tick queues at most ``INBOX_S`` of audio for the learning child; what comes
+    while the child is that far behind is counted lost to it, not held in the daemon."""
+    from asd_edge.learning.session import INBOX_S, LearnSession
+
+    cfg = config(tmp_path)
+    session = LearnSession(
+        config=cfg, monitor=cfg.monitors[0], capture_rate=48000, seconds=60.0, append=False,
+        request_id="r", directory=tmp_path, previous_data=[], publish=lambda _p: None,
+        submit=lambda *_a: None, outcome=lambda: None, on_end=lambda _s: None,
+    )  # fmt: skip
+    for _ in range(30):
+        session.offer(np.zeros(48000, np.float32), 0)
+    assert session._queued == round(INBOX_S) * 48000
+    assert session._behind_samples == (30 - round(INBOX_S)) * 48000

@@ -43,8 +43,9 @@ log = structlog.get_logger()
 State = Literal["collecting", "fitting", "done", "failed", "cancelled"]
 PROGRESS_EVERY_S: Final = 2.0
 """Least time between two progress messages of the same state."""
-INBOX_CHUNKS: Final = 256
-"""Audio chunks the tick may queue before the session falls behind (then counted lost)."""
+INBOX_S: Final = 20.0
+"""Seconds of audio the tick may queue for the child before the session counts what
+comes next as lost (``behind``): at most 3.8 MB at 48 kHz, whatever the child's pace."""
 PIECES: Final = 5
 """A live stream is cut into this many pieces (at least ``MIN_PIECE_S`` each) that serve
 as the cross-fitting's sources."""
@@ -140,7 +141,10 @@ class LearnSession:
                 "threshold_now": None,
             }
         self.capture_rate = capture_rate
-        self._inbox: queue.Queue[tuple[np.ndarray, int]] = queue.Queue(INBOX_CHUNKS)
+        self._inbox: queue.Queue[tuple[np.ndarray, int]] = queue.Queue()
+        self._queued = 0  # samples in the inbox, under _queued_lock
+        self._queued_lock = threading.Lock()
+        self._inbox_limit = round(INBOX_S * capture_rate)
         self._cancel = threading.Event()
         self._cancel_reason: State = "cancelled"
         self._cancel_error: str | None = None
@@ -177,10 +181,12 @@ class LearnSession:
 
     def offer(self, data: np.ndarray, lost: int) -> None:
         """New capture audio of the monitor's channel (a copy), and samples lost before it."""
-        try:
-            self._inbox.put_nowait((data, lost))
-        except queue.Full:  # the session fell behind: that audio is lost to it
-            self._behind_samples += data.shape[0]
+        with self._queued_lock:
+            if self._queued + data.shape[0] > self._inbox_limit:
+                self._behind_samples += data.shape[0]  # the child fell behind: lost to it
+                return
+            self._queued += data.shape[0]
+        self._inbox.put_nowait((data, lost))
 
     # --- the session's thread ----------------------------------------------------------
 
@@ -304,7 +310,10 @@ class LearnSession:
                 data, lost = self._inbox.get(timeout=0.5)
             except queue.Empty:
                 data, lost = None, 0
-            behind, self._behind_samples = self._behind_samples, 0
+            with self._queued_lock:
+                if data is not None:
+                    self._queued -= data.shape[0]
+                behind, self._behind_samples = self._behind_samples, 0
             lost += behind
             if data is None and not lost:
                 if time.monotonic() > deadline:
