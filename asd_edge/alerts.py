@@ -365,6 +365,11 @@ class Alerts:
                 self._sink.submit_alert(ended_id, payload, phase="end")
         return ended_id
 
+    def open_anomaly(self, monitor: str) -> str | None:
+        """The id of ``monitor``'s anomaly alert in progress, if any (any thread)."""
+        opened = self._open.get(monitor)
+        return None if opened is None else opened.alert_id
+
     def clip_done(self, result: ClipResult) -> None:
         """The clip writer finished (or skipped) a clip: release its end alert."""
         with self._lock:

@@ -107,7 +107,7 @@ def command_router(
 ) -> CommandRouter:
     """The ``cmd/...`` commands: ping, health, the model push and rollback, which are
     handed to the model manager's worker (the reply says queued; the outcome follows on
-    ``<prefix>/model``), and learn (the reply says it started; progress on
+    ``<prefix>/model``), learn and feedback (the reply says it started; progress on
     ``<prefix>/learn``)."""
     return CommandRouter(
         {
@@ -138,7 +138,8 @@ class Services:
     health_request: threading.Event
     """Set by the ``cmd/health`` command; the daemon reports at its next wake."""
     learner: Learner | None = None
-    """Learning normal sound (``cmd/learn``); None without the model manager."""
+    """Learning normal sound (``cmd/learn``, ``cmd/feedback``); None for tests and tools
+    (the daemon then makes one that refuses every request)."""
 
 
 def build_services(config: Config, *, wall_clock: Callable[[], float] = time.time) -> Services:
@@ -186,6 +187,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     alerts = Alerts(device_id=config.device_id, sink=link, recorder=recorder, wall_clock=wall_clock)
     if store is not None:
         store.on_done = alerts.clip_done  # a saved clip releases its held end alert
+    learner.open_anomaly = alerts.open_anomaly  # "last" is not an alert still in progress
     return Services(detectors, models, link, store, recorder, alerts, health_request, learner)
 
 

@@ -401,3 +401,34 @@ def test_the_audio_queued_for_a_slow_child_is_bounded(tmp_path: Path) -> None:
         session.offer(np.zeros(48000, np.float32), 0)
     assert session._queued == round(INBOX_S) * 48000
     assert session._behind_samples == (30 - round(INBOX_S)) * 48000
+
+
+def test_data_kept_per_monitor_loses_marked_clips_first_never_the_newest_normal(
+    tmp_path: Path,
+) -> None:
+    """Beyond ``MAX_DATA_FILES`` the oldest marked-normal clip goes first, then the oldest
+    normal data, never the newest normal data; leftovers of a learning are cleaned up."""
+    from asd_edge.learning.session import MAX_DATA_FILES, clean_up, data_files, prune
+
+    (tmp_path / "normal-1000.npz").write_bytes(b"n")
+    for i in range(MAX_DATA_FILES + 2):
+        (tmp_path / f"marked-{2000 + i}.npz").write_bytes(b"m")
+    prune(tmp_path)
+    kept = [p.name for p in data_files(tmp_path)]
+    assert len(kept) == MAX_DATA_FILES and kept[0] == "normal-1000.npz"
+    assert "marked-2000.npz" not in kept and "marked-2001.npz" not in kept
+    for name in ("pending-3000.npz", "candidate.onnx", "report.json", ".normal-1.npz.ab.tmp"):
+        (tmp_path / name).write_bytes(b"x")
+    clean_up(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+
+
+def test_the_last_alert_is_not_one_still_in_progress(tmp_path: Path) -> None:
+    """``alert_id: "last"`` (the Home Assistant button) while the monitor's alert is in
+    progress is refused: its clip is not saved yet, and the newest clip on disk would be
+    an older alert's."""
+    learner = Learner(config(tmp_path), models=None, publish=None)
+    learner.open_anomaly = lambda monitor: "20261207T000000Z-pump-9" if monitor == "pump" else None
+    args = {"alert_id": "last", "monitor": "pump", "verdict": "normal"}
+    with pytest.raises(CommandError, match="still in progress"):
+        learner.feedback(Command("feedback", "f1", args))

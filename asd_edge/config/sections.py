@@ -252,7 +252,8 @@ class LearnConfig:
     """Learning a monitor's normal sound on the device (``cmd/learn``, ``asd-edge learn``)."""
 
     enabled: bool = True
-    """Accept ``cmd/learn`` over MQTT (offline ``asd-edge learn --from`` works either way)."""
+    """Accept ``cmd/learn`` and ``cmd/feedback`` over MQTT and announce the Home Assistant
+    buttons (offline ``asd-edge learn --from`` works either way)."""
     default_s: float = field(default=600.0, metadata={"min": LEARN_MIN_S, "max": LEARN_MAX_S})
     """Seconds of normal sound a request without ``seconds`` (the Home Assistant button)
     learns."""

@@ -164,6 +164,8 @@ def collect(job: dict[str, Any], stdin: BinaryIO) -> Path:
             if time.monotonic() - last >= PROGRESS_EVERY_S:
                 last = time.monotonic()
                 _emit(collected=round(c.seconds, 1), skipped=c.skipped_s)
+        with contextlib.suppress(OSError):  # the daemon's next write fails: it stops feeding
+            stdin.close()
     recordings = c.recordings()
     if not recordings:
         raise LearnError("no usable window of sound")
@@ -241,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if args and args[0] in ("-h", "--help") else 2
     if not _die_with_parent():
         return EXIT_SOFTWARE
-    with contextlib.suppress(OSError):  # already at the lowest priority
+    try:
         os.nice(19)
+    except OSError as exc:  # a system call filter that denies it: say so, go on
+        _emit(log=f"cannot lower the priority ({exc.strerror or exc}): running at normal priority")
     from ..errors import LearnError
 
     try:

@@ -1,12 +1,15 @@
-"""Learning in the running daemon: the ``cmd/learn`` command, one session at a time, fed
-from the tick, its progress on ``<prefix>/learn``, and what a restart left behind.
+"""Learning in the running daemon: the ``cmd/learn`` and ``cmd/feedback`` commands, one
+session at a time, fed from the tick, its progress on ``<prefix>/learn``, and what a
+restart left behind.
 
 Where things are (``<state_dir>/learn``): ``session.json`` while a session runs (a
 restart finds it and says the learning was interrupted), and per monitor
-``<monitor>/normal-<ms>.npz``: the learned normal data (window statistics and 30 s of
-audio per piece; about 5 MB per hour of learning plus up to 7 MB of audio excerpts and
-their frames, measured by ``benchmarks/bench_learning.py``). At most :data:`MAX_DATA_FILES`
-such files are kept per monitor (``append`` adds one; a new learning replaces them).
+``<monitor>/normal-<ms>.npz`` (the learned normal data: window statistics and 30 s of
+audio per piece, about 5 MB per hour of learning plus up to 7 MB of excerpts and their
+frames, measured by ``benchmarks/bench_learning.py``) and ``marked-<ms>.npz`` (false
+alarms marked normal). A learning's collected data becomes one of them only once its
+model runs. At most ``session.MAX_DATA_FILES`` files are kept per monitor (``append``
+and feedback add one; a new learning replaces them).
 """
 
 from __future__ import annotations
@@ -25,20 +28,19 @@ from ..capture import AudioSource
 from ..config import LEARN_MIN_S, Config, MonitorConfig
 from ..durable import read_regular, write_atomic
 from ..errors import CommandError
-from ..jsonvalues import iso_utc
 from ..modelstore import ModelManager
 from ..mqtt.commands import Command
-from .session import LearnSession
+from .session import LearnSession, Progress, clean_up, data_files
 
-__all__ = ["MAX_DATA_FILES", "SESSION_FILE", "Learner"]
+__all__ = ["SESSION_FILE", "Learner"]
 
 log = structlog.get_logger()
 
 SESSION_FILE: Final = "session.json"
-MAX_DATA_FILES: Final = 8
-"""Learned data files kept per monitor (the oldest goes when ``append`` adds one more)."""
 _ALERT_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,160}$")
 """What an alert id looks like (it names a clip file: no path separators, no globs)."""
+_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+"""A monitor name (``monitors[].name``'s pattern): a folder under ``state_dir/learn``."""
 SIDECAR_MAX_BYTES: Final = 1 << 20
 CHUNK_S: Final = 2.0
 """Most audio handed to the session per tick (a late tick hands more over several)."""
@@ -62,6 +64,8 @@ class Learner:
         """Where progress goes (the link's ``publish_learn``; set once the link exists)."""
         self._wall = wall_clock
         self.root = Path(config.state_dir) / "learn"
+        self.open_anomaly: Callable[[str], str | None] = lambda _monitor: None
+        """The id of a monitor's anomaly alert in progress (set by the assembly)."""
         self._lock = threading.Lock()
         self._session: LearnSession | None = None
         self._source: AudioSource | None = None
@@ -85,19 +89,18 @@ class Learner:
             return
         except (OSError, ValueError):
             left = {}
-        monitor = left.get("monitor") if isinstance(left, dict) else None
-        payload = {
-            **(left if isinstance(left, dict) else {}),
-            "state": "failed",
-            "error": "interrupted: the daemon restarted while learning; the model it ran "
+        left = left if isinstance(left, dict) else {}
+        monitor, rid = left.get("monitor"), left.get("id")
+        progress = Progress(
+            str(monitor), str(rid), float(left.get("seconds_wanted") or 0.0), False,
+            state="failed", started_at=str(left.get("started_at") or ""),
+            error="interrupted: the daemon restarted while learning; the model it ran "
             "before keeps running",
-            "at": iso_utc(self._wall()),
-        }
-        log.warning("learn_interrupted", monitor=monitor)
-        self.publish(payload)
-        if isinstance(monitor, str):
-            for name in ("candidate.onnx", "job.json", "report.json"):
-                (self.root / monitor / name).unlink(missing_ok=True)
+        )  # fmt: skip
+        log.warning("learn_interrupted", monitor=monitor, id=rid)
+        self.publish(progress.as_dict())
+        if isinstance(monitor, str) and _NAME.match(monitor):
+            clean_up(self.root / monitor)
         marker.unlink(missing_ok=True)
 
     def poll(self) -> None:
@@ -185,7 +188,7 @@ class Learner:
             if self.models is None or self._source is None:
                 raise CommandError("learning needs the running daemon's model store")
             self._session = self._start(monitor, 0.0, True, cmd.id, clip=(clip, alert))
-            return {"monitor": monitor.name, "state": "fitting", "alert_id": alert["alert_id"]}
+            return {"monitor": monitor.name, "state": "fitting", "alert_id": alert.get("alert_id")}
 
     def _clip(self, alert_id: str, monitor: object) -> tuple[Path, dict[str, Any]]:
         """The clip of an alert (or the newest of ``monitor``'s for ``last``) and its
@@ -193,6 +196,12 @@ class Learner:
         clips = Path(self.config.state_dir) / "clips"
         if alert_id == "last":
             name = self._monitor(monitor).name
+            running = self.open_anomaly(name)
+            if running is not None:
+                raise CommandError(
+                    f"alert_id: monitor {name!r}'s alert {running} is still in progress: its "
+                    "clip is saved once it ends; mark it then"
+                )
             sidecars = sorted((clips / name).glob("*.json"))  # named by start time
             found = sidecars[-1:] if sidecars else []
             if not found:
@@ -204,10 +213,11 @@ class Learner:
         for sidecar in found:
             try:
                 alert = json.loads(read_regular(sidecar, SIDECAR_MAX_BYTES))
-                audio = sidecar.with_name(str(alert["clip"]["file"]))
+                audio = sidecar.with_name(Path(str(alert["clip"]["file"])).name)
+                found_id = str(alert["alert_id"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if audio.is_file() and isinstance(alert, dict):
+            if audio.is_file() and (alert_id == "last" or found_id == alert_id):
                 return audio, alert
         raise CommandError(
             f"alert_id: the clip of alert {alert_id} is not on this device (deleted by "
@@ -255,11 +265,7 @@ class Learner:
         source, models = self._source, self.models
         directory = self.root / monitor.name
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        previous = sorted(directory.glob("normal-*.npz"))
-        if append and len(previous) >= MAX_DATA_FILES:
-            for old in previous[: len(previous) - MAX_DATA_FILES + 1]:
-                old.unlink(missing_ok=True)
-            previous = previous[len(previous) - MAX_DATA_FILES + 1 :]
+        previous = data_files(directory)
         rid = request_id or f"learn-{monitor.name}-{int(self._wall() * 1000)}"
         session = LearnSession(
             config=self.config,
@@ -282,7 +288,14 @@ class Learner:
         self._cursor = source.ring(monitor.channel).written
         write_atomic(
             self.root / SESSION_FILE,
-            json.dumps({"monitor": monitor.name, "id": rid, "seconds_wanted": seconds}).encode(),
+            json.dumps(
+                {
+                    "monitor": monitor.name,
+                    "id": rid,
+                    "seconds_wanted": seconds,
+                    "started_at": session.progress.started_at,
+                }
+            ).encode(),
             mode=0o600,
         )
         log.info(
@@ -300,4 +313,5 @@ class Learner:
         with self._lock:
             if self._session is session:
                 self._session = None
-        (self.root / SESSION_FILE).unlink(missing_ok=True)
+            if self._session is None:  # not the marker of a session started since
+                (self.root / SESSION_FILE).unlink(missing_ok=True)

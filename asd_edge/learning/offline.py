@@ -51,14 +51,15 @@ def learn_offline(
         print(f"asd-edge learn: no audio in {', '.join(map(str, sources))}", file=sys.stderr)
         return EXIT_NOINPUT
     features = features_for(learn_cfg.sample_rate, 1.0, learn_cfg.n_mels)
-    readers, skipped = [], []
-    for path in files:
+    durations, skipped = {}, []
+    for path in files:  # their lengths first (the progress bar, pieces of a single file)
         try:
-            readers.append(open_audio(path))
+            with open_audio(path) as reader:
+                durations[path] = reader.frames / reader.sample_rate
         except AudioDecodeError as exc:
             skipped.append(f"{path}: {exc.problem}")
-    total_s = sum(r.frames / r.sample_rate for r in readers)
-    piece_s = max(MIN_PIECE_S, total_s / PIECES) if len(readers) == 1 else None
+    total_s = sum(durations.values())
+    piece_s = max(MIN_PIECE_S, total_s / PIECES) if len(durations) == 1 else None
     collector = Collector(
         features,
         1.0,
@@ -74,23 +75,23 @@ def learn_offline(
         file=sys.stderr,
         disable=not sys.stderr.isatty(),
     )
-    for reader in readers:
-        with reader:
-            collector.begin(Path(reader.name).name)
-            resampler = StreamResampler(reader.sample_rate, learn_cfg.sample_rate)
-            try:
+    for path in durations:  # one file open at a time, read in blocks
+        try:
+            with open_audio(path) as reader:
+                collector.begin(path.name)
+                resampler = StreamResampler(reader.sample_rate, learn_cfg.sample_rate)
                 for block in reader.blocks():
                     collector.feed(resampler(to_mono(block, None)))
                     bar.update(block.shape[0] / reader.sample_rate)
                 collector.feed(resampler.flush())
-            except AudioDecodeError as exc:
-                skipped.append(f"{reader.name}: {exc.problem}")
+        except AudioDecodeError as exc:
+            skipped.append(f"{path}: {exc.problem}")
     bar.close()
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     recordings = collector.recordings()
     print(
-        f"{collector.seconds:.0f} s of usable normal sound from {len(readers)} file(s)"
+        f"{collector.seconds:.0f} s of usable normal sound from {len(durations)} file(s)"
         + (f"; skipped windows: {_reasons(collector.skipped_s)}" if collector.skipped_s else ""),
         file=sys.stderr,
     )

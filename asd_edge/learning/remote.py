@@ -109,7 +109,10 @@ def remote(
         timeout = timeout_s or 2 * seconds + 600
         return _follow(progress, changed, time.monotonic() + timeout, seconds, tqdm)
     except KeyboardInterrupt:
-        monitor = (answers[0].get("result") or {}).get("monitor") if answers else None
+        if not (answers and answers[0].get("ok")) or body.get("cancel"):
+            print("interrupted", file=sys.stderr)  # nothing of ours to cancel
+            return EXIT_FAILED
+        monitor = (answers[0].get("result") or {}).get("monitor")
         client.publish(
             f"{prefix}/cmd/learn",
             json.dumps({"id": request_id + "-cancel", "cancel": True, "monitor": monitor}),

@@ -36,7 +36,15 @@ from .calibration import CalibrationConfig
 from .job import FRAME, PARENT_ENV
 from .recording import MARKED_PREFIX, MIN_PIECE_S
 
-__all__ = ["PROGRESS_EVERY_S", "LearnSession", "State"]
+__all__ = [
+    "MAX_DATA_FILES",
+    "PROGRESS_EVERY_S",
+    "LearnSession",
+    "State",
+    "clean_up",
+    "data_files",
+    "prune",
+]
 
 log = structlog.get_logger()
 
@@ -96,6 +104,38 @@ class Progress:
         }
 
 
+MAX_DATA_FILES: Final = 8
+"""Learned data files kept per monitor: beyond it the oldest marked-normal clip goes
+first, then the oldest normal data, never the newest normal data."""
+
+
+def data_files(directory: Path) -> list[Path]:
+    """A monitor's learned data (``normal-*``, ``marked-*``), oldest first."""
+    files = [*directory.glob("normal-*.npz"), *directory.glob("marked-*.npz")]
+    return sorted(files, key=lambda p: p.name.split("-", 1)[1])
+
+
+def prune(directory: Path) -> None:
+    """Keep at most :data:`MAX_DATA_FILES` data files (see there which go)."""
+    files = data_files(directory)
+    marked = [p for p in files if p.name.startswith("marked-")]
+    normal = [p for p in files if p.name.startswith("normal-")]
+    while len(marked) + len(normal) > MAX_DATA_FILES:
+        gone = marked.pop(0) if marked else normal.pop(0) if len(normal) > 1 else None
+        if gone is None:
+            return
+        gone.unlink(missing_ok=True)
+
+
+def clean_up(directory: Path) -> None:
+    """Remove what a learning leaves in a monitor's folder besides its kept data: the
+    collected data of a learning that did not end in a running model (``pending-*``), the
+    child's output and any temporary file a kill interrupted."""
+    for pattern in ("pending-*.npz", "candidate.onnx", "report.json", "job.json", ".*.tmp"):
+        for path in directory.glob(pattern):
+            path.unlink(missing_ok=True)
+
+
 class LearnSession:
     """Learns one monitor's normal sound; ``start`` it, feed it with ``offer``."""
 
@@ -152,6 +192,12 @@ class LearnSession:
         self._last_sent = 0.0
         self._behind_samples = 0
         self._collected = threading.Event()
+        self._timed_out = False
+        stamp = int(wall_clock() * 1000)
+        kind = "normal" if clip is None else "marked"
+        self.pending = directory / f"pending-{stamp}.npz"
+        """What the child collects; it becomes ``kept`` once the model runs, else it goes."""
+        self.kept = directory / f"{kind}-{stamp}.npz"
         del learn
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"learn-{monitor.name}", daemon=True)
@@ -167,7 +213,8 @@ class LearnSession:
         self._thread.start()
 
     def cancel(self, state: State = "cancelled", error: str | None = None) -> None:
-        """Stop collecting or fitting; the model that runs now keeps running."""
+        """Stop collecting or fitting; the model that runs now keeps running. Once the
+        learned model is handed to the model manager, a cancel comes too late."""
         self._cancel_reason, self._cancel_error = state, error
         self._cancel.set()
         child = self._child
@@ -202,19 +249,19 @@ class LearnSession:
         finally:
             if self._cancel.is_set() and p.state in ("collecting", "fitting"):
                 p.state, p.error = self._cancel_reason, self._cancel_error
+            clean_up(self.directory)  # what a failed, cancelled or done learning leaves
             log.info("learn_ended", monitor=p.monitor, id=p.id, state=p.state, error=p.error)
             self._send(force=True)
             self._on_end(self)
 
     def _job(self) -> dict[str, Any]:
-        """What the child does: collect (live or the clip), then fit."""
+        """What the child does: collect (live or the clip) into ``pending``, then fit."""
         p, learn, health = self.progress, self.config.learn, self.config.health
-        stamp = int(self._wall() * 1000)
         collect: dict[str, Any] = {
             "hop_s": self.monitor.hop_s,
             "silence_dbfs": health.silence_dbfs,
             "clipping_ratio": health.clipping_ratio,
-            "save": str(self.directory / f"normal-{stamp}.npz"),
+            "save": str(self.pending),
         }
         if self.clip is None:
             collect.update(mode="live", seconds=p.seconds_wanted, capture_rate=self.capture_rate,
@@ -267,12 +314,12 @@ class LearnSession:
                 with contextlib.suppress(OSError):
                     child.stdin.close()
             code = self._wait(child, self.config.learn.fit_timeout_s)
-            reader.join(5.0)
         finally:
             self._child = None
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            reader.join(5.0)  # no progress from the child after this
             job_path.unlink(missing_ok=True)
         if self._cancel.is_set():
             return
@@ -282,6 +329,8 @@ class LearnSession:
                 outcome["error"] = (
                     f"the fit was stopped after {self.config.learn.fit_timeout_s:g} s "
                     "(learn.fit_timeout_s)"
+                    if self._timed_out
+                    else f"the learning's process was killed (signal {-code}; out of memory?)"
                 )
             raise LearnError(str(outcome.get("error") or f"the learning failed (exit {code})"))
         out = self.directory / "candidate.onnx"
@@ -295,7 +344,7 @@ class LearnSession:
             scores = dict(report.get("marked") or {})
             p.feedback["score_now"] = scores.get(f"{MARKED_PREFIX}{p.feedback['alert_id']}")
             p.feedback["threshold_now"] = report.get("threshold")
-        self._keep([Path(d) for d in report.get("data", [])])
+        self._keep()
 
     def _feed(self, child: subprocess.Popen[bytes]) -> None:
         """Write the inbox's audio to the child until it has collected enough (or fails,
@@ -347,8 +396,9 @@ class LearnSession:
                 p.skipped_s = sum(p.skipped.values())
             if msg.get("collected_done"):
                 self._collected.set()
-                p.state = "fitting"
-                self._send(force=True)
+                if p.state == "collecting":
+                    p.state = "fitting"
+                    self._send(force=True)
             elif "progress" in msg:
                 p.fit_progress = float(msg["progress"])
                 self._send()
@@ -372,12 +422,14 @@ class LearnSession:
             elif fit_deadline is None and (self.clip is not None or self._collected.is_set()):
                 fit_deadline = time.monotonic() + timeout_s
             elif fit_deadline is not None and time.monotonic() > fit_deadline:
+                self._timed_out = True
                 child.kill()
 
     def _install(self, model: bytes, report: Mapping[str, Any]) -> None:
         """Hand the model to the model manager and wait until it runs (or is refused)."""
         p = self.progress
         deadline = time.monotonic() + INSTALL_WAIT_S
+        before = self._outcome()  # a last_push with this id from before is not the answer
         while True:
             try:
                 self._submit(p.monitor, model, p.id)
@@ -385,9 +437,12 @@ class LearnSession:
             except CommandError:  # a push is in flight: wait for it to end
                 if time.monotonic() > deadline or self._cancel.wait(1.0):
                     raise LearnError("the model store stayed busy with a push") from None
-        while not self._cancel.wait(0.1):
+        while True:  # submitted: a cancel comes too late, the model goes into service
+            time.sleep(0.1)
             last = self._outcome()
-            if last is not None and last.get("id") == p.id and last.get("command") == "learn":
+            if last is None or last == before:
+                pass
+            elif last.get("id") == p.id and last.get("command") == "learn":
                 if not last.get("ok"):
                     raise LearnError(f"the learned model was refused: {last.get('error')}")
                 p.model = {"name": last.get("name"), "version": last.get("version"),
@@ -396,14 +451,20 @@ class LearnSession:
                 log.info("learn_done", monitor=p.monitor, id=p.id, **report)
                 return
             if time.monotonic() > deadline:
-                raise LearnError("the learned model was not put in service in time")
+                raise LearnError(
+                    "the model manager has not answered in time; the model topic will say "
+                    "whether the learned model runs"
+                )
 
-    def _keep(self, used: list[Path]) -> None:
-        """The data the model learned stays as the monitor's normal data; earlier data
-        it did not use (a new learning, not appended) goes."""
-        for old in self.previous_data:
-            if old not in used:
+    def _keep(self) -> None:
+        """The model runs: what was collected becomes the monitor's data; earlier data it
+        did not learn (a new learning, not appended) goes."""
+        with contextlib.suppress(OSError):
+            self.pending.replace(self.kept)
+        if not self.progress.append:
+            for old in self.previous_data:
                 old.unlink(missing_ok=True)
+        prune(self.directory)
 
     def _send(self, *, force: bool = False) -> None:
         now = time.monotonic()

@@ -103,7 +103,8 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
 
     ``model`` (a push, see ``asd_edge.modelstore.signing``) carries the model as base64, 4/3 of
     its size; ``model/rollback`` returns a monitor to its previous model; ``learn`` learns
-    a monitor's normal sound on the device.
+    a monitor's normal sound on the device; ``feedback`` learns a false alarm's clip as
+    normal.
     """
     max_model_bytes = math.ceil(push.max_mb * 1e6)
     return {
