@@ -29,6 +29,7 @@ from .sections import (
     OutboxConfig,
     PushConfig,
     TlsConfig,
+    WebConfig,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "OutboxConfig",
     "PushConfig",
     "TlsConfig",
+    "WebConfig",
     "config_to_dict",
     "load_config",
     "parse_config",

@@ -27,6 +27,7 @@ from .sections import (
     MqttConfig,
     OutboxConfig,
     PushConfig,
+    WebConfig,
 )
 
 __all__ = ["Config", "config_to_dict", "load_config", "parse_config"]
@@ -63,6 +64,8 @@ class Config:
     """Learning normal sound on the device."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Logging."""
+    web: WebConfig = field(default_factory=WebConfig)
+    """The web dashboard (``asd-edge web``)."""
     source: str | None = field(default=None, compare=False, metadata={"internal": True})
     """Absolute path of the file this came from (not a key); None when not read from a file."""
 
@@ -174,6 +177,11 @@ def _check_across_fields(tree: dict[str, Any], problems: list[str]) -> None:
     password, password_file = at(tree, "mqtt", "password"), at(tree, "mqtt", "password_file")
     if isinstance(password, str) and isinstance(password_file, str):
         problems.append("mqtt.password: expected password or password_file, got both")
+    cert, key = at(tree, "web", "tls_cert_file"), at(tree, "web", "tls_key_file")
+    if (cert is None) != (key is None) and INVALID not in (cert, key):
+        problems.append(
+            "web.tls_key_file: expected tls_cert_file and tls_key_file together, got one"
+        )
 
 
 def _fill_derived(tree: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "OutboxConfig",
     "PushConfig",
     "TlsConfig",
+    "WebConfig",
 ]
 
 DEFAULT_CONFIG_PATH: Final = Path("/etc/asd-edge/config.yaml")
@@ -319,3 +320,38 @@ class LoggingConfig:
     """Lowest level that is logged."""
     format: LogFormat = "auto"
     """json lines, a readable console format, or auto: console on a TTY, json otherwise."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebConfig:
+    """The web dashboard (``asd-edge web``): a separate process, an MQTT client of the same
+    broker and an HTTP server. Off unless started (``asd-edge-web.service``)."""
+
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"pattern": r"^\S+$", "describe": "a non-empty host name or address"},
+    )
+    """Address the server binds. Anything but a loopback address exposes it, and then
+    ``password_hash`` or ``token_hash`` is required."""
+    port: int = field(default=8080, metadata={"min": 1, "max": 65535})
+    """TCP port of the server."""
+    password_hash: str | None = field(default=None, metadata={"secret": True})
+    """scrypt hash of the dashboard's password (``asd-edge web --set-password`` writes it);
+    None: no password (only allowed on a loopback address)."""
+    token_hash: str | None = field(default=None, metadata={"secret": True})
+    """sha256 hash of an API token (``asd-edge web --new-token`` prints a token and writes
+    its hash) for scripts and Prometheus: ``Authorization: Bearer <token>``."""
+    tls_cert_file: str | None = field(default=None, metadata={"path": True})
+    """Certificate (PEM) to serve HTTPS with; None: plain HTTP."""
+    tls_key_file: str | None = field(default=None, metadata={"path": True})
+    """Private key (PEM) of ``tls_cert_file``."""
+    cookie_secure: bool | None = None
+    """Send the session cookie over HTTPS only; None: when ``tls_cert_file`` is set. Set it
+    true behind a reverse proxy that terminates TLS."""
+    session_hours: float = field(default=12.0, metadata={"min": 0.1, "max": 720.0})
+    """How long a login lasts."""
+    fleet: bool = True
+    """Show every device on the broker (their retained status, health and model topics),
+    not only this one."""
+    live_s: float = field(default=20.0, metadata={"min": 5.0, "max": 300.0})
+    """Lease of ``cmd/live`` the server asks for, renewed while a page is open."""
