@@ -163,6 +163,7 @@ class Daemon:
                 models=self.models,
                 device_id=self.config.device_id,
                 on_event=self._event,
+                wall_clock=self._wall,
             )
             self.monitors.start(self.config.monitors)
             self.input_health = InputHealth(

@@ -8,6 +8,8 @@ knows what a SIGHUP may change (``plan_reload``) and what only a restart can.
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +23,10 @@ from .config import Config, MonitorConfig, load_config
 from .decision import Event
 from .detector import Detector
 from .errors import ConfigError
+from .jsonvalues import iso_utc
 from .modelstore import ModelManager
 from .monitor import Monitor
+from .scoreindex import score_index, score_reference
 from .telemetry import MonitorState, Telemetry, model_facts, model_payload
 
 __all__ = [
@@ -66,6 +70,7 @@ class Monitors:
         models: ModelManager | None,
         device_id: str,
         on_event: Callable[[Monitor, Event], None],
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.source = source
         self.detectors = detectors
@@ -75,6 +80,7 @@ class Monitors:
         self.models = models
         self.device_id = device_id
         self._on_event = on_event
+        self._wall = wall_clock
         self.running: list[Monitor] = []
         self.configs: dict[str, MonitorConfig] = {}
         self._infos: dict[str, MonitorInfo] = {}
@@ -120,16 +126,23 @@ class Monitors:
             self.link.publish_monitor_state(name, self.telemetry.monitor_payload(name))
 
     def publish_score(self, monitor: Monitor, end_s: float, score: float) -> None:
-        """A window's score on ``<prefix>/score`` (the link rate-limits it)."""
+        """A window's score on ``<prefix>/score`` (the link rate-limits it): ``at`` is the
+        wall-clock time of the window's end (the newest captured sample is now), ``index``
+        the score on the scale every model shares (``scoreindex.score_index``)."""
         if self.link is None:
             return
+        threshold = monitor.decision.policy.threshold
+        behind_s = max(0.0, monitor.source.written / monitor.source_rate - end_s)
+        index = score_index(score, threshold, score_reference(monitor.detector.spec.raw))
         self.link.publish_score(
             monitor.name,
             {
                 "monitor": monitor.name,
                 "score": score,
-                "threshold": monitor.decision.policy.threshold,
+                "threshold": threshold,
+                "index": round(index, 4) if math.isfinite(index) else None,
                 "end_s": round(end_s, 3),
+                "at": iso_utc(self._wall() - behind_s),
             },
         )
 
@@ -239,12 +252,18 @@ class Monitors:
         state = self.telemetry.monitors.get(monitor.name)
         described = {**model, "kind": monitor.detector.spec.kind}
         threshold = monitor.decision.policy.threshold
+        reference = score_reference(monitor.detector.spec.raw)
         if state is None:
             state = self.telemetry.monitors[monitor.name] = MonitorState(
-                name=monitor.name, channel=cfg.channel, model=described, threshold=threshold
+                name=monitor.name,
+                channel=cfg.channel,
+                model=described,
+                threshold=threshold,
+                reference=reference,
             )
         else:  # a swap keeps the monitor's counters
             state.channel, state.model, state.threshold = cfg.channel, described, threshold
+            state.reference = reference
             state.anomaly = False
             state.window_level_dbfs = None
         state.machine = monitor.machine.state if monitor.machine is not None else None

@@ -20,6 +20,7 @@ from .jsonvalues import iso_utc
 from .meters import ChannelLevel, LevelMeter, ProcessMeter
 from .modelstore import ModelManager
 from .monitor import Monitor
+from .scoreindex import score_index
 
 __all__ = [
     "MonitorState",
@@ -74,7 +75,16 @@ class MonitorState:
     """``running`` or ``stopped``; None when the model has no ``level`` metadata."""
     window_level_dbfs: float | None = None
     """Level of the latest window as the model's ``level`` measures it (None without)."""
+    reference: float = 0.0
+    """The model's typical normal score (``scoreindex.score_reference``): the index's 0."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def index(self) -> float | None:
+        """The latest score as ``scoreindex.score_index`` against the threshold in force
+        (None before the first finite score)."""
+        if self.last_score is None:
+            return None
+        return _finite(round(score_index(self.last_score, self.threshold, self.reference), 4))
 
     def scored(self, score: float, level_dbfs: float | None = None) -> None:
         """Fold in one window's score (and its level, for a model with ``level``)."""
@@ -143,6 +153,7 @@ class Telemetry:
             "anomaly": state.anomaly,
             "score": _finite(state.last_score),
             "threshold": state.threshold,
+            "index": state.index(),
             "level_dbfs": round(level.level_dbfs, 2) if level and level.samples else None,
             "machine": state.machine,
             "window_level_dbfs": _rounded(state.window_level_dbfs),
@@ -217,6 +228,7 @@ class Telemetry:
             "threshold": state.threshold,
             "anomaly": state.anomaly,
             "last_score": _finite(state.last_score),
+            "index": state.index(),
             "max_score": _finite(state.max_score),
             "windows": state.windows,
             "events": state.events,

@@ -116,3 +116,20 @@ def test_tick_summary() -> None:
     assert tick_summary([]) == {}
     summary = tick_summary([0.001] * 99 + [0.010])
     assert summary["tick_p50_ms"] == 1.0 and summary["tick_max_ms"] == 10.0
+
+
+class TestScoreIndexInReports:
+    def test_index_in_the_monitor_topic_and_health(self) -> None:
+        """Both the retained monitor state and the health entry carry the latest score's
+        index against the threshold in force (1 at the threshold, 0 at the reference);
+        null before any score."""
+        t = telemetry(FakeSource())
+        assert t.monitor_payload("pump")["index"] is None
+        state = t.monitors["pump"]
+        state.reference = 1.0  # threshold 3.0
+        state.scored(5.0)
+        assert t.monitor_payload("pump")["index"] == 2.0
+        state.threshold = 5.0  # a config override in force
+        assert t.monitor_payload("pump")["index"] == 1.0
+        state.scored(1.0)
+        assert t.report({})["monitors"][0]["index"] == 0.0

@@ -23,7 +23,9 @@ observed; instead:
    held-out score sequence: if it raises any event there, the threshold is raised
    to the largest held-out score (no window is then strictly above it).
 
-All of it is recorded in the model's ``calibration`` metadata.
+All of it is recorded in the model's ``calibration`` metadata, with ``score_median``
+(the median held-out normal score: the daemon's score index reads it as "typical
+normal", ``asd_edge.scoreindex``).
 """
 
 from __future__ import annotations
@@ -283,6 +285,8 @@ def calibrate(sequences: Sequence[ScoreSequence], config: CalibrationConfig) -> 
         "held_out_windows": int(scores.size),
         "held_out_hours": round(hours, 6),
     }
+    if scores.size:  # the typical normal score: the score index's 0 (``scoreindex``)
+        meta["score_median"] = float(np.median(scores))
     tail = fit_tail(scores, c.tail_fraction) if scores.size >= 2 else None
     if c.method == "fixed":
         assert c.threshold is not None
