@@ -1,0 +1,1 @@
+"""The web process: the fleet's latest state over HTTP."""
