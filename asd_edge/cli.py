@@ -1,4 +1,5 @@
-"""The ``asd-edge`` command line: run, check-config, devices, score, record."""
+"""The ``asd-edge`` command line: run, check-config, devices, score, record; learn and
+feedback (``asd_edge.learning.cli``); web (``asd_edge.web.cli``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from .learning import cli as learning_cli
 from .logs import configure_logging
 from .modelstore import running_model
 from .scoring import score_file
+from .web import cli as web_cli
 
 __all__ = ["main"]
 
@@ -264,8 +266,8 @@ def cmd_record(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_learning(args: argparse.Namespace) -> int:
-    """``asd-edge learn`` and ``feedback``: the configuration, then ``asd_edge.learning``."""
+def cmd_with_config(args: argparse.Namespace) -> int:
+    """``asd-edge learn``, ``feedback`` and ``web``: the configuration, then ``args.run``."""
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -390,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="preferred sample rate when input.sample_rate is null (default: %(default)s Hz)",
     )
 
-    learning_cli.register(sub, config_help, cmd_learning)
+    learning_cli.register(sub, config_help, cmd_with_config)
+    web_cli.register(sub, config_help, cmd_with_config)
     return parser
 
 

@@ -353,5 +353,9 @@ class WebConfig:
     fleet: bool = True
     """Show every device on the broker (their retained status, health and model topics),
     not only this one."""
+    signing_key_file: str | None = field(default=None, metadata={"path": True})
+    """Ed25519 private key (``asd-train keygen``'s signing key) the dashboard signs its
+    rollbacks with; None: rollbacks are sent unsigned (refused by a device that checks
+    signatures, which says so)."""
     live_s: float = field(default=20.0, metadata={"min": 5.0, "max": 300.0})
     """Lease of ``cmd/live`` the server asks for, renewed while a page is open."""
