@@ -17,16 +17,20 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 APT_PACKAGES := libportaudio2 libasound2-plugins pulseaudio pulseaudio-utils \
                 mosquitto mosquitto-clients ffmpeg python3-venv
+# make dev (and so make test) also installs a real browser for the dashboard's tests.
+DEV_APT_PACKAGES := chromium chromium-driver
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: help system venv dev run test lint typecheck bench models demo clean
+.PHONY: help system venv dev run web test lint typecheck bench models demo clean
 
 help:
 	@echo "make run        run the daemon on the default input ($(CONFIG))"
 	@echo "make test       install everything needed; ruff, mypy and the test suite"
 	@echo "make system     install the system packages (apt; as root or with sudo)"
 	@echo "make venv       $(VENV) with the daemon's dependencies only"
-	@echo "make dev        $(VENV) with the training stack and developer tools"
+	@echo "make dev        $(VENV) with the training stack, the dashboard and developer tools"
+	@echo "                (and Debian's chromium and chromium-driver for the browser tests)"
+	@echo "make web        the web dashboard on 127.0.0.1:8080 with $(CONFIG) (asd-edge web)"
 	@echo "make lint       ruff;  make typecheck: mypy --strict on asd_edge"
 	@echo "make bench      the benchmarks in benchmarks/ (results/*.jsonl)"
 	@echo "make models     rebuild models/level.onnx and models/demo.onnx"
@@ -36,7 +40,7 @@ help:
 	@echo "make uninstall  (root) remove it; keeps /var/lib/asd-edge and /etc/asd-edge unless PURGE=1"
 
 system:
-	@missing=""; for p in $(APT_PACKAGES); do \
+	@missing=""; for p in $(APT_PACKAGES) $(SYSTEM_EXTRA); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -61,14 +65,22 @@ $(VENV)/.daemon-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(PIP) install $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PIP) install -e ".[train,dev]"
+	$(PIP) install -e ".[train,dev,web]"
 	touch $@ $(VENV)/.daemon-installed
 
 venv: system $(VENV)/.daemon-installed
+dev: SYSTEM_EXTRA = $(DEV_APT_PACKAGES)
 dev: system $(VENV)/.dev-installed
 
 run: venv
 	$(BIN)/asd-edge run --config $(CONFIG)
+
+$(VENV)/.web-installed: pyproject.toml | $(BIN)/python
+	$(PIP) install -e ".[web]"
+	touch $@
+
+web: venv $(VENV)/.web-installed
+	$(BIN)/asd-edge web --config $(CONFIG)
 
 test: dev
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ readonly CONF_DIR=/etc/asd-edge
 readonly STATE_DIR=/var/lib/asd-edge
 readonly UNIT_DIR=/etc/systemd/system
 readonly UNIT=asd-edge.service
+readonly WEB_UNIT=asd-edge-web.service
 readonly SERVICE_USER=asd-edge
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO
@@ -158,7 +159,7 @@ make_venv() {
     "numpy, scipy and onnxruntime: a few minutes on a small board)"
   # shellcheck disable=SC2086 # PIP_ARGS is a list of arguments
   "$venv/bin/python" -m pip install --disable-pip-version-check --no-warn-script-location -q \
-    --upgrade ${PIP_ARGS:-} "$src"
+    --upgrade ${PIP_ARGS:-} "$src[web]"
   rm -rf "$src"
   trap - EXIT
   # asd-train needs the training stack, which the device does not get.
@@ -231,7 +232,9 @@ install_files() {
 
   install -d -m 0755 "$D$UNIT_DIR"
   install -m 0644 "$REPO/systemd/$UNIT" "$D$UNIT_DIR/$UNIT"
-  say "installed $D$UNIT_DIR/$UNIT"
+  install -m 0644 "$REPO/systemd/$WEB_UNIT" "$D$UNIT_DIR/$WEB_UNIT"
+  say "installed $D$UNIT_DIR/$UNIT and $WEB_UNIT (the dashboard: off until" \
+    "systemctl enable --now asd-edge-web)"
 }
 
 enable_unit() {
@@ -310,7 +313,15 @@ remove_user() {
 cmd_uninstall() {
   setup_destdir
   require_root uninstall
-  local unit=$D$UNIT_DIR/$UNIT
+  local unit=$D$UNIT_DIR/$UNIT web_unit=$D$UNIT_DIR/$WEB_UNIT
+  if [ "$STAGED" = 0 ] && command -v systemctl >/dev/null && [ -e "$web_unit" ]; then
+    if systemd_running; then
+      systemctl disable --now --quiet "$WEB_UNIT" || echo "warning: could not stop $WEB_UNIT" >&2
+    else
+      systemctl disable --quiet "$WEB_UNIT" || echo "warning: could not disable $WEB_UNIT" >&2
+    fi
+  fi
+  rm -f "$web_unit"
   if [ "$STAGED" = 0 ] && command -v systemctl >/dev/null && [ -e "$unit" ]; then
     if systemd_running; then
       systemctl disable --now --quiet "$UNIT" || echo "warning: could not stop/disable $UNIT" >&2

@@ -9,13 +9,19 @@ The tick side records, a thread writes, so no tick waits for a disk:
   written atomically, the sidecar last.
 - ``retention``: the index of what is on disk, age and size limits, crash recovery, and
   ``saved_clip``: a clip as a restart finds it.
+- ``lookup``: an alert's saved clip found by its id; ``sender``: ``ClipSender``, which
+  publishes one on ``cmd/clip``.
 - ``status``: the ``clip`` object of an alert: saved, skipped, or lost to a killed daemon
   (unless a restart finds its audio).
-- ``spectrogram``: the PNG pictures (numpy, zlib and struct only).
+- ``spectrogram``: the levels of a clip's spectrogram on a fixed dB scale (numpy only).
+- ``picture``: the PNG beside each clip: that spectrogram with axes, colour bar, the event
+  marked and a title (Pillow, imported at the first picture).
 """
 
+from .lookup import find_clip, newest_clip
 from .recorder import ClipRecorder
 from .retention import saved_clip
+from .sender import ClipSender
 from .status import CLIP_LOST, clip_facts, found_clip, lost_clip
 from .types import ClipRequest, ClipResult
 from .writer import ClipStore, ClipUsage
@@ -25,10 +31,13 @@ __all__ = [
     "ClipRecorder",
     "ClipRequest",
     "ClipResult",
+    "ClipSender",
     "ClipStore",
     "ClipUsage",
     "clip_facts",
+    "find_clip",
     "found_clip",
     "lost_clip",
+    "newest_clip",
     "saved_clip",
 ]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,15 @@ class ClipRequest:
     def duration_s(self) -> float:
         """Length of the audio in seconds."""
         return int(self.samples.shape[0]) / self.sample_rate
+
+    @property
+    def alert_at(self) -> datetime | None:
+        """UTC wall time of the event's start alert (``event["started_s"]``, a stream time);
+        None when the facts do not say."""
+        started_s = self.event.get("started_s")
+        if not isinstance(started_s, int | float) or not math.isfinite(started_s):
+            return None
+        return self.started_at + timedelta(seconds=started_s - self.stream_start_s)
 
 
 @dataclass(frozen=True, slots=True)

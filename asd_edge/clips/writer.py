@@ -27,8 +27,8 @@ from ..config import ClipsConfig
 from ..durable import write_atomic
 from ..errors import ConfigError
 from ..jsonvalues import json_safe
+from .picture import clip_title, draw_picture
 from .retention import MB, Retention, statvfs_usage
-from .spectrogram import PALETTE, encode_png, spectrogram_indexed
 from .types import ClipRequest, ClipResult
 
 __all__ = [
@@ -275,14 +275,19 @@ class ClipStore:
         png = b""
         if self.config.spectrogram:
             png_path = audio_path.with_suffix(".png")
-            index = spectrogram_indexed(
+            png = draw_picture(
                 request.samples,
                 request.sample_rate,
+                title=clip_title(
+                    request.monitor,
+                    request.alert_at,
+                    request.event.get("peak_score"),
+                    request.event.get("threshold"),
+                ),
                 markers_s=request.markers_s,
                 pre_s=request.pre_s,
                 band_hz=request.band_hz,
-            )
-            png = encode_png(index, PALETTE)
+            ).png
         sidecar_path = audio_path.with_suffix(".json")
         sidecar = self._sidecar(request, audio_path, fmt, sha256, len(audio), png_path)
         need = len(audio) + len(png) + len(sidecar)
