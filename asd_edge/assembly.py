@@ -12,12 +12,13 @@ from typing import Any
 
 from .alerts import Alerts
 from .capture import AudioSource, SoundDeviceSource
-from .clips import ClipRecorder, ClipStore
+from .clips import ClipRecorder, ClipSender, ClipStore
 from .config import Config, InputConfig
 from .detector import Detector
 from .errors import ConfigError, ModelError
 from .filesource import FileSource
 from .learning.learner import Learner
+from .live import LiveFeed
 from .modelstore import ModelManager, load_key
 from .mqtt import (
     Command,
@@ -103,22 +104,30 @@ def check_services(config: Config) -> None:
 
 
 def command_router(
-    config: Config, models: ModelManager, request_health: Callable[[], None], learner: Learner
+    config: Config,
+    models: ModelManager,
+    request_health: Callable[[], None],
+    learner: Learner,
+    live: LiveFeed | None = None,
+    clips: ClipSender | None = None,
 ) -> CommandRouter:
     """The ``cmd/...`` commands: ping, health, the model push and rollback, which are
     handed to the model manager's worker (the reply says queued; the outcome follows on
     ``<prefix>/model``), learn and feedback (the reply says it started; progress on
-    ``<prefix>/learn``)."""
-    return CommandRouter(
-        {
-            "health": lambda _cmd: request_health(),
-            "model": lambda cmd: _queued(models.submit_push, cmd),
-            "model/rollback": lambda cmd: _queued(models.submit_rollback, cmd),
-            "learn": learner.command,
-            "feedback": learner.feedback,
-        },
-        commands=command_specs(config.push),
-    )
+    ``<prefix>/learn``), live (the lease of the live feed) and clip (an alert's clip,
+    published once)."""
+    handlers = {
+        "health": lambda _cmd: request_health(),
+        "model": lambda cmd: _queued(models.submit_push, cmd),
+        "model/rollback": lambda cmd: _queued(models.submit_rollback, cmd),
+        "learn": learner.command,
+        "feedback": learner.feedback,
+    }
+    if live is not None:
+        handlers["live"] = live.command
+    if clips is not None:
+        handlers["clip"] = clips.command
+    return CommandRouter(handlers, commands=command_specs(config.push))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +149,8 @@ class Services:
     learner: Learner | None = None
     """Learning normal sound (``cmd/learn``, ``cmd/feedback``); None for tests and tools
     (the daemon then makes one that refuses every request)."""
+    live: LiveFeed | None = None
+    """The live feed ``cmd/live`` leases; None: the daemon makes one no command reaches."""
 
 
 def build_services(config: Config, *, wall_clock: Callable[[], float] = time.time) -> Services:
@@ -163,8 +174,10 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     health_request = threading.Event()
     link = None
     learner = Learner(config, models=models, publish=None, wall_clock=wall_clock)
+    live = LiveFeed(wall_clock=wall_clock)
     if config.mqtt.enabled:
-        router = command_router(config, models, health_request.set, learner)
+        clips = ClipSender(state_dir / "clips", max_mb=config.mqtt.clip_max_mb)
+        router = command_router(config, models, health_request.set, learner, live, clips)
         link = MqttLink(
             config.mqtt,
             device_id=config.device_id,
@@ -176,6 +189,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
         )
         router.reply = link.publish_command_result
         learner.publish = link.publish_learn
+        live.publish, clips.send = link.publish_live, link.send_clip
         if config.learn.enabled:
             link.offer_learning(config.learn.default_s)
     store = recorder = None
@@ -188,7 +202,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     if store is not None:
         store.on_done = alerts.clip_done  # a saved clip releases its held end alert
     learner.open_anomaly = alerts.open_anomaly  # "last" is not an alert still in progress
-    return Services(detectors, models, link, store, recorder, alerts, health_request, learner)
+    return Services(detectors, models, link, store, recorder, alerts, health_request, learner, live)
 
 
 def _queued(

@@ -19,6 +19,7 @@ from .errors import AudioError, ConfigError
 from .filesource import FileSource
 from .inputhealth import InputChange, InputHealth
 from .learning.learner import Learner
+from .live import LiveFeed
 from .logs import configure_logging
 from .machine import MachineChange
 from .modelstore import Swap
@@ -100,6 +101,7 @@ class Daemon:
         self.recorder = services.recorder
         self.alerts = services.alerts
         self.learner = services.learner or Learner(config, models=None, publish=None)
+        self.live = services.live or LiveFeed(clock=clock, wall_clock=wall_clock)
         self.monitors: Monitors | None = None
         self.telemetry: Telemetry | None = None
         self._reported_callback_errors = 0
@@ -255,6 +257,7 @@ class Daemon:
             if self._tick_all(final=end_of_input):
                 telemetry.durations_s.append(self._clock() - started)
             telemetry.update()
+            self.live.poll(now, telemetry.monitors, self.source)  # one comparison unleased
             if self.recorder is not None:
                 self.recorder.poll()  # clips whose audio is in go to the writer
             self.learner.poll()  # new audio to the learning in progress, if any
@@ -275,6 +278,9 @@ class Daemon:
                 due_s = MAX_SLEEP_S
             sleep_s = min(MAX_SLEEP_S, max(MIN_SLEEP_S, due_s + DUE_MARGIN_S))
             sleep_s = min(sleep_s, max(MIN_SLEEP_S, next_report - now))
+            live_s = self.live.due_in_s(now)  # None unless someone watches (cmd/live)
+            if live_s is not None:
+                sleep_s = min(sleep_s, max(MIN_SLEEP_S, live_s + DUE_MARGIN_S))
             next_wake = now + sleep_s
             self._stop.wait(sleep_s)
         return EXIT_OK

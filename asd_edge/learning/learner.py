@@ -25,8 +25,9 @@ from typing import Any, Final
 import structlog
 
 from ..capture import AudioSource
+from ..clips.lookup import find_clip, newest_clip
 from ..config import LEARN_MIN_S, Config, MonitorConfig
-from ..durable import read_regular, write_atomic
+from ..durable import write_atomic
 from ..errors import CommandError
 from ..modelstore import ModelManager
 from ..mqtt.commands import Command
@@ -37,11 +38,8 @@ __all__ = ["SESSION_FILE", "Learner"]
 log = structlog.get_logger()
 
 SESSION_FILE: Final = "session.json"
-_ALERT_ID: Final = re.compile(r"^[A-Za-z0-9_.:-]{1,160}$")
-"""What an alert id looks like (it names a clip file: no path separators, no globs)."""
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 """A monitor name (``monitors[].name``'s pattern): a folder under ``state_dir/learn``."""
-SIDECAR_MAX_BYTES: Final = 1 << 20
 CHUNK_S: Final = 2.0
 """Most audio handed to the session per tick (a late tick hands more over several)."""
 STOP_WAIT_S: Final = 5.0
@@ -202,23 +200,16 @@ class Learner:
                     f"alert_id: monitor {name!r}'s alert {running} is still in progress: its "
                     "clip is saved once it ends; mark it then"
                 )
-            sidecars = sorted((clips / name).glob("*.json"))  # named by start time
-            found = sidecars[-1:] if sidecars else []
-            if not found:
+            found = newest_clip(clips, name)
+            if found is None:
                 raise CommandError(f"alert_id: monitor {name!r} has no alert clip on this device")
-        else:
-            if not _ALERT_ID.match(alert_id):
-                raise CommandError(f"alert_id: not an alert id: {alert_id[:64]!r}")
-            found = sorted(clips.glob(f"*/*_{alert_id}.json"))
-        for sidecar in found:
-            try:
-                alert = json.loads(read_regular(sidecar, SIDECAR_MAX_BYTES))
-                audio = sidecar.with_name(Path(str(alert["clip"]["file"])).name)
-                found_id = str(alert["alert_id"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if audio.is_file() and (alert_id == "last" or found_id == alert_id):
-                return audio, alert
+            return found
+        try:
+            found = find_clip(clips, alert_id)
+        except ValueError as exc:
+            raise CommandError(f"alert_id: {exc}") from None
+        if found is not None:
+            return found
         raise CommandError(
             f"alert_id: the clip of alert {alert_id} is not on this device (deleted by "
             "retention: clips.max_total_mb, clips.max_age_days; or never saved): "

@@ -47,20 +47,29 @@ class Backlog:
         self._discovery_topics: set[str] = set()
         self.learn_s: float | None = None
         """Seconds the Home Assistant "learn normal sound" buttons learn (None: no buttons)."""
-        self.counts = {"scores_dropped": 0, "clips_dropped": 0, "replies_dropped": 0}
-        """Scores dropped while offline; clips and replies dropped from a full queue."""
+        self.counts = {
+            "scores_dropped": 0,
+            "live_dropped": 0,
+            "clips_dropped": 0,
+            "replies_dropped": 0,
+        }
+        """Scores and live frames dropped while offline; clips and replies dropped from a
+        full queue."""
 
     def retain(self, topic: str, body: bytes) -> None:
         """The latest retained state of ``topic``, published at the next flush."""
         self._retained[topic] = body
         self._dirty.add(topic)
 
-    def score(self, client: Client | None, topic: str, body: bytes) -> None:
-        """A score (QoS 0) now if ``client`` is connected (not None), else dropped and counted."""
+    def score(
+        self, client: Client | None, topic: str, body: bytes, dropped: str = "scores_dropped"
+    ) -> None:
+        """A score or a live frame (QoS 0) now if ``client`` is connected (not None), else
+        dropped and counted in ``counts[dropped]``."""
         if client is not None:
             client.publish(topic, body, 0)
         else:
-            self.counts["scores_dropped"] += 1
+            self.counts[dropped] += 1
 
     def send(self, client: Client | None, topic: str, body: bytes, queue: str) -> None:
         """A clip or a reply (``queue``): now if ``client`` is connected (not None), or kept."""

@@ -94,6 +94,11 @@ normal data), or ``cancel`` the learning in progress (``asd_edge.learning.learne
 FEEDBACK_FIELDS: Final = {"alert_id": (str,), "verdict": (str,), "monitor": (str, type(None))}
 """``cmd/feedback``: the alert (or ``"last"`` of ``monitor``) was a false alarm
 (``verdict: "normal"``): its clip is learned as normal."""
+LIVE_FIELDS: Final = {"seconds": (int, float, type(None))}
+"""``cmd/live``: publish ``<prefix>/live/<monitor>`` frames for ``seconds`` (1-300, default
+30) from now (``asd_edge.live``)."""
+CLIP_FIELDS: Final = {"alert_id": (str,)}
+"""``cmd/clip``: publish the alert's saved clip once on ``<prefix>/clip/<alert_id>``."""
 PUSH_OVERHEAD_BYTES: Final = 4096
 """Room for a push message's fields besides the base64 model."""
 
@@ -104,7 +109,7 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
     ``model`` (a push, see ``asd_edge.modelstore.signing``) carries the model as base64, 4/3 of
     its size; ``model/rollback`` returns a monitor to its previous model; ``learn`` learns
     a monitor's normal sound on the device; ``feedback`` learns a false alarm's clip as
-    normal.
+    normal; ``live`` leases the live feed; ``clip`` publishes an alert's saved clip.
     """
     max_model_bytes = math.ceil(push.max_mb * 1e6)
     return {
@@ -123,6 +128,8 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
         "feedback": CommandSpec(
             fields=FEEDBACK_FIELDS, required=frozenset({"alert_id", "verdict"})
         ),
+        "live": CommandSpec(fields=LIVE_FIELDS),
+        "clip": CommandSpec(fields=CLIP_FIELDS, required=frozenset({"alert_id"})),
     }
 
 

@@ -12,7 +12,16 @@ import structlog
 from ..config import MqttConfig, OutboxConfig
 from .commands import CommandHandler, CommandRouter
 from .delivery import MAX_INFLIGHT
-from .messages import Discovery, LinkMessage, ReleaseAlert, Retain, Score, Send, SubmitAlert
+from .messages import (
+    Discovery,
+    LinkMessage,
+    Live,
+    ReleaseAlert,
+    Retain,
+    Score,
+    Send,
+    SubmitAlert,
+)
 from .thread import MAX_MESSAGE_BYTES, LinkThread
 from .topics import Topics, encode_json
 
@@ -28,6 +37,7 @@ _COUNTERS: Final = (
     "acked",
     "refused",
     "scores_dropped",
+    "live_dropped",
     "clips_dropped",
     "replies_dropped",
     "commands_received",
@@ -43,6 +53,7 @@ _KINDS: Final = {
     ReleaseAlert: "release",
     Retain: "retain",
     Score: "score",
+    Live: "live",
     Send: "send",
     Discovery: "discovery",
 }
@@ -181,6 +192,19 @@ class MqttLink:
             return
         self._score_sent_s[monitor] = now
         self._put(Score(encode_json({"monitor": monitor, **dict(payload)})))
+
+    def publish_live(self, monitor: str, payload: Mapping[str, Any]) -> None:
+        """QoS 0, not retained, on <prefix>/live/<monitor> (a ``cmd/live`` frame): sent now
+        if connected, else dropped and counted in ``live_dropped``; never in the outbox."""
+        self._put(Live(self.topics.live(monitor), encode_json(payload)))
+
+    def send_clip(self, alert_id: str, data: bytes) -> str:
+        """Queue a clip asked for by ``cmd/clip`` on <prefix>/clip/<alert_id> (QoS 1),
+        whatever ``publish_clips`` says (the caller checked ``clip_max_mb``); returns the
+        topic."""
+        topic = self.topics.clip(alert_id)
+        self._put(Send(topic, bytes(data), "clips"))
+        return topic
 
     def publish_clip(self, alert_id: str, data: bytes) -> bool:
         """Queue a clip for <prefix>/clip/<alert_id> (QoS 1); False if disabled or too large."""

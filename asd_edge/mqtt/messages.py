@@ -14,6 +14,7 @@ __all__ = [
     "Dialed",
     "Discovery",
     "LinkMessage",
+    "Live",
     "ReleaseAlert",
     "Retain",
     "Score",
@@ -61,6 +62,15 @@ class Score:
 
 
 @dataclass(frozen=True, slots=True)
+class Live:
+    """A live-feed frame at QoS 0 on ``topic``: sent now if connected, else dropped and
+    counted (never stored, never queued)."""
+
+    topic: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     """A clip or a command reply at QoS 1: sent now, or kept (bounded) until connected."""
 
@@ -91,5 +101,5 @@ class Stop:
     timeout_s: float
 
 
-LinkMessage = SubmitAlert | ReleaseAlert | Retain | Score | Send | Discovery | Dialed | Stop
+LinkMessage = SubmitAlert | ReleaseAlert | Retain | Score | Live | Send | Discovery | Dialed | Stop
 """Everything the link thread's queue carries."""

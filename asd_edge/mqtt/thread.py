@@ -29,6 +29,7 @@ from .messages import (
     Dialed,
     Discovery,
     LinkMessage,
+    Live,
     ReleaseAlert,
     Retain,
     Score,
@@ -300,6 +301,8 @@ class LinkThread:
                     self.backlog.retain(topic, body)
                 case Score(body):
                     self.backlog.score(live, self.topics.score, body)
+                case Live(topic, body):
+                    self.backlog.score(live, topic, body, "live_dropped")
                 case Send(topic, body, kind):  # now, or kept (bounded) until connected
                     self.backlog.send(live, topic, body, kind)
                 case Discovery(monitors, model_names):

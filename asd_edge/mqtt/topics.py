@@ -50,8 +50,14 @@ class Topics:
         """``<prefix>/monitor/<name>``, retained state of one monitor."""
         return monitor_topic(self.prefix, _level(name, "monitor"))
 
+    def live(self, name: str) -> str:
+        """``<prefix>/live/<name>``: a monitor's live frames (QoS 0, not retained), only
+        while a ``cmd/live`` lease runs (``asd_edge.live``)."""
+        return f"{self.prefix}/live/{_level(name, 'monitor')}"
+
     def clip(self, alert_id: str) -> str:
-        """``<prefix>/clip/<alert id>``, the clip's bytes."""
+        """``<prefix>/clip/<alert id>``, the clip's bytes (``mqtt.publish_clips``, or once
+        on ``cmd/clip``)."""
         return f"{self.prefix}/clip/{_level(alert_id, 'alert_id')}"
 
 
