@@ -13,7 +13,9 @@ The tick side records, a thread writes, so no tick waits for a disk:
   publishes one on ``cmd/clip``.
 - ``status``: the ``clip`` object of an alert: saved, skipped, or lost to a killed daemon
   (unless a restart finds its audio).
-- ``spectrogram``: the PNG pictures (numpy, zlib and struct only).
+- ``spectrogram``: the levels of a clip's spectrogram on a fixed dB scale (numpy only).
+- ``picture``: the PNG beside each clip: that spectrogram with axes, colour bar, the event
+  marked and a title (Pillow, imported at the first picture).
 """
 
 from .lookup import find_clip, newest_clip
