@@ -293,18 +293,17 @@ def _monitor_brief(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _models_brief(model: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Monitor name -> its model's name, version, source, load time and last error."""
     monitors = (model or {}).get("monitors")
-    if not isinstance(monitors, list | dict):
+    if not isinstance(monitors, dict):
         return {}
-    items = monitors.items() if isinstance(monitors, dict) else enumerate(monitors)
-    brief: dict[str, Any] = {}
-    for i, entry in items:
-        if isinstance(entry, dict):
-            name = str(entry.get("monitor") or entry.get("name") or i)
-            brief[name] = {
-                k: entry.get(k) for k in ("name", "version", "source", "loaded_at", "last_error")
-            }
-    return brief
+    return {
+        str(name): {
+            k: entry.get(k) for k in ("name", "version", "source", "loaded_at", "last_error")
+        }
+        for name, entry in monitors.items()
+        if isinstance(entry, dict)
+    }
 
 
 def _problems(health: Mapping[str, Any]) -> list[str]:

@@ -273,7 +273,9 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
         )
     ]
     middleware.append(Middleware(SecurityHeaders))
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.fleet = fleet
+    return app
 
 
 class SecurityHeaders:
