@@ -31,7 +31,7 @@ The wings::
                  requests, signing, keyfiles)
     clips/       the audio around each event: recorded on the tick, written by a thread,
                  kept within quota; what an alert says of its clip (types, recorder,
-                 writer, retention, status, spectrogram)
+                 writer, retention, status, spectrogram, picture)
     learning/    the default kind (bandstat) and its fit, numpy only, shared with training;
                  learning a monitor's normal sound in the running daemon (learner,
                  session, job: the fit in a child process) or from recordings (cli)

@@ -59,20 +59,8 @@ DB_STEP = 20
 _PAD, _TICK, _GAP, _BAR_PX = 6, 4, 14, 12
 
 # Palette: LEVELS viridis levels (FLOOR_DB..0 dB), GREYS greys (black..white), two marks.
-_VIRIDIS = np.array(
-    [
-        (68, 1, 84),
-        (71, 44, 122),
-        (59, 81, 139),
-        (44, 113, 142),
-        (33, 144, 141),
-        (39, 173, 129),
-        (92, 200, 99),
-        (170, 220, 50),
-        (253, 231, 37),
-    ],
-    dtype=np.float64,
-)
+_VIRIDIS_HEX = "440154 472c7a 3b518b 2c718e 21908d 27ad81 5cc863 aadc32 fde725"  # 0, 1/8, ..., 1
+_VIRIDIS = np.array([list(bytes.fromhex(c)) for c in _VIRIDIS_HEX.split(" ")], dtype=np.float64)
 _GREY0 = LEVELS
 MARKER = LEVELS + GREYS
 """Palette index of MARKER_RGB."""
@@ -213,14 +201,20 @@ def _legend(
     """(swatch kind, text) of each mark the picture carries."""
     items = []
     if pre_s > 0:
-        items.append(("pre", f"pre-roll {pre_s:.1f} s"))
+        items.append(("pre", f"pre-roll {pre_s:.3g} s"))
     if markers_s:
-        times = ", ".join(f"{t:.1f} s" for t in markers_s)
+        times = ", ".join(f"{t:.3g} s" for t in markers_s)
         items.append(("marker", f"anomaly start, end ({times})"))
     if band_hz is not None:
         lo, hi = sorted(band_hz)
-        items.append(("band", f"evidence band {lo / 1000:.3g}-{hi / 1000:.3g} kHz"))
+        items.append(("band", f"evidence band {_khz(lo)}-{_khz(hi)} kHz"))
     return items
+
+
+def _khz(hz: float) -> str:
+    """Hz as kHz with one or two decimals: 1.0, 1.25, 12.5."""
+    text = f"{hz / 1000:.2f}"
+    return text[:-1] if text.endswith("0") else text
 
 
 def draw_picture(
