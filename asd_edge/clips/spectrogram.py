@@ -80,9 +80,9 @@ def spectrogram(
     max_width_px: int = MAX_WIDTH_PX,
     max_height_px: int = MAX_HEIGHT_PX,
 ) -> Spectrogram:
-    """The levels of ``samples`` (as ``stft_power``), averaged in power into at most
+    """The levels of ``samples``: the STFT's power, averaged into at most
     ``max_width_px`` columns and ``max_height_px`` rows, then put on the fixed
-    FLOOR_DB..0 dB scale (1.0 = 0 dB: a full-scale sine at its bin). Periodic Hann
+    FLOOR_DB..0 dB scale (0 dB: a full-scale sine at its bin). Periodic Hann
     window, half-overlapping frames, no centre padding (a clip shorter than one frame is
     zero-padded to one). Frames are transformed a block at a time and summed into
     their column at once, so memory is bounded by the picture, not by the clip."""
