@@ -75,6 +75,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
         "hz": "Hz",
         "s": "s",
         "back": "All devices",
+        "local_time": "time (this browser's clock)",
     },
     "ja": {
         "title": "asd-edge",
@@ -143,6 +144,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
         "hz": "Hz",
         "s": "秒",
         "back": "デバイス一覧へ",
+        "local_time": "時刻（このブラウザの時計）",
     },
 }
 """Every word the pages show, per language (the same keys in each)."""

@@ -12,6 +12,9 @@
   const alerts = new Map();     // id -> li
   let device = null;
   let localClips = false;
+  // What arrived, for people and tests alike: frames per monitor, each alert's arrival time
+  // and the latency of the last live frames (browser clock minus the daemon's "t").
+  const stats = (window.ASD_STATS = { frames: 0, alerts_seen: {}, latency_ms: [] });
 
   function toast(text, bad) {
     const box = document.getElementById("toast");
@@ -67,7 +70,7 @@
       width: Math.min(900, chartBox.clientWidth || 720), height: 180,
       title: t("score_index"),
       scales: { x: { time: true }, y: { range: (u, lo, hi) => [0, Math.max(2, hi ?? 2)] } },
-      axes: [{ label: "UTC / local" }, { label: t("score_index") }],
+      axes: [{ label: t("local_time") }, { label: "index" }],
       series: [{}, { label: "index", stroke: "#3b6fd1", width: 1.5, spanGaps: false },
                { label: t("threshold"), stroke: "#d13b3b", dash: [6, 4], width: 1 }],
     }, data, chartBox);
@@ -108,6 +111,11 @@
     }
     v.waterfall.dataset.frames = v.frames;
     const tt = typeof frame.t === "number" ? frame.t : Date.parse(frame.at) / 1000;
+    stats.frames++;
+    if (isFinite(tt)) {
+      stats.latency_ms.push(Date.now() - tt * 1000);
+      if (stats.latency_ms.length > 200) stats.latency_ms.shift();
+    }
     if (typeof frame.index === "number" && isFinite(tt)) {
       const [xs, ys, th] = v.data;
       if (xs.length === 2 && ys[0] === null) { xs.length = 0; ys.length = 0; th.length = 0; }
@@ -149,6 +157,7 @@
 
   function showAlert(a) {
     if (!a || !a.id) return;
+    stats.alerts_seen[a.id + ":" + a.phase] ??= Date.now();
     const li = alertItem(a);
     const old = alerts.get(a.id);
     if (old) old.replaceWith(li); else document.getElementById("alerts").prepend(li);
