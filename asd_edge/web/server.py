@@ -37,7 +37,7 @@ from .access import Access, Visitor
 from .actions import Actions
 from .auth import LoginThrottle, verify_password
 from .bridge import Bridge, BridgeError
-from .clipfiles import ALERT_ID, find_clip
+from .clipfiles import ALERT_ID, local_clip
 from .fleet import Fleet
 from .hub import Hub
 from .i18n import STRINGS, choose_language
@@ -138,7 +138,7 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
         if not ALERT_ID.match(alert_id):
             return PlainTextResponse("not an alert id", 404)
         if key == own:
-            found = await asyncio.to_thread(find_clip, clips_dir, alert_id)
+            found = await asyncio.to_thread(local_clip, clips_dir, alert_id)
             if found is None:
                 return PlainTextResponse("no clip on this device for that alert", 404)
             if ext == "png":
