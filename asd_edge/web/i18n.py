@@ -76,6 +76,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
         "s": "s",
         "back": "All devices",
         "local_time": "time (this browser's clock)",
+        "bands": "64 mel bands, low at the bottom",
     },
     "ja": {
         "title": "asd-edge",
@@ -145,6 +146,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
         "s": "秒",
         "back": "デバイス一覧へ",
         "local_time": "時刻（このブラウザの時計）",
+        "bands": "メル尺度 64 帯域、下が低域",
     },
 }
 """Every word the pages show, per language (the same keys in each)."""

@@ -43,6 +43,7 @@
   function monitorView(name) {
     if (monitors.has(name)) return monitors.get(name);
     const waterfall = el("canvas", { class: "waterfall", width: 480, height: 128, "data-frames": 0 });
+    const caption = el("figcaption", {}, bandsCaption(null));
     const meter = el("div", { class: "meter" }, el("div", { class: "meter-fill" }));
     const levelText = el("span", { class: "level" }, "–");
     const state = el("span", { class: "badge" }, "…");
@@ -60,7 +61,7 @@
     const section = el("article", { class: "monitor", "data-monitor": name },
       el("h2", {}, `${t("monitor")}: ${name} `, state, " ", machine),
       el("div", { class: "live" },
-        el("figure", {}, waterfall, el("figcaption", {}, `${t("waterfall")} · 20 ${t("hz")} – ${t("hz")} max · dB`)),
+        el("figure", {}, waterfall, caption),
         el("div", { class: "levelbox" }, el("div", {}, t("level")), meter, levelText, el("div", {}, scoreText))),
       chartBox, actions);
     document.getElementById("monitors").append(section);
@@ -74,9 +75,15 @@
       series: [{}, { label: "index", stroke: "#3b6fd1", width: 1.5, spanGaps: false },
                { label: t("threshold"), stroke: "#d13b3b", dash: [6, 4], width: 1 }],
     }, data, chartBox);
-    const view = { name, waterfall, meter, levelText, state, machine, scoreText, chart, data, section, frames: 0 };
+    const view = { name, waterfall, caption, meter, levelText, state, machine, scoreText, chart, data, section, frames: 0 };
     monitors.set(name, view);
     return view;
+  }
+
+  function bandsCaption(edges) {
+    const top = Array.isArray(edges) && edges.length ? edges[edges.length - 1] : null;
+    const range = top ? `20 ${t("hz")} – ${(top / 1000).toFixed(1)} kHz` : `20 ${t("hz")} – Nyquist`;
+    return `${t("waterfall")} · ${t("bands")}: ${range} · ${FLOOR_DB}…0 dB`;
   }
 
   function showState(name, m) {
@@ -95,6 +102,7 @@
       v.meter.firstChild.style.width = fill + "%";
       v.levelText.textContent = `${num(frame.level_dbfs, 1)} ${t("dbfs")}`;
     }
+    if (Array.isArray(frame.band_edges_hz)) v.caption.textContent = bandsCaption(frame.band_edges_hz);
     const rows = Array.isArray(frame.spectra) ? frame.spectra : (Array.isArray(frame.spectrum_db) ? [frame.spectrum_db] : []);
     const ctx = v.waterfall.getContext("2d");
     const { width, height } = v.waterfall;
