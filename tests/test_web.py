@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +23,14 @@ from support.audio import write_wav
 from asd_edge.config import Config, load_config
 from asd_edge.errors import ConfigError
 from asd_edge.web.access import Access, is_loopback
-from asd_edge.web.auth import hash_password, hash_token
+from asd_edge.web.auth import hash_password, hash_token, verify_password, verify_token
 from asd_edge.web.fleet import MAX_ALERTS, MAX_PAYLOAD_BYTES, Fleet
 from asd_edge.web.hub import Hub
 from asd_edge.web.i18n import STRINGS, choose_language
 from devkit.broker import Broker, wait_until
+from devkit.daemonproc import asd_edge_command
+
+REPO = Path(__file__).resolve().parents[1]
 
 starlette_testclient = pytest.importorskip("starlette.testclient")
 
@@ -396,3 +401,40 @@ class TestServer:
         assert clip.content[:4] == b"RIFF"
         assert client.get("/clips/pump-1/..%2F..%2Fetc.wav").status_code == 404
         assert client.get("/clips/pump-1/unknown.wav").status_code == 404
+
+
+class TestCommandLine:
+    """``asd-edge web``'s secrets and refusals, as a user runs it."""
+
+    def run(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*asd_edge_command(), "web", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def test_set_password_and_new_token_store_hashes(self, tmp_path: Path) -> None:
+        """--set-password (one line on stdin) and --new-token store hashes that verify, keep
+        the rest of the shipped file, and never print the password."""
+        path = tmp_path / "asd-edge.yaml"
+        shutil.copy(REPO / "config" / "asd-edge.yaml", path)
+        done = self.run("--config", str(path), "--set-password", stdin="long enough pw\n")
+        assert done.returncode == 0, done.stderr
+        assert "long enough pw" not in done.stdout + done.stderr
+        made = self.run("--config", str(path), "--new-token")
+        assert made.returncode == 0, made.stderr
+        token = made.stdout.strip()
+        web = yaml.safe_load(path.read_text())["web"]
+        assert verify_password("long enough pw", web["password_hash"])
+        assert verify_token(token, web["token_hash"])
+        short = self.run("--config", str(path), "--set-password", stdin="short\n")
+        assert short.returncode == 1 and "password refused" in short.stderr
+
+    def test_exposed_without_password_exits_78(self, tmp_path: Path) -> None:
+        """--host 0.0.0.0 without a password or token: exit 78 naming web.host."""
+        path = tmp_path / "asd-edge.yaml"
+        path.write_text(yaml.safe_dump({"state_dir": str(tmp_path)}))
+        done = self.run("--config", str(path), "--host", "0.0.0.0", "--port", "1")
+        assert done.returncode == 78 and "web.host" in done.stderr

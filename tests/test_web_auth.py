@@ -11,7 +11,8 @@ import pytest
 import yaml
 from support import REPO
 
-from asd_edge.config import load_config
+from asd_edge.config import editing, load_config
+from asd_edge.config.editing import set_config_secret
 from asd_edge.errors import ConfigError
 from asd_edge.web import auth
 from asd_edge.web.auth import (
@@ -23,7 +24,6 @@ from asd_edge.web.auth import (
     new_csrf_token,
     new_token,
     prompt_new_password,
-    set_config_secret,
     verify_password,
     verify_token,
 )
@@ -558,7 +558,7 @@ class TestSetConfigSecret:
             data = Path(p).read_bytes()
             return data.replace(b"port: 8080", b"port: 9090") if len(reads) == 2 else data
 
-        monkeypatch.setattr(auth, "read_regular", corrupting_read)
+        monkeypatch.setattr(editing, "read_regular", corrupting_read)
         with pytest.raises(ConfigError, match="did not give the file the expected content"):
             set_config_secret(path, "password_hash", HASH)
         assert path.read_bytes() == original

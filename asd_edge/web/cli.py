@@ -105,13 +105,13 @@ def web(config: Config, args: argparse.Namespace) -> int:
 
 
 def _store_secret(config: Config, args: argparse.Namespace) -> int:
+    from ..config.editing import set_config_secret
     from .auth import (
         check_new_password,
         hash_password,
         hash_token,
         new_token,
         prompt_new_password,
-        set_config_secret,
     )
 
     if config.source is None:
