@@ -94,6 +94,7 @@ def web(config: Config, args: argparse.Namespace) -> int:
             ssl_keyfile=config.web.tls_key_file,
             proxy_headers=False,
             server_header=False,
+            timeout_graceful_shutdown=3,  # open live streams never end by themselves
         )
     )
     try:
