@@ -24,7 +24,7 @@ CONF_FILE = CONTRIB / "asd-edge.conf"
 
 USERS = {
     name: f"{name}-horse-battery"
-    for name in ("pump-a", "pump-b", "asd-push", "homeassistant", "dashboard")
+    for name in ("pump-a", "pump-b", "asd-push", "homeassistant", "dashboard", "asd-web")
 }
 """The users contrib's ACL file names: two devices, the key holder and two consumers."""
 
@@ -179,6 +179,28 @@ class TestDevice:
         )
         assert [(r["id"], r["ok"]) for r in replies] == [("key", True), ("key-fleet", False)]
         assert eavesdropper.messages == []
+
+    def test_the_web_dashboard_sends_its_commands_but_no_model(
+        self, broker: Broker, make_link: LinkFactory
+    ) -> None:
+        """asd-web (asd-edge web's own user) reaches pump-a with cmd/live and cmd/clip and
+        reads its replies; its cmd/model never arrives."""
+        heard: list[str] = []
+        router = CommandRouter({"live": lambda _c: None, "clip": lambda _c: None})
+
+        def on_command(suffix: str, payload: bytes, retained: bool) -> None:
+            heard.append(suffix)
+            router(suffix, payload, retained)
+
+        link = connected(device(make_link, broker, "pump-a", on_command=on_command))
+        router.reply = link.publish_command_result
+        web = watch(broker, "asd-web", "asd/pump-a/cmd_result")
+        publish(web.client, "asd/pump-a/cmd/model", b'{"id": "w0"}')
+        publish(web.client, "asd/pump-a/cmd/live", b'{"id": "w1", "seconds": 20}')
+        publish(web.client, "asd/pump-a/cmd/clip", b'{"id": "w2", "alert_id": "a"}')
+        wait_until(lambda: len(heard) >= 2, what="the dashboard's two commands")
+        assert heard == ["live", "clip"]
+        wait_until(lambda: len(payloads(web, "asd/pump-a/cmd_result")) >= 2, what="replies")
 
     def test_outside_its_own_prefix_it_is_refused_visibly_with_mqtt5(
         self, broker: Broker, make_link: LinkFactory

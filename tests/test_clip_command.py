@@ -70,6 +70,23 @@ class TestClipCommand:
             "topic": f"asd/dev/clip/{ALERT}",
         }
 
+    def test_clips_are_paced(self, tmp_path: Path) -> None:
+        """Right after a clip the next request is refused as busy, saying when to ask
+        again; after the pace (at least 1 s, 5 s for a clip of max_mb) it is sent."""
+        saved(tmp_path, size=1_000_000)
+        now = [100.0]
+        sent = Sent()
+        route, replies = router(ClipSender(tmp_path, max_mb=2.0, send=sent, clock=lambda: now[0]))
+        request = json.dumps({"alert_id": ALERT}).encode()
+        route("clip", request)
+        now[0] += 1.0
+        route("clip", request)
+        assert [r["ok"] for r in replies] == [True, False]
+        assert "busy sending a clip: ask again in 1.5 s" in replies[1]["error"]
+        now[0] += 1.6
+        route("clip", request)
+        assert replies[2]["ok"] and len(sent.messages) == 2
+
     def test_unknown_id_is_refused(self, tmp_path: Path) -> None:
         """An id with no clip on the device: a refusal saying why, nothing sent."""
         saved(tmp_path)

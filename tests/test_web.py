@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from support.audio import write_wav
 
 from asd_edge.config import Config, load_config
 from asd_edge.errors import ConfigError
+from asd_edge.web import fleet as fleet_module
 from asd_edge.web.access import Access, is_loopback
 from asd_edge.web.auth import hash_password, hash_token, verify_password, verify_token
 from asd_edge.web.fleet import MAX_ALERTS, MAX_PAYLOAD_BYTES, Fleet
@@ -101,6 +103,50 @@ class TestFleet:
         detail = fleet.detail("pump-1")
         assert detail is None or (detail["health"] is None and detail["alerts"] == [])
 
+    def test_nan_and_deep_nesting_are_dropped(self) -> None:
+        """NaN or Infinity (a page could not be served with them) and JSON nested past what
+        Python parses are malformed: dropped, counted, nothing raised."""
+        fleet = Fleet(PREFIX)
+        fleet.handle(f"{PREFIX}/status", b'{"state": "online", "device_id": NaN}')
+        fleet.handle(f"{PREFIX}/health", b'{"x": Infinity}')
+        fleet.handle(f"{PREFIX}/health", b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}")
+        assert fleet.dropped["malformed"] == 3
+        assert fleet.summaries() == []
+
+    def test_the_stored_bytes_are_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Past the memory budget a new message is dropped and counted; replacing a stored
+        message or removing one frees its share."""
+        monkeypatch.setattr(fleet_module, "MAX_STORED_BYTES", 2000)
+        fleet = Fleet(PREFIX)
+        big = message({"pad": "x" * 900})
+        fleet.handle(f"{PREFIX}/health", big)
+        fleet.handle(f"{PREFIX}/model", big)
+        fleet.handle(f"{PREFIX}/learn", big)
+        assert fleet.dropped["budget"] == 1
+        fleet.handle(f"{PREFIX}/model", b"")  # cleared
+        fleet.handle(f"{PREFIX}/learn", big)
+        assert fleet.dropped["budget"] == 1
+        detail = fleet.detail("pump-1")
+        assert detail is not None and detail["learn"] is not None and detail["model"] is None
+
+    def test_monitor_names_come_from_the_topic(self) -> None:
+        """A monitor payload cannot rename itself; live frames of a monitor the device never
+        announced are not passed on; band edges are kept for pages opened later."""
+        updates: list[Any] = []
+        fleet = Fleet(PREFIX, on_update=updates.append)
+        fleet.handle(f"{PREFIX}/monitor/main", message({"monitor": "<img>", "index": 0.1}))
+        fleet.handle(f"{PREFIX}/live/ghost", message({"index": 0.2}))
+        fleet.handle(f"{PREFIX}/live/main", message({"index": 0.3, "band_edges_hz": [20, 40]}))
+        detail = fleet.detail("pump-1")
+        assert detail is not None
+        assert list(detail["monitor_states"]) == ["main"]
+        assert detail["monitor_states"]["main"]["monitor"] == "main"
+        assert detail["band_edges_hz"] == {"main": [20.0, 40.0]}
+        assert [(kind, body.get("index")) for _, kind, body in updates] == [
+            ("monitor", 0.1),
+            ("live", 0.3),
+        ]
+
     def test_a_cleared_retained_topic_forgets_the_state(self) -> None:
         """An empty retained message (a monitor removed) removes its state."""
         fleet = Fleet(PREFIX)
@@ -128,7 +174,9 @@ class TestLiveLease:
         now = [0.0]
         renewals: list[tuple[str, float]] = []
         hub = Hub(
-            lease_s=20.0, renew=lambda key, s: renewals.append((key, s)), clock=lambda: now[0]
+            lease_s=20.0,
+            renew=lambda key, s: renewals.append((key, s)) or True,
+            clock=lambda: now[0],
         )
 
         async def scenario() -> None:
@@ -160,7 +208,7 @@ class TestLiveLease:
 
     def test_the_fleet_page_gets_no_live_frames(self) -> None:
         """The fleet page's stream carries state changes, never live frames."""
-        hub = Hub(lease_s=20.0, renew=lambda key, s: None)
+        hub = Hub(lease_s=20.0, renew=lambda key, s: True)
 
         async def scenario() -> list[str]:
             hub.bind(asyncio.get_running_loop())
@@ -211,6 +259,33 @@ class TestAccess:
     def test_loopback(self, host: str, loopback: bool) -> None:
         """Only loopback addresses count as this machine."""
         assert is_loopback(host) is loopback
+
+    def test_a_malformed_stored_hash_is_found_at_start(self, tmp_path: Path) -> None:
+        """A broken web.password_hash is a ConfigError naming the key before any login."""
+        config = load(tmp_path, {"web": {"password_hash": "scrypt$nonsense"}})
+        with pytest.raises(ConfigError, match=r"web\.password_hash"):
+            Access(config.web).check()
+
+    @pytest.mark.parametrize(
+        ("target", "expected"),
+        [
+            ("/device/pump-1", "/device/pump-1"),
+            ("//evil.example", "/"),
+            ("/\\evil.example", "/"),
+            ("/\t/evil.example", "/"),
+            ("https://evil.example/", "/"),
+            ("device", "/"),
+        ],
+    )
+    def test_login_goes_back_only_to_this_site(self, target: str, expected: str) -> None:
+        """The page after a login is a path on this site, never another host."""
+        from starlette.requests import Request
+
+        from asd_edge.web.server import _next
+
+        query = urlencode({"next": target}).encode()
+        request = Request({"type": "http", "query_string": query, "headers": []})
+        assert _next(request) == expected
 
     def test_exposed_without_a_password_is_refused(self, tmp_path: Path) -> None:
         """web.host 0.0.0.0 without a password or token: ConfigError naming web.host."""
@@ -375,6 +450,31 @@ class TestServer:
             )
         finally:
             daemon.close()
+
+    def test_open_view_answers_only_loopback_names(self, server: Any) -> None:
+        """Without a password, a request naming another host (DNS rebinding) is refused."""
+        client = server({})
+        assert client.get("/", headers={"host": "localhost:8080"}).status_code == 200
+        assert client.get("/", headers={"host": "evil.example:8080"}).status_code == 421
+
+    def test_big_login_bodies_are_refused_unread(self, server: Any) -> None:
+        """A login body over 4 kB is not read: refused like a wrong password."""
+        client = server({"password_hash": hash_password("correct horse")})
+        token = csrf_of(client, "/login")
+        big = b'{"password": "' + b"x" * 100_000 + b'"}'
+        answer = client.post(
+            "/login",
+            content=big,
+            headers={"x-csrf-token": token, "content-type": "application/json"},
+        )
+        assert answer.status_code == 401
+
+    def test_a_login_page_from_before_a_restart_is_told_to_reload(self, server: Any) -> None:
+        """A login without the session's CSRF token gets 403 "reload the page", not a slow
+        wrong-password answer."""
+        client = server({"password_hash": hash_password("correct horse")})
+        answer = client.post("/login", json={"password": "correct horse"})
+        assert answer.status_code == 403 and answer.json()["error"] == "reload the page"
 
     def test_token_for_scripts_and_metrics(self, server: Any) -> None:
         """A bearer token opens /metrics (parsed by prometheus_client) without a session."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -17,6 +18,11 @@ from .lookup import find_clip
 __all__ = ["ClipSender"]
 
 log = structlog.get_logger()
+
+PACE_S: Final = 5.0
+"""After sending a clip of ``max_mb``, the next is refused for this long (a smaller clip
+waits in proportion, at least a second): a client that asks again and again cannot fill
+the link's queue, and so the daemon's memory, with copies of clips."""
 
 
 class ClipSender:
@@ -36,8 +42,11 @@ class ClipSender:
         *,
         max_mb: float,
         send: Callable[[str, bytes], str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clips_dir = Path(clips_dir)
+        self._clock = clock
+        self._ready_at = 0.0
         self.max_bytes = int(max_mb * 1e6)
         self.send = send
         """Set once the link exists (it is made after its command router)."""
@@ -46,6 +55,9 @@ class ClipSender:
         """Publish the clip; the reply is ``{alert_id, bytes, sha256, topic}``. CommandError
         names why not: not an alert id, not on this device, too large."""
         alert_id = str(cmd.args.get("alert_id"))
+        wait_s = self._ready_at - self._clock()
+        if wait_s > 0:
+            raise CommandError(f"busy sending a clip: ask again in {wait_s:.1f} s")
         try:
             found = find_clip(self.clips_dir, alert_id)
         except ValueError as exc:
@@ -75,6 +87,7 @@ class ClipSender:
         if self.send is None:
             raise CommandError("clips can only be sent over a running MQTT link")
         topic = self.send(alert_id, data)
+        self._ready_at = self._clock() + max(1.0, PACE_S * len(data) / self.max_bytes)
         sha256 = hashlib.sha256(data).hexdigest()
         log.info("clip_sent", alert_id=alert_id, bytes=len(data), topic=topic)
         return {"alert_id": alert_id, "bytes": len(data), "sha256": sha256, "topic": topic}

@@ -353,9 +353,16 @@ class WebConfig:
     fleet: bool = True
     """Show every device on the broker (their retained status, health and model topics),
     not only this one."""
+    mqtt_username: str | None = None
+    """The dashboard's own user name on the broker; None: the daemon's (``mqtt.username``).
+    A broker locked down as the README says (a user per device, user name as client id)
+    needs its own: with the daemon's, each would throw the other off."""
+    mqtt_password_file: str | None = field(default=None, metadata={"path": True})
+    """File holding the password of ``mqtt_username``."""
     signing_key_file: str | None = field(default=None, metadata={"path": True})
-    """Ed25519 private key (``asd-train keygen``'s signing key) the dashboard signs its
-    rollbacks with; None: rollbacks are sent unsigned (refused by a device that checks
-    signatures, which says so)."""
+    """Ed25519 private key (``asd-train keygen``'s push.key) the dashboard signs rollbacks
+    with, for a dashboard on the workstation that already holds it; never copy it to a
+    device. None: rollbacks are sent unsigned (a device that checks signatures refuses
+    them, and the page says so)."""
     live_s: float = field(default=20.0, metadata={"min": 5.0, "max": 300.0})
     """Lease of ``cmd/live`` the server asks for, renewed while a page is open."""

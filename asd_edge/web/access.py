@@ -4,6 +4,7 @@ sessions and CSRF."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -11,7 +12,7 @@ from starlette.requests import HTTPConnection
 
 from ..config import WebConfig
 from ..errors import ConfigError
-from .auth import csrf_matches, new_csrf_token, verify_token
+from .auth import csrf_matches, new_csrf_token, verify_password, verify_token
 
 __all__ = ["Access", "Visitor", "is_loopback"]
 
@@ -55,7 +56,17 @@ class Access:
         self.open_view = config.password_hash is None and config.token_hash is None
 
     def check(self) -> None:
-        """ConfigError when the dashboard would be exposed without a password or token."""
+        """ConfigError when the dashboard would be exposed without a password or token, or
+        when a stored hash is malformed (found now, not at the first login)."""
+        for key, stored, verify in (
+            ("password_hash", self.config.password_hash, verify_password),
+            ("token_hash", self.config.token_hash, verify_token),
+        ):
+            if stored is not None:
+                try:
+                    verify("", stored)
+                except ValueError as exc:
+                    raise ConfigError(f"web.{key}: {exc}; set it again with asd-edge web") from None
         if self.exposed and self.open_view:
             raise ConfigError(
                 "web.host: expected web.password_hash or web.token_hash when the dashboard "
@@ -78,7 +89,13 @@ class Access:
         bearer = scheme.lower() == "bearer" and bool(token)
         if stored is not None and bearer and verify_token(token.strip(), stored):
             return Visitor(may_view=True, may_act=True, by_token=True)
-        logged_in = bool(conn.session.get("user")) and self.config.password_hash is not None
+        since = conn.session.get("since")
+        fresh = isinstance(since, int | float) and (
+            0 <= time.time() - since < self.config.session_hours * 3600
+        )
+        logged_in = (
+            bool(conn.session.get("user")) and fresh and self.config.password_hash is not None
+        )
         return Visitor(may_view=logged_in or self.open_view, may_act=logged_in)
 
     def csrf_token(self, conn: HTTPConnection) -> str:

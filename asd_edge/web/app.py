@@ -25,10 +25,12 @@ def build_app(config: Config, *, host: str | None = None) -> Starlette:
     fleet = Fleet(config.mqtt.topic_prefix or f"asd/{config.device_id}", fleet=config.web.fleet)
     bridge = Bridge(config, fleet)
 
-    def renew(key: str, seconds: float) -> None:
+    def renew(key: str, seconds: float) -> bool:
         prefix = fleet.prefix_of(key)
-        if prefix is not None:
-            bridge.send(prefix, "live", {"seconds": seconds, "id": bridge.new_id("live")})
+        if prefix is None:
+            return False
+        bridge.send(prefix, "live", {"seconds": seconds, "id": bridge.new_id("live")})
+        return True
 
     hub = Hub(lease_s=config.web.live_s, renew=renew)
     fleet.on_update = hub.publish

@@ -54,11 +54,21 @@ class Bridge:
             clean_session=None if mqtt.protocol == "5" else True,
             max_packet_bytes=max(self.clip_max_bytes, MAX_PAYLOAD_BYTES) + _PACKET_ROOM,
         )
-        password = mqtt.password
-        if mqtt.password_file is not None:
-            password = read_password(mqtt.password_file)
-        if mqtt.username is not None:
+        web = config.web
+        if web.mqtt_username is not None:
+            password = read_password(web.mqtt_password_file) if web.mqtt_password_file else None
+            client.username_pw_set(web.mqtt_username, password)
+        elif mqtt.username is not None:
+            password = mqtt.password
+            if mqtt.password_file is not None:
+                password = read_password(mqtt.password_file)
             client.username_pw_set(mqtt.username, password)
+            log.warning(
+                "web_shares_broker_login",
+                user=mqtt.username,
+                hint="a broker that uses the user name as client id or gives each device "
+                "its own ACL needs web.mqtt_username for the dashboard",
+            )
         if mqtt.tls.enabled:
             client.tls_set_context(tls_context(mqtt))
             client.tls_insecure_set(mqtt.tls.insecure)
@@ -73,6 +83,8 @@ class Bridge:
         self._ids = itertools.count(1)
         self._tag = secrets.token_hex(4)
         self.connected = threading.Event()
+        self._fetching = asyncio.Lock()
+        """One clip fetched at a time: each may be megabytes, and the daemon sends one."""
 
     # --- life ----------------------------------------------------------------------------
 
@@ -103,7 +115,9 @@ class Bridge:
                 log.warning("web_message_dropped", topic=message.topic[:200], why="size")
                 return
             topic, payload = message.topic, bytes(message.payload)
-            if "/clip/" in topic:
+            with self._lock:
+                fetching = topic in self._clips
+            if fetching:
                 self._clip_arrived(topic, payload)
                 return
             if topic.endswith("/cmd_result"):
@@ -163,8 +177,13 @@ class Bridge:
 
     async def fetch_clip(self, prefix: str, alert_id: str) -> bytes:
         """The clip of ``alert_id`` from another device (``cmd/clip``), at most
-        ``mqtt.clip_max_mb``. BridgeError with the device's reason when refused."""
+        ``mqtt.clip_max_mb``, one fetch at a time. BridgeError with the device's reason
+        when refused."""
         topic = f"{prefix}/clip/{alert_id}"
+        async with self._fetching:
+            return await self._fetch(prefix, alert_id, topic)
+
+    async def _fetch(self, prefix: str, alert_id: str, topic: str) -> bytes:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:

@@ -31,11 +31,17 @@ MAX_DEVICES: Final = 256
 """Most devices tracked; beyond it, messages of new devices are ignored (and counted)."""
 MAX_ALERTS: Final = 200
 """Alerts kept per device, newest first (older ones stay in the daemons' clips)."""
-MAX_PAYLOAD_BYTES: Final = 256 * 1024
-"""Largest state message read; a bigger one is dropped and counted (clips arrive apart)."""
+MAX_PAYLOAD_BYTES: Final = 64 * 1024
+"""Largest state, monitor or live message read (a health message is a few kB); a bigger
+one is dropped and counted (clips arrive apart, through the bridge)."""
+MAX_ALERT_BYTES: Final = 16 * 1024
+"""Largest alert kept, its start and end merged (an alert is about 1 kB)."""
+MAX_STORED_BYTES: Final = 32 * 1024 * 1024
+"""What all devices' stored messages may take together (their JSON size); a message that
+would pass it is dropped and counted, whoever sends it."""
 LOW_DISK_MB: Final = 200.0
 """Free space on the clips' filesystem below which the fleet page says ``disk``."""
-MAX_MONITORS: Final = 64
+MAX_MONITORS: Final = 32
 """Most monitors tracked per device."""
 
 # The retained or streamed topics under a device's prefix that the dashboard reads.
@@ -65,8 +71,9 @@ class Device:
     learn: dict[str, Any] | None = None
     monitors: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The retained ``monitor/<name>`` payloads."""
-    live: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """The newest ``live/<monitor>`` frame of each monitor."""
+    bands: dict[str, list[float]] = field(default_factory=dict)
+    """Each monitor's live spectrum band edges in Hz (sent with the first frame of a lease);
+    the frames themselves are passed on to the pages, not kept."""
     alerts: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     """Alert id -> the alert (its start and end merged), oldest first."""
     received_at: dict[str, float] = field(default_factory=dict)
@@ -103,6 +110,7 @@ class Device:
             "model": self.model,
             "learn": self.learn,
             "monitor_states": self.monitors,
+            "band_edges_hz": self.bands,
             "alerts": list(reversed(self.alerts.values())),
         }
 
@@ -128,7 +136,9 @@ class Fleet:
         self._wall = wall_clock
         self._lock = threading.Lock()
         self._devices: dict[str, Device] = {}
-        self.dropped = {"oversized": 0, "malformed": 0, "devices": 0}
+        self._sizes: dict[tuple[str, str, str], int] = {}
+        self._stored = 0
+        self.dropped = {"oversized": 0, "malformed": 0, "devices": 0, "budget": 0}
 
     # --- subscriptions -------------------------------------------------------------------
 
@@ -194,25 +204,21 @@ class Fleet:
     # --- writing -------------------------------------------------------------------------
 
     def handle(self, topic: str, payload: bytes) -> None:
-        """Fold in one message; never raises (a bad message is dropped and counted)."""
+        """Fold in one message; never raises (a bad message is dropped, logged, counted)."""
         where = self._split(topic)
         if where is None:
             return
         prefix, kind, name = where
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            self.dropped["oversized"] += 1
-            log.warning("web_message_dropped", topic=topic[:200], bytes=len(payload), why="size")
+        limit = MAX_ALERT_BYTES if kind == "alert" else MAX_PAYLOAD_BYTES
+        if len(payload) > limit:
+            self._drop("oversized", topic, f"{len(payload)} bytes, at most {limit}")
             return
         if not payload:  # a retained message cleared
             self._clear(prefix, kind, name)
             return
-        try:
-            body = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
-            body = None
-        if not isinstance(body, dict):
-            self.dropped["malformed"] += 1
-            log.warning("web_message_dropped", topic=topic[:200], why="not a JSON object")
+        body = _object(payload)
+        if body is None:
+            self._drop("malformed", topic, "not a JSON object of finite numbers")
             return
         key = prefix.rpartition("/")[2]
         with self._lock:
@@ -222,11 +228,30 @@ class Fleet:
                     self.dropped["devices"] += 1
                     return
                 device = self._devices[key] = Device(key=key, prefix=prefix)
-            if not self._fold(device, kind, name, body):
-                return
-            device.received_at[kind] = self._wall()
-        if self.on_update is not None:
+            folded = self._fold(device, kind, name, body, len(payload))
+            if folded is not None:
+                device.received_at[kind] = self._wall()
+        if folded is None:
+            self._drop("budget", topic, "over the dashboard's memory budget")
+        elif folded and self.on_update is not None:
             self.on_update((key, kind, body))
+
+    def _drop(self, why: str, topic: str, detail: str) -> None:
+        self.dropped[why] += 1
+        log.warning("web_message_dropped", topic=topic[:200], why=detail)
+
+    def _account(self, slot: tuple[str, str, str], size: int) -> bool:
+        """Reserve ``size`` bytes for ``slot`` (replacing what it held); False when the
+        whole would pass MAX_STORED_BYTES. Called with the lock held."""
+        old = self._sizes.get(slot, 0)
+        if self._stored - old + size > MAX_STORED_BYTES:
+            return False
+        self._stored += size - old
+        if size:
+            self._sizes[slot] = size
+        else:
+            self._sizes.pop(slot, None)
+        return True
 
     def _split(self, topic: str) -> tuple[str, str, str | None] | None:
         """(device prefix, kind, monitor name) of a topic the dashboard reads."""
@@ -246,23 +271,45 @@ class Fleet:
                 return prefix, kind, levels[-1]
         return None
 
-    def _fold(self, device: Device, kind: str, name: str | None, body: dict[str, Any]) -> bool:
+    def _fold(
+        self, device: Device, kind: str, name: str | None, body: dict[str, Any], size: int
+    ) -> bool | None:
+        """Store the message (True), pass it on without storing (False for nothing to
+        pass on), or None when the budget refuses it. Called with the lock held."""
+        key = device.key
         if kind in _STATE_TOPICS:
+            if not self._account((key, kind, ""), size):
+                return None
             setattr(device, kind, body)
-        elif kind in ("monitor", "live") and name is not None:
-            table = device.monitors if kind == "monitor" else device.live
-            if name not in table and len(table) >= MAX_MONITORS:
+        elif kind == "monitor" and name is not None:
+            if name not in device.monitors and len(device.monitors) >= MAX_MONITORS:
                 return False
-            body.setdefault("monitor", name)
-            table[name] = body
+            if not self._account((key, kind, name), size):
+                return None
+            body["monitor"] = name  # the topic's name, whatever the payload says
+            device.monitors[name] = body
+        elif kind == "live" and name is not None:
+            if name not in device.monitors:
+                return False  # frames only of the monitors the device announced
+            body["monitor"] = name
+            edges = body.get("band_edges_hz")
+            if isinstance(edges, list) and len(edges) <= 257:
+                device.bands[name] = [float(e) for e in edges if _finite_number(e)]
         elif kind == "alert":
             alert_id = body.get("id")
-            if not isinstance(alert_id, str) or not alert_id:
+            if not isinstance(alert_id, str) or not alert_id or len(alert_id) > 200:
                 return False
-            merged = {**device.alerts.pop(alert_id, {}), **body}
+            merged = {**device.alerts.get(alert_id, {}), **body}
+            merged_size = len(json.dumps(merged))
+            if merged_size > MAX_ALERT_BYTES:
+                return False
+            if not self._account((key, kind, alert_id), merged_size):
+                return None
+            device.alerts.pop(alert_id, None)
             device.alerts[alert_id] = merged
             while len(device.alerts) > MAX_ALERTS:
-                device.alerts.popitem(last=False)
+                oldest, _ = device.alerts.popitem(last=False)
+                self._account((key, kind, oldest), 0)
             body.clear()
             body.update(merged)
         return True
@@ -275,8 +322,29 @@ class Fleet:
                 return
             if kind in _STATE_TOPICS:
                 setattr(device, kind, None)
+                self._account((key, kind, ""), 0)
             elif kind == "monitor" and name is not None:
                 device.monitors.pop(name, None)
+                device.bands.pop(name, None)
+                self._account((key, kind, name), 0)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _object(payload: bytes) -> dict[str, Any] | None:
+    """The JSON object of a payload, or None: not UTF-8, not JSON, NaN or Infinity (a page
+    could not be served with them), nested past what Python parses, or not an object."""
+    try:
+        body = json.loads(payload, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _finite_number(value: object) -> bool:
+    return _number(value) is not None
 
 
 def _number(value: object) -> float | None:

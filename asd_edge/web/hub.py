@@ -20,6 +20,8 @@ log = structlog.get_logger()
 
 QUEUE_FRAMES: Final = 256
 """Updates queued per page; a page that falls further behind loses the oldest live frames."""
+MAX_WATCHERS: Final = 32
+"""Pages open at once; one more is refused (HTTP 503) rather than let memory grow."""
 HEARTBEAT_S: Final = 15.0
 """A comment line this often keeps proxies from closing a quiet stream."""
 
@@ -36,15 +38,16 @@ class Watcher:
 class Hub:
     """Fan-out of updates to watchers, on the server's event loop.
 
-    ``publish`` may be called from any thread. ``renew`` is called by ``run_leases``
-    for every device with a watcher, each ``lease_s / 2`` seconds.
+    ``publish`` may be called from any thread. ``renew(device, seconds)`` is called by
+    ``run_leases`` for every device with a watcher, each ``lease_s / 2`` seconds; it says
+    whether it could send the lease (False: the device is not known yet).
     """
 
     def __init__(
         self,
         *,
         lease_s: float,
-        renew: Callable[[str, float], None],
+        renew: Callable[[str, float], bool],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lease_s = lease_s
@@ -74,6 +77,11 @@ class Hub:
                 watcher.dropped += 1
             watcher.queue.put_nowait(update)
 
+    @property
+    def full(self) -> bool:
+        """As many pages as MAX_WATCHERS are open."""
+        return len(self._watchers) >= MAX_WATCHERS
+
     def watched(self) -> set[str]:
         """The devices some page watches now."""
         return {w.device for w in self._watchers if w.device is not None}
@@ -102,11 +110,13 @@ class Hub:
         last = self._renewed.get(device)
         if last is not None and now - last < self.lease_s / 2:
             return
-        self._renewed[device] = now
         try:
-            self._renew(device, self.lease_s)
+            sent = self._renew(device, self.lease_s)
         except Exception as exc:  # a broker hiccup must not end the page's stream
             log.warning("web_live_renew_failed", device=device, error=str(exc))
+            return
+        if sent:  # a device not heard of yet is asked again at the next round
+            self._renewed[device] = now
 
     async def run_leases(self) -> None:
         """Renew the live lease of every watched device, until cancelled."""

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import structlog
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -49,6 +51,7 @@ log = structlog.get_logger()
 
 HERE: Final = Path(__file__).parent
 LOGIN_MAX_BYTES: Final = 4096
+ACTION_MAX_BYTES: Final = 4096
 CLIP_CACHE_ITEMS: Final = 8
 """Clips fetched from other devices kept in memory (at most mqtt.clip_max_mb each)."""
 SECURITY_HEADERS: Final = {
@@ -71,6 +74,7 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
     access.check()
     throttle = LoginThrottle()
     answering: set[str] = set()
+    checking = asyncio.Semaphore(1)
     actions = Actions(config, bridge, fleet)
     clips_dir = Path(config.state_dir) / "clips"
     own = fleet.own_key()
@@ -127,6 +131,8 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
 
     async def events(request: Request) -> Response:
         key = request.path_params.get("key")
+        if hub.full:
+            return PlainTextResponse("too many pages open on this dashboard", 503)
         return StreamingResponse(
             hub.stream(key),
             media_type="text/event-stream",
@@ -158,7 +164,7 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
             remote_clips[(key, alert_id)] = data
             while len(remote_clips) > CLIP_CACHE_ITEMS:
                 remote_clips.pop(next(iter(remote_clips)))
-        return Response(data, media_type="audio/wav")
+        return Response(data, media_type=_audio_type(data))
 
     async def action(request: Request) -> Response:
         visitor: Visitor = access.visitor(request)
@@ -167,12 +173,15 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
         if not access.csrf_ok(request, visitor):
             log.warning("web_action_refused", why="csrf", client=_client(request))
             return JSONResponse({"ok": False, "error": "CSRF check failed: reload the page"}, 403)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await _json_body(request, ACTION_MAX_BYTES)
         if not isinstance(body, dict):
-            return JSONResponse({"ok": False, "error": "expected a JSON object"}, 400)
+            return JSONResponse(
+                {
+                    "ok": False,
+                    "error": f"expected a JSON object of at most {ACTION_MAX_BYTES} bytes",
+                },
+                400,
+            )
         key, name = request.path_params["key"], request.path_params["name"]
         status, answer = await actions.run(key, name, body)
         log.info("web_action", device=key, action=name, ok=answer.get("ok"))
@@ -200,22 +209,20 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
         client = _client(request)
         if client in answering:
             return JSONResponse({"ok": False, "error": "one login at a time"}, 429)
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if 0 < len(raw) <= LOGIN_MAX_BYTES else {}
-        except ValueError:
-            body = {}
+        if not access.csrf_ok(request, Visitor(True, False)):  # a page from before a restart
+            return JSONResponse({"ok": False, "error": "reload the page"}, 403)
+        body = await _json_body(request, LOGIN_MAX_BYTES)
         password = body.get("password") if isinstance(body, dict) else None
         stored = config.web.password_hash
-        if (
-            stored is not None
-            and isinstance(password, str)
-            and access.csrf_ok(request, Visitor(True, False))
-            and verify_password(password, stored)
-        ):
+        right = False
+        if stored is not None and isinstance(password, str):
+            async with checking:  # scrypt off the event loop, one at a time
+                right = await asyncio.to_thread(verify_password, password, stored)
+        if right:
             throttle.succeeded(client)
             request.session.clear()
             request.session["user"] = "admin"
+            request.session["since"] = time.time()
             request.session["csrf"] = secrets.token_urlsafe(32)
             log.info("web_login", client=client)
             return JSONResponse({"ok": True, "next": _next(request)})
@@ -272,7 +279,7 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
             https_only=access.cookie_secure,
         )
     ]
-    middleware.append(Middleware(SecurityHeaders))
+    middleware.append(Middleware(SecurityHeaders, loopback_names_only=access.open_view))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.fleet = fleet
     return app
@@ -280,14 +287,21 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
 
 class SecurityHeaders:
     """Adds ``SECURITY_HEADERS`` to every response (a plain ASGI middleware: it leaves
-    streamed responses, the live events, streaming)."""
+    streamed responses, the live events, streaming). With ``loopback_names_only`` (the
+    dashboard open without a password) a request whose Host is not a loopback name is
+    refused: a web page elsewhere cannot rebind its own name to 127.0.0.1 and read it."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, loopback_names_only: bool = False) -> None:
         self.app = app
+        self.loopback_names_only = loopback_names_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if self.loopback_names_only and not _loopback_host(Headers(scope=scope).get("host")):
+            refused = PlainTextResponse("this dashboard answers to 127.0.0.1 or localhost", 421)
+            await refused(scope, receive, send)
             return
 
         async def with_headers(message: Message) -> None:
@@ -300,11 +314,65 @@ class SecurityHeaders:
         await self.app(scope, receive, with_headers)
 
 
+def _loopback_host(host: str | None) -> bool:
+    """A Host header naming this machine: localhost, 127.0.0.1 or [::1], any port."""
+    if not host:
+        return False
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name.lower() in ("localhost", "127.0.0.1", "[::1]")
+
+
 def _client(request: Request) -> str:
-    return request.client.host if request.client is not None else "unknown"
+    """Who a login comes from, for the throttle: the address, an IPv6 one by its /64 (a
+    host has a whole /64 to rotate through)."""
+    host = request.client.host if request.client is not None else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 6 and not address.is_loopback:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 def _next(request: Request) -> str:
-    """Where to go after logging in: a path on this site only."""
+    """Where to go after logging in: a path on this site only (no scheme, no host, no
+    backslash or control character a browser could read as ``//host``)."""
     target = request.query_params.get("next", "/")
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    parts = urlsplit(target)
+    safe = (
+        target.startswith("/")
+        and not target.startswith("//")
+        and not parts.scheme
+        and not parts.netloc
+        and not any(c == "\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in target)
+    )
+    return target if safe else "/"
+
+
+async def _json_body(request: Request, limit: int) -> object:
+    """The request's JSON body, or None: longer than ``limit`` bytes (refused before it is
+    read whole), not UTF-8 JSON, or NaN/Infinity."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            return None
+    try:
+        return json.loads(bytes(raw), parse_constant=_no_constant) if raw else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(name)
+
+
+def _audio_type(data: bytes) -> str:
+    """The media type of a clip fetched from another device, from its first bytes."""
+    if data[:4] == b"fLaC":
+        return "audio/flac"
+    return "audio/wav" if data[:4] == b"RIFF" else "application/octet-stream"

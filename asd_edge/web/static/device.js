@@ -234,6 +234,9 @@
     localClips = !!device.local_clips;
     showOnline(device.status);
     for (const [name, m] of Object.entries(device.monitor_states || {})) showState(name, m);
+    for (const [name, edges] of Object.entries(device.band_edges_hz || {})) {
+      if (monitors.has(name)) monitors.get(name).caption.textContent = bandsCaption(edges);
+    }
     for (const a of [...(device.alerts || [])].reverse()) showAlert(a);
     showModels(device.model);
     showHealth(device.health);
