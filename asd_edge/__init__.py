@@ -2,7 +2,7 @@
 
 Where things are. The top level reads as the architecture diagram (ARCHITECTURE.md):
 the data path from the microphone to a decision, then the service around it; the
-four wings each have a face (their ``__init__``).
+five wings each have a face (their ``__init__``).
 
 The data path, in the order the audio flows::
 
@@ -20,6 +20,8 @@ The data path, in the order the audio flows::
     alerts       events to alert payloads, each naming its clip; at start, the ends of the
                  alerts a killed daemon left open (status: interrupted)
     scoring      offline scoring through the same pipeline (``asd-edge score``)
+    scoreindex   a score on one scale for every model (1 = the threshold in force)
+    live         the live feed while someone watches (``cmd/live``): level and spectrum
 
 The wings::
 
@@ -31,22 +33,28 @@ The wings::
                  requests, signing, keyfiles)
     clips/       the audio around each event: recorded on the tick, written by a thread,
                  kept within quota; what an alert says of its clip (types, recorder,
-                 writer, retention, status, spectrogram, picture)
+                 writer, retention, status, spectrogram, picture; lookup and sender:
+                 an alert's clip found by its id and sent on ``cmd/clip``)
     learning/    the default kind (bandstat) and its fit, numpy only, shared with training;
                  learning a monitor's normal sound in the running daemon (learner,
                  session, job: the fit in a child process) or from recordings (cli)
                  (bandstat/, windows, recording, crossfit, calibration, inject, fitting,
                  contract)
+    web/         the dashboard, ``asd-edge web``: its own process (the [web] extra), an
+                 MQTT client and an HTTP server; never imported by the daemon (fleet,
+                 bridge, hub, server, access, auth, actions, metrics, clipfiles, i18n,
+                 app, cli)
 
 The service::
 
     daemon       the loop (a tick when a window is due) and the lifecycle: start, reload, stop
     assembly     the daemon's parts as a configuration describes them, wired together
     cli          the ``asd-edge`` command line: run, check-config, devices, score, record,
-                 learn
+                 learn, feedback, web
     __main__     the console script: pins the math thread pools, then runs the CLI
     runtime      process-wide settings applied before numpy loads
-    config/      the YAML configuration parsed into frozen dataclasses (sections, loading)
+    config/      the YAML configuration parsed into frozen dataclasses (sections, loading;
+                 editing: one value written into the file in place)
     schema       the strict, generic YAML-to-dataclass validator under config
     inputhealth  input alerts: a lost stream, silence, clipping, overruns
     meters       audio levels per channel, the process's CPU and memory

@@ -26,6 +26,22 @@ class TestDaemonIsLight:
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "[]"
 
+    def test_the_daemon_never_loads_the_web_stack(self) -> None:
+        """The command line and the daemon's modules load no Starlette, uvicorn, Jinja2 or
+        prometheus_client (the dashboard's, a separate process), nor Pillow before a
+        clip's picture is drawn."""
+        code = textwrap.dedent(
+            """
+            import sys
+            import asd_edge.cli, asd_edge.daemon, asd_edge.assembly, asd_edge.clips
+            web = ("starlette", "uvicorn", "jinja2", "prometheus_client", "PIL")
+            print(sorted({m.split(".")[0] for m in sys.modules} & set(web)))
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[]"
+
     def test_a_microphone_daemon_does_not_load_scipy_signal(self, level_model: Path) -> None:
         """scipy.signal (about 80 MB of resident memory) and scipy.io are loaded only when a
         model needs a pre-filter or a rate conversion, or a WAV file is read: a daemon
