@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .assembly import check_services, open_input, replay_path
+from .assembly import check_services, open_input
 from .audiofile import write_wav
 from .capture import list_input_devices
 from .config import (
@@ -31,6 +31,7 @@ from .config import (
 from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon
 from .detector import Detector
 from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
+from .filesource import FileSource
 from .jsonvalues import json_safe
 from .learning import cli as learning_cli
 from .logs import configure_logging
@@ -212,9 +213,6 @@ def cmd_record(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_error(exc)
     cfg = config.input
-    if replay_path(cfg) is not None:
-        print("input.device: record needs a microphone, not a replayed file", file=sys.stderr)
-        return EXIT_CONFIG
     if not 0 <= args.channel < cfg.channels:
         print(
             f"--channel: expected 0-{cfg.channels - 1} (input.channels), got {args.channel}",
@@ -247,7 +245,12 @@ def cmd_record(args: argparse.Namespace) -> int:
             source.poll(time.monotonic())
             want = min(segment, total - done)
             if ring.written - (begin + done) < want:
-                continue
+                if not (isinstance(source, FileSource) and source.finished):
+                    continue
+                want = ring.written - (begin + done)  # a replayed file ended: its rest
+                if want <= 0:
+                    print(f"the replayed file ended after {done / rate:g} s", file=sys.stderr)
+                    break
             chunk = ring.read(begin + done, begin + done + want)
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             path = out / f"{config.device_id}_ch{args.channel}_{stamp}.wav"

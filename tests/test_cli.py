@@ -409,3 +409,33 @@ class TestArguments:
         )
         assert result.stdout.count("\n") == 1
         assert "Traceback" not in result.stderr
+
+
+class TestRecordFromAFile:
+    def test_a_replayed_file_is_recorded_into_segments(self, tmp_path: Path) -> None:
+        """`record` with `input.device: "file:..."` (trying it without a microphone): the
+        file, replayed in real time, becomes 1 s segments equal to it, the last one
+        shorter; the command says the file ended and exits 0."""
+        rng = np.random.default_rng(3)
+        audio = (0.1 * rng.standard_normal(40000)).astype(np.float32)  # 2.5 s at 16 kHz
+        wav = write_wav(tmp_path / "machine.wav", audio, 16000)
+        config = config_file(tmp_path, {"device_id": "bench", "input": {"device": f"file:{wav}"}})
+        out = tmp_path / "out"
+        result = cli(
+            "record",
+            "--config",
+            str(config),
+            "--seconds",
+            "10",
+            "--segment-s",
+            "1",
+            "--out",
+            str(out),
+        )
+        assert result.returncode == 0, result.stderr
+        assert "the replayed file ended after 2.5 s" in result.stderr
+        files = sorted(out.glob("*.wav"))
+        assert [Path(line).name for line in result.stdout.split()] == [f.name for f in files]
+        pieces = [read_audio(f).samples[:, 0] for f in files]
+        assert [p.size for p in pieces] == [16000, 16000, 8000]
+        np.testing.assert_allclose(np.concatenate(pieces), audio, atol=1 / 32767)
