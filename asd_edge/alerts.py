@@ -198,8 +198,8 @@ class Alerts:
             "duration_s": round(event.last_anomalous_s - event.onset_s + info.window_s, 3),
             "score": event.score,
             "peak_score": event.peak_score,
+            "detected_at": iso_utc(self._wall()),  # when the end was decided
         }
-        payload.pop("detected_at", None)
         evidence = info.evidence(event)
         if evidence is not None:
             payload["evidence"] = evidence
@@ -280,7 +280,8 @@ class Alerts:
         self, opened: Mapping[str, Any], began: float, details: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The end phase of an open input or machine alert: the start's payload with the
-        end time and duration, these ``details``, and no ``detected_at``."""
+        end time and duration, these ``details``, and ``detected_at`` now (when the end was
+        decided)."""
         ended = self._wall()
         payload = {
             **opened,
@@ -288,8 +289,8 @@ class Alerts:
             "ended_at": iso_utc(ended),
             "duration_s": round(max(0.0, ended - began), 3),
             "details": dict(details),
+            "detected_at": iso_utc(ended),
         }
-        payload.pop("detected_at", None)
         return payload
 
     def end_input_problems(self, reason: str) -> None:
@@ -413,16 +414,22 @@ def _log_fields(
     }
 
 
-def interrupted_end(start: Mapping[str, Any]) -> dict[str, Any]:
+def interrupted_end(start: Mapping[str, Any], *, detected_at: str) -> dict[str, Any]:
     """The end of an alert whose daemon was killed first: the start's payload, ``phase:
     end``, ``status: interrupted``. ``ended_at`` is the last moment the daemon is known to
     have run it, taken as the start's ``detected_at``: no heartbeat is written while an
     alert is open (input and machine alerts can stay open for days), so the true end lies
-    between that and the restart, and ``duration_s`` is a lower bound. An anomaly's clip
-    is as the restart finds it (``found_clip``)."""
+    between that and the restart, and ``duration_s`` is a lower bound. ``detected_at`` is
+    when the end was decided: the restart. An anomaly's clip is as the restart finds it
+    (``found_clip``)."""
     ended_at = start.get("detected_at") or start.get("started_at")
-    end = {**start, "phase": "end", "status": "interrupted", "ended_at": ended_at}
-    end.pop("detected_at", None)
+    end = {
+        **start,
+        "phase": "end",
+        "status": "interrupted",
+        "ended_at": ended_at,
+        "detected_at": detected_at,
+    }
     try:
         began = datetime.fromisoformat(str(start.get("started_at")))
         lasted_s = (datetime.fromisoformat(str(ended_at)) - began).total_seconds()
@@ -445,6 +452,7 @@ def finish_previous_run(link: Link) -> None:
             log.exception("held_alert_clip_unreadable", alert_id=alert_id)
             released = lost_clip(payload)
         link.release_alert(alert_id, phase, released)
+    now = iso_utc(time.time())
     for alert_id, start in link.open_alerts():
         log.warning("interrupted_alert_ended", alert_id=alert_id, type=start.get("type"))
-        link.submit_alert(alert_id, interrupted_end(start), phase="end")
+        link.submit_alert(alert_id, interrupted_end(start, detected_at=now), phase="end")

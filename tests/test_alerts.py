@@ -63,7 +63,7 @@ class TestWithoutClips:
         assert end["started_at"] == start["started_at"]
         assert end["ended_at"] == iso_utc(WALL - 3.0)
         assert end["duration_s"] == 2.5 and end["score"] == 0.2 and end["peak_score"] == 9.0
-        assert "detected_at" in start and "detected_at" not in end
+        assert start["detected_at"] == end["detected_at"] == iso_utc(WALL)  # when decided
 
     def test_end_without_a_start_is_ignored(self) -> None:
         """An end the alerts never saw start (e.g. after a restart) publishes nothing."""
@@ -186,14 +186,15 @@ class TestInterrupted:
     def test_an_anomaly_ends_with_its_start_and_the_last_known_time(self) -> None:
         """The start's payload (id, monitor, scores, model, evidence) with phase end, status
         interrupted, ended_at at the start's detection (the last moment known), duration_s
-        from started_at to then, no detected_at; a clip never written is lost."""
+        from started_at to then, detected_at the restart's; a clip never written is lost."""
         sink = RecordingSink()
         alerts = Alerts(device_id="dev", sink=sink, recorder=None, wall_clock=lambda: WALL)
         alerts.event(info(filled_ring(10.0)), event("start", 6.0, 5.5, 6.0))
         start = {**sink.calls[0][3], "clip": {"path": "/nowhere/x.wav", "status": "recording"}}
-        end = interrupted_end(start)
+        end = interrupted_end(start, detected_at="2026-09-21T15:00:00.000Z")
         assert end == {
-            **{k: v for k, v in start.items() if k != "detected_at"},
+            **start,
+            "detected_at": "2026-09-21T15:00:00.000Z",
             "phase": "end",
             "status": "interrupted",
             "ended_at": iso_utc(WALL),
@@ -209,11 +210,12 @@ class TestInterrupted:
             "phase": "start", "started_at": "2026-09-21T14:13:10.000Z",
             "detected_at": "2026-09-21T14:13:15.250Z", "details": {"level_dbfs": -200},
         }  # fmt: skip
-        end = interrupted_end(start)
+        end = interrupted_end(start, detected_at="2026-09-21T15:00:00.000Z")
         assert end["phase"] == "end" and end["status"] == "interrupted"
         assert end["ended_at"] == "2026-09-21T14:13:15.250Z" and end["duration_s"] == 5.25
         assert end["details"] == {"level_dbfs": -200} and "clip" not in end
-        assert interrupted_end({"id": "m-1", "phase": "start"})["duration_s"] is None
+        bare = interrupted_end({"id": "m-1", "phase": "start"}, detected_at="t")
+        assert bare["duration_s"] is None and bare["detected_at"] == "t"
 
     def test_at_start_held_ends_go_first_then_the_interrupted_ends(self) -> None:
         """The restart releases the held end alerts, then submits an interrupted end for

@@ -233,7 +233,7 @@ class TestMachineAlerts:
         assert start["details"] == {"level_dbfs": -61.2, "stopped_below_dbfs": -50.0}
         assert start["model"]["name"] == "m"
         assert end["ended_at"] == iso_utc(WALL) and end["details"]["reason"] == "running"
-        assert "detected_at" not in end
+        assert end["detected_at"] == iso_utc(WALL)
         assert [e["event"] for e in logs] == [
             "machine_stopped",
             "machine_stopped",
