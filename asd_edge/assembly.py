@@ -139,7 +139,8 @@ class Services:
     models: ModelManager | None
     """None: the models are the configuration's files, loaded once (tests, tools)."""
     link: MqttLink | None
-    """None: ``mqtt.enabled`` is false."""
+    """None only for tests and tools; with ``mqtt.enabled: false`` a link that never
+    connects and keeps the alerts in its outbox."""
     clip_store: ClipStore | None
     """None: ``clips.enabled`` is false (then ``recorder`` is None too)."""
     recorder: ClipRecorder | None
@@ -157,41 +158,38 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     """The models (the configured ones, or those pushed since, from ``state_dir/models``),
     the MQTT link with its outbox and command router, the clip store and recorder under
     ``state_dir/clips``, and the alerts that tie them together. Nothing is started.
+    With ``mqtt.enabled: false`` the link never connects (no credentials are read) but
+    keeps its outbox: alerts wait there, within its bounds, until MQTT is enabled.
     Raises ConfigError naming the MQTT password and TLS files that cannot be used
     (checked first: the link reads them again at start), or every bad model or key file."""
     if config.mqtt.enabled:
         check_credentials(config.mqtt)
     state_dir = Path(config.state_dir)
-    if config.clips.enabled or config.mqtt.enabled:
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"state_dir: cannot create {state_dir}: {exc.strerror or exc}"
-            ) from exc
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"state_dir: cannot create {state_dir}: {exc.strerror or exc}") from exc
     models = ModelManager(state_dir, device_id=config.device_id)
     detectors = models.load(config)
     health_request = threading.Event()
-    link = None
     learner = Learner(config, models=models, publish=None, wall_clock=wall_clock)
     live = LiveFeed(wall_clock=wall_clock)
-    if config.mqtt.enabled:
-        clips = ClipSender(state_dir / "clips", max_mb=config.mqtt.clip_max_mb)
-        router = command_router(config, models, health_request.set, learner, live, clips)
-        link = MqttLink(
-            config.mqtt,
-            device_id=config.device_id,
-            outbox_path=state_dir / "outbox.sqlite",
-            outbox=config.outbox,
-            on_command=router,
-            fleet_prefix=config.push.fleet_prefix,
-            max_message_bytes=max_message_bytes(router.commands),
-        )
-        router.reply = link.publish_command_result
-        learner.publish = link.publish_learn
-        live.publish, clips.send = link.publish_live, link.send_clip
-        if config.learn.enabled:
-            link.offer_learning(config.learn.default_s)
+    clips = ClipSender(state_dir / "clips", max_mb=config.mqtt.clip_max_mb)
+    router = command_router(config, models, health_request.set, learner, live, clips)
+    link = MqttLink(
+        config.mqtt,
+        device_id=config.device_id,
+        outbox_path=state_dir / "outbox.sqlite",
+        outbox=config.outbox,
+        on_command=router,
+        fleet_prefix=config.push.fleet_prefix,
+        max_message_bytes=max_message_bytes(router.commands),
+    )
+    router.reply = link.publish_command_result
+    learner.publish = link.publish_learn
+    live.publish, clips.send = link.publish_live, link.send_clip
+    if config.learn.enabled and config.mqtt.enabled:
+        link.offer_learning(config.learn.default_s)
     store = recorder = None
     if config.clips.enabled:
         store = ClipStore(state_dir / "clips", config.clips, on_done=lambda _result: None)

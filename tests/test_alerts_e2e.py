@@ -148,6 +148,35 @@ class TestNothingIsLost:
         for item in alerts(sub):  # a re-delivery repeats an alert whole, with its id
             assert (item["id"], item["phase"]) in {(a["id"], a["phase"]) for a in unique}
 
+    def test_alerts_wait_in_the_outbox_while_mqtt_is_disabled(
+        self, tmp_path: Path, level_model: Path, mqtt_broker: Broker
+    ) -> None:
+        """With ``mqtt.enabled: false`` (a device without a network for days) the alerts
+        wait in the outbox, nothing is sent; once MQTT is enabled and the daemon restarted,
+        every one arrives, in order."""
+        sub = mqtt_broker.subscriber(ALERT)
+        stream = stream_with_bursts(9.0, [(1.5, 0.8), (5.0, 0.8)])
+        wav = write_wav(tmp_path / "stream.wav", stream, RATE)
+        offline = daemon_config(
+            tmp_path, mqtt_broker, level_model, f"file:{wav}", mqtt={"enabled": False}
+        )
+        daemon = start_daemon(offline)
+        assert daemon.wait_for("daemon_stopped", 30)  # the file ends, the daemon stops
+        started = [r["alert_id"] for r in daemon.events("anomaly_started")]
+        assert len(started) == 2 and not sub.on(ALERT)
+        with sqlite3.connect(tmp_path / "state" / "outbox.sqlite") as db:
+            assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (4,)
+        quiet = write_wav(tmp_path / "quiet.wav", stream_with_bursts(4.0, []), RATE)
+        online = daemon_config(tmp_path, mqtt_broker, level_model, f"file:{quiet}")
+        restarted = start_daemon(online)
+        try:
+            wait_until(lambda: len(first_of_each(alerts(sub))) == 4, 20, "four alerts")
+        finally:
+            restarted.stop()
+        assert [(a["id"], a["phase"]) for a in first_of_each(alerts(sub))] == [
+            (alert_id, phase) for alert_id in started for phase in ("start", "end")
+        ]
+
     def test_sigkill_with_alerts_pending_then_restart_delivers_them(
         self, tmp_path: Path, level_model: Path, mqtt_broker: Broker
     ) -> None:

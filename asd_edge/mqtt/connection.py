@@ -79,13 +79,15 @@ class Connection:
 
     def wait_s(self, now_s: float, longest_s: float) -> float:
         """How long the link thread may sleep: at most ``longest_s``, less if an attempt is due."""
-        if self.phase == "idle":
+        if self.phase == "idle" and self.config.enabled:
             return min(longest_s, max(0.0, self._next_attempt_s - now_s))
         return longest_s
 
     def advance(self) -> None:
         """Start an attempt once one is due; give up on one whose CONNACK is late."""
         assert self.client is not None
+        if not self.config.enabled:  # mqtt.enabled: false: never dial; alerts wait
+            return
         now = self._clock()
         if self.phase == "idle" and now >= self._next_attempt_s:
             self._connect()

@@ -130,9 +130,10 @@ class MqttLink:
 
         Raises ConfigError for credentials or TLS files that cannot be read.
         """
-        if self._link_thread.started or not self.config.enabled:
+        if self._link_thread.started:
             return
-        self._link_thread.start()
+        self._link_thread.start()  # with mqtt.enabled false too: it never dials, but keeps
+        # the outbox, so that alerts wait there until MQTT is enabled
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Publish status offline, wait up to ``timeout_s`` for acks, disconnect cleanly.
@@ -248,8 +249,6 @@ class MqttLink:
         }
 
     def _put(self, message: LinkMessage) -> None:
-        if not self.config.enabled:
-            return
         if self._stopped:
             log.warning("mqtt_link_stopped", dropped=_KINDS[type(message)])
             return

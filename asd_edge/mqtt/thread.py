@@ -16,12 +16,13 @@ from typing import Any, Final
 
 import structlog
 from paho.mqtt.client import Client, MQTTMessage
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
 from ..config import MqttConfig, OutboxConfig
 from .backlog import Backlog
-from .client import build_client
+from .client import BoundedClient, build_client
 from .commands import CommandHandler, peek_id
 from .connection import Connection
 from .delivery import MAX_INFLIGHT, Delivery
@@ -180,13 +181,20 @@ class LinkThread:
     # --- set-up ---------------------------------------------------------------------
 
     def _build_client(self) -> Client:
-        client = build_client(
-            self.config,
-            client_id=self.client_id,
-            will_topic=self.topics.status,
-            will_payload=self._status("offline", reason="connection_lost"),
-            max_packet_bytes=self.max_message_bytes,
-        )
+        if not self.config.enabled:  # never connects: no credentials or TLS files read
+            client: Client = BoundedClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                max_packet_bytes=self.max_message_bytes,
+            )
+        else:
+            client = build_client(
+                self.config,
+                client_id=self.client_id,
+                will_topic=self.topics.status,
+                will_payload=self._status("offline", reason="connection_lost"),
+                max_packet_bytes=self.max_message_bytes,
+            )
         self.connection.attach(client)
         client.on_publish = self._on_publish
         client.on_message = self._on_message
