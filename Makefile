@@ -60,6 +60,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.daemon-installed: pyproject.toml | $(BIN)/python
+	@echo "installing the daemon's dependencies into $(VENV) (numpy, scipy, onnxruntime," \
+	  "paho-mqtt, ...: about 350 MB; a minute or more the first time)"
 	$(PIP) install -e .
 	touch $@
 
@@ -103,7 +105,9 @@ models: dev
 	$(BIN)/python -m training.level --out models/level.onnx
 	models/build_demo.sh
 
-demo: dev
+# The demo runs on the daemon's own dependencies (the synthetic machine is numpy and
+# scipy): no torch, no developer tools.
+demo: venv
 	$(BIN)/python -m devkit.demo
 
 # The service: scripts/service.sh --help says what they do and which variables
