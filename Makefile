@@ -61,7 +61,7 @@ $(BIN)/python:
 
 $(VENV)/.daemon-installed: pyproject.toml | $(BIN)/python
 	@echo "installing the daemon's dependencies into $(VENV) (numpy, scipy, onnxruntime," \
-	  "paho-mqtt, ...: about 350 MB; a minute or more the first time)"
+	  "paho-mqtt, ...: about 400 MB; a minute or more the first time)"
 	$(PIP) install -e .
 	touch $@
 
