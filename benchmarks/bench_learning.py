@@ -102,10 +102,10 @@ from asd_edge.audiofile.wav import write_wav  # noqa: E402
 from asd_edge.config import Config, parse_config  # noqa: E402
 from asd_edge.decision import DecisionPolicy  # noqa: E402
 from asd_edge.detector import Detector  # noqa: E402
-from asd_edge.learning.job import FRAME, PARENT_ENV  # noqa: E402
+from asd_edge.learning.job import FRAME, PARENT_ENV, new_collector  # noqa: E402
 from asd_edge.learning.recording import Recording  # noqa: E402
 from asd_edge.learning.session import LearnSession  # noqa: E402
-from asd_edge.learning.windows import Collector, features_for, save_recordings  # noqa: E402
+from asd_edge.learning.windows import Collector, save_recordings  # noqa: E402
 from asd_edge.monitor import Monitor  # noqa: E402
 from asd_edge.resample import StreamResampler  # noqa: E402
 from asd_edge.ring import RingBuffer  # noqa: E402
@@ -327,21 +327,6 @@ def mb(value: float) -> float:
 
 
 # --- 1. collecting in this process, and the fit alone -----------------------------------
-
-
-def new_collector(job: dict[str, Any]) -> Collector:
-    """A Collector as the child (``job.collect``) makes one for ``job``."""
-    spec = job["collect"]
-    collector = Collector(
-        features_for(int(job["sample_rate"]), float(job["window_s"]), int(job["n_mels"])),
-        float(job["window_s"]),
-        float(spec["hop_s"]),
-        piece_s=spec.get("piece_s"),
-        silence_dbfs=float(spec["silence_dbfs"]),
-        clipping_ratio=float(spec["clipping_ratio"]),
-    )
-    collector.begin(str(spec["source"]))
-    return collector
 
 
 STATS_KEYS = ("stats_", "end_", "levels_")

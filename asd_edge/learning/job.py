@@ -39,7 +39,10 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:  # the child loads numpy and the windows only once it runs
+    from .windows import Collector
 
 __all__ = ["EXIT_DATA", "EXIT_OK", "EXIT_SOFTWARE", "FRAME", "PARENT_ENV", "main"]
 
@@ -103,6 +106,23 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
     return data
 
 
+def new_collector(job: dict[str, Any]) -> Collector:
+    """The Collector ``job["collect"]`` describes, begun on its source."""
+    from .windows import Collector, features_for
+
+    spec = job["collect"]
+    collector = Collector(
+        features_for(int(job["sample_rate"]), float(job["window_s"]), int(job["n_mels"])),
+        float(job["window_s"]),
+        float(spec["hop_s"]),
+        piece_s=spec.get("piece_s"),
+        silence_dbfs=float(spec["silence_dbfs"]),
+        clipping_ratio=float(spec["clipping_ratio"]),
+    )
+    collector.begin(str(spec["source"]))
+    return collector
+
+
 def collect(job: dict[str, Any], stdin: BinaryIO) -> Path:
     """Collect what ``job["collect"]`` says; the saved statistics. LearnError when the
     input is unusable for most of the period, or ends before enough sound is in."""
@@ -110,19 +130,11 @@ def collect(job: dict[str, Any], stdin: BinaryIO) -> Path:
 
     from ..errors import AudioDecodeError, LearnError
     from ..resample import StreamResampler
-    from .windows import Collector, features_for, save_recordings
+    from .windows import save_recordings
 
     spec = job["collect"]
     rate = int(job["sample_rate"])
-    c = Collector(
-        features_for(rate, float(job["window_s"]), int(job["n_mels"])),
-        float(job["window_s"]),
-        float(spec["hop_s"]),
-        piece_s=spec.get("piece_s"),
-        silence_dbfs=float(spec["silence_dbfs"]),
-        clipping_ratio=float(spec["clipping_ratio"]),
-    )
-    c.begin(str(spec["source"]))
+    c = new_collector(job)
     if spec["mode"] == "clip":
         from ..audiofile import open_audio, to_mono
 
