@@ -150,12 +150,16 @@ def latency(events: int, seed: int) -> dict[str, Any]:
     }
 
 
-def idle(minutes: float, seed: int) -> dict[str, Any]:
+def hum(seconds: float, seed: int) -> np.ndarray:
+    """Mains hum (50 and 150 Hz) over faint noise: a quiet machine with no anomaly."""
     rng = np.random.default_rng(seed)
-    seconds = minutes * 60.0 + 20.0
     t = np.arange(round(seconds * RATE)) / RATE
-    hum = 0.02 * np.sin(2 * np.pi * 50 * t) + 0.01 * np.sin(2 * np.pi * 150 * t)
-    audio = (hum + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+    tone = 0.02 * np.sin(2 * np.pi * 50 * t) + 0.01 * np.sin(2 * np.pi * 150 * t)
+    return (tone + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def idle(minutes: float, seed: int) -> dict[str, Any]:
+    audio = hum(minutes * 60.0 + 20.0, seed)
     with tempfile.TemporaryDirectory(prefix="asd-bench-") as tmp, virtual_mic() as mic:
         root = Path(tmp)
         broker = Broker(root / "broker")

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_alerts import DEVICE, RATE, proc_figures, start_daemon  # noqa: E402
+from bench_alerts import DEVICE, RATE, hum, proc_figures, start_daemon  # noqa: E402
 from common import record, stats_us  # noqa: E402
 
 from asd_edge.audiofile import write_wav  # noqa: E402
@@ -44,13 +44,6 @@ from devkit.vmic import virtual_mic  # noqa: E402
 PREFIX = f"asd/{DEVICE}"
 RENEW_S = 10.0
 """How often the watcher renews its lease (the dashboard's rhythm)."""
-
-
-def hum(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(round(seconds * RATE)) / RATE
-    tone = 0.02 * np.sin(2 * np.pi * 50 * t) + 0.01 * np.sin(2 * np.pi * 150 * t)
-    return (tone + 0.003 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 def cpu_percent(pid: int, seconds: float) -> float:
