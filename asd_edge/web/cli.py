@@ -8,14 +8,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ..config import Config
+from ..daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from ..errors import ConfigError
 
 __all__ = ["EXIT_HELP", "register"]
 
-EXIT_OK: Final = 0
-EXIT_UNAVAILABLE: Final = 69
-EXIT_SOFTWARE: Final = 70
-EXIT_CONFIG: Final = 78
 WEB_HINT: Final = "the dashboard needs the web extra: pip install 'asd-edge[web]'"
 DESCRIPTION: Final = """The web dashboard: every device on the broker, and per device the live
 spectrum, level and score, the alerts with their clips, the model and the health; actions

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import structlog
 
+from .metrics import DeviceSnapshot
+
 __all__ = [
     "MAX_ALERTS",
     "MAX_DEVICES",
@@ -178,28 +180,22 @@ class Fleet:
             device = self._devices.get(key)
             return json.loads(json.dumps(device.detail())) if device is not None else None
 
-    def alert(self, key: str, alert_id: str) -> dict[str, Any] | None:
+    def snapshots(self) -> dict[str, DeviceSnapshot]:
+        """Every device's latest payloads, as ``/metrics`` reads them. A stored payload is
+        never changed in place (a new message replaces it), so sharing it is safe."""
         with self._lock:
-            device = self._devices.get(key)
-            found = device.alerts.get(alert_id) if device is not None else None
-            return dict(found) if found is not None else None
-
-    def snapshot(self) -> list[Device]:
-        """Copies of every device (for the metrics)."""
-        with self._lock:
-            return [
-                Device(
-                    key=d.key,
-                    prefix=d.prefix,
+            return {
+                d.key: DeviceSnapshot(
+                    device_id=d.key,
                     status=d.status,
                     health=d.health,
                     model=d.model,
-                    learn=d.learn,
                     monitors=dict(d.monitors),
+                    learn=d.learn,
                     received_at=dict(d.received_at),
                 )
                 for d in self._devices.values()
-            ]
+            }
 
     # --- writing -------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
-from .access import Access, Visitor
+from .access import Access, Visitor, is_loopback
 from .actions import Actions
 from .auth import LoginThrottle, verify_password
 from .bridge import Bridge, BridgeError
@@ -43,7 +43,7 @@ from .clipfiles import ALERT_ID, local_clip
 from .fleet import Fleet
 from .hub import Hub
 from .i18n import STRINGS, choose_language
-from .metrics import CONTENT_TYPE, DeviceSnapshot, render_metrics
+from .metrics import CONTENT_TYPE, render_metrics
 
 __all__ = ["create_app"]
 
@@ -188,19 +188,8 @@ def create_app(config: Config, bridge: Bridge, fleet: Fleet, hub: Hub) -> Starle
         return JSONResponse(answer, status)
 
     async def metrics(_request: Request) -> Response:
-        snapshots = {
-            d.key: DeviceSnapshot(
-                device_id=d.key,
-                status=d.status,
-                health=d.health,
-                model=d.model,
-                monitors=d.monitors,
-                learn=d.learn,
-                received_at=d.received_at,
-            )
-            for d in fleet.snapshot()
-        }
-        return Response(render_metrics(snapshots, now=time.time()), media_type=CONTENT_TYPE)
+        metrics_text = render_metrics(fleet.snapshots(), now=time.time())
+        return Response(metrics_text, media_type=CONTENT_TYPE)
 
     async def login_page(request: Request) -> Response:
         return page(request, "login.html", next=_next(request))
@@ -315,11 +304,11 @@ class SecurityHeaders:
 
 
 def _loopback_host(host: str | None) -> bool:
-    """A Host header naming this machine: localhost, 127.0.0.1 or [::1], any port."""
+    """A Host header naming this machine (``access.is_loopback``), any port."""
     if not host:
         return False
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    return name.lower() in ("localhost", "127.0.0.1", "[::1]")
+    return is_loopback(name.lower())
 
 
 def _client(request: Request) -> str:
