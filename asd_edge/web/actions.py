@@ -50,13 +50,9 @@ class Actions:
         self, key: str, name: str, monitor: str | None, body: Mapping[str, Any]
     ) -> tuple[str, dict[str, Any]]:
         if name == "rollback":
-            device_id = key
-            status = self.fleet.detail(key)
-            if status is not None:
-                device_id = str(status.get("device_id") or key)
             message = rollback_message(
                 request_id=self.bridge.new_id("rollback"),
-                target=device_id,
+                target=self.fleet.device_id(key),
                 monitor=monitor,
                 private_key=self._key,
             )

@@ -156,6 +156,12 @@ class Fleet:
             f"{base}/cmd_result",
         ]
 
+    def device_id(self, key: str) -> str:
+        """The device id its status message gives (the key until one arrives)."""
+        with self._lock:
+            device = self._devices.get(key)
+            return str((device.status or {}).get("device_id") or key) if device else key
+
     def prefix_of(self, key: str) -> str | None:
         """The topic prefix of a known device."""
         with self._lock:

@@ -100,7 +100,7 @@ class Hub:
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
-                data = json.dumps({"device": key, **({"body": body})}, separators=(",", ":"))
+                data = json.dumps({"device": key, "body": body}, separators=(",", ":"))
                 yield f"event: {kind}\ndata: {data}\n\n"
         finally:
             self._watchers.discard(watcher)
