@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -19,6 +21,7 @@ __all__ = [
     "Backoff",
     "CaptureStats",
     "SoundDeviceSource",
+    "block_due_s",
     "list_input_devices",
 ]
 
@@ -29,7 +32,8 @@ PROBE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
 
 @dataclass
 class CaptureStats:
-    """Counters of a source; the audio thread only ever increments them."""
+    """Counters of a source (the audio thread only ever increments them), and when its
+    newest block came: the tick loop sleeps until the block that completes a window."""
 
     callbacks: int = 0  # blocks delivered
     frames: int = 0  # sample frames delivered (per channel)
@@ -38,6 +42,21 @@ class CaptureStats:
     callback_errors: int = 0  # exceptions caught in the callback (none ever escapes it)
     restarts: int = 0  # successful reopenings after the stream died
     stalls: int = 0  # times found dead: finished, or no samples for stall_timeout_s
+    block_s: float = 0.0  # the length of a delivered block, seconds (0: unknown)
+    last_block_at: float = 0.0  # time.monotonic() of the newest block (0: none yet)
+
+
+def block_due_s(due_s: float, now: float, stats: CaptureStats) -> float:
+    """Seconds from ``now`` until the block that completes ``due_s`` more seconds of audio
+    lands: the source delivers whole blocks of ``stats.block_s`` after the one at
+    ``stats.last_block_at``. ``due_s`` unchanged when the block timing is unknown or that
+    block is already late (then the caller looks again soon)."""
+    if stats.block_s <= 0.0 or stats.last_block_at <= 0.0:
+        return due_s
+    blocks = max(1, math.ceil(due_s / stats.block_s - 1e-6))
+    lands_in = stats.last_block_at + blocks * stats.block_s - now
+    # Beyond due_s + block_s: a clock other than time.monotonic() (tests); use due_s.
+    return lands_in if 0.0 < lands_in < due_s + stats.block_s else due_s
 
 
 class AudioSource(Protocol):
@@ -113,7 +132,7 @@ class SoundDeviceSource:
         self.device = device
         self.channels = channels
         self.sample_rate = 0
-        self.stats = CaptureStats()
+        self.stats = CaptureStats(block_s=block_s)
         self._requested_rate = sample_rate
         self._preferred_rate = preferred_rate
         self._ring_s = ring_s
@@ -332,6 +351,7 @@ class SoundDeviceSource:
         try:
             stats.callbacks += 1
             stats.frames += frames
+            stats.last_block_at = time.monotonic()  # when the next block is due
             if status:
                 stats.status_flags += 1
                 if status.input_overflow:

@@ -11,7 +11,7 @@ import structlog
 
 from .alerts import Alerts, Link, finish_previous_run
 from .assembly import Services, build_services, open_input
-from .capture import AudioSource
+from .capture import AudioSource, block_due_s
 from .config import Config
 from .decision import Event
 from .detector import Detector
@@ -41,12 +41,12 @@ EXIT_SOFTWARE = 70
 EXIT_CONFIG = 78
 """sysexits EX_CONFIG: bad configuration or model; systemd should not restart-loop."""
 
-MAX_SLEEP_S = 0.25
+MAX_SLEEP_S = 0.5
 """Longest sleep of the loop: input health, the watchdog, clip copying and a reload or
 health request are looked at least this often."""
 MIN_SLEEP_S = 0.02
-"""Shortest sleep: when a window is due but the block holding its last sample has not
-arrived yet (PortAudio delivers whole blocks), the loop looks again this soon."""
+"""Shortest sleep: when the block holding a due window's last sample is late, the loop
+looks again this soon."""
 DUE_MARGIN_S = 0.002
 """Slack after the moment a window's audio is due, for the block to land in the ring."""
 LATE_S = 0.05
@@ -276,6 +276,8 @@ class Daemon:
             due_s = min((m.due_in_s() for m in monitors), default=MAX_SLEEP_S)
             if now - heard_at > MAX_SLEEP_S:  # no audio for a while (a stall): no hurry
                 due_s = MAX_SLEEP_S
+            elif due_s > 0.0:  # audio comes in whole blocks: wake when the right one lands
+                due_s = block_due_s(due_s, now, self.source.stats)
             sleep_s = min(MAX_SLEEP_S, max(MIN_SLEEP_S, due_s + DUE_MARGIN_S))
             sleep_s = min(sleep_s, max(MIN_SLEEP_S, next_report - now))
             live_s = self.live.due_in_s(now)  # None unless someone watches (cmd/live)

@@ -46,7 +46,7 @@ class FileSource:
         self._samples = np.ascontiguousarray(audio.samples[:, :n].T, dtype=np.float32)
         self.sample_rate = audio.sample_rate
         self.channels = n
-        self.stats = CaptureStats()
+        self.stats = CaptureStats(block_s=block_s if realtime else 0.0)
         self.realtime = realtime
         self.loop = loop
         self._block = max(1, round(block_s * self.sample_rate))
@@ -117,6 +117,7 @@ class FileSource:
         if done:
             self.stats.callbacks += 1
             self.stats.frames += done
+            self.stats.last_block_at = time.monotonic()
         return done
 
     def _run(self) -> None:

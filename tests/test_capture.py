@@ -18,7 +18,7 @@ import sounddevice as sd
 from structlog.testing import capture_logs
 
 from asd_edge.audiofile import AudioData, write_wav
-from asd_edge.capture import AudioSource, Backoff, SoundDeviceSource
+from asd_edge.capture import AudioSource, Backoff, CaptureStats, SoundDeviceSource, block_due_s
 from asd_edge.errors import AudioError
 from asd_edge.filesource import FileSource
 
@@ -398,3 +398,25 @@ class TestListInputDevices:
             assert dev["max_input_channels"] > 0
             assert set(dev["rates"]) <= {8000, 16000, 22050, 32000, 44100, 48000}
         assert sum(dev["default"] for dev in devices) <= 1
+
+
+class TestBlockDue:
+    """The tick loop sleeps until the block that completes a window lands."""
+
+    def test_unknown_timing_keeps_the_estimate(self) -> None:
+        assert block_due_s(0.03, 10.0, CaptureStats()) == 0.03
+        assert block_due_s(0.03, 10.0, CaptureStats(block_s=0.1)) == 0.03  # no block yet
+
+    def test_waits_for_the_block_holding_the_last_sample(self) -> None:
+        stats = CaptureStats(block_s=0.1, last_block_at=10.0)
+        # 30 ms of audio missing: the next block (at 10.1) brings it.
+        assert block_due_s(0.03, 10.02, stats) == pytest.approx(0.08)
+        # 150 ms missing: two blocks, the second lands at 10.2.
+        assert block_due_s(0.15, 10.02, stats) == pytest.approx(0.18)
+        # Exactly one block missing: that block, not the one after it.
+        assert block_due_s(0.1, 10.0, stats) == pytest.approx(0.1)
+
+    def test_a_late_block_or_another_clock_falls_back(self) -> None:
+        stats = CaptureStats(block_s=0.1, last_block_at=10.0)
+        assert block_due_s(0.03, 10.15, stats) == 0.03  # the block is late: look again soon
+        assert block_due_s(0.03, 0.0, stats) == 0.03  # a fake clock far from monotonic()

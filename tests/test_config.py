@@ -132,7 +132,7 @@ class TestDefaults:
         cfg = parse(None)
         assert cfg.state_dir == "/var/lib/asd-edge"
         assert (cfg.input.device, cfg.input.sample_rate, cfg.input.channels) == (None, None, 1)
-        assert (cfg.input.block_s, cfg.input.ring_s, cfg.input.stall_timeout_s) == (0.02, 60, 2)
+        assert (cfg.input.block_s, cfg.input.ring_s, cfg.input.stall_timeout_s) == (0.1, 60, 2)
         assert cfg.input.restart_backoff_max_s == 30
         assert cfg.detector.threads == 1
         assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.keepalive_s) == ("localhost", 1883, 60)

@@ -74,8 +74,9 @@ class InputConfig:
     """Capture rate in Hz; None captures at the models' rate when the device allows it."""
     channels: int = field(default=1, metadata={"min": 1, "max": 32})
     """How many input channels to open."""
-    block_s: float = field(default=0.02, metadata={"min": 0.001, "max": 1.0})
-    """PortAudio block length, in seconds."""
+    block_s: float = field(default=0.1, metadata={"min": 0.001, "max": 1.0})
+    """PortAudio block length, in seconds: the audio thread wakes once per block (0.1 s: 10
+    wakes a second; a window is scored at most one block after its last sample)."""
     ring_s: float = field(default=60.0, metadata={"min": 5.0, "max": 600.0})
     """Seconds of audio kept in memory per channel."""
     stall_timeout_s: float = field(default=2.0, metadata={"min": 0.2, "max": 60.0})
