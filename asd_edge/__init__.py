@@ -33,7 +33,8 @@ The wings::
                  requests, signing, keyfiles)
     clips/       the audio around each event: recorded on the tick, written by a thread,
                  kept within quota; what an alert says of its clip (types, recorder,
-                 writer, retention, status, spectrogram, picture; lookup and sender:
+                 writer, retention, status, spectrogram, picture, painter: the picture
+                 in a child process; lookup and sender:
                  an alert's clip found by its id and sent on ``cmd/clip``)
     learning/    the default kind (bandstat) and its fit, numpy only, shared with training;
                  learning a monitor's normal sound in the running daemon (learner,

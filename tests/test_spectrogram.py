@@ -301,16 +301,72 @@ class TestWriterPicture:
 
 
 class TestLight:
-    def test_pillow_waits_for_the_first_picture(self) -> None:
-        """Importing the clips package (as the daemon does) does not load Pillow; drawing
-        the first picture does."""
+    def test_the_daemon_never_loads_pillow(self) -> None:
+        """Pictures are drawn in a child process (``clips.painter``): a process that has
+        drawn one (as the clip writer does) has still not loaded Pillow, and the PNG is the
+        one ``draw_picture`` draws."""
         code = (
             "import sys, numpy as np\n"
-            "import asd_edge.clips, asd_edge.clips.picture as p\n"
-            "print('PIL' in sys.modules)\n"
-            "p.draw_picture(np.zeros(800, np.float32), 8000)\n"
-            "print('PIL' in sys.modules)\n"
+            "import asd_edge.clips, asd_edge.clips.painter as p\n"
+            "png = p.paint(np.zeros(800, np.float32), 8000, title='t', markers_s=(0.02,))\n"
+            "sys.stdout.buffer.write(png)\n"
+            "sys.exit(3 if 'PIL' in sys.modules else 0)\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["False", "True"]
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True)
+        assert result.returncode == 0, result.stderr.decode()
+        expected = draw_picture(np.zeros(800, np.float32), 8000, title="t", markers_s=(0.02,))
+        assert result.stdout == expected.png
+
+    def test_a_bad_request_fails_with_a_reason(self) -> None:
+        """The child refuses a malformed request with one line on stderr and exit 1."""
+        from asd_edge.clips import painter
+
+        for stdin in (b"not json\n", b'{"frames": 4}\n\x00\x00\x00\x00', b"[1]\n"):
+            result = subprocess.run(
+                [sys.executable, "-c", painter._CHILD], input=stdin, capture_output=True
+            )
+            assert result.returncode == 1 and result.stdout == b""
+            assert len(result.stderr.decode().strip().splitlines()) == 1, result.stderr
+
+    def test_a_failed_picture_keeps_the_clip(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When the picture cannot be drawn the clip is saved without one, and said so."""
+        from structlog.testing import capture_logs
+        from support.clips import Results, clips_config
+
+        from asd_edge.clips import ClipStore, writer
+        from asd_edge.clips.painter import PictureError
+
+        def broken(*_args: object, **_kwargs: object) -> bytes:
+            raise PictureError("the picture process could not start: no such file")
+
+        monkeypatch.setattr(writer, "paint", broken)
+        results = Results()
+        store = ClipStore(tmp_path, clips_config(spectrogram=True), on_done=results)
+        started = datetime(2027, 5, 6, 7, 8, 9, tzinfo=UTC)
+        with capture_logs() as logs:
+            store.start()
+            store.submit(
+                ClipRequest(
+                    alert_id="a2",
+                    monitor="pump",
+                    device_id="dev",
+                    samples=np.zeros(8000, np.float32),
+                    sample_rate=8000,
+                    started_at=started,
+                    stream_start_s=0.0,
+                    pre_s=0.0,
+                    event={},
+                    model={},
+                    scores=[],
+                    path=store.planned_path("pump", "a2", started),
+                )
+            )
+            store.stop()
+        [result] = results.items
+        assert result.path is not None and result.path.is_file()
+        assert result.spectrogram is None and not result.path.with_suffix(".png").exists()
+        assert '"spectrogram": null' in result.path.with_suffix(".json").read_text()
+        [failed] = [e for e in logs if e["event"] == "clip_picture_failed"]
+        assert failed["alert_id"] == "a2" and "could not start" in failed["error"]

@@ -15,7 +15,8 @@ The tick side records, a thread writes, so no tick waits for a disk:
   (unless a restart finds its audio).
 - ``spectrogram``: the levels of a clip's spectrogram on a fixed dB scale (numpy only).
 - ``picture``: the PNG beside each clip: that spectrogram with axes, colour bar, the event
-  marked and a title (Pillow, imported at the first picture).
+  marked and a title (Pillow); ``painter`` draws it in a child process, so the daemon
+  never loads Pillow.
 """
 
 from .lookup import find_clip, newest_clip

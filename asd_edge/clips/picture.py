@@ -1,5 +1,6 @@
 """The picture beside a clip: its spectrogram with axes, a dB colour bar, the event marked and
-a title, drawn with Pillow (imported at the first picture) and written as a palette PNG."""
+a title, drawn with Pillow and written as a palette PNG (the daemon draws it in a child
+process: ``painter``)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ from ..config import ClipsConfig
 from ..durable import write_atomic
 from ..errors import ConfigError
 from ..jsonvalues import json_safe
-from .picture import clip_title, draw_picture
+from .painter import PictureError, paint
+from .picture import clip_title
 from .retention import MB, Retention, statvfs_usage
 from .types import ClipRequest, ClipResult
 
@@ -274,20 +275,8 @@ class ClipStore:
         png_path: Path | None = None
         png = b""
         if self.config.spectrogram:
-            png_path = audio_path.with_suffix(".png")
-            png = draw_picture(
-                request.samples,
-                request.sample_rate,
-                title=clip_title(
-                    request.monitor,
-                    request.alert_at,
-                    request.event.get("peak_score"),
-                    request.event.get("threshold"),
-                ),
-                markers_s=request.markers_s,
-                pre_s=request.pre_s,
-                band_hz=request.band_hz,
-            ).png
+            png = self._picture(request)
+            png_path = audio_path.with_suffix(".png") if png else None
         sidecar_path = audio_path.with_suffix(".json")
         sidecar = self._sidecar(request, audio_path, fmt, sha256, len(audio), png_path)
         need = len(audio) + len(png) + len(sidecar)
@@ -328,6 +317,27 @@ class ClipStore:
             sidecar_path,
             None,
         )
+
+    def _picture(self, request: ClipRequest) -> bytes:
+        """The clip's PNG, drawn in a child process (``painter``); empty when that fails
+        (logged): the clip is kept without its picture."""
+        try:
+            return paint(
+                request.samples,
+                request.sample_rate,
+                title=clip_title(
+                    request.monitor,
+                    request.alert_at,
+                    request.event.get("peak_score"),
+                    request.event.get("threshold"),
+                ),
+                markers_s=request.markers_s,
+                pre_s=request.pre_s,
+                band_hz=request.band_hz,
+            )
+        except PictureError as exc:
+            log.warning("clip_picture_failed", alert_id=request.alert_id, error=str(exc))
+            return b""
 
     def _sidecar(
         self,
