@@ -16,9 +16,13 @@ same reset sent again no longer matches ``clears`` (or is too old) and is refuse
 
 What it allows, honestly: afterwards a push is accepted if it was signed after the
 reset's ``issued_at``, including one signed (and refused as a replay) between the
-reset's signing and its arrival. Requests accepted before it and dated after it (only
-those dated ahead, which the clock check now refuses anyway) could be replayed. No
-model is loaded, swapped or removed; nothing else in state.json changes.
+reset's signing and its arrival. A request accepted before it and dated after it
+could be replayed: the push dated far ahead itself (the clock check refuses it until
+its date comes near), or one whose signer's clock ran at most
+``push.max_clock_skew_s`` ahead. A device reset also raises a monitor's marker that
+was below the reset's ``issued_at`` to it (harmless: it refuses only requests signed
+before the reset). No model is loaded, swapped or removed; nothing else in
+state.json changes.
 """
 
 from __future__ import annotations
