@@ -74,11 +74,12 @@ class Device:
         path = self.root / "config.onnx"
         if not path.exists():
             path.write_bytes(self.models["1"])
+        settings: dict[str, Any] = {"key_file": str(self.device_key), **push}
         return parse_config(
             {
                 "device_id": DEVICE,
                 "state_dir": str(self.state_dir),
-                "push": {"key_file": str(self.device_key), **push},
+                "push": settings,
                 "monitors": [{"name": name, "model": str(path)} for name in monitors],
             },
             base_dir=self.root,
