@@ -111,7 +111,7 @@ def command_router(
     live: LiveFeed | None = None,
     clips: ClipSender | None = None,
 ) -> CommandRouter:
-    """The ``cmd/...`` commands: ping, health, the model push and rollback, which are
+    """The ``cmd/...`` commands: ping, health, the model push, rollback and reset, which are
     handed to the model manager's worker (the reply says queued; the outcome follows on
     ``<prefix>/model``), learn and feedback (the reply says it started; progress on
     ``<prefix>/learn``), live (the lease of the live feed) and clip (an alert's clip,
@@ -120,6 +120,7 @@ def command_router(
         "health": lambda _cmd: request_health(),
         "model": lambda cmd: _queued(models.submit_push, cmd),
         "model/rollback": lambda cmd: _queued(models.submit_rollback, cmd),
+        "model/reset": lambda cmd: _queued(models.submit_reset, cmd),
         "learn": learner.command,
         "feedback": learner.feedback,
     }
@@ -206,7 +207,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
 def _queued(
     submit: Callable[[Mapping[str, Any], str | None], None], command: Command
 ) -> dict[str, Any]:
-    """Hand a push or rollback to the model manager's worker; the immediate reply says it
+    """Hand a push, rollback or reset to the model manager's worker; the immediate reply says it
     is queued, the outcome follows on ``<prefix>/model``."""
     submit(command.args, command.id)
     return {"queued": True}

@@ -15,7 +15,7 @@ from .capture import AudioSource, block_due_s
 from .config import Config
 from .decision import Event
 from .detector import Detector
-from .errors import AudioError, ConfigError
+from .errors import AudioError, ConfigError, Refused
 from .filesource import FileSource
 from .inputhealth import InputChange, InputHealth
 from .learning.learner import Learner
@@ -359,7 +359,7 @@ class Daemon:
                     continue
                 self.monitors.replace(cfg, result.detector, why=result.source)
                 self.models.applied(result)
-            else:
+            elif isinstance(result, Refused):  # (a ReplayReset changes no model)
                 log.warning(
                     "model_refused",
                     monitor=result.monitor,

@@ -134,14 +134,15 @@ class CommandError(AsdEdgeError):
 
 
 class Refused(AsdEdgeError):
-    """A model push, rollback or file change is refused: the running model stays.
+    """A model push, rollback, reset or file change is refused: the running model stays.
 
     ``reason`` is one sentence naming the field (and, for a file, the file). Raised
     while a request is checked; the model manager also hands refusals back to the
     daemon as values (``ModelManager.take_results``), with what they were for:
     ``monitor`` (None when the request named no known one), ``request_id`` and
-    ``command`` (``model`` or ``model/rollback``; None for a file change) and
-    ``source`` (``file``, ``push`` or ``rollback``; None until the manager knows it).
+    ``command`` (``model``, ``model/rollback`` or ``model/reset``; None for a file
+    change) and ``source`` (``file``, ``push``, ``rollback``, ``learn`` or ``reset``;
+    None until the manager knows it).
     """
 
     def __init__(

@@ -265,10 +265,16 @@ def model_payload(
     device_id: str, monitors: Sequence[Monitor], models: ModelManager | None
 ) -> dict[str, Any]:
     """``<prefix>/model``: the active model of every monitor, where it came from, what it
-    replaced, and the answer to the last push or rollback."""
+    replaced, its replay marker, the device's replay floor, and the answer to the last
+    push, rollback or reset."""
     described: dict[str, Any] = {}
     for m in monitors:
-        facts: dict[str, Any] = {"source": "config", "previous": None, "last_error": None}
+        facts: dict[str, Any] = {
+            "source": "config",
+            "previous": None,
+            "last_error": None,
+            "replay_marker": None,
+        }
         if models is not None:
             facts.update(models.facts(m.name))
         described[m.name] = {
@@ -280,7 +286,13 @@ def model_payload(
             **facts,
         }
     last_push = models.last_push() if models is not None else None
-    return {"device_id": device_id, "monitors": described, "last_push": last_push}
+    floor = models.replay_floor() if models is not None else None
+    return {
+        "device_id": device_id,
+        "monitors": described,
+        "replay_floor": floor,
+        "last_push": last_push,
+    }
 
 
 def status_line(

@@ -36,7 +36,8 @@ install    (idempotent) as root:
     Where systemd is not running (a container, a chroot) the unit is enabled
     offline and starts at the next boot.
 uninstall  as root: stops and disables the unit, removes it, $PREFIX and the
-  user $SERVICE_USER; keeps $STATE_DIR (clips, outbox, pushed models) and
+  user $SERVICE_USER; keeps $STATE_DIR (clips, outbox, pushed models and their
+  replay markers: a reinstall refuses old signed pushes as before) and
   $CONF_DIR unless PURGE=1 (then removes them and the unit's drop-ins too).
 
 Environment variables (or make variables: sudo make install START=1):
@@ -345,7 +346,8 @@ cmd_uninstall() {
     rm -rf "$D$STATE_DIR" "$D$CONF_DIR"
     say "purged $D$STATE_DIR and $D$CONF_DIR"
   else
-    say "kept $D$STATE_DIR (clips, outbox, pushed models) and $D$CONF_DIR; PURGE=1 removes them"
+    say "kept $D$STATE_DIR (clips, outbox, pushed models, replay markers) and $D$CONF_DIR;" \
+      "PURGE=1 removes them"
   fi
 }
 

@@ -146,9 +146,9 @@ class TestDevice:
     def test_takes_commands_from_the_key_holder_only(
         self, broker: Broker, make_link: LinkFactory
     ) -> None:
-        """cmd/ping and a fleet cmd/model from the other device and from the consumers never
-        reach pump-a; the key holder's reach it, the key holder reads the reply, and the
-        other device cannot read pump-a's commands."""
+        """cmd/ping, cmd/model/reset and a fleet cmd/model from the other device and from
+        the consumers never reach pump-a; the key holder's reach it, the key holder reads
+        the replies, and the other device cannot read pump-a's commands."""
         heard: list[tuple[str, bytes]] = []
         router = CommandRouter({})
 
@@ -164,27 +164,38 @@ class TestDevice:
         for user in ("dashboard", "homeassistant"):
             intruder = login(broker, user)
             publish(intruder, "asd/pump-a/cmd/ping", json.dumps({"id": user}))
+            publish(intruder, "asd/pump-a/cmd/model/reset", json.dumps({"id": user}))
             publish(intruder, "asd/fleet/cmd/model", json.dumps({"id": user}))
             log_out(intruder)
         publish(eavesdropper.client, "asd/pump-a/cmd/ping", b'{"id": "pump-b"}')
+        publish(eavesdropper.client, "asd/pump-a/cmd/model/reset", b'{"id": "pump-b"}')
         publish(eavesdropper.client, "asd/fleet/cmd/model", b'{"id": "pump-b"}')
         key = watch(broker, "asd-push", "asd/pump-a/cmd_result")
         publish(key.client, "asd/pump-a/cmd/ping", b'{"id": "key"}')
+        publish(key.client, "asd/pump-a/cmd/model/reset", b'{"id": "key-reset"}')
         publish(key.client, "asd/fleet/cmd/model", b'{"id": "key-fleet"}')
-        wait_until(lambda: len(heard) >= 2, what="the key holder's two commands")
-        assert heard == [("ping", b'{"id": "key"}'), ("model", b'{"id": "key-fleet"}')]
+        wait_until(lambda: len(heard) >= 3, what="the key holder's three commands")
+        assert heard == [
+            ("ping", b'{"id": "key"}'),
+            ("model/reset", b'{"id": "key-reset"}'),
+            ("model", b'{"id": "key-fleet"}'),
+        ]
         replies = wait_until(
-            lambda: len(got := payloads(key, "asd/pump-a/cmd_result")) >= 2 and got,
-            what="two replies",
+            lambda: len(got := payloads(key, "asd/pump-a/cmd_result")) >= 3 and got,
+            what="three replies",
         )
-        assert [(r["id"], r["ok"]) for r in replies] == [("key", True), ("key-fleet", False)]
+        assert [(r["id"], r["ok"]) for r in replies] == [
+            ("key", True),
+            ("key-reset", False),
+            ("key-fleet", False),
+        ]
         assert eavesdropper.messages == []
 
     def test_the_web_dashboard_sends_its_commands_but_no_model(
         self, broker: Broker, make_link: LinkFactory
     ) -> None:
         """asd-web (asd-edge web's own user) reaches pump-a with cmd/live and cmd/clip and
-        reads its replies; its cmd/model never arrives."""
+        reads its replies; its cmd/model and cmd/model/reset never arrive."""
         heard: list[str] = []
         router = CommandRouter({"live": lambda _c: None, "clip": lambda _c: None})
 
@@ -196,6 +207,7 @@ class TestDevice:
         router.reply = link.publish_command_result
         web = watch(broker, "asd-web", "asd/pump-a/cmd_result")
         publish(web.client, "asd/pump-a/cmd/model", b'{"id": "w0"}')
+        publish(web.client, "asd/pump-a/cmd/model/reset", b'{"id": "w3"}')
         publish(web.client, "asd/pump-a/cmd/live", b'{"id": "w1", "seconds": 20}')
         publish(web.client, "asd/pump-a/cmd/clip", b'{"id": "w2", "alert_id": "a"}')
         wait_until(lambda: len(heard) >= 2, what="the dashboard's two commands")

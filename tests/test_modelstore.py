@@ -199,7 +199,12 @@ class TestLoad:
         manager, detectors = rig.manager(config)
         assert detectors["a"].sha256 == sha(rig.models["v1"])
         assert detectors["b"].spec.input == "waveform"
-        assert manager.facts("a") == {"source": "config", "previous": None, "last_error": None}
+        assert manager.facts("a") == {
+            "source": "config",
+            "previous": None,
+            "last_error": None,
+            "replay_marker": None,
+        }
         assert manager.last_push() is None
         assert not rig.state_dir.exists()
 
@@ -611,6 +616,7 @@ class TestFileWatch:
             "source": "file",
             "previous": {"name": "level", "version": "1", "sha256": sha(rig.models["v1"])},
             "last_error": None,
+            "replay_marker": None,
         }
 
     def test_a_corrupt_replacement_is_refused_once_then_a_good_one_swaps(self, rig: Rig) -> None:
@@ -699,7 +705,12 @@ class TestRecovery:
         last = manager.last_push()
         assert last is not None and not last["ok"] and last["error"] == refusal.reason
         time.sleep(0.2)
-        assert stored_files(rig) == ["a/active.onnx", "a/previous.onnx", "a/state.json"]
+        assert stored_files(rig) == [
+            "a/active.onnx",
+            "a/previous.onnx",
+            "a/state.json",
+            "replay.json",
+        ]
         submit(manager, rig.push(rig.models["v3"], "b"))
         assert one_swap(manager).monitor == "b"
 

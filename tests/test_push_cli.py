@@ -1,4 +1,5 @@
-"""``asd-train keygen``, ``push`` and ``rollback`` as a user runs them, against a real mosquitto.
+"""``asd-train keygen``, ``push``, ``rollback`` and ``reset`` as a user runs them, against a
+real mosquitto.
 
 A small paho responder stands in for each device: it checks commands with
 ``asd_edge.modelstore.signing`` and the daemon's own model loader and answers on
@@ -26,6 +27,7 @@ from asd_edge.modelstore import load_public_key
 from asd_edge.modelstore.signing import (
     format_issued_at,
     parse_push,
+    parse_reset,
     parse_rollback,
 )
 from devkit.broker import Broker, free_port
@@ -396,7 +398,72 @@ class TestRollback:
         assert again.returncode == 1 and "no previous model" in again.stdout
 
     def test_help_lists_exit_codes(self) -> None:
-        """--help of push and rollback explains the exit codes, 75 included."""
-        for command in ("push", "rollback"):
+        """--help of push, rollback and reset explains the exit codes, 75 included."""
+        for command in ("push", "rollback", "reset"):
             result = asd_train(command, "--help")
             assert result.returncode == 0 and "75  no answer in time" in result.stdout
+
+
+class TestReset:
+    MARKER = "2099-01-01T00:00:00.000Z"
+
+    def device(self, broker: Broker, device_id: str, model: dict[str, Any] | None) -> None:
+        """A device as the broker remembers it: its retained status and model topic."""
+        status = {"state": "online", "device_id": device_id}
+        broker.publish(f"asd/{device_id}/status", json.dumps(status), retain=True)
+        if model is not None:
+            broker.publish(f"asd/{device_id}/model", json.dumps(model), retain=True)
+
+    def test_the_marker_is_read_from_the_model_topic_and_signed(
+        self, mqtt_broker: Broker, keys: tuple[Path, Path]
+    ) -> None:
+        """With --monitor, the reset clears that monitor's replay_marker from the retained
+        model topic, signed with push.key for that device (the device would verify it);
+        nobody answers here: exit 75."""
+        a, b = {"replay_marker": "2026-01-01T00:00:00.000Z"}, {"replay_marker": self.MARKER}
+        model = {"monitors": {"a": a, "b": b}}
+        self.device(mqtt_broker, "two-1", {**model, "replay_floor": self.MARKER})
+        commands = mqtt_broker.subscriber("asd/two-1/cmd/#")
+        result = asd_train(
+            "reset", *broker_args(mqtt_broker), "--device", "two-1", "--monitor", "b",
+            "--key", str(keys[0]), "--timeout", "1",
+        )  # fmt: skip
+        assert result.returncode == 75, result.stdout + result.stderr
+        assert f"replacing the replay marker {self.MARKER} of monitor b" in result.stderr
+        (sent,) = commands.wait_for("asd/two-1/cmd/model/reset")
+        data = json.loads(sent.payload)
+        request = parse_reset(
+            {k: v for k, v in data.items() if k != "id"},
+            request_id=data["id"],
+            device_id="two-1",
+            public_key=load_public_key(keys[1]),
+        )
+        assert (request.monitor, request.clears, request.target) == ("b", self.MARKER, "two-1")
+
+    def test_what_cannot_be_reset_is_said_and_nothing_is_sent(
+        self, mqtt_broker: Broker, keys: tuple[Path, Path]
+    ) -> None:
+        """An asd-edge without resets (no replay_floor on its model topic) or an unknown
+        monitor: exit 1 naming it; no marker at all: exit 0, nothing to reset; a
+        malformed --clears: exit 2. Nothing is published in any case."""
+        self.device(mqtt_broker, "old-1", {"monitors": {"main": {"version": "1"}}})
+        self.device(mqtt_broker, "new-1", {"monitors": {"main": {}}, "replay_floor": None})
+        commands = mqtt_broker.subscriber("asd/+/cmd/#")
+        common = [*broker_args(mqtt_broker), "--key", str(keys[0]), "--timeout", "5"]
+        cases = [
+            (["--device", "old-1"], 1, "asd/old-1/model: no replay_floor: the device's asd-edge"),
+            (["--device", "old-1", "--monitor", "main"], 1, "no replay_marker"),
+            (
+                ["--device", "new-1", "--monitor", "pump"],
+                1,
+                "no monitor named 'pump' on the device (main)",
+            ),
+            (["--device", "new-1"], 0, "the device has no replay marker: nothing to reset"),
+            (["--device", "new-1", "--clears", "2099-01-01"], 2, "--clears: expected ISO 8601"),
+        ]
+        for args, code, message in cases:
+            result = asd_train("reset", *common, *args)
+            assert result.returncode == code, (args, result.stdout + result.stderr)
+            assert message in result.stderr, (args, result.stderr)
+        time.sleep(0.5)
+        assert commands.messages == []

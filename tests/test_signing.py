@@ -1,4 +1,4 @@
-"""Signed push and rollback messages: keys, round trips and every refusal reason."""
+"""Signed push, rollback and reset messages: keys, round trips and every refusal reason."""
 
 from __future__ import annotations
 
@@ -30,11 +30,14 @@ from asd_edge.modelstore.keyfiles import (
 )
 from asd_edge.modelstore.signing import (
     PUSH_CONTEXT,
+    RESET_CONTEXT,
     ROLLBACK_CONTEXT,
     canonical_bytes,
     parse_push,
+    parse_reset,
     parse_rollback,
     push_message,
+    reset_message,
     rollback_message,
 )
 
@@ -345,6 +348,76 @@ class TestRollback:
         assert self.parse(self.rollback(private, target="*"), public).target == "*"
 
 
+class TestReset:
+    CLEARS = "2099-01-01T00:00:00.000Z"
+
+    def reset(self, private: Ed25519PrivateKey | None, **kw: Any) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "request_id": "reset-1",
+            "target": DEVICE,
+            "monitor": "spindle",
+            "clears": self.CLEARS,
+            "private_key": private,
+            "issued_at": "2026-11-21T12:00:00.000Z",
+        }
+        return reset_message(**{**options, **kw})
+
+    def parse(self, message: dict[str, Any], public: Ed25519PublicKey | None) -> Any:
+        args = {k: v for k, v in message.items() if k != "id"}
+        return parse_reset(args, request_id=message.get("id"), device_id=DEVICE, public_key=public)
+
+    def test_round_trip(self, private: Ed25519PrivateKey, public: Ed25519PublicKey) -> None:
+        """A signed reset comes back with its fields; the signature covers the reset's
+        context line and the five fields, clears included, monitor null when absent."""
+        message = self.reset(private, monitor=None)
+        assert "monitor" not in message
+        request = self.parse(json.loads(json.dumps(message)), public)
+        assert (request.id, request.target, request.monitor) == ("reset-1", DEVICE, None)
+        assert (request.clears, request.issued_at) == (self.CLEARS, "2026-11-21T12:00:00.000Z")
+        assert request.key_id == key_id(public) == message["key_id"]
+        fields = {k: message[k] for k in ("id", "target", "clears", "issued_at")}
+        public.verify(
+            base64.b64decode(message["signature"]),
+            canonical_bytes(RESET_CONTEXT, {**fields, "monitor": None}),
+        )
+
+    def test_a_rollback_signature_is_not_a_reset_signature(
+        self, private: Ed25519PrivateKey, public: Ed25519PublicKey
+    ) -> None:
+        """The same fields signed under the rollback's context do not verify as a reset."""
+        message = self.reset(private)
+        fields = {k: message[k] for k in ("id", "target", "monitor", "clears", "issued_at")}
+        forged = private.sign(canonical_bytes(ROLLBACK_CONTEXT, fields))
+        message["signature"] = base64.b64encode(forged).decode()
+        with pytest.raises(Refused, match=r"^bad signature"):
+            self.parse(message, public)
+
+    def test_refusals(self, private: Ed25519PrivateKey, public: Ed25519PublicKey) -> None:
+        """Each refusal names its field: a changed clears, the fleet or another target, no
+        or a malformed clears, unsigned (always), another key, no key on the device."""
+        stranger = Ed25519PrivateKey.generate()
+        no_clears = {k: v for k, v in self.reset(private).items() if k != "clears"}
+        cases: list[tuple[dict[str, Any], Ed25519PublicKey | None, str]] = [
+            (
+                {**self.reset(private), "clears": "2098-01-01T00:00:00.000Z"},
+                public,
+                "bad signature",
+            ),
+            (self.reset(private, target="*"), public, "target: a reset addresses one device"),
+            (self.reset(private, target="press-8"), public, "target: addressed to 'press-8'"),
+            (no_clears, public, "clears: expected the replay marker"),
+            (self.reset(private, clears="tomorrow"), public, "clears: expected the replay marker"),
+            (self.reset(None), public, "unsigned reset refused: a reset must be signed"),
+            (self.reset(stranger), public, "bad signature"),
+            (self.reset(private), None, "push.key_file is not set"),
+            ({**self.reset(private), "size": 1}, public, "unknown field 'size'"),
+        ]
+        for message, key, start in cases:
+            with pytest.raises(Refused) as info:
+                self.parse(message, key)
+            assert info.value.reason.startswith(start), (start, info.value.reason)
+
+
 class TestKeyFiles:
     def test_generate_keys_modes_and_pair(self, tmp_path: Path) -> None:
         """push.key is private (0600), device.key public (0644), and they are a pair."""
@@ -438,11 +511,12 @@ class TestKeyFiles:
 
 class TestLight:
     def test_importing_signing_does_not_load_cryptography(self) -> None:
-        """cryptography loads only when a key is used, not when the daemon imports the module."""
+        """cryptography loads only when a key is used, not when the daemon imports the modules
+        (signing, the reset, the daemon itself)."""
         code = textwrap.dedent(
             """
             import sys
-            import asd_edge.modelstore.signing
+            import asd_edge.modelstore.signing, asd_edge.modelstore.reset, asd_edge.daemon
             print(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography"))
             """
         )

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("training.keygen", "make the Ed25519 key pair that signs pushed models"),
     "push": ("training.push", "send a model to a device (or every device) over MQTT"),
     "rollback": ("training.push:rollback", "return a device's monitor to its previous model"),
+    "reset": ("training.reset", "replace a device's replay marker (a push dated ahead blocks it)"),
 }
 """Subcommand → (module, one-line help). Later stages add themselves here."""
 

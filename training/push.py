@@ -4,6 +4,7 @@ Both publish one command (QoS 1, not retained) on a device's ``<prefix>/cmd/mode
 or, with ``--all``, on the fleet topic, then wait for each device's answer: a
 ``<prefix>/model`` message whose ``last_push`` carries the request id, or a refusal on
 ``<prefix>/cmd_result``. The message format is ``asd_edge.modelstore.signing``'s.
+``exchange`` and the options are shared with ``asd-train reset`` (``training.reset``).
 """
 
 from __future__ import annotations
@@ -34,11 +35,17 @@ from .pushsession import BrokerAddress, BrokerError, FileProblem, MqttSession, p
 
 __all__ = [
     "DISCOVER_S",
+    "EXIT_CODES",
     "Outcome",
+    "check_usage",
     "configure",
+    "configure_common",
     "exchange",
+    "fail",
+    "private_key",
     "rollback",
     "run",
+    "sayer",
 ]
 
 DISCOVER_S: Final = 1.0
@@ -62,6 +69,11 @@ EXIT_CODES: Final = """exit codes:
 
 Builder = Callable[[str, str], dict[str, Any]]
 """(request id, target) -> the JSON object to publish."""
+Prepare = Callable[[str, dict[str, Any] | None], int | None]
+"""(the device's prefix, its latest ``model`` message or None) -> None to go on and
+publish, or the exit code to end with (having said why), before anything is published."""
+WHAT: Final = {"model": "push", "model/rollback": "rollback", "model/reset": "reset"}
+"""Each command's name in messages."""
 
 
 @dataclass
@@ -81,7 +93,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``asd-train push``."""
     parser.epilog = EXIT_CODES
     parser.add_argument("model", type=Path, metavar="MODEL.onnx", help="the model to send")
-    _configure_common(parser, "push")
+    configure_common(parser, "push")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,20 +102,20 @@ def run(args: argparse.Namespace) -> int:
     from asd_edge.detector import Detector
     from asd_edge.errors import ModelError
 
-    say = _sayer(args)
-    problem = _check_usage(args)
+    say = sayer(args)
+    problem = check_usage(args)
     if problem:
-        return _fail(args, problem, EXIT_USAGE)
+        return fail(args, problem, EXIT_USAGE)
     if not args.model.is_file():
-        return _fail(args, f"{args.model}: no such model file", EXIT_NOINPUT)
+        return fail(args, f"{args.model}: no such model file", EXIT_NOINPUT)
     say(f"checking {args.model} with the daemon's loader")
     try:
         detector = Detector(args.model)
         blob = args.model.read_bytes()
     except ModelError as exc:
-        return _fail(args, f"the device would refuse this model: {exc}", EXIT_DATA)
+        return fail(args, f"the device would refuse this model: {exc}", EXIT_DATA)
     except OSError as exc:
-        return _fail(args, f"{args.model}: cannot read ({exc.strerror or exc})", EXIT_NOINPUT)
+        return fail(args, f"{args.model}: cannot read ({exc.strerror or exc})", EXIT_NOINPUT)
     spec = detector.spec
     say(f"model {spec.name} {spec.version} ({spec.kind}, sha256 {detector.sha256[:12]})")
     default_mb = PushConfig().max_mb
@@ -112,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             f"note: {len(blob) / 1e6:.1f} MB is more than the daemon's default push.max_mb "
             f"({default_mb:g}): a device refuses it unless its push.max_mb is raised"
         )
-    key, code = _private_key(args)
+    key, code = private_key(args)
     if code:
         return code
 
@@ -131,15 +143,15 @@ class _Rollback:
     def configure(parser: argparse.ArgumentParser) -> None:
         """The arguments of ``asd-train rollback``."""
         parser.epilog = EXIT_CODES.replace("the model would be", "(push only) the model would be")
-        _configure_common(parser, "rollback")
+        configure_common(parser, "rollback")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         """``asd-train rollback``: ask for the previous model back, print the answers."""
-        problem = _check_usage(args)
+        problem = check_usage(args)
         if problem:
-            return _fail(args, problem, EXIT_USAGE)
-        key, code = _private_key(args)
+            return fail(args, problem, EXIT_USAGE)
+        key, code = private_key(args)
         if code:
             return code
 
@@ -154,28 +166,33 @@ class _Rollback:
 rollback = _Rollback()
 
 
-def exchange(args: argparse.Namespace, *, command: str, build: Builder) -> int:
-    """Publish ``command`` (``model`` or ``model/rollback``) and wait for the answers.
+def exchange(
+    args: argparse.Namespace, *, command: str, build: Builder, prepare: Prepare | None = None
+) -> int:
+    """Publish ``command`` (``model``, ``model/rollback`` or ``model/reset``) and wait for
+    the answers.
 
-    Shared by push and rollback: connect, subscribe to the answer topics (and, with
-    ``--all``, discover the devices from their retained status) before publishing, then
-    match answers on the request id. Returns the command's exit code.
+    Shared by push, rollback and reset: connect, subscribe to the answer topics (and,
+    with ``--all``, discover the devices from their retained status) before publishing,
+    then match answers on the request id. With one device, ``prepare`` sees its
+    retained ``model`` message first and may end the command there. Returns the
+    command's exit code.
     """
-    say = _sayer(args)
+    say = sayer(args)
     request_id = f"{command.split('/')[-1]}-{uuid.uuid4().hex[:16]}"
     address: BrokerAddress = args.broker
-    what = "push" if command == "model" else "rollback"
+    what = WHAT[command]
     try:
         session = MqttSession(args, request_id=request_id, command=command)
     except FileProblem as exc:
-        return _fail(args, str(exc), EXIT_NOINPUT)
+        return fail(args, str(exc), EXIT_NOINPUT)
     try:
         say(f"connecting to {address}")
         session.connect(timeout_s=min(args.timeout, 10.0))
         if args.all:
             devices = _discover(session, args, say)
             if not devices:
-                return _fail(
+                return fail(
                     args,
                     f"no device found: no retained status on {args.base}/+/status",
                     EXIT_UNAVAILABLE,
@@ -186,13 +203,15 @@ def exchange(args: argparse.Namespace, *, command: str, build: Builder) -> int:
             session.subscribe([f"{prefix}/status", f"{prefix}/model", f"{prefix}/cmd_result"])
             seen = session.devices(settle_s=STATUS_WAIT_S).get(prefix)
             if seen is None:
-                return _fail(
+                return fail(
                     args,
                     f"no device {args.device!r} on this broker: no retained status on "
                     f"{prefix}/status (every asd-edge that connected once leaves one); "
                     "check --device or --prefix; nothing was published",
                     EXIT_NOHOST,
                 )
+            if prepare is not None and (code := prepare(prefix, session.model(prefix))) is not None:
+                return code
             devices = {prefix: (args.device, True)}  # offline: its session still gets it
             topic, target = f"{prefix}/cmd/{command}", args.device
         payload = json.dumps(build(request_id, target), separators=(",", ":")).encode()
@@ -203,7 +222,7 @@ def exchange(args: argparse.Namespace, *, command: str, build: Builder) -> int:
             say(f"waiting up to {args.timeout:g} s for {len(awaited)} answer(s)")
         answers = session.wait(awaited, timeout_s=args.timeout)
     except BrokerError as exc:
-        return _fail(args, str(exc), EXIT_UNAVAILABLE)
+        return fail(args, str(exc), EXIT_UNAVAILABLE)
     finally:
         session.close()
     outcomes = _outcomes(devices, answers)
@@ -283,6 +302,11 @@ def _report(
 def _line(outcome: Outcome, args: argparse.Namespace, what: str) -> str:
     head = f"{outcome.device_id}: " if args.all else ""
     answer = outcome.answer or {}
+    if outcome.status == "accepted" and what == "reset":
+        marker = f"{answer.get('cleared')} -> {answer.get('replay_marker')}"
+        if answer.get("monitor"):
+            return f"{head}accepted: the replay marker of {answer['monitor']} is reset ({marker})"
+        return f"{head}accepted: the device's replay markers are reset ({marker})"
     if outcome.status == "accepted":
         monitor = answer.get("monitor") or "the monitor"
         tail = " (rolled back)" if what == "rollback" else ""
@@ -305,41 +329,54 @@ def _exit_code(outcomes: list[Outcome]) -> int:
     return EXIT_OK
 
 
-def _configure_common(parser: argparse.ArgumentParser, what: str) -> None:
-    """Target, signing and broker options shared by push and rollback."""
-    who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--device", metavar="ID", help="the device_id to address")
-    who.add_argument(
-        "--all", action="store_true", help="every device behind the fleet topic (target '*')"
-    )
-    parser.add_argument(
-        "--monitor", metavar="NAME", help="the monitor to change (default: the device's only one)"
-    )
-    sign = parser.add_mutually_exclusive_group(required=True)
-    sign.add_argument(
-        "--key", type=Path, metavar="FILE", help="push.key from asd-train keygen: sign with it"
-    )
-    sign.add_argument(
-        "--unsigned",
-        action="store_true",
-        help="send unsigned (a device refuses it unless push.allow_unsigned is true)",
-    )
+def configure_common(
+    parser: argparse.ArgumentParser,
+    what: str,
+    *,
+    fleet: bool = True,
+    monitor_help: str = "the monitor to change (default: the device's only one)",
+) -> None:
+    """Target, signing and broker options shared by push, rollback and reset (``fleet``
+    False: one device only, always signed, as a reset)."""
+    if fleet:
+        who = parser.add_mutually_exclusive_group(required=True)
+        who.add_argument("--device", metavar="ID", help="the device_id to address")
+        who.add_argument(
+            "--all", action="store_true", help="every device behind the fleet topic (target '*')"
+        )
+    else:
+        parser.add_argument("--device", required=True, metavar="ID", help="the device_id")
+        parser.set_defaults(all=False, fleet_prefix=None, base=None, unsigned=False)
+    parser.add_argument("--monitor", metavar="NAME", help=monitor_help)
+    key_help = "push.key from asd-train keygen: sign with it"
+    if fleet:
+        sign = parser.add_mutually_exclusive_group(required=True)
+        sign.add_argument("--key", type=Path, metavar="FILE", help=key_help)
+        sign.add_argument(
+            "--unsigned",
+            action="store_true",
+            help="send unsigned (a device refuses it unless push.allow_unsigned is true)",
+        )
+    else:
+        parser.add_argument("--key", type=Path, required=True, metavar="FILE", help=key_help)
     parser.add_argument(
         "--broker", required=True, type=parse_broker, metavar="HOST[:PORT]", help="MQTT broker"
     )
     parser.add_argument("--prefix", metavar="P", help="the device's topic prefix (default asd/ID)")
-    parser.add_argument(
-        "--fleet-prefix",
-        default="asd/fleet",
-        metavar="P",
-        help="with --all: the fleet prefix (the devices' push.fleet_prefix; default %(default)s)",
-    )
-    parser.add_argument(
-        "--base",
-        default="asd",
-        metavar="B",
-        help="with --all: find devices from retained B/+/status (default %(default)s)",
-    )
+    if fleet:
+        parser.add_argument(
+            "--fleet-prefix",
+            default="asd/fleet",
+            metavar="P",
+            help="with --all: the fleet prefix (the devices' push.fleet_prefix; default "
+            "%(default)s)",
+        )
+        parser.add_argument(
+            "--base",
+            default="asd",
+            metavar="B",
+            help="with --all: find devices from retained B/+/status (default %(default)s)",
+        )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -357,7 +394,7 @@ def _configure_common(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
-def _check_usage(args: argparse.Namespace) -> str | None:
+def check_usage(args: argparse.Namespace) -> str | None:
     """A problem with the options that argparse cannot see, or None."""
     if args.timeout <= 0:
         return f"--timeout must be positive, got {args.timeout:g}"
@@ -378,20 +415,22 @@ def _check_usage(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _private_key(args: argparse.Namespace) -> tuple[Any, int]:
+def private_key(args: argparse.Namespace) -> tuple[Any, int]:
     """(the signing key or None for --unsigned, 0) or (None, exit code) after printing why."""
     if args.unsigned:
-        _sayer(args)("unsigned: a device accepts it only with push.allow_unsigned: true")
+        sayer(args)("unsigned: a device accepts it only with push.allow_unsigned: true")
         return None, EXIT_OK
     if not args.key.is_file():
-        return None, _fail(args, f"{args.key}: no such key file (asd-train keygen)", EXIT_NOINPUT)
+        return None, fail(args, f"{args.key}: no such key file (asd-train keygen)", EXIT_NOINPUT)
     try:
         return load_private_key(args.key), EXIT_OK
     except KeyFileError as exc:
-        return None, _fail(args, str(exc), EXIT_DATA)
+        return None, fail(args, str(exc), EXIT_DATA)
 
 
-def _sayer(args: argparse.Namespace) -> Callable[[str], None]:
+def sayer(args: argparse.Namespace) -> Callable[[str], None]:
+    """A function printing progress lines on stderr (nothing with --quiet)."""
+
     def say(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
@@ -399,7 +438,8 @@ def _sayer(args: argparse.Namespace) -> Callable[[str], None]:
     return say
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+def fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Print ``asd-train <command>: message`` on stderr; return ``code``."""
     print(f"asd-train {args.command}: {message}", file=sys.stderr)
     return code
 

@@ -1,4 +1,5 @@
-"""The broker side of ``asd-train push`` and ``rollback``: address, TLS, one MQTT session."""
+"""The broker side of ``asd-train push``, ``rollback`` and ``reset``: address, TLS, one MQTT
+session."""
 
 from __future__ import annotations
 
@@ -68,9 +69,9 @@ Answer = tuple[str, str | None, dict[str, Any]]
 class MqttSession:
     """One short-lived paho connection (clean session) for one request id.
 
-    It records the retained ``status`` of devices and the answers that carry the
-    request id, on whatever topics it was asked to subscribe to, keyed by the
-    device's prefix (the topic less its last level).
+    It records the retained ``status`` of devices, their latest ``model`` message, and
+    the answers that carry the request id, on whatever topics it was asked to subscribe
+    to, keyed by the device's prefix (the topic less its last level).
     """
 
     def __init__(self, args: argparse.Namespace, *, request_id: str, command: str) -> None:
@@ -101,6 +102,7 @@ class MqttSession:
         self._granted: dict[int, list[Any]] = {}
         self._published = False
         self._statuses: dict[str, tuple[str, bool]] = {}
+        self._models: dict[str, dict[str, Any]] = {}
         self._answers: dict[str, Answer] = {}
         self._started = False
 
@@ -136,6 +138,13 @@ class MqttSession:
         time.sleep(settle_s)
         with self._changed:
             return dict(self._statuses)
+
+    def model(self, prefix: str) -> dict[str, Any] | None:
+        """The latest ``<prefix>/model`` message seen (the retained one arrives with the
+        retained status), or None."""
+        with self._changed:
+            found = self._models.get(prefix)
+            return None if found is None else dict(found)
 
     def publish(self, topic: str, payload: bytes, *, timeout_s: float) -> None:
         """Publish QoS 1, not retained; BrokerError unless the broker acknowledged it."""
@@ -202,6 +211,8 @@ class MqttSession:
                 else:
                     self._statuses.pop(prefix, None)
                 return
+            if leaf == "model" and isinstance(data, dict):
+                self._models[prefix] = data
             answer = self._match(leaf, data)
             if answer is not None and prefix not in self._answers:
                 self._answers[prefix] = answer

@@ -155,7 +155,9 @@ class PushConfig:
     """A push or rollback whose ``issued_at`` lies more than this ahead of the device's
     clock is refused: accepted, it would make every later request look like a replay.
     A device whose clock is wrong (no RTC, before NTP has synchronised) refuses every
-    push until its clock is set, and says so."""
+    push until its clock is set, and says so. A reset of the replay markers
+    (``cmd/model/reset``) must lie within this of the device's clock both ways (behind:
+    at least ``modelstore.replay.RESET_MIN_AGE_S``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

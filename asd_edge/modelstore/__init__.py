@@ -12,8 +12,11 @@ own thread and hands the daemon swaps to apply between two ticks:
 - ``slot`` and ``files``: one monitor's slot (what runs, where it came from) and its
   files on disk (``active.onnx``, ``previous.onnx``, ``state.json``).
 - ``checks``: what a candidate must pass beside the running model.
-- ``requests`` and ``signing``: a push or rollback as the device checks it (target,
-  replay, signature), and the signed message format ``asd-train push`` sends.
+- ``requests`` and ``signing``: a push, rollback or reset as the device checks it
+  (target, signature), and the signed message format ``asd-train push`` sends.
+- ``replay`` and ``reset``: the replay markers (each monitor's, and the device-wide
+  floor in ``replay.json``) with their clock checks, and the signed reset
+  (``cmd/model/reset``, ``asd-train reset``) that replaces a marker dated ahead.
 - ``keyfiles``: the Ed25519 key files (cryptography loads only when a key is used).
 
 Named ``modelstore`` rather than ``models`` because the repository's top-level

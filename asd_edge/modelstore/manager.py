@@ -1,4 +1,4 @@
-"""The model manager: which model each monitor runs, hot-swaps, pushes and rollbacks."""
+"""The model manager: which model each monitor runs, hot-swaps, pushes, rollbacks, resets."""
 
 # The API every thread calls; the worker thread (worker.ModelWorker) does the slow work,
 # and what the two share is in shared.SharedState, behind one lock.
@@ -16,12 +16,13 @@ import structlog
 
 from ..config import Config, MonitorConfig
 from ..detector import Detector
-from ..errors import CommandError, ConfigError, ModelError, Refused, Unfit
+from ..errors import CommandError, ConfigError, ModelError, Unfit
 from ..jsonvalues import iso_utc
 from .checks import CaptureFacts, check_fit
 from .files import SlotState, close_held
-from .requests import is_duplicate, load_key, outcome
-from .shared import SUPERSEDED, SharedState, Swap, _Command, _Job
+from .replay import ReplayFloor, marker, read_floor, write_floor
+from .requests import RESET_COMMAND, is_duplicate, load_key, outcome
+from .shared import SUPERSEDED, Result, SharedState, Swap, _Command, _Job
 from .slot import ModelSlot, load_slot
 from .worker import ModelWorker
 
@@ -47,6 +48,10 @@ class ModelManager:
     ``state_dir/models/<monitor>/``. Between two ticks the daemon collects
     ``take_results``, puts each Swap's detector in service and calls ``applied``.
     Nothing is written while nothing changes.
+
+    Replay state: each monitor's marker (state.json) and the device's floor
+    (``state_dir/models/replay.json``, ``replay.py``), which holds a monitor without a
+    marker of its own; ``submit_reset`` replaces them (``reset.py``).
     """
 
     def __init__(
@@ -59,7 +64,7 @@ class ModelManager:
         self.root = Path(state_dir) / "models"
         """Where each monitor's models and state live (``state_dir/models/<monitor>``)."""
         self.device_id = device_id
-        self._shared = SharedState(wall_clock)
+        self._shared = SharedState(self.root, wall_clock)
         self._worker = ModelWorker(self._shared, device_id=device_id)
 
     # --- the daemon's thread -------------------------------------------------------
@@ -103,7 +108,9 @@ class ModelManager:
                     slot.state = slot.files.demote_active(slot.state, slot.running, keep=keep)
                 except OSError as exc:
                     log.error("model_store_write_failed", monitor=slot.config.name, error=str(exc))
+            floor, stored = self._load_floor(slots)
         with shared.lock:
+            shared.floor, shared.floor_stored = floor, stored
             for name, old in shared.slots.items():
                 new = slots.get(name)
                 if new is not None and (old.last_issued_at or "") > (new.last_issued_at or ""):
@@ -116,6 +123,28 @@ class ModelManager:
             shared.generation += 1
         shared.nudge()  # the worker takes up the new watch period
         return detectors
+
+    def _load_floor(self, slots: Mapping[str, ModelSlot]) -> tuple[ReplayFloor, ReplayFloor]:
+        """The device's replay floor at ``load`` (disk lock held) and what replay.json
+        holds after it: replay.json's (or, without one, every monitor folder's latest
+        marker), raised to each configured monitor's marker and to a floor a failed
+        write left in memory; written back when that changed it."""
+        floor, rewrite = read_floor(self.root, skip=slots.keys())
+        with self._shared.lock:
+            known = self._shared.floor
+        raised = [(known.issued_at, known.request_id)]
+        raised += [(slot.last_issued_at, slot.last_request_id) for slot in slots.values()]
+        for issued_at, request_id in raised:
+            if issued_at is not None and issued_at > (floor.issued_at or ""):
+                floor, rewrite = floor.raised(issued_at, request_id), True
+        if not rewrite:
+            return floor, floor
+        try:
+            write_floor(self.root, floor)
+        except OSError as exc:
+            log.error("replay_floor_write_failed", path=str(self.root), error=str(exc))
+            return floor, ReplayFloor()
+        return floor, floor
 
     def set_capture(self, sample_rate: int, ring_s: float) -> None:
         """The audio input's facts, once it is open: a candidate must be servable at
@@ -136,7 +165,7 @@ class ModelManager:
             return str(exc)
         return None
 
-    def take_results(self) -> list[Swap | Refused]:
+    def take_results(self) -> list[Result]:
         """Swaps ready to be put in service and refusals to report; never waits on work.
 
         Each Swap must get ``applied`` (or ``discard``) before the next ``load``; a
@@ -145,7 +174,7 @@ class ModelManager:
         shared = self._shared
         with shared.lock:
             items, shared.results = shared.results, []
-            out: list[Swap | Refused] = []
+            out: list[Result] = []
             for item in items:
                 pending = shared.pending.get(item.ticket) if isinstance(item, Swap) else None
                 if pending is None or (
@@ -179,6 +208,7 @@ class ModelManager:
             slot.config_sha256 = config_sha
             if pending.issued_at is not None:
                 slot.last_issued_at, slot.last_request_id = pending.issued_at, swap.request_id
+                shared.floor = shared.floor.raised(pending.issued_at, swap.request_id)
             state = SlotState(
                 active=new,
                 previous=dataclasses.replace(outgoing, stored=True),
@@ -203,7 +233,9 @@ class ModelManager:
 
     def facts(self, monitor: str) -> dict[str, Any]:
         """For the ``model`` topic: ``source``, ``previous`` ({name, version, sha256} or
-        None) and ``last_error`` of a loaded monitor's model."""
+        None) and ``last_error`` of a loaded monitor's model, and its ``replay_marker``
+        (the issued_at a push or rollback must be later than: its own marker, or the
+        device's floor; None: any; what ``asd-train reset --monitor`` clears)."""
         with self._shared.lock:
             slot = self._shared.slots[monitor]
             previous = slot.state.previous
@@ -211,7 +243,15 @@ class ModelManager:
                 "source": slot.running.source,
                 "previous": None if previous is None else previous.facts(),
                 "last_error": slot.last_error,
+                "replay_marker": marker(slot.last_issued_at, self._shared.floor),
             }
+
+    def replay_floor(self) -> str | None:
+        """The device's replay floor (the ``model`` topic's ``replay_floor``: the latest
+        issued_at accepted on the device, or set by a reset; what ``asd-train reset``
+        without ``--monitor`` clears); None: none yet."""
+        with self._shared.lock:
+            return self._shared.floor.issued_at
 
     def last_push(self) -> dict[str, Any] | None:
         """The outcome of the last push or rollback (the ``model`` topic's ``last_push``)."""
@@ -232,6 +272,11 @@ class ModelManager:
         """Queue a ``cmd/model/rollback``; returns at once (CommandError when busy)."""
         self._submit("model/rollback", args, request_id)
 
+    def submit_reset(self, args: Mapping[str, Any], request_id: str | None) -> None:
+        """Queue a ``cmd/model/reset`` (``reset.py``): replay markers replaced, no model
+        changed; returns at once (CommandError when busy)."""
+        self._submit(RESET_COMMAND, args, request_id)
+
     def submit_learned(self, monitor: str, model: bytes, request_id: str | None) -> None:
         """Queue a model learned on the device (``asd_edge.learning``) for ``monitor``:
         validated like a push (no signature: the daemon made it), stored like one, and
@@ -244,7 +289,14 @@ class ModelManager:
         item = _Command(command, dict(args), request_id)
         with shared.lock:
             flight_id = None if shared.flight is None else shared.flight.request_id
-            if is_duplicate(request_id, item.args, flight_id, shared.slots):
+            if is_duplicate(
+                request_id,
+                item.args,
+                flight_id,
+                shared.slots,
+                command=command,
+                floor=shared.floor,
+            ):
                 log.debug("model_command_duplicate", command=command, id=request_id)
                 return
             if shared.in_flight >= MAX_IN_FLIGHT:

@@ -1,17 +1,16 @@
-"""Pushes and rollbacks as the device checks them: signature, target monitor, replay."""
+"""Pushes, rollbacks and resets as the device checks them: signature, target monitor."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..config import Config, PushConfig
 from ..errors import ConfigError, KeyFileError, Refused
-from ..jsonvalues import iso_utc
 from .files import ModelRecord
+from .replay import ReplayFloor
 from .slot import ModelSlot
 
 if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
@@ -19,9 +18,8 @@ if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stay
 
 __all__ = [
     "COMMAND_SOURCES",
+    "RESET_COMMAND",
     "CheckedRequest",
-    "check_not_ahead",
-    "check_replay",
     "check_request",
     "is_duplicate",
     "load_key",
@@ -36,6 +34,8 @@ COMMAND_SOURCES: Final[Mapping[str, Literal["push", "rollback", "learn"]]] = {
     "learn": "learn",
 }
 """The commands that change a model, and the source they give it."""
+RESET_COMMAND: Final = "model/reset"
+"""The command that replaces replay markers (``reset.py``); it changes no model."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,50 +99,31 @@ def pick_monitor(name: str | None, monitors: Sequence[str]) -> str:
     return name
 
 
-def check_replay(monitor: str, issued_at: str, last_issued_at: str | None) -> None:
-    """Refused unless ``issued_at`` is later than the monitor's last accepted request.
-    (No exception for a marker in the future: trusting the device's clock to reset it
-    would let an old signed request be replayed whenever that clock runs behind.)"""
-    if last_issued_at is None or issued_at > last_issued_at:
-        return
-    raise Refused(
-        f"issued_at: {issued_at} is not later than the last accepted push or rollback "
-        f"of monitor {monitor!r} ({last_issued_at}): a replay is refused",
-        monitor=monitor,
-    )
-
-
-def check_not_ahead(issued_at: str, now_s: float, max_ahead_s: float, monitor: str) -> None:
-    """Refused when ``issued_at`` lies more than ``max_ahead_s`` ahead of the device's clock
-    (``now_s``, epoch seconds): the signer's clock or this device's is wrong."""
-    ahead_s = _epoch(issued_at) - now_s
-    if ahead_s > max_ahead_s:
-        raise Refused(
-            f"issued_at: {issued_at} is {ahead_s:.0f} s ahead of this device's clock "
-            f"({iso_utc(now_s)}), more than push.max_clock_skew_s ({max_ahead_s:g} s): "
-            "set the clock of the signer or of the device (NTP) and push again",
-            monitor=monitor,
-        )
-
-
-def _epoch(issued_at: str) -> float:
-    """Epoch seconds of an ``issued_at`` (ISO 8601 UTC with milliseconds, as checked)."""
-    return datetime.strptime(issued_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
 def is_duplicate(
     request_id: str | None,
     args: Mapping[str, Any],
     in_flight_id: str | None,
     slots: Mapping[str, ModelSlot],
+    *,
+    command: str = "model",
+    floor: ReplayFloor | None = None,
 ) -> bool:
     """A second delivery (MQTT QoS 1) of the command in flight (``in_flight_id``) or of
-    the monitor's last accepted one: same id (and, for the latter, same issued_at)."""
+    the monitor's last accepted one: same id (and, for the latter, same issued_at). A
+    reset of the device's markers (``RESET_COMMAND`` naming no monitor) is compared
+    with the request that set the device's ``floor``."""
     if request_id is None:
         return False
     if in_flight_id is not None and in_flight_id == request_id:
         return True
     named = args.get("monitor")
+    if command == RESET_COMMAND and named is None:
+        return (
+            floor is not None
+            and floor.request_id == request_id
+            and floor.issued_at is not None
+            and floor.issued_at == args.get("issued_at")
+        )
     if named is None and len(slots) == 1:
         slot: ModelSlot | None = next(iter(slots.values()))
     else:
@@ -175,8 +156,9 @@ def outcome(
     at: str,
     record: ModelRecord | None,
     error: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``last_push`` object of the ``model`` topic."""
+    """The ``last_push`` object of the ``model`` topic (``extra``: a reset's markers)."""
     return {
         "id": request_id,
         "command": command,
@@ -187,4 +169,5 @@ def outcome(
         "version": None if record is None else record.version,
         "sha256": None if record is None else record.sha256,
         "at": at,
+        **(extra or {}),
     }

@@ -7,6 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
@@ -17,13 +18,14 @@ from ..errors import Refused
 from ..jsonvalues import iso_utc
 from .checks import CaptureFacts
 from .files import HeldFile, ModelRecord, MonitorFiles, SlotState, close_held
+from .replay import ReplayFloor
 from .requests import outcome
 from .slot import ModelSlot
 
 if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["SUPERSEDED", "SharedState", "Swap", "SwapSource"]
+__all__ = ["SUPERSEDED", "ReplayReset", "Result", "SharedState", "Swap", "SwapSource"]
 
 log = structlog.get_logger()
 
@@ -46,6 +48,25 @@ class Swap:
     """``model`` or ``model/rollback``; None for a file swap."""
     ticket: int
     """Identifies the swap to ``ModelManager.applied`` and ``discard``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayReset:
+    """A signed reset accepted (``reset.py``): replay markers replaced, no model changed.
+    The daemon passes it over (it only republishes the ``model`` topic)."""
+
+    request_id: str
+    monitor: str | None
+    """The monitor whose marker it replaced; None: the device's (the floor and every
+    configured monitor's)."""
+    cleared: str
+    """The marker it replaced."""
+    marker: str
+    """The marker now: the reset's issued_at."""
+
+
+Result = Swap | Refused | ReplayReset
+"""What ``ModelManager.take_results`` hands the daemon."""
 
 
 # What the two threads pass each other (queue items, swaps pending, swaps to write),
@@ -100,7 +121,9 @@ class SharedState:
     queue (thread-safe itself); ``disk_lock`` serialises the store's files and is taken
     before ``lock``, never after it."""
 
-    def __init__(self, wall_clock: Callable[[], float]) -> None:
+    def __init__(self, root: Path, wall_clock: Callable[[], float]) -> None:
+        self.root = root
+        """``state_dir/models``: the monitors' folders and replay.json."""
         self.wall = wall_clock
         """Wall-clock seconds, for ``adopted_at`` and ``last_push``'s ``at``."""
         self.lock = threading.Lock()
@@ -111,7 +134,7 @@ class SharedState:
         """The worker's work: commands, discards of incoming.onnx, nudges, its stop."""
         self.jobs: deque[_Job] = deque()
         """Swaps in service, still to be written to the store."""
-        self.results: list[Swap | Refused] = []
+        self.results: list[Result] = []
         """What ``take_results`` hands the daemon next."""
         self.pending: dict[int, _Pending] = {}
         """Swaps handed over and not yet applied, by ticket."""
@@ -133,6 +156,10 @@ class SharedState:
         """The push or rollback in flight."""
         self.last_push: dict[str, Any] | None = None
         """The outcome of the last push or rollback."""
+        self.floor = ReplayFloor()
+        """The device's replay floor (``replay.py``) as it stands."""
+        self.floor_stored = ReplayFloor()
+        """The floor as replay.json holds it (the worker writes ``floor`` when they differ)."""
 
     def nudge(self) -> None:
         """Wake the worker (it writes the swaps in service and takes up the watch period)."""
@@ -146,7 +173,7 @@ class SharedState:
     def refuse(
         self,
         command: str | None,
-        source: SwapSource,
+        source: str,
         request_id: str | None,
         monitor: str | None,
         reason: str,

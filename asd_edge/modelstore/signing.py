@@ -1,4 +1,4 @@
-"""Signed model push and rollback messages: building and checking the JSON."""
+"""Signed model push, rollback and reset messages: building and checking the JSON."""
 
 from __future__ import annotations
 
@@ -25,21 +25,28 @@ if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemo
 
 __all__ = [
     "PUSH_CONTEXT",
+    "RESET_CONTEXT",
     "ROLLBACK_CONTEXT",
     "PushRequest",
+    "ResetRequest",
     "RollbackRequest",
     "canonical_bytes",
     "format_issued_at",
     "parse_push",
+    "parse_reset",
     "parse_rollback",
     "push_message",
+    "reset_message",
     "rollback_message",
+    "valid_issued_at",
 ]
 
 PUSH_CONTEXT: Final = b"asd-edge-push/1\n"
 """Prefix of the signed bytes of a push: a push signature never verifies as anything else."""
 ROLLBACK_CONTEXT: Final = b"asd-edge-rollback/1\n"
 """Prefix of the signed bytes of a rollback."""
+RESET_CONTEXT: Final = b"asd-edge-reset/1\n"
+"""Prefix of the signed bytes of a reset of the replay markers."""
 MAX_ID_CHARS: Final = 128
 """Longest request id accepted."""
 
@@ -47,6 +54,7 @@ _PUSH_FIELDS: Final = frozenset(
     {"target", "monitor", "sha256", "size", "issued_at", "key_id", "signature", "model"}
 )
 _ROLLBACK_FIELDS: Final = frozenset({"target", "monitor", "issued_at", "key_id", "signature"})
+_RESET_FIELDS: Final = _ROLLBACK_FIELDS | {"clears"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ISSUED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 _ISSUED_AT_EXAMPLE: Final = "2026-11-21T10:15:00.123Z"
@@ -82,6 +90,23 @@ class RollbackRequest:
     issued_at: str
     signed: bool
     key_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetRequest:
+    """A checked reset of replay markers (always signed: see ``parse_reset``)."""
+
+    id: str
+    target: str
+    """This device's id (a reset never addresses the fleet)."""
+    monitor: str | None
+    """The monitor whose marker it replaces; None: the device's (the floor and every
+    monitor's)."""
+    issued_at: str
+    """When it was signed; it becomes the new marker."""
+    clears: str
+    """The marker it replaces, as the device published it: any other value is refused."""
+    key_id: str
 
 
 def format_issued_at(moment: datetime | None = None) -> str:
@@ -134,6 +159,28 @@ def rollback_message(
         "issued_at": issued_at or format_issued_at(),
     }
     return _message(signed, ROLLBACK_CONTEXT, private_key)
+
+
+def reset_message(
+    *,
+    request_id: str,
+    target: str,
+    monitor: str | None,
+    clears: str,
+    private_key: Ed25519PrivateKey | None,
+    issued_at: str | None = None,
+) -> dict[str, Any]:
+    """The JSON object of a reset of the replay marker ``clears`` of ``monitor`` (None:
+    of the device). A device accepts it only signed (``private_key``); unsigned, it is
+    built only to be refused (tests)."""
+    signed = {
+        "id": request_id,
+        "target": target,
+        "monitor": monitor,
+        "clears": clears,
+        "issued_at": issued_at or format_issued_at(),
+    }
+    return _message(signed, RESET_CONTEXT, private_key)
 
 
 def parse_push(
@@ -203,6 +250,45 @@ def parse_rollback(
     return RollbackRequest(rid, target, monitor, issued_at, signed, kid)
 
 
+def parse_reset(
+    args: Mapping[str, Any],
+    *,
+    request_id: str | None,
+    device_id: str,
+    public_key: Ed25519PublicKey | None,
+) -> ResetRequest:
+    """Check a reset (``args`` without ``id``): the fields as for a rollback, ``target``
+    this device itself (never ``*``: the marker it clears is one device's), ``clears``
+    a marker, and a signature by ``push.key_file`` whatever ``push.allow_unsigned``
+    says: the replay markers outlive that setting, and an unsigned reset accepted in a
+    lab would let old signed pushes be replayed once signatures are required again."""
+    rid, target, monitor, issued_at = _common(args, request_id, device_id, _RESET_FIELDS)
+    if target != device_id:
+        raise Refused(
+            f"target: a reset addresses one device by its id ({device_id!r}), got {target!r}"
+        )
+    clears = args.get("clears")
+    if not isinstance(clears, str) or not valid_issued_at(clears):
+        raise Refused(
+            f"clears: expected the replay marker to replace, ISO 8601 UTC with milliseconds "
+            f"like {_ISSUED_AT_EXAMPLE} (the device's model topic shows it), got {_shown(clears)}"
+        )
+    signed_fields = {
+        "id": rid,
+        "target": target,
+        "monitor": monitor,
+        "clears": clears,
+        "issued_at": issued_at,
+    }
+    if args.get("signature") is None:
+        raise Refused(
+            "unsigned reset refused: a reset must be signed with push.key, even with "
+            "push.allow_unsigned: true"
+        )
+    kid = _check_signature(args, RESET_CONTEXT, signed_fields, public_key, "reset")
+    return ResetRequest(rid, target, monitor, issued_at, clears, kid)
+
+
 def _common(
     args: Mapping[str, Any], request_id: str | None, device_id: str, allowed: frozenset[str]
 ) -> tuple[str, str, str | None, str]:
@@ -223,7 +309,7 @@ def _common(
     if monitor is not None and (not isinstance(monitor, str) or not monitor):
         raise Refused(f"monitor: expected a monitor name, got {_shown(monitor)}")
     issued_at = args.get("issued_at")
-    if not isinstance(issued_at, str) or not _valid_issued_at(issued_at):
+    if not isinstance(issued_at, str) or not valid_issued_at(issued_at):
         raise Refused(
             f"issued_at: expected ISO 8601 UTC with milliseconds like {_ISSUED_AT_EXAMPLE}, "
             f"got {_shown(issued_at)}"
@@ -240,14 +326,23 @@ def _verify(
     what: str,
 ) -> tuple[bool, str | None]:
     """(signed, key id) if the signature checks out or unsigned is allowed; Refused if not."""
-    signature = args.get("signature")
-    claimed = args.get("key_id")
-    if claimed is not None and not isinstance(claimed, str):
-        raise Refused(f"key_id: expected a string, got {_shown(claimed)}")
-    if signature is None:
+    _claimed_key_id(args)
+    if args.get("signature") is None:
         if allow_unsigned:
             return False, None
         raise Refused(f"unsigned {what} refused (push.allow_unsigned is false)")
+    return True, _check_signature(args, context, fields, public_key, what)
+
+
+def _check_signature(
+    args: Mapping[str, Any],
+    context: bytes,
+    fields: Mapping[str, Any],
+    public_key: Ed25519PublicKey | None,
+    what: str,
+) -> str:
+    """The id of ``public_key`` if the message's signature verifies with it; Refused if not."""
+    signature, claimed = args.get("signature"), _claimed_key_id(args)
     if public_key is None:
         raise Refused("push.key_file is not set: cannot check the signature")
     from cryptography.exceptions import InvalidSignature
@@ -263,7 +358,15 @@ def _verify(
         raise Refused(
             f"bad signature: it does not verify with push.key_file (key_id {ours}; {named})"
         ) from None
-    return True, ours
+    return ours
+
+
+def _claimed_key_id(args: Mapping[str, Any]) -> str | None:
+    """The ``key_id`` a message names (None: none); Refused when it is not a string."""
+    claimed = args.get("key_id")
+    if claimed is not None and not isinstance(claimed, str):
+        raise Refused(f"key_id: expected a string, got {_shown(claimed)}")
+    return claimed
 
 
 def _message(
@@ -278,7 +381,9 @@ def _message(
     return message
 
 
-def _valid_issued_at(text: str) -> bool:
+def valid_issued_at(text: str) -> bool:
+    """Whether ``text`` is an ``issued_at`` as the messages carry it (ISO 8601 UTC with
+    milliseconds, a real date)."""
     if not _ISSUED_AT.fullmatch(text):
         return False
     try:

@@ -1,7 +1,9 @@
-"""The model manager's worker thread: pushes, rollbacks, the file watcher, the store's writes."""
+"""The model manager's worker thread: pushes, rollbacks, resets, the file watcher, the
+store's writes."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -12,15 +14,12 @@ import structlog
 
 from ..detector import Detector, unreadable_model
 from ..errors import ModelError, Refused, Unfit
+from ..jsonvalues import iso_utc
 from .checks import CaptureFacts, validate_candidate
 from .files import HeldFile, ModelRecord, StatKey, close_held, stat_key
-from .requests import (
-    COMMAND_SOURCES,
-    check_not_ahead,
-    check_replay,
-    check_request,
-    pick_monitor,
-)
+from .replay import check_not_ahead, check_replay, write_floor
+from .requests import COMMAND_SOURCES, RESET_COMMAND, check_request, outcome, pick_monitor
+from .reset import apply_reset
 from .shared import SUPERSEDED, SharedState, Swap, SwapSource, _Command, _Discard, _Job, _Pending
 from .slot import ModelSlot, new_record
 
@@ -34,7 +33,7 @@ _STOP: Final = object()
 class ModelWorker:
     """The thread ``asd-models``, which does everything slow for ``ModelManager``.
 
-    It takes pushes and rollbacks off the shared task queue, looks at the config's
+    It takes pushes, rollbacks and resets off the shared task queue, looks at the config's
     model files every ``detector.watch_s``, validates each candidate beside the running
     model and hands it over (a Swap or a Refused in the shared results), and writes the
     swaps the daemon has put in service to ``state_dir/models/<monitor>/``. All it
@@ -139,14 +138,28 @@ class ModelWorker:
             named = item.args.get("monitor")
             with shared.lock:
                 known = named if isinstance(named, str) and named in shared.slots else None
-            source = COMMAND_SOURCES[item.name]
+            source = _source(item.name)
             shared.refuse(item.name, source, item.request_id, known, "internal error")
 
     def _write(self, job: _Job) -> None:
+        """Store a swap in service: the device's replay floor first if it rose, then the
+        monitor's files with its replay marker as it stands now (a reset since the swap
+        may have replaced the one ``job.state`` carries)."""
         shared, slot = self._shared, job.slot
         try:
             with shared.disk_lock:
-                written = slot.files.adopt(job.new, job.state, job.outgoing, job.held)
+                with shared.lock:
+                    floor, stored = shared.floor, shared.floor_stored
+                    state = dataclasses.replace(
+                        job.state,
+                        last_issued_at=slot.last_issued_at,
+                        last_request_id=slot.last_request_id,
+                    )
+                if floor != stored:
+                    write_floor(shared.root, floor)
+                    with shared.lock:
+                        shared.floor_stored = floor
+                written = slot.files.adopt(job.new, state, job.outgoing, job.held)
         except OSError as exc:
             log.error("model_store_write_failed", monitor=slot.config.name, error=str(exc))
             if job.new.stored and slot.files.incoming.is_file():
@@ -165,6 +178,9 @@ class ModelWorker:
 
     def _command(self, item: _Command) -> None:
         shared = self._shared
+        if item.name == RESET_COMMAND:
+            self._reset(item)
+            return
         source = COMMAND_SOURCES[item.name]
         try:
             slot, request_id, issued_at, detector, generation = self._prepare(item)
@@ -178,6 +194,30 @@ class ModelWorker:
         self._hand_over(
             slot, detector, record, item.name, request_id, generation, issued_at=issued_at
         )
+
+    def _reset(self, item: _Command) -> None:
+        """A reset of replay markers: accepted (a ReplayReset for the daemon, and the
+        answer in ``last_push``) or refused."""
+        shared = self._shared
+        try:
+            done = apply_reset(shared, item, self.device_id)
+        except Refused as exc:
+            named = item.args.get("monitor")
+            with shared.lock:
+                known = named if isinstance(named, str) and named in shared.slots else None
+            shared.refuse(item.name, "reset", item.request_id, exc.monitor or known, exc.reason)
+            return
+        with shared.lock:
+            shared.results.append(done)
+            shared.release()
+            shared.last_push = outcome(
+                item.name,
+                done.request_id,
+                done.monitor,
+                iso_utc(shared.wall()),
+                None,
+                extra={"cleared": done.cleared, "replay_marker": done.marker},
+            )
 
     def _prepare(self, item: _Command) -> tuple[ModelSlot, str | None, str | None, Detector, int]:
         """Check a push or rollback and validate its model; Refused says why not. Also
@@ -209,7 +249,7 @@ class ModelWorker:
         check_not_ahead(request.issued_at, now_s, skew_s, monitor)
         with shared.lock:
             slot = shared.slots[monitor]
-            check_replay(monitor, request.issued_at, slot.last_issued_at)
+            check_replay(monitor, request.issued_at, slot.last_issued_at, shared.floor)
             previous = slot.state.previous
         with shared.disk_lock:
             try:
@@ -341,3 +381,8 @@ class ModelWorker:
             version=record.version,
             sha256=record.sha256,
         )
+
+
+def _source(command: str) -> str:
+    """What a command's refusal says it was: push, rollback, learn or reset."""
+    return "reset" if command == RESET_COMMAND else COMMAND_SOURCES[command]

@@ -107,7 +107,8 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
     """Every command the daemon understands, with ``model`` sized for ``push.max_mb``.
 
     ``model`` (a push, see ``asd_edge.modelstore.signing``) carries the model as base64, 4/3 of
-    its size; ``model/rollback`` returns a monitor to its previous model; ``learn`` learns
+    its size; ``model/rollback`` returns a monitor to its previous model; ``model/reset``
+    replaces replay markers (``asd_edge.modelstore.reset``); ``learn`` learns
     a monitor's normal sound on the device; ``feedback`` learns a false alarm's clip as
     normal; ``live`` leases the live feed; ``clip`` publishes an alert's saved clip.
     """
@@ -123,6 +124,10 @@ def command_specs(push: PushConfig) -> dict[str, CommandSpec]:
         "model/rollback": CommandSpec(
             fields={**_SIGNED, **_SIGNATURE},
             required=frozenset({"target", "issued_at"}),
+        ),
+        "model/reset": CommandSpec(
+            fields={**_SIGNED, **_SIGNATURE, "clears": (str,)},
+            required=frozenset({"target", "issued_at", "clears"}),
         ),
         "learn": CommandSpec(fields=LEARN_FIELDS),
         "feedback": CommandSpec(
