@@ -3,6 +3,7 @@ facts of the host it runs on."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ __all__ = [
     "host_device_id",
     "install_signal_handlers",
     "pin_math_threads",
+    "tune_malloc",
 ]
 
 MATH_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -32,6 +34,40 @@ def pin_math_threads() -> None:
     """
     for variable in MATH_THREAD_VARIABLES:
         os.environ.setdefault(variable, "1")
+
+
+MALLOC_ARENAS = 2
+"""glibc malloc arenas (``M_ARENA_MAX``; glibc's default is 8 per core): each thread that
+allocates would otherwise get its own arena, whose freed memory stays in the process."""
+MMAP_THRESHOLD_BYTES = 128 * 1024
+"""Allocations at least this large are their own mappings, returned to the system when
+freed (``M_MMAP_THRESHOLD``). Set, it stops glibc's dynamic threshold from rising to the
+size of the largest block ever freed (a clip, a pushed model), after which such blocks
+come from the heap and their memory stays in the process once freed."""
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+def tune_malloc() -> dict[str, int]:
+    """Keep a months-long process's memory flat: fewer malloc arenas and a fixed mmap
+    threshold (``MALLOC_ARENAS``, ``MMAP_THRESHOLD_BYTES``; measured in
+    benchmarks/bench_cost.py). A setting already given in the environment
+    (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) is left as it is; outside glibc
+    nothing is done. Returns what was set."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no mallopt: not glibc
+        return {}
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    done: dict[str, int] = {}
+    for variable, param, value in (
+        ("MALLOC_ARENA_MAX", _M_ARENA_MAX, MALLOC_ARENAS),
+        ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+    ):
+        if variable not in os.environ and mallopt(param, value) == 1:
+            done[variable] = value
+    return done
 
 
 EARLY_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
