@@ -27,7 +27,8 @@ The wings::
 
     mqtt/        MqttLink: alerts through the durable outbox at QoS 1, retained state,
                  Home Assistant discovery, commands (link, thread, messages, delivery,
-                 outbox, connection, client, backlog, topics, homeassistant, commands)
+                 outbox/: the file, its salvage, memory while the disk refuses it;
+                 connection, client, backlog, topics, homeassistant, commands)
     modelstore/  ModelManager: which model each monitor runs; pushes, rollbacks and file
                  swaps checked and stored (manager, worker, shared, slot, files, checks,
                  requests, signing, keyfiles)
@@ -58,6 +59,7 @@ The service::
                  editing: one value written into the file in place)
     schema       the strict, generic YAML-to-dataclass validator under config
     inputhealth  input alerts: a lost stream, silence, clipping, overruns
+    statedisk    the state directory refusing writes (read-only, full): the ``disk`` alert
     meters       audio levels per channel, the process's CPU and memory
     telemetry    the health payload, each monitor's state, the model topic, status line
     sdnotify     readiness, status and watchdog notices to systemd

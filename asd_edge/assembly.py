@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from .alerts import Alerts
 from .capture import AudioSource, SoundDeviceSource
 from .clips import ClipRecorder, ClipSender, ClipStore
@@ -28,6 +30,7 @@ from .mqtt import (
     command_specs,
     max_message_bytes,
 )
+from .statedisk import StateDisk
 
 __all__ = [
     "REPLAY_PREFIX",
@@ -39,6 +42,8 @@ __all__ = [
     "open_input",
     "replay_path",
 ]
+
+log = structlog.get_logger()
 
 REPLAY_PREFIX = "file:"
 """``input.device: "file:PATH"`` replays a recording in real time instead of a microphone."""
@@ -153,6 +158,9 @@ class Services:
     (the daemon then makes one that refuses every request)."""
     live: LiveFeed | None = None
     """The live feed ``cmd/live`` leases; None: the daemon makes one no command reaches."""
+    disk: StateDisk | None = None
+    """Which parts cannot write to ``state_dir`` (the outbox, the clips), for the daemon's
+    ``disk`` alert and health; None for tests and tools."""
 
 
 def build_services(config: Config, *, wall_clock: Callable[[], float] = time.time) -> Services:
@@ -162,14 +170,18 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     With ``mqtt.enabled: false`` the link never connects (no credentials are read) but
     keeps its outbox: alerts wait there, within its bounds, until MQTT is enabled.
     Raises ConfigError naming the MQTT password and TLS files that cannot be used
-    (checked first: the link reads them again at start), or every bad model or key file."""
+    (checked first: the link reads them again at start), or every bad model or key file.
+    A ``state_dir`` that cannot be made or written is logged, not refused: the parts that
+    write there report it to ``Services.disk`` (the outbox then keeps alerts in memory,
+    clips are skipped) and use it again once it takes writes."""
     if config.mqtt.enabled:
         check_credentials(config.mqtt)
     state_dir = Path(config.state_dir)
+    disk = StateDisk(state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"state_dir: cannot create {state_dir}: {exc.strerror or exc}") from exc
+        log.error("state_dir_unwritable", path=str(state_dir), error=exc.strerror or str(exc))
     models = ModelManager(state_dir, device_id=config.device_id)
     detectors = models.load(config)
     health_request = threading.Event()
@@ -185,6 +197,7 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
         on_command=router,
         fleet_prefix=config.push.fleet_prefix,
         max_message_bytes=max_message_bytes(router.commands),
+        disk=disk,
     )
     router.reply = link.publish_command_result
     learner.publish = link.publish_learn
@@ -193,7 +206,9 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
         link.offer_learning(config.learn.default_s)
     store = recorder = None
     if config.clips.enabled:
-        store = ClipStore(state_dir / "clips", config.clips, on_done=lambda _result: None)
+        store = ClipStore(
+            state_dir / "clips", config.clips, on_done=lambda _result: None, disk=disk
+        )
         recorder = ClipRecorder(
             store, config.clips, device_id=config.device_id, wall_clock=wall_clock
         )
@@ -201,7 +216,9 @@ def build_services(config: Config, *, wall_clock: Callable[[], float] = time.tim
     if store is not None:
         store.on_done = alerts.clip_done  # a saved clip releases its held end alert
     learner.open_anomaly = alerts.open_anomaly  # "last" is not an alert still in progress
-    return Services(detectors, models, link, store, recorder, alerts, health_request, learner, live)
+    return Services(
+        detectors, models, link, store, recorder, alerts, health_request, learner, live, disk
+    )
 
 
 def _queued(

@@ -100,6 +100,7 @@ class Daemon:
         self.clip_store = services.clip_store
         self.recorder = services.recorder
         self.alerts = services.alerts
+        self.disk = services.disk  # the state directory's writes: the ``disk`` condition
         self.learner = services.learner or Learner(config, models=None, publish=None)
         self.live = services.live or LiveFeed(clock=clock, wall_clock=wall_clock)
         self.monitors: Monitors | None = None
@@ -306,11 +307,15 @@ class Daemon:
     # --- input health, watchdog, status --------------------------------------------------
 
     def _supervise_input(self, now: float) -> None:
-        """Raise and clear input alerts (lost, silent, clipping, overrun); publish health
-        at once when a condition changes."""
+        """Raise and clear input alerts (lost, silent, clipping, overrun, and ``disk``: the
+        state directory refusing writes, see ``StateDisk``); publish health at once when a
+        condition changes."""
         if self.input_health is None:
             return
-        self._input_changes(self.input_health.update(now), now)
+        changes = self.input_health.update(now)
+        if self.disk is not None and (disk_changes := self.disk.update(now)):
+            changes = [*changes, *disk_changes]
+        self._input_changes(changes, now)
 
     def _input_changes(self, changes: Sequence[InputChange], now: float) -> None:
         if not changes:
@@ -441,14 +446,19 @@ class Daemon:
             self._reported_callback_errors = stats.callback_errors
         extra: dict[str, Any] = {}
         if self.input_health is not None:
-            extra["input"] = self.input_health.as_dict()
+            now = self._clock()
+            extra["input"] = self.input_health.as_dict(now)
+            if self.disk is not None:
+                extra["input"] += [condition.as_dict(now) for condition in self.disk.active()]
         if self.clip_store is not None:
             extra["clips"] = self.clip_store.usage().as_dict()
         if self.link is not None:
             link_stats = self.link.stats()
             extra["mqtt"] = link_stats
             extra["outbox"] = {
-                k: link_stats.get(k) for k in ("outbox_depth", "dropped_rows", "dropped_age")
+                **{k: link_stats.get(k) for k in ("outbox_depth", "dropped_rows", "dropped_age")},
+                "storage": link_stats.get("outbox_storage"),  # "memory": the disk refuses it
+                "reason": link_stats.get("outbox_reason"),
             }
         payload = self.telemetry.report(extra)
         self.telemetry.log_stats(payload, stats)

@@ -102,8 +102,14 @@ class OutboxError(AsdEdgeError):
     """The outbox file cannot be opened or created, even after moving a bad one aside.
 
     The message names the file, e.g. ``/var/lib/asd-edge/outbox.sqlite: cannot
-    create the outbox: unable to open database file``.
+    create the outbox: unable to open database file``. ``salvaged`` holds what was read
+    of a damaged file before no new one could be made (``mqtt.outbox.OutboxContents``),
+    for the caller to keep elsewhere; None otherwise.
     """
+
+    def __init__(self, message: str, *, salvaged: object = None) -> None:
+        super().__init__(message)
+        self.salvaged = salvaged
 
 
 class FileRejected(AsdEdgeError, OSError):

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import structlog
 from support import REPO
+from support.mounts import Mounts
 
 from asd_edge.config import MqttConfig, OutboxConfig
 from asd_edge.mqtt import MqttLink
@@ -71,6 +72,17 @@ def waveform_model(model_dir: Path) -> Path:
     prefilter = {"type": "butter_bandpass", "low_hz": 20.0, "high_hz": 7000.0, "order": 4}
     model = build_waveform_level_model(threshold_dbfs=-30.0, prefilter=prefilter)
     return save_model(model, model_dir / "waveform.onnx")
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Mounts]:
+    """Small file systems the test mounts (tmpfs, ext4: ``support.mounts``), each
+    unmounted after the test; where mounting is not permitted the test is skipped."""
+    made = Mounts(tmp_path / "mnt")
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from ..config import ClipsConfig
 from ..durable import write_atomic
 from ..errors import ConfigError
 from ..jsonvalues import json_safe
+from ..statedisk import RETRY_S, StateDisk
 from .painter import PictureError, paint
 from .picture import clip_title
 from .retention import MB, Retention, statvfs_usage
@@ -49,6 +50,9 @@ STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _STOP = object()
 _PRUNE = object()
+_PROBE_NAME = ".write-probe"
+PART = "clips"
+"""The part named in ``StateDisk`` (and the ``disk`` alert's ``parts``)."""
 _FLAC_HINT = "pip install 'asd-edge[flac]'"
 
 
@@ -108,6 +112,12 @@ class ClipStore:
     sidecar marks a complete clip. Retention (``retention.Retention``) runs before
     every write on an index built once at ``start()``, which also cleans up after a
     crash (an audio file that lost its sidecar is kept and gets a recovered one).
+
+    A folder that cannot be written (a read-only or full file system, no permission)
+    stops nothing: each clip that cannot be written is skipped, its result saying why
+    (the end alert's ``clip``: ``status: skipped`` with the error), and ``disk`` is told
+    (part ``clips``) until a write works again: the next clip's, or the worker's own
+    small test write every ``retry_s`` meanwhile.
     """
 
     def __init__(
@@ -118,6 +128,8 @@ class ClipStore:
         on_done: Callable[[ClipResult], None],
         clock: Callable[[], float] = time.time,
         disk_usage: Callable[[Path], tuple[int, int]] | None = None,
+        disk: StateDisk | None = None,
+        retry_s: float = RETRY_S,
     ) -> None:
         if config.format == "flac":
             _soundfile()  # a missing package is a config error at start, not at the first event
@@ -128,6 +140,9 @@ class ClipStore:
         caller's for a request refused at once). The daemon wires it to ``Alerts``
         after building both (the alerts need the recorder, which needs this store)."""
         self._disk_usage = disk_usage or statvfs_usage
+        self.disk = disk
+        self.retry_s = retry_s
+        self._unwritable = False  # the writer thread's: a write failed, none worked since
         self._queue: queue.Queue[object] = queue.Queue(config.queue)
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -197,8 +212,13 @@ class ClipStore:
 
     def start(self) -> None:
         """Clean up after a crash, index what is on disk, start the worker (which first
-        deletes the clips past ``max_age_days``)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        deletes the clips past ``max_age_days``). A folder that cannot be made is logged
+        and reported; the worker starts all the same (see the class)."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("clip_store_unwritable", path=str(self.directory), error=str(exc))
+            self._write_failed(exc)
         self.retention.scan()
         self._thread = threading.Thread(target=self._run, name="clip-writer", daemon=True)
         self._thread.start()
@@ -229,7 +249,11 @@ class ClipStore:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
         self.retention.delete_expired()
         while True:
-            item = self._queue.get()
+            try:  # while writes fail, a test write now and then says when they work again
+                item = self._queue.get(timeout=self.retry_s if self._unwritable else None)
+            except queue.Empty:
+                self._probe()
+                continue
             if item is _STOP:
                 return
             if item is _PRUNE:
@@ -246,6 +270,30 @@ class ClipStore:
     def _error(self, reason: str) -> None:
         with self._lock:
             self._last_error = reason
+
+    def _write_failed(self, exc: OSError) -> None:
+        self._unwritable = True
+        if self.disk is not None:
+            self.disk.failed(PART, exc)
+
+    def _write_worked(self) -> None:
+        if self._unwritable:
+            self._unwritable = False
+            log.warning("clip_store_writable", path=str(self.directory))
+        if self.disk is not None:
+            self.disk.recovered(PART)
+
+    def _probe(self) -> None:
+        """A small file written durably and removed: does the folder take writes again?"""
+        probe = self.directory / _PROBE_NAME
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(probe, b"probe\n")
+            probe.unlink()
+        except OSError as exc:
+            self._write_failed(exc)
+            return
+        self._write_worked()
 
     def _deliver(self, result: ClipResult) -> None:
         try:
@@ -280,20 +328,27 @@ class ClipStore:
         sidecar_path = audio_path.with_suffix(".json")
         sidecar = self._sidecar(request, audio_path, fmt, sha256, len(audio), png_path)
         need = len(audio) + len(png) + len(sidecar)
+        try:  # first: the free space of a folder that is not there cannot be read
+            audio_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._write_failed(exc)
+            return self._skip(request, f"write failed: {exc}", report=False)
         deleted, problem = self.retention.make_room(need)
         if problem is not None:
             return self._skip(request, problem, report=False)
         written: list[Path] = []
         try:
-            audio_path.parent.mkdir(parents=True, exist_ok=True)
             for path, data in ((audio_path, audio), (png_path, png), (sidecar_path, sidecar)):
                 if path is not None:
                     write_atomic(path, data)
                     written.append(path)
         except OSError as exc:
             for path in written:  # never leave part of a set behind
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+            self._write_failed(exc)
             return self._skip(request, f"write failed: {exc}", report=False)
+        self._write_worked()
         with self._lock:  # the index and the counter change together for usage()
             self.retention.add(audio_path.with_suffix(""), written, need)
             self._saved += 1

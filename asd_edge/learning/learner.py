@@ -97,9 +97,12 @@ class Learner:
         )  # fmt: skip
         log.warning("learn_interrupted", monitor=monitor, id=rid)
         self.publish(progress.as_dict())
-        if isinstance(monitor, str) and _NAME.match(monitor):
-            clean_up(self.root / monitor)
-        marker.unlink(missing_ok=True)
+        try:  # a state directory that refuses writes leaves it for the next start
+            if isinstance(monitor, str) and _NAME.match(monitor):
+                clean_up(self.root / monitor)
+            marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("learn_cleanup_failed", path=str(self.root), error=str(exc))
 
     def poll(self) -> None:
         """Hand the session the audio captured since the last tick (a copy)."""
@@ -255,7 +258,10 @@ class Learner:
         assert self.models is not None and self._source is not None
         source, models = self._source, self.models
         directory = self.root / monitor.name
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise CommandError(f"cannot write to the state directory: {exc}") from None
         previous = data_files(directory)
         rid = request_id or f"learn-{monitor.name}-{int(self._wall() * 1000)}"
         session = LearnSession(
@@ -275,20 +281,18 @@ class Learner:
             clip=None if clip is None else clip[0],
             alert=None if clip is None else clip[1],
         )
+        marker = {
+            "monitor": monitor.name,
+            "id": rid,
+            "seconds_wanted": seconds,
+            "started_at": session.progress.started_at,
+        }
+        try:
+            write_atomic(self.root / SESSION_FILE, json.dumps(marker).encode(), mode=0o600)
+        except OSError as exc:
+            raise CommandError(f"cannot write to the state directory: {exc}") from None
         self._channel = monitor.channel
         self._cursor = source.ring(monitor.channel).written
-        write_atomic(
-            self.root / SESSION_FILE,
-            json.dumps(
-                {
-                    "monitor": monitor.name,
-                    "id": rid,
-                    "seconds_wanted": seconds,
-                    "started_at": session.progress.started_at,
-                }
-            ).encode(),
-            mode=0o600,
-        )
         log.info(
             "learn_started",
             monitor=monitor.name,

@@ -6,8 +6,9 @@ work happens on the link thread:
 - ``link``: ``MqttLink``, the API (any thread), which queues typed messages.
 - ``thread``: ``LinkThread``, which owns the paho client and the outbox and runs
   the select loop; ``messages``: what crosses from the API to that thread.
-- ``delivery`` and ``outbox``: alerts stored durably (SQLite), published at QoS 1
-  in order, deleted on PUBACK.
+- ``delivery`` and ``outbox/``: alerts stored durably (SQLite), published at QoS 1
+  in order, deleted on PUBACK; a damaged outbox file salvaged, and the outbox kept in
+  memory while the disk refuses the file.
 - ``connection`` and ``client``: connection attempts with back-off; the paho client
   (protocol, session, will, credentials, TLS).
 - ``backlog``: retained state, discovery, clips and replies waiting for a connection.

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import structlog
 from paho.mqtt.client import Client
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ..config import OutboxConfig
-from ..errors import OutboxError
-from .outbox import MEMORY, Outbox
+from ..statedisk import RETRY_S, StateDisk
+from .outbox import Outbox, OutboxStorage
 
 __all__ = ["MAX_INFLIGHT", "Delivery"]
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 MAX_INFLIGHT: Final = 10
 """Alerts handed to the broker and not yet acknowledged, at most."""
@@ -42,8 +45,12 @@ class Delivery:
     first (held ones wait for ``release``), then published in rowid order while
     fewer than ``max_inflight`` are unacknowledged; a PUBACK deletes its row. After
     a reconnect every ready row not in flight is published again, in order (paho
-    re-sends the ones in flight itself). A database error is logged, never raised:
-    an alert that cannot be stored is still published from memory.
+    re-sends the ones in flight itself). Each phase is published with one payload: a
+    held phase never before its release. The outbox is ``outbox.OutboxStorage``: when
+    the disk refuses the file, the rows move into memory and are delivered from there
+    (``maintain`` takes them back to the file once it can). A database error that
+    remains is logged, never raised: a ready phase that cannot be stored at all is
+    still published, once, from a bounded queue.
     """
 
     def __init__(
@@ -54,6 +61,8 @@ class Delivery:
         outbox: OutboxConfig,
         clock: Callable[[], float],
         max_inflight: int = MAX_INFLIGHT,
+        retry_s: float = RETRY_S,
+        disk: StateDisk | None = None,
     ) -> None:
         self.topic = topic
         """Where alerts go (``<prefix>/alert``)."""
@@ -61,7 +70,16 @@ class Delivery:
         self.outbox_config = outbox
         self.max_inflight = max_inflight
         self._clock = clock
-        self._outbox: Outbox | None = None
+        self.storage = OutboxStorage(
+            self.outbox_path,
+            max_rows=outbox.max_rows,
+            max_age_s=outbox.max_age_days * 86400,
+            clock=clock,
+            retry_s=retry_s,
+            disk=disk,
+        )
+        """The outbox: its file, or memory while the disk refuses it."""
+        self._opened = False
         self.held_at_start: list[tuple[str, str, dict[str, Any]]] = []
         """(alert_id, phase, payload) of the rows a previous run left held, once opened."""
         self.open_at_start: list[tuple[str, dict[str, Any]]] = []
@@ -85,38 +103,38 @@ class Delivery:
     # --- the outbox -----------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the outbox file (memory if it cannot be used) and read what a previous run
-        left: the held rows and the alerts started and not ended."""
-        max_rows, max_age_s = self.outbox_config.max_rows, self.outbox_config.max_age_days * 86400
-        try:
-            self._outbox = Outbox(self.outbox_path, max_rows=max_rows, max_age_s=max_age_s)
-        except (OutboxError, sqlite3.Error) as exc:
-            log.error(
-                "outbox_unavailable", path=str(self.outbox_path), error=str(exc), fallback="memory"
-            )
-            self._outbox = self._memory_outbox()
-        for row in self._outbox.held():
+        """Open the outbox (its file, or memory with what can be read of the file: see
+        ``OutboxStorage``) and read what a previous run left: the held rows and the alerts
+        started and not ended."""
+        self._opened = True
+        self.storage.open()
+        for row in self.storage.run(Outbox.held):
             if (body := _decoded(row.alert_id, row.payload)) is not None:
                 self.held_at_start.append((row.alert_id, row.key, body))
-        for alert_id, payload in self._outbox.open_alerts(self.topic):
+        for alert_id, payload in self.storage.run(lambda ob: ob.open_alerts(self.topic)):
             if (body := _decoded(alert_id, payload)) is not None:
                 self.open_at_start.append((alert_id, body))
         self._refresh_counts()
 
     def ensure_open(self) -> None:
-        """After ``open`` failed unexpectedly: the memory outbox, so that delivery goes on."""
-        if self._outbox is None:
-            self._outbox = self._memory_outbox()
+        """After ``open`` failed unexpectedly: an outbox all the same, so that delivery goes on."""
+        if not self._opened:
+            self._opened = True
+            self.storage.open()
 
-    def _memory_outbox(self) -> Outbox:
-        """The fallback when the file cannot be used: alerts kept while the process lives."""
-        config = self.outbox_config
-        return Outbox(MEMORY, max_rows=config.max_rows, max_age_s=config.max_age_days * 86400)
+    def maintain(self) -> None:
+        """Every turn of the link thread (a comparison, unless the outbox is in memory and
+        its retry is due): back to the file once the disk takes it again."""
+        remap = self.storage.retry()
+        if remap is None:
+            return
+        if remap:
+            self._renumber(remap)
+        self._refresh_counts()
 
     def close(self) -> None:
-        """Close the outbox (every stored row is already on disk)."""
-        if self._outbox is not None:
-            self._outbox.close()
+        """Close the outbox (every row stored in the file is already on disk)."""
+        self.storage.close()
 
     # --- storing --------------------------------------------------------------------
 
@@ -124,20 +142,22 @@ class Delivery:
         """Store one alert phase (``held``: not published until released); ``at_s`` on the
         injected clock, when it was submitted. A ``start`` is recorded as open and its
         ``end`` closes it, in the same transaction (no write of its own)."""
-        assert self._outbox is not None
         try:
-            rowid = self._outbox.add(
-                alert_id,
-                self.topic,
-                body,
-                ready=not held,
-                key=phase,
-                opens=phase == "start",
-                closes=phase == "end",
+            rowid = self.storage.run(
+                lambda ob: ob.add(
+                    alert_id,
+                    self.topic,
+                    body,
+                    ready=not held,
+                    key=phase,
+                    opens=phase == "start",
+                    closes=phase == "end",
+                )
             )
         except sqlite3.Error as exc:
             log.error("outbox_write_failed", alert_id=alert_id, phase=phase, error=str(exc))
-            self._unstored.append((alert_id, body))
+            if not held:  # a held phase waits for its release, which carries its last word
+                self._unstored.append((alert_id, body))
             return
         self._submitted_s[rowid] = at_s
         while len(self._submitted_s) > self.outbox_config.max_rows:
@@ -146,10 +166,10 @@ class Delivery:
 
     def release(self, alert_id: str, phase: str, body: bytes, at_s: float) -> None:
         """A held alert phase becomes ready with its final body (stored anew if unknown)."""
-        assert self._outbox is not None
         try:
-            row = self._outbox.find(alert_id, self.topic, phase)
-            if row is None or not self._outbox.release(row.rowid, body):
+            row = self.storage.run(lambda ob: ob.find(alert_id, self.topic, phase))
+            rowid = None if row is None else row.rowid
+            if rowid is None or not self.storage.run(lambda ob: ob.release(rowid, body)):
                 log.warning("alert_release_unknown", alert_id=alert_id, phase=phase)
                 self.store(alert_id, phase, body, False, at_s)
                 return
@@ -157,34 +177,26 @@ class Delivery:
             log.error("outbox_write_failed", alert_id=alert_id, phase=phase, error=str(exc))
             self._unstored.append((alert_id, body))
             return
-        self._cursor = min(self._cursor, row.rowid - 1)
+        self._cursor = min(self._cursor, rowid - 1)
 
     # --- publishing -----------------------------------------------------------------
 
     def replay(self) -> None:
         """After a (re)connect: start again from the oldest ready row, and apply the bounds."""
-        assert self._outbox is not None
         self._cursor = 0  # rows in flight are re-sent by paho; _sent skips them
         self._refused.clear()
-        self._outbox_call(self._outbox.prune)
+        self._outbox_call("prune", Outbox.prune)
 
     def pump(self, client: Client) -> None:
         """Publish ready outbox rows in order while fewer than max_inflight are unacknowledged."""
-        assert self._outbox is not None
         while self._unstored and len(self._inflight) < self.max_inflight:
             client.publish(self.topic, self._unstored.popleft()[1], 1)
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return
-        rows = (
-            self._outbox_call(
-                self._outbox.pending,
-                after_rowid=self._cursor,
-                limit=room + len(self._sent) + len(self._refused),
-            )
-            or []
-        )
-        for row in rows:
+        after, limit = self._cursor, room + len(self._sent) + len(self._refused)
+        rows = self._outbox_call("pending", lambda ob: ob.pending(after_rowid=after, limit=limit))
+        for row in rows or []:
             self._cursor = max(self._cursor, row.rowid)
             if row.rowid in self._sent or row.rowid in self._refused:
                 continue
@@ -202,7 +214,7 @@ class Delivery:
         """The broker answered publish ``mid``: delete its row, or (refused) keep it unsent
         until the next connection."""
         flight = self._inflight.pop(mid, None)
-        if flight is None or self._outbox is None:
+        if flight is None or not self._opened:
             return
         self._sent.discard(flight.rowid)
         if reason.is_failure:
@@ -212,7 +224,7 @@ class Delivery:
                 "alert_refused", alert_id=flight.alert_id, phase=flight.phase, reason=str(reason)
             )
             return
-        self._outbox_call(self._outbox.ack, flight.rowid)
+        self._outbox_call("ack", lambda ob: ob.ack(flight.rowid))
         self.counts["acked"] += 1
         latency_s = self._clock() - flight.since_s
         self.last_ack_latency_s = latency_s
@@ -226,26 +238,38 @@ class Delivery:
 
     # --- helpers --------------------------------------------------------------------
 
-    def _outbox_call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _outbox_call(self, name: str, operation: Callable[[Outbox], T]) -> T | None:
         """Run one outbox operation; a database error is logged, never raised."""
         try:
-            return method(*args, **kwargs)
+            return self.storage.run(operation)
         except sqlite3.Error as exc:
-            log.error("outbox_error", operation=method.__name__, error=str(exc))
+            log.error("outbox_error", operation=name, error=str(exc))
             return None
 
+    def _renumber(self, remap: dict[int, int]) -> None:
+        """Rows the outbox gave new rowids (back on a file holding rows of its own): the
+        bookkeeping follows them, and the next pump looks at every row again."""
+        self._inflight = {
+            mid: dataclasses.replace(f, rowid=remap.get(f.rowid, f.rowid))
+            for mid, f in self._inflight.items()
+        }
+        self._sent = {remap.get(rowid, rowid) for rowid in self._sent}
+        self._refused = {remap.get(rowid, rowid) for rowid in self._refused}
+        self._submitted_s = {remap.get(r, r): at for r, at in self._submitted_s.items()}
+        self._cursor = 0
+
     def _refresh_counts(self) -> None:
-        if self._outbox is None:
+        if not self._opened:
             return
         try:
-            stats = self._outbox.stats
-            self.counts.update(
-                outbox_depth=self._outbox.depth(),
-                dropped_rows=stats.dropped_rows,
-                dropped_age=stats.dropped_age,
-            )
+            stats = self.storage.run(lambda ob: ob.stats)
+            depth = self.storage.run(Outbox.depth)
         except sqlite3.Error as exc:
             log.error("outbox_error", operation="stats", error=str(exc))
+            return
+        self.counts.update(
+            outbox_depth=depth, dropped_rows=stats.dropped_rows, dropped_age=stats.dropped_age
+        )
 
 
 def _decoded(alert_id: str, payload: bytes) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from typing import Any, Final
 import structlog
 
 from ..config import MqttConfig, OutboxConfig
+from ..statedisk import RETRY_S, StateDisk
 from .commands import CommandHandler, CommandRouter
 from .delivery import MAX_INFLIGHT
 from .messages import (
@@ -73,6 +74,11 @@ class MqttLink:
     connection attempt runs in a short-lived helper thread, since DNS, TCP and TLS
     can block for seconds, during which alerts must still reach the disk. Retained
     state, discovery, clips and replies wait for a connection in ``backlog.Backlog``.
+
+    The outbox is ``outbox.OutboxStorage``: while the disk refuses its file (read-only,
+    full) alerts are kept and delivered from memory, ``stats`` says so
+    (``outbox_storage``: ``file`` or ``memory``, ``outbox_reason``), ``disk`` (the
+    daemon's ``StateDisk``) is told, and every ``outbox_retry_s`` the file is tried again.
     """
 
     def __init__(
@@ -88,6 +94,8 @@ class MqttLink:
         seed: int | None = None,
         max_inflight: int = MAX_INFLIGHT,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        outbox_retry_s: float = RETRY_S,
+        disk: StateDisk | None = None,
     ) -> None:
         self.config = config
         self.device_id = device_id
@@ -111,6 +119,8 @@ class MqttLink:
             seed=seed,
             max_inflight=max_inflight,
             max_message_bytes=max_message_bytes,
+            outbox_retry_s=outbox_retry_s,
+            disk=disk,
         )
 
     @property
@@ -241,11 +251,14 @@ class MqttLink:
         rejected = counts["commands_failed"]
         if isinstance(self.on_command, CommandRouter):
             rejected += self.on_command.rejected
+        storage = self._link_thread.delivery.storage
         return {
             "connected": self._link_thread.connected,
             **{name: counts[name] for name in _COUNTERS},
             "commands_rejected": rejected,
             "last_ack_latency_s": self._link_thread.delivery.last_ack_latency_s,
+            "outbox_storage": storage.storage,
+            "outbox_reason": storage.reason,
         }
 
     def _put(self, message: LinkMessage) -> None:

@@ -21,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from .. import __version__
 from ..config import MqttConfig, OutboxConfig
+from ..statedisk import RETRY_S, StateDisk
 from .backlog import Backlog
 from .client import BoundedClient, build_client
 from .commands import CommandHandler, peek_id
@@ -76,6 +77,8 @@ class LinkThread:
         seed: int | None,
         max_inflight: int = MAX_INFLIGHT,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        outbox_retry_s: float = RETRY_S,
+        disk: StateDisk | None = None,
     ) -> None:
         self.config = config
         self.max_message_bytes = max_message_bytes
@@ -94,6 +97,8 @@ class LinkThread:
             outbox=outbox,
             clock=clock,
             max_inflight=max_inflight,
+            retry_s=outbox_retry_s,
+            disk=disk,
         )
         self.connection = Connection(
             config,
@@ -239,6 +244,7 @@ class LinkThread:
         self._drain()
         if connection.stopping:
             return True
+        self.delivery.maintain()  # an outbox in memory goes back to its file when it can
         connection.advance()
         if connection.just_connected:
             self._after_connect()

@@ -10,6 +10,8 @@
 - ``support.importguard``: a prelude that bars the heavy packages from a ``python -c`` run.
 - ``support.bands``: tiny real ONNX models with a ``bands`` output, and sound to feed them.
 - ``support.machine``: a machine that stops, restarts and fails, and its bands model.
+- ``support.mounts``: bad disks: a tmpfs to fill or remount read-only, an ext4 image that
+  a disk error turns read-only under open files (root only; others skip).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The outbox: a durable, ordered queue of alerts (SQLite) that outlives outages and crashes."""
+"""The outbox file: a durable, ordered queue of alerts (SQLite) that outlives crashes."""
 
 from __future__ import annotations
 
@@ -6,88 +6,18 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import structlog
 
-from ..errors import OutboxError
+from ...errors import OutboxError
+from .opening import COLUMNS, MEMORY, open_or_replace
+from .rows import OpenAlert, OutboxContents, OutboxRow, OutboxStats
+from .salvage import Salvage
 
-__all__ = ["MEMORY", "Outbox", "OutboxError", "OutboxRow", "OutboxStats"]
+__all__ = ["MEMORY", "Outbox"]
 
 log = structlog.get_logger()
-
-MEMORY: Final = ":memory:"
-"""Pass as the path for an outbox that lives only as long as the process (not durable)."""
-
-_SCHEMA_VERSION: Final = 1
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS outbox (
-    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-    alert_id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    key TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    created_s REAL NOT NULL,
-    ready INTEGER NOT NULL,
-    UNIQUE (alert_id, topic, key)
-);
-CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_s);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters VALUES ('dropped_rows', 0), ('dropped_age', 0);
-CREATE TABLE IF NOT EXISTS open_alerts (
-    alert_id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    PRIMARY KEY (alert_id, topic)
-);
-"""
-# open_alerts came after version 1 without a new version: CREATE IF NOT EXISTS adds it to
-# an older file, and an older daemon reading a newer file ignores it.
-_COLUMNS: Final = "rowid, alert_id, topic, key, payload, created_s, ready"
-
-
-class _Corrupt(sqlite3.DatabaseError):
-    """The file is a database, but not a sound asd-edge outbox."""
-
-
-def _is_corrupt(exc: sqlite3.Error) -> bool:
-    """True for a file that is damaged or not ours; False for locks, permissions, I/O, full disk."""
-    if isinstance(exc, _Corrupt):
-        return True
-    name = getattr(exc, "sqlite_errorname", "")
-    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """One stored message: an alert phase waiting for the broker's acknowledgement."""
-
-    rowid: int
-    """Position in the outbox; rows are published in increasing rowid order."""
-    alert_id: str
-    """The alert's stable id (the same on every retry)."""
-    topic: str
-    """MQTT topic the payload goes to."""
-    payload: bytes
-    """The message body (JSON)."""
-    created_s: float
-    """When it was stored, in seconds since the epoch."""
-    ready: bool
-    """False while held (e.g. until its clip is saved): not published yet."""
-    key: str = ""
-    """What makes the row unique beside alert_id and topic: the alert's phase."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStats:
-    """What the bounds took away, counted since the file was created."""
-
-    dropped_rows: int
-    """Rows dropped, oldest first, because the outbox held more than max_rows."""
-    dropped_age: int
-    """Rows dropped because they were older than max_age_s."""
 
 
 class Outbox:
@@ -96,9 +26,13 @@ class Outbox:
     It also keeps the alerts that are open (started, not ended; see ``add``), so that
     a start whose end a crash prevented can be ended at the next start.
 
-    Used from one thread only. A file that is not a readable SQLite database of
-    ours is renamed aside (``<name>.corrupt-<UTC time>``) with an error log and a
-    new one created; OutboxError is raised only when no file can be made at all.
+    Used from one thread only. A file that is not a readable SQLite database of ours
+    (damaged, truncated, foreign) is read for every row SQLite can still give
+    (``salvage.read_damaged``), renamed aside (``<name>.corrupt-<UTC time>``) and
+    replaced by a new file holding those rows, ids and order kept (logged as
+    ``outbox_corrupt`` and ``outbox_salvaged``, with the rows salvaged and lost).
+    OutboxError is raised when no usable file can be had; its ``salvaged`` then holds
+    what was read of a damaged one, for the caller to keep elsewhere.
     """
 
     def __init__(
@@ -117,76 +51,36 @@ class Outbox:
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self._clock = clock
-        self._conn = self._open_or_replace()
+        self._conn, salvage = open_or_replace(self.path)
         try:
+            if salvage is not None:
+                self._carry(salvage)
             self.prune()
         except sqlite3.Error as exc:
             self._conn.close()
-            raise OutboxError(f"{self.path}: cannot use the outbox: {exc}") from exc
+            raise OutboxError(
+                f"{self.path}: cannot use the outbox: {exc}",
+                salvaged=None if salvage is None else salvage.contents,
+            ) from exc
 
     # --- opening -------------------------------------------------------------------
 
-    def _open_or_replace(self) -> sqlite3.Connection:
-        """Open the file, moving a corrupt one aside and starting afresh."""
-        try:
-            return self._open()
-        except sqlite3.Error as exc:
-            if self.path == MEMORY or not _is_corrupt(exc):
-                raise OutboxError(f"{self.path}: cannot open the outbox: {exc}") from exc
-            moved = self._move_aside()
-            log.error("outbox_corrupt", path=self.path, moved_to=moved, error=str(exc))
-        except OSError as exc:
-            raise OutboxError(f"{self.path}: cannot open the outbox: {exc}") from exc
-        try:
-            return self._open()
-        except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"{self.path}: cannot create the outbox: {exc}") from exc
-
-    def _open(self) -> sqlite3.Connection:
-        if self.path != MEMORY:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if self.path != MEMORY and str(mode).lower() != "wal":
-                raise _Corrupt(f"journal_mode: expected wal, got {mode}")
-            conn.execute("PRAGMA synchronous=FULL")
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise _Corrupt(f"quick_check: {check}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise _Corrupt(f"user_version: expected {_SCHEMA_VERSION}, got {version}")
-            try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={_SCHEMA_VERSION};COMMIT;"
-                )
-                conn.execute(f"SELECT {_COLUMNS} FROM outbox LIMIT 1").fetchall()
-                conn.execute("SELECT name, value FROM counters LIMIT 1").fetchall()
-                conn.execute("SELECT alert_id, topic, payload FROM open_alerts LIMIT 1").fetchall()
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorname", "") != "SQLITE_ERROR":
-                    raise  # busy, locked, read-only, I/O, full: not the file's fault
-                raise _Corrupt(f"not an asd-edge outbox: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _move_aside(self) -> str:
-        """Rename the database (and its WAL and shared-memory files) to a timestamped name."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        base = Path(self.path)
-        target = base.with_name(f"{base.name}.corrupt-{stamp}")
-        n = 1
-        while target.exists():
-            n += 1
-            target = base.with_name(f"{base.name}.corrupt-{stamp}-{n}")
-        for suffix in ("", "-wal", "-shm"):
-            source = Path(self.path + suffix)
-            with contextlib.suppress(FileNotFoundError):
-                source.rename(str(target) + suffix)
-        return str(target)
+    def _carry(self, salvage: Salvage) -> None:
+        """Into the new file: what could be read of the damaged one (ids and order kept)."""
+        contents = salvage.contents
+        if contents.rows or contents.open_alerts:
+            self.load(contents, replace=True)
+        lost = salvage.lost_ids
+        (log.error if lost else log.warning)(
+            "outbox_salvaged",
+            path=self.path,
+            rows=len(contents.rows),
+            held=sum(not row.ready for row in contents.rows),
+            open_alerts=len(contents.open_alerts),
+            lost=len(salvage.lost),
+            lost_alerts=lost[:20],
+            readable=salvage.readable,
+        )
 
     # --- writing -------------------------------------------------------------------
 
@@ -278,12 +172,90 @@ class Outbox:
     def _count(self, name: str, n: int) -> None:
         self._conn.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
 
+    def load(self, contents: OutboxContents, *, replace: bool) -> dict[int, int]:
+        """Carry another outbox's ``contents`` into this one, in one transaction; returns
+        {old rowid: new rowid} for each row that did not keep its rowid.
+
+        ``replace``: what this one holds is dropped first; every row keeps its rowid and
+        the counters become those of ``contents`` (this outbox takes the other's place).
+        Otherwise the rows come after those held here: a row already here (same
+        alert_id, topic and key) is kept as it is and not added again, a row whose rowid
+        is not above every rowid here gets a new one, and the counters are added up.
+        Either way rows added later get higher rowids than ``contents.last_rowid``, and
+        the bounds apply.
+        """
+        remap: dict[int, int] = {}
+        conn = self._conn
+        with _transaction(conn):
+            if replace:
+                conn.execute("DELETE FROM outbox")
+                conn.execute("DELETE FROM open_alerts")
+                conn.execute("UPDATE counters SET value = 0")
+            floor = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM outbox").fetchone()[0])
+            for row in contents.rows:
+                found = conn.execute(
+                    "SELECT rowid FROM outbox WHERE alert_id = ? AND topic = ? AND key = ?",
+                    (row.alert_id, row.topic, row.key),
+                ).fetchone()
+                if found is not None:
+                    remap[row.rowid] = int(found[0])
+                    continue
+                values = (row.alert_id, row.topic, row.key, bytes(row.payload), row.created_s)
+                if row.rowid > floor:
+                    conn.execute(
+                        f"INSERT INTO outbox ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (row.rowid, *values, int(row.ready)),
+                    )
+                    floor = row.rowid
+                    continue
+                cursor = conn.execute(
+                    "INSERT INTO outbox (alert_id, topic, key, payload, created_s, ready) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (*values, int(row.ready)),
+                )
+                assert cursor.lastrowid is not None
+                floor = remap[row.rowid] = cursor.lastrowid
+            for alert in contents.open_alerts:
+                conn.execute(
+                    "INSERT OR REPLACE INTO open_alerts VALUES (?, ?, ?)",
+                    (alert.alert_id, alert.topic, bytes(alert.payload)),
+                )
+            self._count("dropped_rows", contents.stats.dropped_rows)
+            self._count("dropped_age", contents.stats.dropped_age)
+            conn.execute(
+                "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'",
+                (contents.last_rowid,),
+            )
+            conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox', ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox')",
+                (contents.last_rowid,),
+            )
+            self._enforce_bounds()
+        return remap
+
     # --- reading -------------------------------------------------------------------
+
+    def contents(self) -> OutboxContents:
+        """Everything this outbox holds, to carry into another (``load``)."""
+        found_rows = self._conn.execute(f"SELECT {COLUMNS} FROM outbox ORDER BY rowid")
+        rows = [_row(r) for r in found_rows]
+        opened = [
+            OpenAlert(str(alert_id), str(topic), bytes(payload))
+            for alert_id, topic, payload in self._conn.execute(
+                "SELECT alert_id, topic, payload FROM open_alerts ORDER BY rowid"
+            )
+        ]
+        found = self._conn.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
+        ).fetchone()
+        last = max([int(found[0]) if found is not None else 0, *(row.rowid for row in rows)])
+        return OutboxContents(tuple(rows), tuple(opened), self.stats, last)
 
     def pending(self, *, after_rowid: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Ready rows with a rowid above ``after_rowid``, oldest first, at most ``limit``."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE ready = 1 AND rowid > ? ORDER BY rowid LIMIT ?",
+            f"SELECT {COLUMNS} FROM outbox WHERE ready = 1 AND rowid > ? ORDER BY rowid LIMIT ?",
             (after_rowid, limit),
         ).fetchall()
         return [_row(r) for r in rows]
@@ -291,14 +263,14 @@ class Outbox:
     def held(self) -> list[OutboxRow]:
         """Rows stored held and not released yet (e.g. left by a previous run), oldest first."""
         rows = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE ready = 0 ORDER BY rowid"
+            f"SELECT {COLUMNS} FROM outbox WHERE ready = 0 ORDER BY rowid"
         ).fetchall()
         return [_row(r) for r in rows]
 
     def find(self, alert_id: str, topic: str, key: str = "") -> OutboxRow | None:
         """The row stored for (alert_id, topic, key), or None."""
         row = self._conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE alert_id = ? AND topic = ? AND key = ?",
+            f"SELECT {COLUMNS} FROM outbox WHERE alert_id = ? AND topic = ? AND key = ?",
             (alert_id, topic, key),
         ).fetchone()
         return None if row is None else _row(row)
@@ -341,10 +313,12 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")  # a full or read-only disk fails here: roll back too
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def _row(r: tuple[object, ...]) -> OutboxRow:
