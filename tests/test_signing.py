@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from support.files import REJECTED_KINDS, rejected_file
 
 from asd_edge.errors import KeyFileError, Refused
+from asd_edge.modelstore.devicekey import load_device_key
 from asd_edge.modelstore.keyfiles import (
     generate_keys,
     key_id,
@@ -523,3 +524,72 @@ class TestLight:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "[]"
+
+    def test_the_daemon_checks_a_push_without_loading_cryptography(
+        self, keys: tuple[Path, Path], private: Ed25519PrivateKey
+    ) -> None:
+        """The daemon's key (``load_key``: a ``DeviceKey``) is read and each signature checked
+        in a child: a process that loaded the key and checked a good and a forged push has
+        still not loaded cryptography, and got the right verdicts."""
+        good = json.dumps(signed_push(private))
+        forged = json.dumps({**signed_push(private), "issued_at": "2026-01-01T00:00:00.000Z"})
+        code = textwrap.dedent(
+            f"""
+            import json, sys
+            from asd_edge.errors import Refused
+            from asd_edge.modelstore import signing
+            from asd_edge.modelstore.devicekey import load_device_key
+            key = load_device_key({str(keys[1])!r})
+            for text in ({good!r}, {forged!r}):
+                args = json.loads(text)
+                try:
+                    signing.parse_push(args, request_id=args.pop("id"), device_id={DEVICE!r},
+                                       max_bytes={LIMIT}, public_key=key, allow_unsigned=False)
+                    print("accepted")
+                except Refused as exc:
+                    print("refused:", str(exc).split(":")[0])
+            print(sorted(m for m in sys.modules if m.split(".")[0] == "cryptography"))
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == ["accepted", "refused: bad signature", "[]"]
+
+
+class TestDeviceKey:
+    def test_same_key_and_id_as_the_workstation(self, keys: tuple[Path, Path]) -> None:
+        key = load_device_key(keys[1])
+        assert key.key_id == key_id(load_public_key(keys[1])) == key_id(key)
+        assert len(key.raw) == 32 and key.path == str(keys[1])
+
+    def test_verdicts(self, keys: tuple[Path, Path], private: Ed25519PrivateKey) -> None:
+        key = load_device_key(keys[1])
+        signature = private.sign(b"data")
+        assert key.verify(signature, b"data")
+        assert not key.verify(signature, b"other data")
+        assert not key.verify(b"\0" * 64, b"data")
+        assert not key.verify(b"short", b"data")
+
+    def test_the_workstations_problems(self, keys: tuple[Path, Path], tmp_path: Path) -> None:
+        """A file that cannot be the device's key gets the problem load_public_key gives."""
+        garbage = tmp_path / "garbage.pem"
+        garbage.write_text("not a key\n")
+        for path in (keys[0], garbage, tmp_path / "missing.pem"):
+            with pytest.raises(KeyFileError) as here:
+                load_public_key(path)
+            with pytest.raises(KeyFileError) as child:
+                load_device_key(path)
+            assert str(child.value) == str(here.value)
+
+    def test_a_child_that_cannot_run_is_said(
+        self, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No verdict is ever guessed: a key check that cannot run refuses, with why."""
+        from asd_edge.modelstore import devicekey
+
+        key = load_device_key(keys[1])
+        monkeypatch.setattr(devicekey.sys, "executable", "/nonexistent/python")
+        with pytest.raises(devicekey.KeyCheckError, match="could not start"):
+            key.verify(b"\0" * 64, b"data")
+        with pytest.raises(KeyFileError, match="cannot be checked: the key check could not start"):
+            load_device_key(keys[1])

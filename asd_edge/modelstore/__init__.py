@@ -17,7 +17,9 @@ own thread and hands the daemon swaps to apply between two ticks:
 - ``replay`` and ``reset``: the replay markers (each monitor's, and the device-wide
   floor in ``replay.json``) with their clock checks, and the signed reset
   (``cmd/model/reset``, ``asd-train reset``) that replaces a marker dated ahead.
-- ``keyfiles``: the Ed25519 key files (cryptography loads only when a key is used).
+- ``keyfiles``: the Ed25519 key files (cryptography loads only when a key is used);
+  ``devicekey``: the daemon's key, read and used in a child process, so that the daemon
+  never loads cryptography (about 8 MB).
 
 Named ``modelstore`` rather than ``models`` because the repository's top-level
 ``models/`` holds ONNX files: this package is the device's store of them, not models.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..durable import read_regular, write_atomic
 from ..errors import FileRejected, KeyFileError
+from .devicekey import DeviceKey
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -24,6 +25,7 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_key",
+    "raw_public_bytes",
 ]
 
 PUSH_KEY_NAME: Final = "push.key"
@@ -83,12 +85,18 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     return key
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """First 16 hex digits of the sha256 of the raw 32-byte public key."""
+def raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:
+    """The raw 32-byte form of an Ed25519 public key."""
     from cryptography.hazmat.primitives import serialization
 
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def key_id(public_key: Ed25519PublicKey | DeviceKey) -> str:
+    """First 16 hex digits of the sha256 of the raw 32-byte public key."""
+    if isinstance(public_key, DeviceKey):
+        return public_key.key_id
+    return hashlib.sha256(raw_public_bytes(public_key)).hexdigest()[:16]
 
 
 def generate_keys(out_dir: str | os.PathLike[str], *, force: bool = False) -> tuple[Path, Path]:

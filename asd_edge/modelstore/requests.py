@@ -5,16 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from ..config import Config, PushConfig
 from ..errors import ConfigError, KeyFileError, Refused
+from .devicekey import DeviceKey, load_device_key
 from .files import ModelRecord
 from .replay import ReplayFloor
 from .slot import ModelSlot
-
-if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = [
     "COMMAND_SOURCES",
@@ -61,7 +59,7 @@ def check_request(
     *,
     device_id: str,
     push: PushConfig,
-    key: Ed25519PublicKey | None,
+    key: DeviceKey | None,
 ) -> CheckedRequest:
     """``signing.parse_push`` or ``parse_rollback`` with the device's settings; Refused
     (monitor unknown yet) with signing's reason when it refuses."""
@@ -136,15 +134,14 @@ def is_duplicate(
     )
 
 
-def load_key(config: Config) -> Ed25519PublicKey | None:
-    """The public key ``push.key_file`` names (None if unset); ConfigError naming the key
+def load_key(config: Config) -> DeviceKey | None:
+    """The public key ``push.key_file`` names (None if unset), read in a child process so
+    that the daemon never loads cryptography (``devicekey``); ConfigError naming the key
     when it cannot be used."""
     if config.push.key_file is None:
         return None
-    from .keyfiles import load_public_key
-
     try:
-        return load_public_key(config.push.key_file)
+        return load_device_key(config.push.key_file)
     except KeyFileError as exc:
         raise ConfigError(f"push.key_file: {exc}") from None
 

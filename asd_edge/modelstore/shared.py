@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -17,13 +17,11 @@ from ..detector import Detector
 from ..errors import Refused
 from ..jsonvalues import iso_utc
 from .checks import CaptureFacts
+from .devicekey import DeviceKey
 from .files import HeldFile, ModelRecord, MonitorFiles, SlotState, close_held
 from .replay import ReplayFloor
 from .requests import outcome
 from .slot import ModelSlot
-
-if TYPE_CHECKING:  # cryptography loads only when a key is used (the daemon stays light)
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 __all__ = ["SUPERSEDED", "ReplayReset", "Result", "SharedState", "Swap", "SwapSource"]
 
@@ -142,7 +140,7 @@ class SharedState:
         """Each monitor's slot, by name."""
         self.config: Config | None = None
         """The configuration of the last ``load``."""
-        self.key: Ed25519PublicKey | None = None
+        self.key: DeviceKey | None = None
         """The public key pushes are checked with (None: ``push.key_file`` unset)."""
         self.capture: CaptureFacts | None = None
         """The audio input's facts, once it is open."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import Refused
 from ..jsonvalues import iso_utc
+from .devicekey import DeviceKey, KeyCheckError
 from .keyfiles import key_id
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
@@ -189,7 +190,7 @@ def parse_push(
     request_id: str | None,
     device_id: str,
     max_bytes: int,
-    public_key: Ed25519PublicKey | None,
+    public_key: Ed25519PublicKey | DeviceKey | None,
     allow_unsigned: bool,
 ) -> PushRequest:
     """Check a push (``args`` is its JSON object without ``id``); Refused says why not.
@@ -238,7 +239,7 @@ def parse_rollback(
     *,
     request_id: str | None,
     device_id: str,
-    public_key: Ed25519PublicKey | None,
+    public_key: Ed25519PublicKey | DeviceKey | None,
     allow_unsigned: bool,
 ) -> RollbackRequest:
     """Check a rollback (``args`` without ``id``) as ``parse_push`` checks a push."""
@@ -255,7 +256,7 @@ def parse_reset(
     *,
     request_id: str | None,
     device_id: str,
-    public_key: Ed25519PublicKey | None,
+    public_key: Ed25519PublicKey | DeviceKey | None,
 ) -> ResetRequest:
     """Check a reset (``args`` without ``id``): the fields as for a rollback, ``target``
     this device itself (never ``*``: the marker it clears is one device's), ``clears``
@@ -321,7 +322,7 @@ def _verify(
     args: Mapping[str, Any],
     context: bytes,
     fields: Mapping[str, Any],
-    public_key: Ed25519PublicKey | None,
+    public_key: Ed25519PublicKey | DeviceKey | None,
     allow_unsigned: bool,
     what: str,
 ) -> tuple[bool, str | None]:
@@ -338,27 +339,42 @@ def _check_signature(
     args: Mapping[str, Any],
     context: bytes,
     fields: Mapping[str, Any],
-    public_key: Ed25519PublicKey | None,
+    public_key: Ed25519PublicKey | DeviceKey | None,
     what: str,
 ) -> str:
     """The id of ``public_key`` if the message's signature verifies with it; Refused if not."""
     signature, claimed = args.get("signature"), _claimed_key_id(args)
     if public_key is None:
         raise Refused("push.key_file is not set: cannot check the signature")
-    from cryptography.exceptions import InvalidSignature
-
     if not isinstance(signature, str):
         raise Refused(f"signature: expected a base64 string, got {_shown(signature)}")
     ours = key_id(public_key)
     try:
         raw = base64.b64decode(signature.encode("ascii"), validate=True)
-        public_key.verify(raw, canonical_bytes(context, fields))
-    except (ValueError, binascii.Error, InvalidSignature):
+        valid = _verifies(public_key, raw, canonical_bytes(context, fields))
+    except (ValueError, binascii.Error):
+        valid = False
+    except KeyCheckError as exc:
+        raise Refused(f"signature: cannot be checked now ({exc}); send it again") from None
+    if not valid:
         named = f"the {what} names key_id {_shown(claimed)}" if claimed else "it names no key_id"
         raise Refused(
             f"bad signature: it does not verify with push.key_file (key_id {ours}; {named})"
-        ) from None
+        )
     return ours
+
+
+def _verifies(public_key: Ed25519PublicKey | DeviceKey, signature: bytes, data: bytes) -> bool:
+    """Whether ``signature`` verifies; a ``DeviceKey`` (the daemon's) checks in a child."""
+    if isinstance(public_key, DeviceKey):
+        return public_key.verify(signature, data)
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public_key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _claimed_key_id(args: Mapping[str, Any]) -> str | None:

@@ -1,0 +1,141 @@
+"""The device's push key as the daemon holds it: its raw 32 bytes, with every use of
+``cryptography`` in a short-lived child process.
+
+``cryptography`` adds about 8 MB to a process from its first use, for good. A device
+checks a signature a few times a month (a push, a rollback, a reset), so the daemon reads
+its key file and checks each signature in a child (``python`` running ``main``: about
+0.5 s of CPU) and never loads ``cryptography`` itself. The child uses the same code as the
+workstation (``keyfiles.load_public_key``, ``Ed25519PublicKey.verify``).
+
+The child reads one JSON object on stdin and writes one on stdout:
+``{"op": "load", "path": P}`` -> ``{"raw": HEX}`` or ``{"problem": TEXT}``;
+``{"op": "verify", "raw": HEX, "signature": B64, "data": B64}`` -> ``{"valid": BOOL}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..errors import KeyFileError
+
+__all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "KeyCheckError", "load_device_key", "main"]
+
+CHILD_TIMEOUT_S: Final = 30.0
+"""The longest the child may take (it starts in about 0.5 s)."""
+_CHILD: Final = f"import sys; from {__name__} import main; sys.exit(main())"
+_ANSWER_MAX_BYTES: Final = 1 << 16
+
+
+class KeyCheckError(Exception):
+    """The child could not run or gave no answer: nothing was checked."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """An Ed25519 public key (``push.key_file``) as the daemon holds it."""
+
+    raw: bytes
+    """The raw 32-byte public key."""
+    path: str
+    """The file it came from."""
+
+    @property
+    def key_id(self) -> str:
+        """First 16 hex digits of the sha256 of the raw key (as ``keyfiles.key_id``)."""
+        return hashlib.sha256(self.raw).hexdigest()[:16]
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        """Whether ``signature`` is this key's Ed25519 signature of ``data`` (checked in a
+        child); KeyCheckError when the child cannot answer."""
+        answer = _ask(
+            {
+                "op": "verify",
+                "raw": self.raw.hex(),
+                "signature": base64.b64encode(signature).decode("ascii"),
+                "data": base64.b64encode(data).decode("ascii"),
+            }
+        )
+        valid = answer.get("valid")
+        if not isinstance(valid, bool):
+            raise KeyCheckError(f"the key check gave no verdict: {answer!r:.80}")
+        return valid
+
+
+def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
+    """The Ed25519 public key in the PEM file ``path``, read and checked by
+    ``keyfiles.load_public_key`` in a child; KeyFileError naming the file if it cannot be
+    used (its problem as the workstation would say it)."""
+    try:
+        answer = _ask({"op": "load", "path": os.fspath(path)})
+    except KeyCheckError as exc:
+        raise KeyFileError(path, f"cannot be checked: {exc}") from None
+    problem, raw = answer.get("problem"), answer.get("raw")
+    if isinstance(problem, str):
+        raise KeyFileError(path, problem)
+    try:
+        key = bytes.fromhex(raw) if isinstance(raw, str) else b""
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise KeyFileError(path, f"cannot be checked: the key check answered {answer!r:.80}")
+    return DeviceKey(key, os.fspath(path))
+
+
+def _ask(request: dict[str, Any]) -> dict[str, Any]:
+    """One request to a new child; its answer."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD],
+            input=json.dumps(request).encode("utf-8"),
+            capture_output=True,
+            timeout=CHILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise KeyCheckError(f"the key check took over {CHILD_TIMEOUT_S:g} s") from None
+    except OSError as exc:
+        raise KeyCheckError(f"the key check could not start: {exc}") from None
+    try:
+        answer = json.loads(done.stdout[:_ANSWER_MAX_BYTES]) if done.returncode == 0 else None
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+        raise KeyCheckError(f"the key check failed: {why}")
+    return answer
+
+
+def main() -> int:
+    """The child: one request on stdin, its answer on stdout."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from .keyfiles import load_public_key, raw_public_bytes
+
+    request = json.loads(sys.stdin.buffer.read(_ANSWER_MAX_BYTES))
+    answer: dict[str, Any]
+    if request["op"] == "load":
+        try:
+            answer = {"raw": raw_public_bytes(load_public_key(request["path"])).hex()}
+        except KeyFileError as exc:
+            answer = {"problem": exc.problem}
+    elif request["op"] == "verify":
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(request["raw"]))
+        try:
+            key.verify(base64.b64decode(request["signature"]), base64.b64decode(request["data"]))
+            answer = {"valid": True}
+        except InvalidSignature:
+            answer = {"valid": False}
+    else:
+        print(f"unknown op {request['op']!r}", file=sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(answer))
+    return 0
