@@ -54,7 +54,7 @@ The service::
     cli          the ``asd-edge`` command line: run, check-config, devices, score, record,
                  learn, feedback, web
     __main__     the console script: pins the math thread pools, then runs the CLI
-    runtime      process-wide settings applied before numpy loads
+    runtime      process-wide settings applied before numpy loads (math threads, malloc)
     config/      the YAML configuration parsed into frozen dataclasses (sections, loading;
                  editing: one value written into the file in place)
     schema       the strict, generic YAML-to-dataclass validator under config
@@ -72,6 +72,8 @@ Small shared pieces, one of each::
     durable      atomic file replacement with fsync; a regular file read within a size bound
     jsonvalues   JSON-safe values and ISO-8601 UTC time stamps (daemon and training)
     backoff      capped, jittered retry delays (capture restarts, broker reconnects)
+    childproc    rare work in a short-lived child interpreter (a clip's picture, a push's
+                 signature), so the daemon never loads Pillow or cryptography
 """
 
 from __future__ import annotations

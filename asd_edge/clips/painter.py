@@ -14,13 +14,14 @@ stdout; on failure it exits 1 with one line on stderr.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from ..childproc import ChildFailed, run_python
 
 __all__ = ["PAINT_TIMEOUT_S", "PictureError", "main", "paint"]
 
@@ -57,22 +58,12 @@ def paint(
     }
     message = json.dumps(header).encode("utf-8") + b"\n" + audio.tobytes()
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD],
-            input=message,
-            capture_output=True,
-            timeout=PAINT_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise PictureError(f"the picture took over {PAINT_TIMEOUT_S:g} s") from None
-    except OSError as exc:
-        raise PictureError(f"the picture process could not start: {exc}") from None
-    if done.returncode != 0 or not done.stdout.startswith(_PNG_SIGNATURE):
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        why = lines[-1] if lines else f"exit status {done.returncode}, no PNG"
-        raise PictureError(f"the picture process failed: {why}")
-    return done.stdout
+        png = run_python(_CHILD, message, timeout_s=PAINT_TIMEOUT_S, what="the picture process")
+    except ChildFailed as exc:
+        raise PictureError(str(exc)) from None
+    if not png.startswith(_PNG_SIGNATURE):
+        raise PictureError("the picture process failed: its output is not a PNG")
+    return png
 
 
 def _parse_header(line: bytes) -> dict[str, Any]:

@@ -18,11 +18,11 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..childproc import ChildFailed, run_python
 from ..errors import KeyFileError
 
 __all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "KeyCheckError", "load_device_key", "main"]
@@ -91,25 +91,19 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
 def _ask(request: dict[str, Any]) -> dict[str, Any]:
     """One request to a new child; its answer."""
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD],
-            input=json.dumps(request).encode("utf-8"),
-            capture_output=True,
-            timeout=CHILD_TIMEOUT_S,
-            check=False,
+        out = run_python(
+            _CHILD,
+            json.dumps(request).encode("utf-8"),
+            timeout_s=CHILD_TIMEOUT_S,
+            what="the key check",
         )
-    except subprocess.TimeoutExpired:
-        raise KeyCheckError(f"the key check took over {CHILD_TIMEOUT_S:g} s") from None
-    except OSError as exc:
-        raise KeyCheckError(f"the key check could not start: {exc}") from None
-    try:
-        answer = json.loads(done.stdout[:_ANSWER_MAX_BYTES]) if done.returncode == 0 else None
+        answer = json.loads(out[:_ANSWER_MAX_BYTES])
+    except ChildFailed as exc:
+        raise KeyCheckError(str(exc)) from None
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        why = lines[-1] if lines else f"exit status {done.returncode}"
-        raise KeyCheckError(f"the key check failed: {why}")
+        raise KeyCheckError("the key check failed: its answer is not a JSON object")
     return answer
 
 
