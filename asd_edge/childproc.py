@@ -8,12 +8,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-__all__ = ["ChildFailed", "run_python"]
+from .errors import ChildFailed
 
-
-class ChildFailed(Exception):
-    """The child could not start, took too long or exited with an error; the message says
-    which, with the last line the child wrote to stderr."""
+__all__ = ["run_python"]
 
 
 def run_python(code: str, stdin: bytes, *, timeout_s: float, what: str) -> bytes:

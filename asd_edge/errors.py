@@ -14,7 +14,8 @@ and a reader sees them all at once::
     ├── CommandError      an MQTT command is malformed or cannot be carried out
     ├── Refused           a model push, rollback or file change is refused (names the field)
     ├── KeyFileError      a push key file cannot be used (names the file)
-    └── LearnError        normal sound cannot be learned: too little, or the fit failed
+    ├── LearnError        normal sound cannot be learned: too little, or the fit failed
+    └── ChildFailed       a short-lived child (a clip's picture, a key check) gave no answer
 
 Errors that never leave the module that raises them (e.g. a corrupt SQLite file
 the outbox moves aside) stay private there.
@@ -29,6 +30,7 @@ __all__ = [
     "AsdEdgeError",
     "AudioDecodeError",
     "AudioError",
+    "ChildFailed",
     "CommandError",
     "ConfigError",
     "FileRejected",
@@ -186,3 +188,9 @@ class KeyFileError(AsdEdgeError):
 class LearnError(AsdEdgeError):
     """Normal sound cannot be learned (too little usable audio, a bad parameter, an
     export that disagrees with numpy); the message is one sentence saying why."""
+
+
+class ChildFailed(AsdEdgeError):
+    """A short-lived child interpreter (``childproc``: a clip's picture, a push key check)
+    could not start, took too long, failed or gave no usable answer; the message says
+    which, with the child's last line on stderr. Nothing it was to decide is decided."""

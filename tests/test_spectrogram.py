@@ -336,10 +336,10 @@ class TestLight:
         from support.clips import Results, clips_config
 
         from asd_edge.clips import ClipStore, writer
-        from asd_edge.clips.painter import PictureError
+        from asd_edge.errors import ChildFailed
 
         def broken(*_args: object, **_kwargs: object) -> bytes:
-            raise PictureError("the picture process could not start: no such file")
+            raise ChildFailed("the picture process could not start: no such file")
 
         monkeypatch.setattr(writer, "paint", broken)
         results = Results()

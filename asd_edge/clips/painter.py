@@ -21,19 +21,16 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ..childproc import ChildFailed, run_python
+from ..childproc import run_python
+from ..errors import ChildFailed
 
-__all__ = ["PAINT_TIMEOUT_S", "PictureError", "main", "paint"]
+__all__ = ["PAINT_TIMEOUT_S", "main", "paint"]
 
 PAINT_TIMEOUT_S: Final = 60.0
 """The longest a picture may take (a 10 min 48 kHz clip takes about 2 s on 2 cores)."""
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _HEADER_MAX_BYTES: Final = 1 << 16
 _CHILD: Final = f"import sys; from {__name__} import main; sys.exit(main())"
-
-
-class PictureError(Exception):
-    """The picture could not be drawn (the clip itself is unaffected)."""
 
 
 def paint(
@@ -46,7 +43,7 @@ def paint(
     band_hz: tuple[float, float] | None = None,
 ) -> bytes:
     """The PNG of ``picture.draw_picture`` for these arguments, drawn in a child process;
-    PictureError (with the child's reason) when it fails or takes over PAINT_TIMEOUT_S."""
+    ChildFailed (with the child's reason) when it fails or takes over PAINT_TIMEOUT_S."""
     audio = np.ascontiguousarray(samples, dtype="<f4").reshape(-1)
     header = {
         "sample_rate": int(sample_rate),
@@ -57,12 +54,9 @@ def paint(
         "band_hz": None if band_hz is None else [float(band_hz[0]), float(band_hz[1])],
     }
     message = json.dumps(header).encode("utf-8") + b"\n" + audio.tobytes()
-    try:
-        png = run_python(_CHILD, message, timeout_s=PAINT_TIMEOUT_S, what="the picture process")
-    except ChildFailed as exc:
-        raise PictureError(str(exc)) from None
+    png = run_python(_CHILD, message, timeout_s=PAINT_TIMEOUT_S, what="the picture process")
     if not png.startswith(_PNG_SIGNATURE):
-        raise PictureError("the picture process failed: its output is not a PNG")
+        raise ChildFailed("the picture process failed: its output is not a PNG")
     return png
 
 

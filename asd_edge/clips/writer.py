@@ -25,10 +25,10 @@ import structlog
 from ..audiofile import pcm16, wav_bytes
 from ..config import ClipsConfig
 from ..durable import write_atomic
-from ..errors import ConfigError
+from ..errors import ChildFailed, ConfigError
 from ..jsonvalues import json_safe
 from ..statedisk import RETRY_S, StateDisk
-from .painter import PictureError, paint
+from .painter import paint
 from .picture import clip_title
 from .retention import MB, Retention, statvfs_usage
 from .types import ClipRequest, ClipResult
@@ -390,7 +390,7 @@ class ClipStore:
                 pre_s=request.pre_s,
                 band_hz=request.band_hz,
             )
-        except PictureError as exc:
+        except ChildFailed as exc:
             log.warning("clip_picture_failed", alert_id=request.alert_id, error=str(exc))
             return b""
 

@@ -22,19 +22,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ..childproc import ChildFailed, run_python
-from ..errors import KeyFileError
+from ..childproc import run_python
+from ..errors import ChildFailed, KeyFileError
 
-__all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "KeyCheckError", "load_device_key", "main"]
+__all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "load_device_key", "main"]
 
 CHILD_TIMEOUT_S: Final = 30.0
 """The longest the child may take (it starts in about 0.5 s)."""
 _CHILD: Final = f"import sys; from {__name__} import main; sys.exit(main())"
 _ANSWER_MAX_BYTES: Final = 1 << 16
-
-
-class KeyCheckError(Exception):
-    """The child could not run or gave no answer: nothing was checked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +49,7 @@ class DeviceKey:
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """Whether ``signature`` is this key's Ed25519 signature of ``data`` (checked in a
-        child); KeyCheckError when the child cannot answer."""
+        child); ChildFailed when the child cannot answer."""
         answer = _ask(
             {
                 "op": "verify",
@@ -64,7 +60,7 @@ class DeviceKey:
         )
         valid = answer.get("valid")
         if not isinstance(valid, bool):
-            raise KeyCheckError(f"the key check gave no verdict: {answer!r:.80}")
+            raise ChildFailed(f"the key check gave no verdict: {answer!r:.80}")
         return valid
 
 
@@ -74,7 +70,7 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
     used (its problem as the workstation would say it)."""
     try:
         answer = _ask({"op": "load", "path": os.fspath(path)})
-    except KeyCheckError as exc:
+    except ChildFailed as exc:
         raise KeyFileError(path, f"cannot be checked: {exc}") from None
     problem, raw = answer.get("problem"), answer.get("raw")
     if isinstance(problem, str):
@@ -98,12 +94,10 @@ def _ask(request: dict[str, Any]) -> dict[str, Any]:
             what="the key check",
         )
         answer = json.loads(out[:_ANSWER_MAX_BYTES])
-    except ChildFailed as exc:
-        raise KeyCheckError(str(exc)) from None
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
-        raise KeyCheckError("the key check failed: its answer is not a JSON object")
+        raise ChildFailed("the key check failed: its answer is not a JSON object")
     return answer
 
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import Refused
+from ..errors import ChildFailed, Refused
 from ..jsonvalues import iso_utc
-from .devicekey import DeviceKey, KeyCheckError
+from .devicekey import DeviceKey
 from .keyfiles import key_id
 
 if TYPE_CHECKING:  # cryptography is imported only when a key is used (the daemon stays light)
@@ -354,7 +354,7 @@ def _check_signature(
         valid = _verifies(public_key, raw, canonical_bytes(context, fields))
     except (ValueError, binascii.Error):
         valid = False
-    except KeyCheckError as exc:
+    except ChildFailed as exc:
         raise Refused(f"signature: cannot be checked now ({exc}); send it again") from None
     if not valid:
         named = f"the {what} names key_id {_shown(claimed)}" if claimed else "it names no key_id"
