@@ -52,7 +52,7 @@ The service::
     cli          the ``asd-edge`` command line: run, check-config, devices, score, record,
                  learn, feedback, web
     __main__     the console script: pins the math thread pools, then runs the CLI
-    runtime      process-wide settings applied before numpy loads
+    runtime      process-wide settings applied before numpy and onnxruntime load
     config/      the YAML configuration parsed into frozen dataclasses (sections, loading;
                  editing: one value written into the file in place)
     schema       the strict, generic YAML-to-dataclass validator under config
@@ -69,6 +69,7 @@ Small shared pieces, one of each::
     durable      atomic file replacement with fsync; a regular file read within a size bound
     jsonvalues   JSON-safe values and ISO-8601 UTC time stamps (daemon and training)
     backoff      capped, jittered retry delays (capture restarts, broker reconnects)
+    onnxrt       onnxruntime, imported by every module that needs it with its telemetry off
 """
 
 from __future__ import annotations

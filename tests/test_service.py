@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from support import REPO
+from support.services import asd_edge_command
+
+from devkit.vmic import missing_tools
 
 UNIT_FILE = REPO / "systemd" / "asd-edge.service"
 WEB_UNIT_FILE = REPO / "systemd" / "asd-edge-web.service"
@@ -258,6 +261,38 @@ def test_security_exposure(unit_file: Path, exposure_max: float) -> None:
     exposure = float(found.group(1))
     print(f"exposure {exposure} <= {exposure_max}: {'OK' if exposure <= exposure_max else 'FAIL'}")
     assert exposure <= exposure_max, result.stdout
+
+
+def test_the_runtime_directory_keeps_libpulse_out_of_the_state_directory(
+    tmp_path: Path,
+) -> None:
+    """`asd-edge devices` (PortAudio probing every ALSA device, the pulse plugin's too) in
+    the unit's environment, XDG_RUNTIME_DIR in its RuntimeDirectory, with an empty HOME:
+    HOME stays empty. Under systemd HOME is /var/lib/asd-edge, on disk; without a runtime
+    directory libpulse writes ~/.config/pulse there (checked first: where it writes
+    nothing anyway, there is nothing to keep out)."""
+    if ("the ALSA pulse plugin", "libasound2-plugins") in missing_tools():
+        pytest.skip("the ALSA pulse plugin is not installed (apt install libasound2-plugins)")
+    service = TestUnit.unit["Service"]
+    runtime = Path(environment(service)["XDG_RUNTIME_DIR"].replace("%t", str(tmp_path / "run")))
+    assert runtime.name == one(service, "RuntimeDirectory")
+    runtime.mkdir(parents=True, mode=0o700)  # as systemd makes it at start
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "PULSE_"))}
+
+    def devices(home: Path, **extra: str) -> None:
+        home.mkdir()
+        subprocess.run(
+            [*asd_edge_command(), "devices"],
+            capture_output=True,
+            timeout=60,
+            env={**base, "HOME": str(home), **extra},
+        )
+
+    devices(tmp_path / "bare")
+    if not (tmp_path / "bare/.config/pulse").exists():
+        pytest.skip("libpulse writes nothing into HOME here, even without a runtime directory")
+    devices(tmp_path / "home", XDG_RUNTIME_DIR=str(runtime))
+    assert list((tmp_path / "home").rglob("*")) == []
 
 
 def test_write_execute_memory_breaks_capture() -> None:
