@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--anomalies",
         type=int,
+        metavar="N",
         default=len(ANOMALY_KINDS),
         help="how many anomalies to inject, one every 14 s (default: %(default)s)",
     )
