@@ -54,7 +54,8 @@ The service::
     cli          the ``asd-edge`` command line: run, check-config, devices, score, record,
                  learn, feedback, web
     __main__     the console script: pins the math thread pools, then runs the CLI
-    runtime      process-wide settings applied before numpy loads (math threads, malloc)
+    runtime      process-wide settings applied before numpy and onnxruntime load (math
+                 threads, malloc, telemetry off)
     config/      the YAML configuration parsed into frozen dataclasses (sections, loading;
                  editing: one value written into the file in place)
     schema       the strict, generic YAML-to-dataclass validator under config
@@ -74,6 +75,7 @@ Small shared pieces, one of each::
     backoff      capped, jittered retry delays (capture restarts, broker reconnects)
     childproc    rare work in a short-lived child interpreter (a clip's picture, a push's
                  signature), so the daemon never loads Pillow or cryptography
+    onnxrt       onnxruntime, imported by every module that needs it with its telemetry off
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from .config import PUSH_MAX_MB
 from .durable import read_regular
 from .errors import FileRejected, ModelError
 from .features import LogMel, normalize_window
 from .modelspec import ModelSpec, parse_model_spec
+from .onnxrt import ort
 
 __all__ = ["MODEL_MAX_BYTES", "Detector", "unreadable_model"]
 

@@ -1,5 +1,5 @@
-"""Process-wide settings of the daemon's command line, applied before numpy loads, and the
-facts of the host it runs on."""
+"""Process-wide settings of the daemon's command line, applied before numpy and onnxruntime
+load, and the facts of the host it runs on."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from types import FrameType
 __all__ = [
     "EARLY_SIGNALS",
     "MATH_THREAD_VARIABLES",
+    "TELEMETRY_SWITCHES",
     "hold_early_signals",
     "host_device_id",
     "install_signal_handlers",
+    "opt_out_of_telemetry",
     "pin_math_threads",
     "tune_malloc",
 ]
@@ -68,6 +70,19 @@ def tune_malloc() -> dict[str, int]:
         if variable not in os.environ and mallopt(param, value) == 1:
             done[variable] = value
     return done
+
+
+TELEMETRY_SWITCHES = {"ORT_DISABLE_TELEMETRY": "1"}
+"""Environment variables that keep the libraries the daemon loads from collecting usage
+data: onnxruntime's 1DS telemetry (a device id in ``~/.cache`` and an uploader) is off
+when ``ORT_DISABLE_TELEMETRY`` is 1 as it is imported (``asd_edge.onnxrt``)."""
+
+
+def opt_out_of_telemetry() -> None:
+    """Turn the libraries' telemetry off (``TELEMETRY_SWITCHES``) unless the environment
+    already says otherwise. Must run before onnxruntime is first imported to take effect."""
+    for variable, value in TELEMETRY_SWITCHES.items():
+        os.environ.setdefault(variable, value)
 
 
 EARLY_SIGNALS = (signal.SIGHUP, signal.SIGTERM)

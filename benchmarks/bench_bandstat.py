@@ -2,16 +2,22 @@
 
     python benchmarks/bench_bandstat.py [--minutes 1 10 60] [--windows 1000]
 
-Normal audio of the synthetic machine (``training.synth``, 10 s files); ``asd-train fit
---model auto`` (every scorer cross-fitted, the choice, the final fit, export with parity)
-timed end to end, without evaluation (no test split). Then every scorer's model is timed
-through the daemon's ``Detector.score`` on one 1 s window at a time (log-mel + ONNX, one
-thread), and the ONNX graph alone. Appends to ``results/bandstat.jsonl``.
+Normal audio of the synthetic machine (``training.synth``, 10 s files). Two fit times:
+``fit_s``, the fit of ``asd-train fit --model auto`` in this process (every scorer
+cross-fitted, the choice, the final fit, export with parity; one thread, no test split);
+``command_s``, the command as a user runs it, ``asd-train fit --data D --out R`` in a new
+process with an empty HOME: its imports (torch, scikit-learn, matplotlib and the font
+cache matplotlib builds on its first run), the same fit on all cores, then the evaluation
+of a test split (2 normal and 2 anomalous files) with its plots. Then every scorer's model
+is timed through the daemon's ``Detector.score`` on one 1 s window at a time (log-mel +
+ONNX, one thread), and the ONNX graph alone. Appends to ``results/bandstat.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +54,21 @@ def fit_time(minutes: float, root: Path, params: dict[str, str] | None = None) -
     }
 
 
+def command_time(minutes: float, root: Path) -> dict:
+    """``asd-train fit`` on ``minutes`` of normal audio and a small test split, timed from
+    the shell: a new process with an empty HOME, as on a fresh machine."""
+    files = max(2, round(minutes * 6))
+    plan = [("train", "normal", files), ("test", "normal", 2), ("test", "anomaly", 2)]
+    data = write_labelled_dataset(root / f"c{minutes}", plan, duration_s=10.0, seed=1)
+    home = root / f"home{minutes}"
+    home.mkdir()
+    command = [str(Path(sys.executable).with_name("asd-train")), "fit", "--data", str(data),
+               "--out", str(root / f"cr{minutes}"), "--quiet"]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "HOME": str(home)})
+    return {"minutes": minutes, "command_s": round(time.perf_counter() - t0, 2)}
+
+
 def score_time(model: Path, n: int) -> dict:
     det = Detector(model, threads=1)
     rng = np.random.default_rng(0)
@@ -72,7 +93,7 @@ def main() -> int:
     parser.add_argument("--minutes", nargs="+", type=float, default=[1.0, 10.0, 60.0])
     parser.add_argument("--windows", type=int, default=1000, help="timed windows per model")
     args = parser.parse_args()
-    results: dict = {"fit": [], "score": {}}
+    results: dict = {"fit": [], "command": [], "score": {}}
     with tempfile.TemporaryDirectory(prefix="asd-bandstat-") as tmp:
         root = Path(tmp)
         for minutes in args.minutes:
@@ -81,6 +102,10 @@ def main() -> int:
                   f"{row['bytes'] / 1000:.0f} kB)", flush=True)  # fmt: skip
             row.pop("model")
             results["fit"].append(row)
+        for minutes in args.minutes:
+            row = command_time(minutes, root)
+            print(f"asd-train fit on {minutes:g} min: {row['command_s']} s", flush=True)
+            results["command"].append(row)
         for scorer in ("topk", "knn", "knn_topk", "maha"):
             data = write_labelled_dataset(root / f"s{scorer}", [("train", "normal", 60)],
                                           duration_s=10.0, seed=2)  # fmt: skip

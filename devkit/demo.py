@@ -1,6 +1,6 @@
 """``make demo``: asd-edge hears a synthetic machine through a virtual mic and alerts over MQTT.
 
-python -m devkit.demo [--out demo-output] [--model PATH] [--seed N] [--events N]
+python -m devkit.demo [--out demo-output] [--model PATH] [--seed N] [--anomalies N]
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from devkit.broker import check_tools as check_broker_tools
 from devkit.console import Console
 from devkit.daemonproc import DaemonProcess, asd_edge_command
 from devkit.report import AlertBook, describe_phase, evaluate, render_summary
-from devkit.scenario import Scenario, lead_in_threshold
+from devkit.scenario import lead_in_threshold, plan
 from devkit.vmic import VirtualMic, virtual_mic
 from devkit.vmic import check_tools as check_mic_tools
-from training.synth import ANOMALY_KINDS
+from training.synth import ANOMALY_KINDS, Stream
 
 __all__ = ["main"]
 
@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="stream seed (default: %(default)s)")
     parser.add_argument(
-        "--events",
+        "--anomalies",
         type=int,
+        metavar="N",
         default=len(ANOMALY_KINDS),
         help="how many anomalies to inject, one every 14 s (default: %(default)s)",
     )
@@ -165,7 +166,7 @@ def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
 class Demo:
     """One run: services, stream, daemon, playback, summary; ``run`` cleans up after itself."""
 
-    def __init__(self, scenario: Scenario, detector: Detector, out: Path, console: Console) -> None:
+    def __init__(self, scenario: Stream, detector: Detector, out: Path, console: Console) -> None:
         self.scenario = scenario
         self.detector = detector
         self.model = Path(detector.path)
@@ -333,7 +334,8 @@ class Demo:
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.console.say(
             f"  output folder:      {self.out.resolve()}\n"
-            "    stream.wav (what was played), state/clips/ (clips, spectrograms, sidecars),\n"
+            "    stream.wav and stream.json (what was played, the anomalies in it),\n"
+            "    state/clips/ (clips, spectrograms, sidecars),\n"
             "    daemon.log (the daemon's JSON log), asd-edge.yaml, summary.json"
         )
         if outcome.problems:
@@ -351,7 +353,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     """Check the arguments and the tools, then run the demo."""
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     try:
-        scenario = Scenario.plan(args.events, kinds=kinds, seed=args.seed)
+        scenario = plan(args.anomalies, kinds=kinds, seed=args.seed)
     except ValueError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return EXIT_USAGE

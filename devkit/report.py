@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit.broker import Received
-from devkit.scenario import Anomaly
+from training.synth import Anomaly
 
 __all__ = [
     "AlertBook",

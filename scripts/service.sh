@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install or uninstall asd-edge as a systemd service; `sudo make install` and
-# `sudo make uninstall` call this. Run with --help for what it does.
+# Install or uninstall asd-edge as a systemd service; `make install` and
+# `make uninstall` (as root, or through sudo) call this. Run with --help for what it does.
 set -euo pipefail
 
 readonly PREFIX=/opt/asd-edge
@@ -22,6 +22,12 @@ usage() {
 usage: $PROG install | uninstall | --help
 
 install    (idempotent) as root:
+  - checks first, before it creates anything: a Python 3.11 or newer with the
+    venv module (ensurepip) that the service user can run (not in /root or
+    /home), PortAudio (or apt-get to install it), useradd, systemctl; a check
+    that fails stops it with the reason, nothing changed;
+  - installs the missing system packages with apt-get (libportaudio2, and
+    python3-venv when the venv module is missing), unless APT=0;
   - creates the system user $SERVICE_USER (no login shell, home $STATE_DIR,
     supplementary group audio);
   - creates the virtual environment $VENV (or reuses the one there) and
@@ -33,14 +39,17 @@ install    (idempotent) as root:
     kept), and always refreshes $CONF_DIR/config.yaml.dist beside it;
   - installs $UNIT_DIR/$UNIT, reloads systemd and enables the unit. It does
     not start it unless START=1 (then it restarts it, e.g. after an upgrade).
-    Where systemd is not running (a container, a chroot) the unit is enabled
-    offline and starts at the next boot.
-uninstall  as root: stops and disables the unit, removes it, $PREFIX and the
-  user $SERVICE_USER; keeps $STATE_DIR (clips, outbox, pushed models and their
-  replay markers: a reinstall refuses old signed pushes as before) and
-  $CONF_DIR unless PURGE=1 (then removes them and the unit's drop-ins too).
+    Where systemd is installed but not running (a container, a chroot) the
+    unit is enabled offline and starts at the next boot.
+uninstall  as root: stops (where systemd runs) and disables the unit, removes
+  it, $PREFIX and the user $SERVICE_USER; keeps $STATE_DIR (clips, outbox,
+  pushed models and their replay markers: a reinstall refuses old signed pushes
+  as before) and $CONF_DIR unless PURGE=1 (then removes them and the
+  unit's drop-ins too).
 
-Environment variables (or make variables: sudo make install START=1):
+As root: make install. Otherwise: sudo make install.
+
+Environment variables (or make variables: make install START=1):
   DESTDIR=DIR   stage into DIR instead of / (packaging, tests): no root needed,
                 no user, no apt, no systemctl; venv scripts are rewritten to
                 run from $VENV once the tree is copied to /.
@@ -55,7 +64,9 @@ Environment variables (or make variables: sudo make install START=1):
                 $VENV beforehand (an existing one is reused, only asd-edge
                 is reinstalled), no network is needed at all (the tests do so).
   APT=0         do not install the system packages the daemon needs
-                (libportaudio2; python3-venv to create the venv) with apt-get.
+                (libportaudio2; python3-venv to create the venv) with apt-get:
+                a missing PortAudio is then only warned about, a missing venv
+                module stops the install before it starts.
 EOF
 }
 
@@ -68,6 +79,10 @@ say() { echo "==> $*"; }
 
 STAGED=0
 D=""
+# What goes before a command that needs root, in the messages: sudo for whoever came
+# through sudo, nothing for root itself (which may have no sudo at all).
+if [ -n "${SUDO_USER:-}" ]; then AS_ROOT="sudo "; else AS_ROOT=""; fi
+readonly AS_ROOT
 
 setup_destdir() {
   local dest=${DESTDIR:-}
@@ -82,7 +97,8 @@ setup_destdir() {
 
 require_root() {
   if [ "$STAGED" = 0 ] && [ "$(id -u)" != 0 ]; then
-    die "$1 must run as root: sudo make $1 (or stage it into a directory with DESTDIR=DIR)"
+    die "$1 must run as root (as root: make $1; otherwise: sudo make $1), or stage it" \
+      "into a directory with DESTDIR=DIR"
   fi
 }
 
@@ -92,26 +108,91 @@ python_ok() {
   "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1
 }
 
-apt_install() {
-  # Install the Debian packages among "$@" that are missing.
-  [ "${APT:-1}" != 0 ] || return 0
-  if ! command -v dpkg-query >/dev/null || ! command -v apt-get >/dev/null; then
-    echo "note: not a Debian/Ubuntu system; make sure these are installed: $*" >&2
-    return 0
+# Whether "$1" can make a virtual environment with pip in it (Debian and Ubuntu
+# ship ensurepip, which venv needs, apart: python3-venv).
+python_has_venv() { "$1" -c 'import ensurepip, venv' >/dev/null 2>&1; }
+
+# The file "$1" really runs (through pyenv shims and symlinks).
+python_real() { "$1" -c 'import os, sys; print(os.path.realpath(sys.executable))'; }
+
+have_apt() { [ "${APT:-1}" != 0 ] && command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; }
+
+deb_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
+
+portaudio_present() {
+  if command -v dpkg-query >/dev/null; then
+    deb_installed libportaudio2
+  else
+    ldconfig -p 2>/dev/null | grep -q 'libportaudio\.so\.2'
   fi
-  local missing="" p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
-  done
-  [ -n "$missing" ] || return 0
-  say "installing system packages:$missing"
+}
+
+NEW_VENV=0   # preflight: 1 when the venv is to be made (none usable is there)
+APT_NEEDED="" # preflight: the Debian packages to install before anything else
+
+preflight() {
+  # Everything install needs, checked before it creates or installs anything, so
+  # that a check that fails leaves the machine as it was.
+  local venv=$D$VENV python=${PYTHON:-python3} real
+  if [ -e "$venv/bin/python" ] && python_ok "$venv/bin/python"; then
+    real=$(readlink -f "$venv/bin/python")
+  else
+    NEW_VENV=1
+    command -v "$python" >/dev/null || die "PYTHON=$python: not found. Nothing was installed."
+    python_ok "$python" ||
+      die "asd-edge needs Python 3.11 or newer; $python is $("$python" -V 2>&1)." \
+        "Set PYTHON=python3.11 (or newer). Nothing was installed."
+    real=$(python_real "$python")
+    if ! python_has_venv "$python"; then
+      if [ "$STAGED" = 0 ] && have_apt; then
+        APT_NEEDED="$APT_NEEDED python3-venv"
+      else
+        die "$python ($real) has no venv module with ensurepip, so it cannot make" \
+          "$venv (on Debian/Ubuntu: apt-get install python3-venv). Nothing was installed."
+      fi
+    fi
+  fi
+  [ "$STAGED" = 0 ] || return 0
+  # The service runs as $SERVICE_USER with /root and /home hidden (ProtectHome=yes):
+  # an interpreter from pyenv or conda there cannot start.
+  case "$real" in
+    /root/* | /home/* | /run/user/*)
+      if [ "$NEW_VENV" = 1 ]; then
+        die "$python is $real, which the service cannot run (ProtectHome=yes hides /root" \
+          "and /home). Use a system Python: PYTHON=/usr/bin/python3. Nothing was installed."
+      fi
+      die "$venv/bin/python is $real, which the service cannot run (ProtectHome=yes hides" \
+        "/root and /home). Use a system Python: rm -rf $venv; then PYTHON=/usr/bin/python3." \
+        "Nothing was installed."
+      ;;
+  esac
+  command -v useradd >/dev/null ||
+    die "useradd not found: cannot create the user $SERVICE_USER. Nothing was installed."
+  command -v systemctl >/dev/null ||
+    die "systemctl not found: this installs a systemd service. Without systemd, stage the" \
+      "files with DESTDIR=DIR and run $VENV/bin/asd-edge run your own way. Nothing was installed."
+  if ! portaudio_present; then
+    if have_apt; then
+      APT_NEEDED="libportaudio2$APT_NEEDED"
+    elif [ "${APT:-1}" = 0 ]; then
+      echo "warning: PortAudio (libportaudio2) is not installed and APT=0: the daemon" \
+        "cannot open a microphone until it is" >&2
+    else
+      die "PortAudio (libportaudio.so.2) not found and there is no apt-get here: install" \
+        "PortAudio with this system's package manager first. Nothing was installed."
+    fi
+  fi
+}
+
+apt_install() {
+  # Install the Debian packages "$@" (preflight found them missing).
+  [ "$#" -gt 0 ] || return 0
+  say "installing system packages: $*"
   apt-get update -qq
-  # shellcheck disable=SC2086 # one word per package
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 ensure_user() {
-  command -v useradd >/dev/null || die "useradd not found: cannot create the user $SERVICE_USER"
   getent group audio >/dev/null || groupadd --system audio
   if id -u "$SERVICE_USER" >/dev/null 2>&1; then
     usermod -a -G audio "$SERVICE_USER"
@@ -133,15 +214,12 @@ ensure_user() {
 
 make_venv() {
   local venv=$D$VENV python=${PYTHON:-python3}
-  if [ -e "$venv/bin/python" ] && python_ok "$venv/bin/python"; then
+  if [ "$NEW_VENV" = 0 ]; then
     say "reusing the virtual environment $venv"
   else
-    command -v "$python" >/dev/null || die "PYTHON=$python: not found"
-    python_ok "$python" ||
-      die "asd-edge needs Python 3.11 or newer; $python is $("$python" -V 2>&1). Set PYTHON=python3.11 (or newer)."
-    if [ "$STAGED" = 0 ] && ! "$python" -c 'import ensurepip' >/dev/null 2>&1; then
-      apt_install python3-venv
-    fi
+    python_has_venv "$python" ||
+      die "$python still has no venv module after apt-get install python3-venv (is it" \
+        "the system's python3?). Only system packages were installed."
     rm -rf "$venv"
     say "creating the virtual environment $venv"
     # shellcheck disable=SC2086 # VENV_ARGS is a list of arguments
@@ -167,21 +245,9 @@ make_venv() {
   rm -f "$venv/bin/asd-train"
   "$venv/bin/python" -c 'import asd_edge.cli' ||
     die "the daemon does not import in $venv (see the error above)"
-  if [ "$STAGED" = 0 ]; then
-    # The service runs as $SERVICE_USER with /root and /home hidden
-    # (ProtectHome=yes): an interpreter from pyenv or conda there cannot start.
-    local real
-    real=$(readlink -f "$venv/bin/python")
-    case "$real" in
-      /root/* | /home/* | /run/user/*)
-        die "$venv/bin/python is $real, which the service cannot run (ProtectHome=yes hides" \
-          "/root and /home). Use a system Python: rm -rf $venv; then PYTHON=/usr/bin/python3."
-        ;;
-    esac
-    if command -v runuser >/dev/null; then
-      runuser -u "$SERVICE_USER" -- "$venv/bin/python" -c 'import asd_edge.cli' ||
-        die "the user $SERVICE_USER cannot run the daemon from $venv (see the error above)"
-    fi
+  if [ "$STAGED" = 0 ] && command -v runuser >/dev/null; then
+    runuser -u "$SERVICE_USER" -- "$venv/bin/python" -c 'import asd_edge.cli' ||
+      die "the user $SERVICE_USER cannot run the daemon from $venv (see the error above)"
   fi
   if [ "$STAGED" = 1 ]; then
     # Scripts name their interpreter by absolute path: point them at where the
@@ -239,10 +305,6 @@ install_files() {
 }
 
 enable_unit() {
-  if ! command -v systemctl >/dev/null; then
-    echo "warning: systemctl not found: the unit is installed but not enabled" >&2
-    return 0
-  fi
   if systemd_running; then
     systemctl daemon-reload
     systemctl enable --quiet "$UNIT"
@@ -251,13 +313,13 @@ enable_unit() {
       systemctl restart "$UNIT"
       say "started $UNIT"
     elif systemctl is-active --quiet "$UNIT"; then
-      echo "    $UNIT is running the previous version: sudo systemctl restart asd-edge"
+      echo "    $UNIT is running the previous version: ${AS_ROOT}systemctl restart asd-edge"
     fi
   else
     systemctl enable --quiet "$UNIT"
-    echo "warning: systemd is not running here (PID 1 is $(ps -o comm= -p 1 2>/dev/null || echo unknown)):" \
-      "$UNIT is enabled but systemd was not reloaded and nothing was started;" \
-      "it starts at the next boot under systemd." >&2
+    echo "warning: systemd is not running here (PID 1 is $(ps -o comm= -p 1 2>/dev/null ||
+      echo unknown)): $UNIT is enabled but systemd was not reloaded and nothing was" \
+      "started; it starts at the next boot under systemd." >&2
     [ "${START:-0}" != 1 ] || echo "warning: START=1 ignored: no systemd to start it with" >&2
   fi
 }
@@ -273,16 +335,24 @@ systemctl enable $UNIT. The venv needs the same Python at the same path as here.
 EOF
     return 0
   fi
+  local as_user="runuser -u $SERVICE_USER --"
+  [ -z "$AS_ROOT" ] || as_user="sudo -u $SERVICE_USER"
   cat <<EOF
 
 Next:
   1. edit $CONF_DIR/config.yaml: input.device (an ALSA device from
-     \`$VENV/bin/asd-edge devices\`), monitors[].model (your model; the
-     shipped level model only hears loudness), mqtt.host
-  2. sudo $VENV/bin/asd-edge check-config --config $CONF_DIR/config.yaml
-  3. sudo systemctl start asd-edge
+     \`$as_user $VENV/bin/asd-edge devices\`), monitors[].model (your
+     model; the shipped level model only hears loudness), mqtt.host
+  2. $as_user $VENV/bin/asd-edge check-config
+EOF
+  if systemd_running; then
+    cat <<EOF
+  3. ${AS_ROOT}systemctl start asd-edge
   4. systemctl status asd-edge;  journalctl -u asd-edge -f
 EOF
+  else
+    echo "  3. boot this system with systemd: asd-edge starts then"
+  fi
 }
 
 cmd_install() {
@@ -291,8 +361,10 @@ cmd_install() {
   if [ ! -f "$REPO/pyproject.toml" ] || [ ! -f "$REPO/systemd/$UNIT" ]; then
     die "run from a clone of the asd-edge repository ($REPO has no pyproject.toml or systemd/$UNIT)"
   fi
+  preflight
   if [ "$STAGED" = 0 ]; then
-    apt_install libportaudio2
+    # shellcheck disable=SC2086 # one word per package
+    apt_install $APT_NEEDED
     ensure_user
   fi
   make_venv
@@ -311,43 +383,68 @@ remove_user() {
   fi
 }
 
+disable_unit() {
+  # Stop (where systemd runs) and disable the unit "$1" installed as "$2"; say which.
+  local name=$1 file=$2
+  if [ "$STAGED" = 1 ] || [ ! -e "$file" ]; then
+    return 0
+  fi
+  if ! command -v systemctl >/dev/null; then
+    rm -f "$UNIT_DIR"/*.wants/"$name"
+    say "removed the links that enabled $name (no systemctl here: nothing to stop)"
+  elif systemd_running; then
+    if systemctl disable --now --quiet "$name"; then
+      say "stopped and disabled $name"
+    else
+      echo "warning: could not stop and disable $name" >&2
+    fi
+  elif systemctl disable --quiet "$name"; then
+    say "disabled $name (systemd is not running here: nothing was running to stop)"
+  else
+    echo "warning: could not disable $name" >&2
+  fi
+}
+
 cmd_uninstall() {
   setup_destdir
   require_root uninstall
-  local unit=$D$UNIT_DIR/$UNIT web_unit=$D$UNIT_DIR/$WEB_UNIT
-  if [ "$STAGED" = 0 ] && command -v systemctl >/dev/null && [ -e "$web_unit" ]; then
-    if systemd_running; then
-      systemctl disable --now --quiet "$WEB_UNIT" || echo "warning: could not stop $WEB_UNIT" >&2
-    else
-      systemctl disable --quiet "$WEB_UNIT" || echo "warning: could not disable $WEB_UNIT" >&2
+  local unit=$D$UNIT_DIR/$UNIT web_unit=$D$UNIT_DIR/$WEB_UNIT path removed="" kept=""
+  disable_unit "$WEB_UNIT" "$web_unit"
+  disable_unit "$UNIT" "$unit"
+  for path in "$web_unit" "$unit" "$D$PREFIX"; do
+    if [ -e "$path" ]; then
+      rm -rf "$path"
+      removed="$removed $path"
     fi
-  fi
-  rm -f "$web_unit"
-  if [ "$STAGED" = 0 ] && command -v systemctl >/dev/null && [ -e "$unit" ]; then
-    if systemd_running; then
-      systemctl disable --now --quiet "$UNIT" || echo "warning: could not stop/disable $UNIT" >&2
-    else
-      systemctl disable --quiet "$UNIT" || echo "warning: could not disable $UNIT" >&2
-    fi
-    say "stopped and disabled $UNIT"
-  fi
-  rm -f "$unit"
-  if [ "${PURGE:-0}" = 1 ]; then
+  done
+  if [ "${PURGE:-0}" = 1 ] && [ -e "$unit.d" ]; then
     rm -rf "$unit.d"
+    removed="$removed $unit.d"
   fi
   if [ "$STAGED" = 0 ] && systemd_running; then
     systemctl daemon-reload
     systemctl reset-failed "$UNIT" >/dev/null 2>&1 || true
   fi
-  rm -rf "$D$PREFIX"
-  say "removed $D$PREFIX and $unit"
-  [ "$STAGED" = 1 ] || remove_user
-  if [ "${PURGE:-0}" = 1 ]; then
-    rm -rf "$D$STATE_DIR" "$D$CONF_DIR"
-    say "purged $D$STATE_DIR and $D$CONF_DIR"
+  if [ -n "$removed" ]; then
+    say "removed$removed"
   else
-    say "kept $D$STATE_DIR (clips, outbox, pushed models, replay markers) and $D$CONF_DIR;" \
-      "PURGE=1 removes them"
+    say "no unit and no $D$PREFIX to remove"
+  fi
+  [ "$STAGED" = 1 ] || remove_user
+  for path in "$D$STATE_DIR" "$D$CONF_DIR"; do
+    if [ ! -e "$path" ]; then
+      continue
+    elif [ "${PURGE:-0}" = 1 ]; then
+      rm -rf "$path"
+      say "purged $path"
+    elif [ "$path" = "$D$STATE_DIR" ]; then
+      kept="$kept $path (clips, outbox, pushed and learned models, replay markers)"
+    else
+      kept="$kept $path (the configuration)"
+    fi
+  done
+  if [ -n "$kept" ]; then
+    say "kept$kept; PURGE=1 removes them"
   fi
 }
 

@@ -24,12 +24,17 @@ from support.mounts import Mounts
 from asd_edge.config import MqttConfig, OutboxConfig
 from asd_edge.mqtt import MqttLink
 from asd_edge.mqtt.thread import MAX_MESSAGE_BYTES
+from asd_edge.runtime import opt_out_of_telemetry
 from devkit import Unavailable
 from devkit import vmic as _vmic
 from devkit.broker import HOST, Broker
 from devkit.vmic import VirtualMic
 
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests that import onnxruntime themselves (before asd_edge.onnxrt) write no telemetry
+# into the runner's HOME either; nothing above has loaded onnxruntime yet.
+opt_out_of_telemetry()
 
 
 @pytest.fixture(autouse=True)

@@ -254,7 +254,8 @@ class TestAutoFit:
         assert code == 2
 
     def test_cli_fit_auto(self, tmp_path: Path) -> None:
-        """The CLI's default kind is auto; a scorer with auto is a usage error (exit 2)."""
+        """The CLI's default kind is auto, fitted on one BLAS thread unless --threads says
+        otherwise (config.json records it); a scorer with auto is a usage error (exit 2)."""
         from training.cli import main as asd_train
 
         plan = [("train", "normal", 3), ("valid", "normal", 1)]
@@ -262,6 +263,7 @@ class TestAutoFit:
         code = asd_train(["fit", "--data", str(data), "--out", str(tmp_path / "r"), "--quiet"])
         assert code == 0
         assert json.loads((tmp_path / "r" / "metrics.json").read_text())["kind"] == "bandstat"
+        assert json.loads((tmp_path / "r" / "config.json").read_text())["threads"] == 1
         code = asd_train(["fit", "--data", str(data), "--out", str(tmp_path / "r2"), "--quiet",
                           "--param", "scorer=knn"])  # fmt: skip
         assert code == 2

@@ -411,6 +411,49 @@ class TestArguments:
         assert "Traceback" not in result.stderr
 
 
+class TestWhatARunWrites:
+    def test_nothing_outside_its_state_directory(self, tmp_path: Path, level_model: Path) -> None:
+        """`asd-edge run` on a recording without an anomaly, with an empty HOME and the real
+        onnxruntime, in an environment without ORT_DISABLE_TELEMETRY (a new user's): HOME
+        and the working directory stay empty (onnxruntime's telemetry would write
+        ~/.cache/Microsoft/DeveloperTools/.onnxruntime/deviceid at its import), and the
+        state directory holds only the empty outbox and clips folder."""
+        rng = np.random.default_rng(5)
+        quiet = (0.003 * rng.standard_normal(16000 * 3)).astype(np.float32)
+        wav = write_wav(tmp_path / "machine.wav", quiet, 16000)
+        state, home, work = tmp_path / "state", tmp_path / "home", tmp_path / "work"
+        home.mkdir()
+        work.mkdir()
+        config = config_file(
+            tmp_path,
+            {
+                "state_dir": str(state),
+                "input": {"device": f"file:{wav}"},
+                "mqtt": {"enabled": False},
+                "monitors": [{"name": "fan", "model": str(level_model)}],
+            },
+        )
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k != "ORT_DISABLE_TELEMETRY" and not k.startswith("XDG_")
+        }
+        result = subprocess.run(
+            [*asd_edge_command(), "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=work,
+            env={**env, "HOME": str(home)},
+        )
+        assert result.returncode == 0, result.stderr
+        assert "anomaly_started" not in result.stdout
+        assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
+        assert list(work.iterdir()) == []
+        assert sorted(p.name for p in state.iterdir()) == ["clips", "outbox.sqlite"]
+        assert list((state / "clips").iterdir()) == []
+
+
 class TestRecordFromAFile:
     def test_a_replayed_file_is_recorded_into_segments(self, tmp_path: Path) -> None:
         """`record` with `input.device: "file:..."` (trying it without a microphone): the

@@ -65,7 +65,7 @@ class TestDemo:
         to a saved clip with its spectrogram; exit 0; nothing the demo started is left."""
         out = tmp_path / "out"
         result = subprocess.run(
-            demo(out, "--events", "2", "--kinds", "impact,squeal"),
+            demo(out, "--anomalies", "2", "--kinds", "impact,squeal"),
             cwd=REPO,
             env=demo_env,
             capture_output=True,
@@ -96,6 +96,9 @@ class TestDemo:
             assert "MISSED:             1 (squeal)" in stdout
         stream = read_audio(out / "stream.wav")
         assert stream.frames / stream.sample_rate == summary["stream"]["duration_s"] == 34.0
+        described = json.loads((out / "stream.json").read_text())  # as asd-train synth's
+        assert described == {"wav": "stream.wav", **summary["stream"]}
+        assert [a["kind"] for a in described["anomalies"]] == ["impact", "squeal"]
         log = [json.loads(line) for line in (out / "daemon.log").read_text().splitlines()]
         assert [r["exit_code"] for r in log if r["event"] == "daemon_stopped"] == [0]
         assert not runtime_dirs(tmp_path / "tmp")
@@ -105,7 +108,7 @@ class TestDemo:
         """Ctrl-C while the stream plays: exit 130, and the daemon, paplay, mosquitto,
         PulseAudio and their temporary directories are all gone."""
         proc = subprocess.Popen(
-            demo(tmp_path / "out", "--events", "1"),
+            demo(tmp_path / "out", "--anomalies", "1"),
             cwd=REPO,
             env=demo_env,
             stdout=subprocess.PIPE,

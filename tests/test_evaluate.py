@@ -66,6 +66,9 @@ class TestMetrics:
         assert all(r["windows"] == "7" for r in rows)  # 4 s at a 0.5 s hop
         for picture in ("roc.png", "score_hist.png"):
             assert (tmp_path / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # what the README lists, and no empty train.log beside it
+        written = sorted(p.name for p in (tmp_path / "out").iterdir())
+        assert written == ["files.csv", "metrics.json", "roc.png", "score_hist.png"]
 
     def test_false_alarms_per_hour_of_normal_audio(self, tmp_path: Path, level_model: Path) -> None:
         """An event on a normal file is a false alarm; the rate is per hour of normal audio."""

@@ -372,6 +372,8 @@ class TestOfflineCli:
     def test_nothing_to_learn_from_or_no_such_monitor(
         self, tmp_path: Path, extra: list[str], code: int, said: str
     ) -> None:
+        """No audio in the folders: 66. A monitor the configuration does not have: 78,
+        naming the configuration file read and its monitors."""
         (tmp_path / "empty").mkdir()
         cfg = tmp_path / "asd-edge.yaml"
         cfg.write_text("monitors:\n  - name: pump\n    model: m.onnx\n")
@@ -379,6 +381,8 @@ class TestOfflineCli:
         run = subprocess.run([*asd_edge_command(), "learn", "--config", str(cfg), *args],
                              capture_output=True, text=True, timeout=60)  # fmt: skip
         assert run.returncode == code and said in run.stderr
+        if code == 78:  # which configuration was read, and what it has
+            assert f"monitors in {cfg}: pump" in run.stderr
 
 
 def test_bandstat_statistics_are_numpy_only() -> None:

@@ -91,10 +91,11 @@ def command(broker: Broker, sub: Subscriber, body: dict[str, Any]) -> dict[str, 
 def test_learn_in_one_step_then_faults_are_alerted_without_false_alarms(
     tmp_path: Path, virtual_mic: Any, mqtt_broker: Broker
 ) -> None:
-    """``asd-edge learn --seconds 60`` on the running daemon, exit 0; the model topic
-    names the learned model; the faults played next are all alerted, nothing else is."""
+    """``asd-edge learn --seconds 60`` on the running daemon, exit 0; the model topic and
+    Home Assistant's discovery name the learned model; the faults played next are all
+    alerted, nothing else is."""
     session = machine_sound(tmp_path)
-    sub = mqtt_broker.subscriber(f"{PREFIX}/#")
+    sub = mqtt_broker.subscriber(f"{PREFIX}/#", "homeassistant/#")
     config = daemon_config(tmp_path, mqtt_broker, LEVEL_MODEL, virtual_mic.device)
     daemon = start_daemon(config, virtual_mic.env)
     try:
@@ -122,6 +123,11 @@ def test_learn_in_one_step_then_faults_are_alerted_without_false_alarms(
         assert running["version"] == learned["version"] and running["kind"] == "bandstat"
         assert running["previous"]["name"] == "level"
         assert (tmp_path / "state" / "models" / "pump" / "active.onnx").is_file()
+        named = f"model='{learned['name']}'".encode()  # discovery is sent again on a swap
+        wait_until(
+            lambda: any(named in m.payload for m in sub.messages if m.topic.endswith("/config")),
+            10, "discovery naming the learned model",
+        )  # fmt: skip
 
         assert player.wait(timeout=SESSION_S + 30) == 0
         time.sleep(2.0)

@@ -169,6 +169,21 @@ class TestPrepare:
         assert run_prepare(str(mixed_inputs), "--out", str(out), *args) == 0
         assert any(r["label"] == "anomaly" and r["split"] == "train" for r in manifest(out))
 
+    def test_the_same_recordings_elsewhere_make_the_same_dataset(
+        self, mixed_inputs: Path, tmp_path: Path
+    ) -> None:
+        """The recordings copied to another folder are prepared into the same files with
+        the same names, splits and bytes (a fit on them then gives the same model): no
+        name depends on where the recordings lie."""
+        moved = tmp_path / "elsewhere" / "deeper" / mixed_inputs.name
+        shutil.copytree(mixed_inputs, moved)
+        datasets = []
+        for n, inputs in enumerate((mixed_inputs, moved)):
+            out = tmp_path / f"out{n}"
+            assert run_prepare(str(inputs), "--out", str(out), "--segment-s", "0.5") == 0
+            datasets.append({r["path"]: (r["split"], r["sha256"]) for r in manifest(out)})
+        assert datasets[0] == datasets[1] and datasets[0]
+
     def test_channel_choice(self, mixed_inputs: Path, tmp_path: Path) -> None:
         """--channel 1 takes the right channel (1 kHz); mix holds both tones."""
         stereo = mixed_inputs / "normal" / "stereo_44k.wav"

@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 from support import REPO
+from support.services import asd_edge_command
+
+from devkit.vmic import missing_tools
 
 UNIT_FILE = REPO / "systemd" / "asd-edge.service"
 WEB_UNIT_FILE = REPO / "systemd" / "asd-edge-web.service"
@@ -260,6 +263,38 @@ def test_security_exposure(unit_file: Path, exposure_max: float) -> None:
     assert exposure <= exposure_max, result.stdout
 
 
+def test_the_runtime_directory_keeps_libpulse_out_of_the_state_directory(
+    tmp_path: Path,
+) -> None:
+    """`asd-edge devices` (PortAudio probing every ALSA device, the pulse plugin's too) in
+    the unit's environment, XDG_RUNTIME_DIR in its RuntimeDirectory, with an empty HOME:
+    HOME stays empty. Under systemd HOME is /var/lib/asd-edge, on disk; without a runtime
+    directory libpulse writes ~/.config/pulse there (checked first: where it writes
+    nothing anyway, there is nothing to keep out)."""
+    if ("the ALSA pulse plugin", "libasound2-plugins") in missing_tools():
+        pytest.skip("the ALSA pulse plugin is not installed (apt install libasound2-plugins)")
+    service = TestUnit.unit["Service"]
+    runtime = Path(environment(service)["XDG_RUNTIME_DIR"].replace("%t", str(tmp_path / "run")))
+    assert runtime.name == one(service, "RuntimeDirectory")
+    runtime.mkdir(parents=True, mode=0o700)  # as systemd makes it at start
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "PULSE_"))}
+
+    def devices(home: Path, **extra: str) -> None:
+        home.mkdir()
+        subprocess.run(
+            [*asd_edge_command(), "devices"],
+            capture_output=True,
+            timeout=60,
+            env={**base, "HOME": str(home), **extra},
+        )
+
+    devices(tmp_path / "bare")
+    if not (tmp_path / "bare/.config/pulse").exists():
+        pytest.skip("libpulse writes nothing into HOME here, even without a runtime directory")
+    devices(tmp_path / "home", XDG_RUNTIME_DIR=str(runtime))
+    assert list((tmp_path / "home").rglob("*")) == []
+
+
 def test_write_execute_memory_breaks_capture() -> None:
     """Why the unit leaves MemoryDenyWriteExecute= off: under the kernel's equivalent
     (prctl PR_SET_MDWE) sounddevice cannot register its PortAudio callback."""
@@ -316,7 +351,46 @@ class TestScript:
                 [*prefix, "bash", str(script), command], capture_output=True, text=True, env=env
             )
         assert result.returncode != 0
-        assert f"{command} must run as root: sudo make {command}" in result.stderr
+        # root itself may have no sudo: both ways are named
+        assert f"as root: make {command}; otherwise: sudo make {command}" in result.stderr
+
+
+def fake_python(folder: Path, script: str) -> Path:
+    """An executable ``python`` in ``folder`` that runs this shell ``script``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    python = folder / "python"
+    python.write_text("#!/bin/sh\n" + script)
+    python.chmod(0o755)
+    return python
+
+
+class TestChecksComeFirst:
+    """A Python the install cannot use stops it before anything is created."""
+
+    def test_a_python_older_than_3_11(self, tmp_path: Path) -> None:
+        """Python 3.9: refused with its version named, the staging tree left empty."""
+        old = fake_python(
+            tmp_path / "bin", '[ "$1" = -V ] && echo "Python 3.9.2" && exit 0\nexit 1\n'
+        )
+        root = tmp_path / "root"
+        result = run_script("install", destdir=root, PYTHON=str(old))
+        assert result.returncode == 1, result.stdout
+        assert "needs Python 3.11 or newer" in result.stderr and "3.9.2" in result.stderr
+        assert "Nothing was installed" in result.stderr
+        assert list(root.iterdir()) == []
+
+    def test_a_python_without_the_venv_module(self, tmp_path: Path) -> None:
+        """A Python without ensurepip (Debian's python3 without python3-venv) with APT=0:
+        refused, saying which package is missing, before the venv or any file is made."""
+        hidden = tmp_path / "hide"
+        hidden.mkdir()
+        (hidden / "ensurepip.py").write_text("raise ImportError('split off into python3-venv')\n")
+        python = fake_python(tmp_path / "bin", f'PYTHONPATH={hidden} exec {sys.executable} "$@"\n')
+        root = tmp_path / "root"
+        result = run_script("install", destdir=root, PYTHON=str(python))
+        assert result.returncode == 1, result.stdout
+        assert "has no venv module" in result.stderr and "python3-venv" in result.stderr
+        assert list(root.iterdir()) == []
 
 
 class TestStagedInstall:
@@ -456,8 +530,8 @@ def remove_real_install() -> None:
 
 
 @pytest.fixture
-def real_install() -> Iterator[str]:
-    """A machine to install on for real, cleaned up however the test ends."""
+def bare_machine() -> Iterator[None]:
+    """Root on a Linux machine without asd-edge, left without it however the test ends."""
     if sys.platform != "linux" or os.geteuid() != 0:
         pytest.skip("a real install needs root on Linux (CI runs as root)")
     for tool in ("useradd", "userdel", "runuser", "setpriv", "systemctl"):
@@ -467,11 +541,34 @@ def real_install() -> Iterator[str]:
     if present or user_exists("asd-edge"):
         what = ", ".join(present) or "user asd-edge"
         pytest.skip(f"asd-edge is already installed here ({what}): left alone")
-    python = service_python()
     try:
-        yield python
+        yield
     finally:
         remove_real_install()
+
+
+@pytest.fixture
+def real_install(bare_machine: None) -> str:
+    """A machine to install on for real and the Python the service can run there."""
+    return service_python()
+
+
+def test_real_install_refuses_a_python_the_service_cannot_run(
+    bare_machine: None, tmp_path: Path
+) -> None:
+    """`make install` as root with a Python under /home (pyenv, conda), which the service
+    cannot run (ProtectHome=yes): refused before the user, the venv or any file exists."""
+    python = fake_python(
+        tmp_path / "bin",
+        'case "$2" in *realpath*) echo /home/ada/.pyenv/versions/3.12.1/bin/python3.12;; esac\n'
+        "exit 0\n",
+    )
+    result = run_script("install", via_make=True, PYTHON=str(python))
+    assert result.returncode != 0, result.stdout
+    assert "which the service cannot run" in result.stderr, result.stderr
+    assert "Nothing was installed" in result.stderr and result.stdout == ""
+    assert not user_exists("asd-edge")
+    assert [p for p in REAL_PATHS if p.exists()] == []
 
 
 @pytest.mark.slow
@@ -511,6 +608,9 @@ def test_real_install_and_uninstall(real_install: str) -> None:
 
     result = run_script("uninstall", via_make=True)
     assert result.returncode == 0, result.stdout + result.stderr
+    if not Path("/run/systemd/system").is_dir():  # nothing ran, so nothing was stopped
+        assert "disabled asd-edge.service (systemd is not running here" in result.stdout
+        assert "stopped" not in result.stdout
     assert not user_exists("asd-edge")
     assert not Path("/opt/asd-edge").exists()
     assert not Path("/etc/systemd/system/asd-edge.service").exists()

@@ -12,7 +12,14 @@ import pytest
 from scipy import signal, stats
 
 from asd_edge.audiofile import read_audio
-from training.synth import ANOMALY_KINDS, Machine, make_stream, parse_events, write_dataset
+from training.synth import (
+    ANOMALY_KINDS,
+    Anomaly,
+    Machine,
+    make_stream,
+    parse_anomalies,
+    write_dataset,
+)
 
 RATE = 16000
 SECONDS = 4.0
@@ -194,14 +201,14 @@ class TestStream:
         with pytest.raises(ValueError, match="does not fit"):
             make_stream(2.0, [(1.5, 1.0, "impact")], machine=m)
 
-    def test_parse_events(self) -> None:
-        """``start:dur:kind`` lists parse; a bad item is named."""
-        assert parse_events("1:2:bearing, 4.5:1:squeal") == [
-            (1.0, 2.0, "bearing"),
-            (4.5, 1.0, "squeal"),
-        ]
+    def test_parse_anomalies(self) -> None:
+        """``start:duration:kind`` lists parse; a bad item is named."""
+        assert parse_anomalies("1:2:bearing, 4.5:1:squeal") == (
+            Anomaly("bearing", 1.0, 2.0),
+            Anomaly("squeal", 4.5, 1.0),
+        )
         with pytest.raises(ValueError, match="'1:x:bearing'"):
-            parse_events("1:x:bearing")
+            parse_anomalies("1:x:bearing")
 
 
 class TestWriteDataset:
@@ -244,16 +251,36 @@ class TestCommand:
         assert read_audio(files[0]).sample_rate == 8000
 
     def test_stream_command(self, tmp_path: Path) -> None:
-        """`--stream 4 --events 1:1:squeal` writes stream.wav and stream.json."""
-        r = self.run("--out", str(tmp_path), "--stream", "4", "--events", "1:1:squeal", "--quiet")
+        """`--stream 4 --anomalies 1:1:squeal` writes stream.wav and stream.json."""
+        r = self.run(
+            "--out", str(tmp_path), "--stream", "4", "--anomalies", "1:1:squeal", "--quiet"
+        )  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert read_audio(tmp_path / "stream.wav").frames == 4 * RATE
         meta = json.loads((tmp_path / "stream.json").read_text())
-        assert meta["events"] == [{"start_s": 1.0, "dur_s": 1.0, "kind": "squeal"}]
+        assert meta["anomalies"] == [{"kind": "squeal", "start_s": 1.0, "duration_s": 1.0}]
 
-    def test_bad_event_is_a_usage_error(self, tmp_path: Path) -> None:
+    def test_the_demos_stream_is_a_synth_stream(self, tmp_path: Path) -> None:
+        """The demo's stream, asked of `asd-train synth --stream` with the anomalies its
+        stream.json lists, is the same sound described by the same stream.json."""
+        from devkit.scenario import plan
+
+        demo = plan(2, kinds=["impact", "squeal"])
+        demo.write(tmp_path / "demo")
+        meta = json.loads((tmp_path / "demo" / "stream.json").read_text())
+        spec = ",".join(f"{a['start_s']}:{a['duration_s']}:{a['kind']}" for a in meta["anomalies"])
+        r = self.run(
+            "--out", str(tmp_path / "synth"), "--stream", str(meta["duration_s"]),
+            "--anomalies", spec, "--seed", str(meta["seed"]), "--quiet",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        for name in ("stream.json", "stream.wav"):
+            synth, played = tmp_path / "synth" / name, tmp_path / "demo" / name
+            assert synth.read_bytes() == played.read_bytes(), name
+
+    def test_bad_anomaly_is_a_usage_error(self, tmp_path: Path) -> None:
         """An unknown kind exits 2 and names it."""
-        r = self.run("--out", str(tmp_path), "--stream", "4", "--events", "1:1:rattle")
+        r = self.run("--out", str(tmp_path), "--stream", "4", "--anomalies", "1:1:rattle")
         assert r.returncode == 2 and "rattle" in r.stderr
 
 

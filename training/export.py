@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from asd_edge.detector import Detector
 from asd_edge.durable import write_atomic
 from asd_edge.errors import ModelError
 from asd_edge.learning.contract import ATOL, RTOL, spread_windows
 from asd_edge.modelspec import METADATA_KEY
+from asd_edge.onnxrt import ort
 
 from .errors import ExportError
 

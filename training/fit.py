@@ -53,7 +53,10 @@ class FitConfig:
     patience: int = 5
     seed: int = 0
     threads: int | None = None
-    """torch and BLAS threads (None: the libraries' defaults)."""
+    """torch and BLAS threads. None: one for the numpy kinds (``auto``, ``bandstat``: their
+    small matrix products gain nothing from more threads, and lose several times over on a
+    machine whose other core is busy, benchmarks/bench_bandstat.py), the libraries'
+    defaults for the torch kinds."""
     rate: int = 16000
     window_s: float = 1.0
     hop_s: float = 0.5
@@ -120,9 +123,11 @@ def fit(config: FitConfig, *, tracker: Tracker | None = None) -> FitResult:
     if tracker is None:
         tracker = make_tracker(config.tracker, project="asd-edge", task=config.name or "fit")
     run = RunDir(config.out, quiet=config.quiet)
+    threads = 1 if config.threads is None and info is None else config.threads
     try:
-        with threadpool_limits(limits=config.threads):
+        with threadpool_limits(limits=threads):
             effective = {**asdict(config), "kind": config.kind, "params": params}
+            effective["threads"] = threads
             run.write_json("config.json", effective)
             tracker.log_config(effective)
             if info is None:  # numpy-fitted: cross-fitted calibration, choice by measurement

@@ -68,7 +68,9 @@ OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--name", {"default": None, "help": "model name (default: <data folder>-<kind>)"}),
     ("--quantize", {"action": "store_true", "help": "also write model.int8.onnx (dynamic)"}),
     ("--tracker", {"default": "none", "choices": ("none", "clearml"), "help": "also log to"}),
-    ("--threads", {"type": int, "default": None, "help": "torch and BLAS threads"}),
+    ("--threads", {"type": int, "default": None,
+                   "help": "torch and BLAS threads (default: 1 for auto and bandstat, the "
+                   "libraries' own for the torch kinds)"}),
     ("--quiet", {"action": "store_true", "help": "no progress bars or log lines on stderr"}),
 ]  # fmt: skip
 

@@ -91,9 +91,11 @@ def _slug(text: str, limit: int = 40) -> str:
     return slug[:limit] or "rec"
 
 
-def _stem(rec: Recording) -> str:
-    """ASCII-safe, recognisable and unique name stem of a recording."""
-    digest = hashlib.sha1(rec.source.encode()).hexdigest()[:8]
+def _stem(rec: Recording, root: str) -> str:
+    """ASCII-safe, recognisable and unique name stem of a recording. Its digest is of the
+    source's path below ``root`` (the inputs' common folder), so the same recordings
+    prepared from another place get the same names, and so the same fit."""
+    digest = hashlib.sha1(rec.source.removeprefix(root).encode()).hexdigest()[:8]
     record = rec.source.rpartition("#record ")[2] if "#record " in rec.source else ""
     suffix = f"_r{int(record):06d}" if record else ""
     return f"{_slug(rec.path.stem)}{suffix}_{digest}"
@@ -139,12 +141,14 @@ def prepare(
     skipped: list[tuple[str, str]] = []
     warnings: list[str] = []
     staged: list[Segment] = []
+    root = os.path.commonpath([i.path.parent.as_posix() for i in inputs]) if inputs else ""
     try:
         for item in _progress(inputs, progress, "reading", "file"):
             staged += _stage(
                 item,
                 staging,
                 skipped,
+                root=root.rstrip("/") + "/",
                 sample_rate=sample_rate,
                 segment=segment,
                 min_segment=min_segment,
@@ -186,6 +190,7 @@ def _stage(
     staging: Path,
     skipped: list[tuple[str, str]],
     *,
+    root: str,
     sample_rate: int,
     segment: int,
     min_segment: int,
@@ -220,7 +225,7 @@ def _stage(
                     "--min-segment-s)"
                 )
                 continue
-            stem = _stem(rec)
+            stem = _stem(rec, root)
             for k, (a, b) in enumerate(bounds):
                 path = staging / f"{stem}_{k:04d}.wav"
                 write_wav(path, rec.samples[a:b], sample_rate)

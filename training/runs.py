@@ -34,13 +34,14 @@ __all__ = [
 
 
 class RunDir:
-    """The folder of one run; ``log`` prints a line and appends it to ``train.log``."""
+    """The folder of one run; ``log`` prints a line and appends it to ``train.log``, which
+    exists once something was logged (``asd-train evaluate``'s folder has none)."""
 
     def __init__(self, path: str | os.PathLike[str], *, quiet: bool = False) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.quiet = quiet
-        self._log: TextIO = (self.path / "train.log").open("a", encoding="utf-8")
+        self._log: TextIO | None = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -49,6 +50,8 @@ class RunDir:
         """Print ``message`` (unless quiet) and keep it in ``train.log``."""
         if not self.quiet:
             print(message, file=sys.stderr)
+        if self._log is None:
+            self._log = (self.path / "train.log").open("a", encoding="utf-8")
         self._log.write(message + "\n")
         self._log.flush()
 
@@ -70,7 +73,8 @@ class RunDir:
 
     def close(self) -> None:
         """Close ``train.log``."""
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
 
 def csv_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:

@@ -139,10 +139,17 @@ def feedback(config: Config, args: argparse.Namespace) -> int:
 def _monitor(config: Config, named: str | None) -> MonitorConfig:
     if named is None and len(config.monitors) == 1:
         return config.monitors[0]
-    names = ", ".join(m.name for m in config.monitors) or "none"
     for m in config.monitors:
         if m.name == named:
             return m
+    if config.source is None:
+        raise LearnError(
+            "no monitor to learn: no configuration file was found (--config FILE, "
+            "$ASD_EDGE_CONFIG or /etc/asd-edge/config.yaml) and the built-in defaults have none"
+        )
+    if not config.monitors:
+        raise LearnError(f"no monitor to learn: {config.source} has none")
+    where = f"monitors in {config.source}: {', '.join(m.name for m in config.monitors)}"
     if named is None:
-        raise LearnError(f"--monitor: name the monitor to learn (monitors: {names})")
-    raise LearnError(f"--monitor: {named!r} does not exist (monitors: {names})")
+        raise LearnError(f"--monitor: name the monitor to learn ({where})")
+    raise LearnError(f"--monitor: {named!r} does not exist ({where})")

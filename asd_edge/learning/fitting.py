@@ -132,7 +132,8 @@ def export_checked(
 ) -> tuple[bytes, dict[str, Any]]:
     """The contract graph, held to numpy on real windows; LearnError when they disagree."""
     import onnx
-    import onnxruntime as ort
+
+    from ..onnxrt import ort
 
     proto = bandstat.to_onnx(model, n_frames, metadata)
     try:

@@ -9,6 +9,8 @@
   catch them.
 - ``datasets``: files of synthetic machines (DCASE-style folders, or a prepared
   dataset with a manifest).
+- ``stream``: one continuous :class:`Stream` with its :class:`Anomaly` list, written
+  as ``stream.wav`` and ``stream.json`` (``asd-train synth --stream`` and the demo).
 - ``cli``: ``asd-train synth``.
 
 The package must import where only the daemon's dependencies exist (the demo player
@@ -17,19 +19,22 @@ and end-to-end tests use it), so it uses numpy and scipy only; tqdm is optional.
 
 from __future__ import annotations
 
-from .cli import configure, parse_events, run
+from .cli import configure, run
 from .datasets import machine_name, write_dataset, write_labelled_dataset
 from .faults import ANOMALY_KINDS, decaying_tone, place_pulses
 from .machine import Machine, make_stream
+from .stream import Anomaly, Stream, parse_anomalies
 
 __all__ = [
     "ANOMALY_KINDS",
+    "Anomaly",
     "Machine",
+    "Stream",
     "configure",
     "decaying_tone",
     "machine_name",
     "make_stream",
-    "parse_events",
+    "parse_anomalies",
     "place_pulses",
     "run",
     "write_dataset",

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from asd_edge.audiofile import write_wav
-
 from .datasets import write_dataset
-from .faults import ANOMALY_KINDS, check_kind
-from .machine import Machine, make_stream
+from .faults import ANOMALY_KINDS
+from .stream import Stream, parse_anomalies
 
-__all__ = ["configure", "parse_events", "run"]
-
-
-def parse_events(text: str) -> list[tuple[float, float, str]]:
-    """Parse ``"start:dur:kind,..."`` (seconds) into events; ValueError naming the bad one."""
-    events: list[tuple[float, float, str]] = []
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        parts = item.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"event {item!r}: expected start:dur:kind, e.g. 12:5:bearing")
-        try:
-            start_s, dur_s = float(parts[0]), float(parts[1])
-        except ValueError:
-            raise ValueError(f"event {item!r}: start and dur must be numbers (seconds)") from None
-        kind = parts[2].strip()
-        check_kind(kind)
-        events.append((start_s, dur_s, kind))
-    return events
+__all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -62,12 +40,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SECONDS",
         help="instead of a dataset, write one continuous stream of this length "
-        "(OUT/stream.wav, events in OUT/stream.json)",
+        "(OUT/stream.wav; what it is and its anomalies in OUT/stream.json)",
     )
     parser.add_argument(
-        "--events",
+        "--anomalies",
         default="",
-        help='anomalies in the stream: "start:dur:kind,..." in seconds, e.g. "20:5:bearing"',
+        metavar="START:DURATION:KIND,...",
+        help='anomalies in the stream, in seconds, e.g. "20:5:bearing,40:3:squeal"',
     )
     parser.add_argument(
         "--machine-id", type=int, default=0, help="the machine of the stream (default: 0)"
@@ -83,24 +62,16 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     try:
         if args.stream is not None:
-            events = parse_events(args.events)
-            machine = Machine(machine_id=args.machine_id, seed=args.seed, sample_rate=args.rate)
-            wave = make_stream(
-                args.stream, events, machine=machine, seed=args.seed, severity=args.severity
+            stream = Stream(
+                duration_s=args.stream,
+                anomalies=parse_anomalies(args.anomalies),
+                machine_id=args.machine_id,
+                machine_seed=args.seed,
+                seed=args.seed,
+                severity=args.severity,
+                sample_rate=args.rate,
             )
-            out.mkdir(parents=True, exist_ok=True)
-            write_wav(out / "stream.wav", wave, args.rate)
-            meta = {
-                "wav": "stream.wav",
-                "sample_rate": args.rate,
-                "duration_s": args.stream,
-                "machine_id": args.machine_id,
-                "seed": args.seed,
-                "severity": args.severity,
-                "events": [{"start_s": s, "dur_s": d, "kind": k} for s, d, k in events],
-            }
-            (out / "stream.json").write_text(json.dumps(meta, indent=2) + "\n")
-            print(out / "stream.wav")
+            print(stream.write(out))
             return 0
         paths = write_dataset(
             out,
