@@ -46,17 +46,21 @@ class CaptureStats:
     last_block_at: float = 0.0  # time.monotonic() of the newest block (0: none yet)
 
 
-def block_due_s(due_s: float, now: float, stats: CaptureStats) -> float:
+def block_due_s(due_s: float, now: float, stats: CaptureStats, last_block_at: float) -> float:
     """Seconds from ``now`` until the block that completes ``due_s`` more seconds of audio
-    lands: the source delivers whole blocks of ``stats.block_s`` after the one at
-    ``stats.last_block_at``. ``due_s`` unchanged when the block timing is unknown or that
-    block is already late (then the caller looks again soon)."""
-    if stats.block_s <= 0.0 or stats.last_block_at <= 0.0:
+    lands: the source delivers whole blocks of ``stats.block_s`` after the one that came at
+    ``last_block_at`` (``stats.last_block_at``, read *before* the ring's fill that gave
+    ``due_s``: a block landing in between then makes the wake early, never late). 0 when
+    that block is already late (the caller looks again after its shortest sleep);
+    ``due_s`` unchanged when the block timing is unknown."""
+    if stats.block_s <= 0.0 or last_block_at <= 0.0:
         return due_s
     blocks = max(1, math.ceil(due_s / stats.block_s - 1e-6))
-    lands_in = stats.last_block_at + blocks * stats.block_s - now
+    lands_in = last_block_at + blocks * stats.block_s - now
+    if lands_in <= 0.0:  # that block is late: look again at once (the caller's shortest sleep)
+        return 0.0
     # Beyond due_s + block_s: a clock other than time.monotonic() (tests); use due_s.
-    return lands_in if 0.0 < lands_in < due_s + stats.block_s else due_s
+    return lands_in if lands_in < due_s + stats.block_s else due_s
 
 
 class AudioSource(Protocol):
@@ -351,7 +355,6 @@ class SoundDeviceSource:
         try:
             stats.callbacks += 1
             stats.frames += frames
-            stats.last_block_at = time.monotonic()  # when the next block is due
             if status:
                 stats.status_flags += 1
                 if status.input_overflow:
@@ -359,6 +362,7 @@ class SoundDeviceSource:
             rings = self._rings
             for c in range(len(rings)):
                 rings[c].write(indata[:, c])
+            stats.last_block_at = time.monotonic()  # after the samples: the next is due then
         except Exception:
             stats.callback_errors += 1
 

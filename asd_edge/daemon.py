@@ -238,6 +238,7 @@ class Daemon:
         self.liveness.start(next_wake)
         assert self.monitors is not None
         monitors, last_heard, heard_at = self.monitors, -1, next_wake  # audio seen, and when
+        stall_s = max(MAX_SLEEP_S, 2.0 * self.source.stats.block_s)  # longer: no block came
         while not self._stop.is_set():
             now = self._clock()
             if now - next_wake > LATE_S:  # woke late: a busy CPU
@@ -271,14 +272,15 @@ class Daemon:
                 self._report_health()
                 next_report = now + interval_s
             # Sleep until the next window's audio is due (not a fixed poll): few wakes idle.
+            block_at = self.source.stats.last_block_at  # before the rings: see block_due_s
             now, heard = self._clock(), self.source.ring(self.config.monitors[0].channel).written
             if heard != last_heard:
                 last_heard, heard_at = heard, now
             due_s = min((m.due_in_s() for m in monitors), default=MAX_SLEEP_S)
-            if now - heard_at > MAX_SLEEP_S:  # no audio for a while (a stall): no hurry
+            if now - heard_at > stall_s:  # no audio for a while (a stall): no hurry
                 due_s = MAX_SLEEP_S
             elif due_s > 0.0:  # audio comes in whole blocks: wake when the right one lands
-                due_s = block_due_s(due_s, now, self.source.stats)
+                due_s = block_due_s(due_s, now, self.source.stats, block_at)
             sleep_s = min(MAX_SLEEP_S, max(MIN_SLEEP_S, due_s + DUE_MARGIN_S))
             sleep_s = min(sleep_s, max(MIN_SLEEP_S, next_report - now))
             live_s = self.live.due_in_s(now)  # None unless someone watches (cmd/live)

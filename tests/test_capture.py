@@ -21,6 +21,7 @@ from asd_edge.audiofile import AudioData, write_wav
 from asd_edge.capture import AudioSource, Backoff, CaptureStats, SoundDeviceSource, block_due_s
 from asd_edge.errors import AudioError
 from asd_edge.filesource import FileSource
+from asd_edge.ring import RingBuffer
 
 INPUT_OVERFLOW = sd.CallbackFlags(0x2)  # paInputOverflow
 NO_FLAGS = sd.CallbackFlags(0)
@@ -404,19 +405,46 @@ class TestBlockDue:
     """The tick loop sleeps until the block that completes a window lands."""
 
     def test_unknown_timing_keeps_the_estimate(self) -> None:
-        assert block_due_s(0.03, 10.0, CaptureStats()) == 0.03
-        assert block_due_s(0.03, 10.0, CaptureStats(block_s=0.1)) == 0.03  # no block yet
+        assert block_due_s(0.03, 10.0, CaptureStats(), 0.0) == 0.03
+        assert block_due_s(0.03, 10.0, CaptureStats(block_s=0.1), 0.0) == 0.03  # no block yet
 
     def test_waits_for_the_block_holding_the_last_sample(self) -> None:
-        stats = CaptureStats(block_s=0.1, last_block_at=10.0)
+        stats = CaptureStats(block_s=0.1)
         # 30 ms of audio missing: the next block (at 10.1) brings it.
-        assert block_due_s(0.03, 10.02, stats) == pytest.approx(0.08)
+        assert block_due_s(0.03, 10.02, stats, 10.0) == pytest.approx(0.08)
         # 150 ms missing: two blocks, the second lands at 10.2.
-        assert block_due_s(0.15, 10.02, stats) == pytest.approx(0.18)
+        assert block_due_s(0.15, 10.02, stats, 10.0) == pytest.approx(0.18)
         # Exactly one block missing: that block, not the one after it.
-        assert block_due_s(0.1, 10.0, stats) == pytest.approx(0.1)
+        assert block_due_s(0.1, 10.0, stats, 10.0) == pytest.approx(0.1)
 
     def test_a_late_block_or_another_clock_falls_back(self) -> None:
-        stats = CaptureStats(block_s=0.1, last_block_at=10.0)
-        assert block_due_s(0.03, 10.15, stats) == 0.03  # the block is late: look again soon
-        assert block_due_s(0.03, 0.0, stats) == 0.03  # a fake clock far from monotonic()
+        stats = CaptureStats(block_s=0.1)
+        # The block is 3 ms late: look again at once, not a whole block later.
+        assert block_due_s(0.03, 10.103, stats, 10.0) == 0.0
+        assert block_due_s(0.03, 0.0, stats, 10.0) == 0.03  # a fake clock far from monotonic()
+
+    def test_the_callback_stamps_the_block_after_its_samples(self) -> None:
+        """The time of a block is set once its samples are in the ring: a loop that reads
+        the time first and the ring second never sees a new time with old samples."""
+        seen: list[tuple[float, int]] = []
+        src = SoundDeviceSource(
+            None,
+            1,
+            16000,
+            None,
+            ring_s=5.0,
+            block_s=0.1,
+            stall_timeout_s=2.0,
+            restart_backoff_max_s=5.0,
+            open_stream=lambda **kw: None,
+        )
+
+        class Watched(RingBuffer):
+            def write(self, block: npt.ArrayLike) -> None:
+                seen.append((src.stats.last_block_at, self.written))
+                super().write(block)
+
+        ring = Watched(16000)
+        src._rings = (ring,)
+        src._callback(np.zeros((1600, 1), np.float32), 1600, None, NO_FLAGS)
+        assert seen == [(0.0, 0)] and src.stats.last_block_at > 0.0 and ring.written == 1600
