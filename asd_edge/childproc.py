@@ -19,7 +19,7 @@ def run_python(code: str, stdin: bytes, *, timeout_s: float, what: str) -> bytes
     killed) or exits with a non-zero status."""
     try:
         done = subprocess.run(
-            [sys.executable, "-c", code],
+            [sys.executable, "-P", "-c", code],  # -P: nothing from the working directory
             input=stdin,
             capture_output=True,
             timeout=timeout_s,

@@ -30,7 +30,7 @@ from .config import (
 )
 from .daemon import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, Daemon
 from .detector import Detector
-from .errors import AsdEdgeError, AudioError, ConfigError, ModelError
+from .errors import AsdEdgeError, AudioError, ChildFailed, ConfigError, ModelError
 from .filesource import FileSource
 from .jsonvalues import json_safe
 from .learning import cli as learning_cli
@@ -48,7 +48,8 @@ EXIT_CODES = """exit codes:
   0   success
   1   some inputs failed (each is reported); the others were processed
   2   bad command-line usage
-  69  the audio input is unavailable (EX_UNAVAILABLE)
+  69  the audio input is unavailable, or push.key_file could not be checked now
+      (EX_UNAVAILABLE: systemd tries again)
   70  internal error, logged with its traceback (EX_SOFTWARE)
   78  invalid configuration or model (EX_CONFIG); the message names the key or field
 """
@@ -97,6 +98,13 @@ def _config_error(exc: ConfigError | ModelError) -> int:
     return EXIT_CONFIG
 
 
+def _unchecked(exc: ChildFailed) -> int:
+    """A file that could not be checked now (its child gave no answer): not a
+    configuration error, so systemd restarts the daemon rather than giving up."""
+    print(f"push.key_file: {exc}", file=sys.stderr)
+    return EXIT_UNAVAILABLE
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM or SIGINT."""
     try:
@@ -112,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _config_error(exc)
     except AudioError as exc:  # a replay file that cannot be read
         return _config_error(ConfigError(f"input.device: {exc}"))
+    except ChildFailed as exc:  # push.key_file could not be checked: try again later
+        return _unchecked(exc)
     daemon.install_signal_handlers()
     return daemon.run()
 
@@ -125,6 +135,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         check_services(config)
     except ConfigError as exc:
         return _config_error(exc)
+    except ChildFailed as exc:
+        return _unchecked(exc)
     print(f"# effective configuration of {config.source or 'the built-in defaults'}")
     root = Path(config.state_dir) / "models"
     for monitor in config.monitors:  # a pushed model may run instead of the configured one

@@ -15,7 +15,7 @@ from .capture import AudioSource, block_due_s
 from .config import Config
 from .decision import Event
 from .detector import Detector
-from .errors import AudioError, ConfigError, Refused
+from .errors import AudioError, ChildFailed, ConfigError, Refused
 from .filesource import FileSource
 from .inputhealth import InputChange, InputHealth
 from .learning.learner import Learner
@@ -383,8 +383,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             plan, detectors = prepare_reload(self.config, self.source.channels, self.models)
-        except ConfigError as exc:
-            log.error("reload_rejected", problems=exc.problems, kept=self.config.source)
+        except (ConfigError, ChildFailed) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("reload_rejected", problems=problems, kept=self.config.source)
             self.notifier.ready(self._status_line())
             return
         old_config, new = self.config, plan.config

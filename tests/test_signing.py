@@ -582,13 +582,17 @@ class TestDeviceKey:
             assert str(child.value) == str(here.value)
 
     def test_a_child_that_cannot_run_is_said(
-        self, keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+        self, keys: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """No verdict is ever guessed: a key check that cannot run refuses, with why."""
-
+        """No verdict is ever guessed: a key check that cannot run refuses, with why; a key
+        file that cannot be read now is ChildFailed (the daemon exits 69 and is restarted),
+        never a configuration error (exit 78 would stop it for good)."""
         key = load_device_key(keys[1])
+        other = tmp_path / "device.key"
+        other.write_bytes(keys[1].read_bytes())
         monkeypatch.setattr(sys, "executable", "/nonexistent/python")
         with pytest.raises(ChildFailed, match="could not start"):
             key.verify(b"\0" * 64, b"data")
-        with pytest.raises(KeyFileError, match="cannot be checked: the key check could not start"):
-            load_device_key(keys[1])
+        with pytest.raises(ChildFailed, match="cannot be checked now: the key check could not"):
+            load_device_key(other)
+        assert load_device_key(keys[1]) is key  # unchanged: not read again

@@ -53,7 +53,8 @@ def paint(
         "pre_s": float(pre_s),
         "band_hz": None if band_hz is None else [float(band_hz[0]), float(band_hz[1])],
     }
-    message = json.dumps(header).encode("utf-8") + b"\n" + audio.tobytes()
+    # One copy of the samples (the message), not two: the clip may be minutes long.
+    message = b"".join((json.dumps(header).encode("utf-8"), b"\n", audio.data.cast("B")))
     png = run_python(_CHILD, message, timeout_s=PAINT_TIMEOUT_S, what="the picture process")
     if not png.startswith(_PNG_SIGNATURE):
         raise ChildFailed("the picture process failed: its output is not a PNG")

@@ -27,10 +27,19 @@ from ..errors import ChildFailed, KeyFileError
 
 __all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "load_device_key", "main"]
 
-CHILD_TIMEOUT_S: Final = 30.0
-"""The longest the child may take (it starts in about 0.5 s)."""
-_CHILD: Final = f"import sys; from {__name__} import main; sys.exit(main())"
-_ANSWER_MAX_BYTES: Final = 1 << 16
+CHILD_TIMEOUT_S: Final = 10.0
+"""The longest the child may take (it starts in about 0.5 s); well under the unit's
+``WatchdogSec`` (30 s), since a reload reads the key on the tick thread."""
+CHILD_NICE: Final = 10
+"""The child's niceness: a key check yields the CPU to the tick."""
+LOAD_ATTEMPTS: Final = 3
+"""Tries to read the key file in a child before saying it cannot be checked now (a child
+that cannot start at boot, on a loaded board, is worth another try)."""
+_CHILD: Final = (
+    f"import os, sys; os.nice({CHILD_NICE}); from {__name__} import main; sys.exit(main())"
+)
+_REQUEST_MAX_BYTES: Final = 1 << 16
+_loaded: dict[tuple[str, int, int, int], DeviceKey] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +76,24 @@ class DeviceKey:
 def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
     """The Ed25519 public key in the PEM file ``path``, read and checked by
     ``keyfiles.load_public_key`` in a child; KeyFileError naming the file if it cannot be
-    used (its problem as the workstation would say it)."""
+    used (its problem as the workstation would say it); ChildFailed if the child gave no
+    answer in ``LOAD_ATTEMPTS`` tries (nothing is known about the file: not a
+    configuration error). The same unchanged file (inode, size, mtime) is not read again."""
+    name = os.fspath(path)
     try:
-        answer = _ask({"op": "load", "path": os.fspath(path)})
-    except ChildFailed as exc:
-        raise KeyFileError(path, f"cannot be checked: {exc}") from None
+        facts = os.stat(name)
+        stamp = (name, facts.st_ino, facts.st_size, facts.st_mtime_ns)
+    except OSError:
+        stamp = None  # the child says what is wrong with it
+    if stamp is not None and stamp in _loaded:
+        return _loaded[stamp]
+    for attempt in range(1, LOAD_ATTEMPTS + 1):
+        try:
+            answer = _ask({"op": "load", "path": name})
+            break
+        except ChildFailed as exc:
+            if attempt == LOAD_ATTEMPTS:
+                raise ChildFailed(f"{name}: cannot be checked now: {exc}") from None
     problem, raw = answer.get("problem"), answer.get("raw")
     if isinstance(problem, str):
         raise KeyFileError(path, problem)
@@ -80,8 +102,12 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
     except ValueError:
         key = b""
     if len(key) != 32:
-        raise KeyFileError(path, f"cannot be checked: the key check answered {answer!r:.80}")
-    return DeviceKey(key, os.fspath(path))
+        raise ChildFailed(f"{name}: cannot be checked now: the key check answered {answer!r:.80}")
+    loaded = DeviceKey(key, name)
+    if stamp is not None:
+        _loaded.clear()  # one key file per device
+        _loaded[stamp] = loaded
+    return loaded
 
 
 def _ask(request: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +119,7 @@ def _ask(request: dict[str, Any]) -> dict[str, Any]:
             timeout_s=CHILD_TIMEOUT_S,
             what="the key check",
         )
-        answer = json.loads(out[:_ANSWER_MAX_BYTES])
+        answer = json.loads(out)
     except ValueError:
         answer = None
     if not isinstance(answer, dict):
@@ -108,7 +134,7 @@ def main() -> int:
 
     from .keyfiles import load_public_key, raw_public_bytes
 
-    request = json.loads(sys.stdin.buffer.read(_ANSWER_MAX_BYTES))
+    request = json.loads(sys.stdin.buffer.read(_REQUEST_MAX_BYTES))
     answer: dict[str, Any]
     if request["op"] == "load":
         try:
