@@ -29,9 +29,10 @@ The wings::
                  Home Assistant discovery, commands (link, thread, messages, delivery,
                  outbox/: the file, its salvage, memory while the disk refuses it;
                  connection, client, backlog, topics, homeassistant, commands)
-    modelstore/  ModelManager: which model each monitor runs; pushes, rollbacks and file
-                 swaps checked and stored (manager, worker, shared, slot, files, checks,
-                 requests, signing, keyfiles)
+    modelstore/  ModelManager: which model each monitor runs; pushes, rollbacks, resets and
+                 file swaps checked and stored (manager, worker, shared, slot, files,
+                 checks, requests, signing, replay, reset, keyfiles; devicekey: the push
+                 key read and each signature checked in a child process)
     clips/       the audio around each event: recorded on the tick, written by a thread,
                  kept within quota; what an alert says of its clip (types, recorder,
                  writer, retention, status, spectrogram, picture, painter: the picture
@@ -53,7 +54,8 @@ The service::
     assembly     the daemon's parts as a configuration describes them, wired together
     cli          the ``asd-edge`` command line: run, check-config, devices, score, record,
                  learn, feedback, web
-    __main__     the console script: pins the math thread pools, then runs the CLI
+    __main__     the console script: pins the math thread pools (and, for run, tunes
+                 malloc), then runs the CLI
     runtime      process-wide settings applied before numpy and onnxruntime load (math
                  threads, malloc, telemetry off)
     config/      the YAML configuration parsed into frozen dataclasses (sections, loading;
