@@ -19,13 +19,40 @@ The tick side records, a thread writes, so no tick waits for a disk:
   never loads Pillow.
 """
 
-from .lookup import find_clip, newest_clip
-from .recorder import ClipRecorder
-from .retention import saved_clip
-from .sender import ClipSender
-from .status import CLIP_LOST, clip_facts, found_clip, lost_clip
-from .types import ClipRequest, ClipResult
-from .writer import ClipStore, ClipUsage
+from typing import TYPE_CHECKING
+
+from ..faces import lazy_face
+
+if TYPE_CHECKING:
+    from .lookup import find_clip, newest_clip
+    from .recorder import ClipRecorder
+    from .retention import saved_clip
+    from .sender import ClipSender
+    from .status import CLIP_LOST, clip_facts, found_clip, lost_clip
+    from .types import ClipRequest, ClipResult
+    from .writer import ClipStore, ClipUsage
+
+_WHERE = {
+    "CLIP_LOST": "status",
+    "ClipRecorder": "recorder",
+    "ClipRequest": "types",
+    "ClipResult": "types",
+    "ClipSender": "sender",
+    "ClipStore": "writer",
+    "ClipUsage": "writer",
+    "clip_facts": "status",
+    "find_clip": "lookup",
+    "found_clip": "status",
+    "lost_clip": "status",
+    "newest_clip": "lookup",
+    "saved_clip": "retention",
+}
+"""Which module defines each name of the face: each is imported at its first use
+(PEP 562), so that importing one module of the package (a child process's entry) loads
+only that module."""
+
+
+__getattr__ = lazy_face(__name__, _WHERE)
 
 __all__ = [
     "CLIP_LOST",

@@ -25,12 +25,36 @@ Named ``modelstore`` rather than ``models`` because the repository's top-level
 ``models/`` holds ONNX files: this package is the device's store of them, not models.
 """
 
-from .keyfiles import generate_keys, key_id, load_private_key, load_public_key
-from .manager import ModelManager
-from .requests import load_key
-from .shared import Swap
-from .signing import push_message, rollback_message
-from .slot import running_model
+from typing import TYPE_CHECKING
+
+from ..faces import lazy_face
+
+if TYPE_CHECKING:
+    from .keyfiles import generate_keys, key_id, load_private_key, load_public_key
+    from .manager import ModelManager
+    from .requests import load_key
+    from .shared import Swap
+    from .signing import push_message, rollback_message
+    from .slot import running_model
+
+_WHERE = {
+    "ModelManager": "manager",
+    "Swap": "shared",
+    "generate_keys": "keyfiles",
+    "key_id": "keyfiles",
+    "load_key": "requests",
+    "load_private_key": "keyfiles",
+    "load_public_key": "keyfiles",
+    "push_message": "signing",
+    "rollback_message": "signing",
+    "running_model": "slot",
+}
+"""Which module defines each name of the face: each is imported at its first use
+(PEP 562), so that importing one module of the package (a child process's entry) loads
+only that module."""
+
+
+__getattr__ = lazy_face(__name__, _WHERE)
 
 __all__ = [
     "ModelManager",

@@ -4,7 +4,7 @@
 ``cryptography`` adds about 8 MB to a process from its first use, for good. A device
 checks a signature a few times a month (a push, a rollback, a reset), so the daemon reads
 its key file and checks each signature in a child (``python`` running ``main``: about
-0.5 s of CPU) and never loads ``cryptography`` itself. The child uses the same code as the
+0.1 s) and never loads ``cryptography`` itself. The child uses the same code as the
 workstation (``keyfiles.load_public_key``, ``Ed25519PublicKey.verify``).
 
 The child reads one JSON object on stdin and writes one on stdout:
@@ -28,7 +28,7 @@ from ..errors import ChildFailed, KeyFileError
 __all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "load_device_key", "main"]
 
 CHILD_TIMEOUT_S: Final = 10.0
-"""The longest the child may take (it starts in about 0.5 s); well under the unit's
+"""The longest the child may take (it answers in about 0.1 s); well under the unit's
 ``WatchdogSec`` (30 s), since a reload reads the key on the tick thread."""
 CHILD_NICE: Final = 10
 """The child's niceness: a key check yields the CPU to the tick."""
