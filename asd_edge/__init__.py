@@ -75,6 +75,7 @@ Small shared pieces, one of each::
     durable      atomic file replacement with fsync; a regular file read within a size bound
     jsonvalues   JSON-safe values and ISO-8601 UTC time stamps (daemon and training)
     backoff      capped, jittered retry delays (capture restarts, broker reconnects)
+    faces        package faces that import their names at first use (PEP 562)
     childproc    rare work in a short-lived child interpreter (a clip's picture, a push's
                  signature), so the daemon never loads Pillow or cryptography
     onnxrt       onnxruntime, imported by every module that needs it with its telemetry off
