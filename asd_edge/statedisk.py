@@ -164,10 +164,6 @@ class StateDisk:
         with self._lock:
             return list(self._faults.values())
 
-    def failing(self, part: str) -> bool:
-        """True while ``part`` is reported failing."""
-        return part in self._faults
-
     # --- the tick thread -----------------------------------------------------------
 
     def update(self, now_s: float | None = None) -> list[InputChange]:

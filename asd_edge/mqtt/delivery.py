@@ -88,6 +88,7 @@ class Delivery:
         self._sent: set[int] = set()
         self._refused: set[int] = set()
         self._cursor = 0
+        self._generation = 0  # the storage's, when the cursor was last valid
         self._submitted_s: dict[int, float] = {}
         self._unstored: deque[tuple[str, bytes]] = deque(maxlen=outbox.max_rows)
         self.counts = dict.fromkeys(_COUNTERS, 0)
@@ -194,8 +195,11 @@ class Delivery:
         room = self.max_inflight - len(self._inflight)
         if room <= 0:
             return
+        self._follow_storage()
         after, limit = self._cursor, room + len(self._sent) + len(self._refused)
         rows = self._outbox_call("pending", lambda ob: ob.pending(after_rowid=after, limit=limit))
+        if self._follow_storage():  # it moved during that call: ask where it is now
+            rows = self._outbox_call("pending", lambda ob: ob.pending(limit=limit))
         for row in rows or []:
             self._cursor = max(self._cursor, row.rowid)
             if row.rowid in self._sent or row.rowid in self._refused:
@@ -224,7 +228,9 @@ class Delivery:
                 "alert_refused", alert_id=flight.alert_id, phase=flight.phase, reason=str(reason)
             )
             return
-        self._outbox_call("ack", lambda ob: ob.ack(flight.rowid))
+        self._outbox_call(
+            "ack", lambda ob: ob.ack(flight.rowid, alert_id=flight.alert_id, key=flight.phase)
+        )
         self.counts["acked"] += 1
         latency_s = self._clock() - flight.since_s
         self.last_ack_latency_s = latency_s
@@ -245,6 +251,16 @@ class Delivery:
         except sqlite3.Error as exc:
             log.error("outbox_error", operation=name, error=str(exc))
             return None
+
+    def _follow_storage(self) -> bool:
+        """The outbox moved (to memory or back to the file) since the cursor was set: the
+        rows there need not be those it points past, so the next pump looks at every row
+        again (the ones in flight or sent are skipped). True if it moved."""
+        if self.storage.generation == self._generation:
+            return False
+        self._generation = self.storage.generation
+        self._cursor = 0
+        return True
 
     def _renumber(self, remap: dict[int, int]) -> None:
         """Rows the outbox gave new rowids (back on a file holding rows of its own): the

@@ -51,8 +51,10 @@ class Outbox:
         self.max_rows = max_rows
         self.max_age_s = max_age_s
         self._clock = clock
+        self._last_rowid = 0
         self._conn, salvage = open_or_replace(self.path)
         try:
+            self._last_rowid = self._read_last_rowid()
             if salvage is not None:
                 self._carry(salvage)
             self.prune()
@@ -128,6 +130,7 @@ class Outbox:
             rowid = cursor.lastrowid
             assert rowid is not None
             self._enforce_bounds()
+        self._last_rowid = max(self._last_rowid, rowid)
         return rowid
 
     def release(self, rowid: int, payload: bytes) -> bool:
@@ -138,10 +141,21 @@ class Outbox:
             )
         return cursor.rowcount > 0
 
-    def ack(self, rowid: int) -> None:
-        """The broker acknowledged the row: delete it (an unknown rowid is ignored)."""
+    def ack(self, rowid: int, *, alert_id: str | None = None, key: str | None = None) -> None:
+        """The broker acknowledged the row: delete it (an unknown rowid is ignored).
+
+        With ``alert_id`` (and ``key``), only if the row is still that alert phase: a
+        rowid that now names another row (the outbox moved) is left alone."""
+        query = "DELETE FROM outbox WHERE rowid = ?"
+        args: list[object] = [rowid]
+        if alert_id is not None:
+            query += " AND alert_id = ?"
+            args.append(alert_id)
+        if key is not None:
+            query += " AND key = ?"
+            args.append(key)
         with _transaction(self._conn):
-            self._conn.execute("DELETE FROM outbox WHERE rowid = ?", (rowid,))
+            self._conn.execute(query, args)
 
     def prune(self) -> int:
         """Drop (and count) the rows beyond the bounds now; returns how many were dropped."""
@@ -179,8 +193,9 @@ class Outbox:
         ``replace``: what this one holds is dropped first; every row keeps its rowid and
         the counters become those of ``contents`` (this outbox takes the other's place).
         Otherwise the rows come after those held here: a row already here (same
-        alert_id, topic and key) is kept as it is and not added again, a row whose rowid
-        is not above every rowid here gets a new one, and the counters are added up.
+        alert_id, topic and key) is not added again, but if it is held here and ready
+        there (released since), it becomes ready with the payload released; a row whose
+        rowid is not above every rowid here gets a new one, and the counters are added up.
         Either way rows added later get higher rowids than ``contents.last_rowid``, and
         the bounds apply.
         """
@@ -194,10 +209,15 @@ class Outbox:
             floor = int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM outbox").fetchone()[0])
             for row in contents.rows:
                 found = conn.execute(
-                    "SELECT rowid FROM outbox WHERE alert_id = ? AND topic = ? AND key = ?",
+                    "SELECT rowid, ready FROM outbox WHERE alert_id = ? AND topic = ? AND key = ?",
                     (row.alert_id, row.topic, row.key),
                 ).fetchone()
                 if found is not None:
+                    if row.ready and not found[1]:  # released there, still held here
+                        conn.execute(
+                            "UPDATE outbox SET ready = 1, payload = ? WHERE rowid = ?",
+                            (bytes(row.payload), found[0]),
+                        )
                     remap[row.rowid] = int(found[0])
                     continue
                 values = (row.alert_id, row.topic, row.key, bytes(row.payload), row.created_s)
@@ -232,6 +252,7 @@ class Outbox:
                 (contents.last_rowid,),
             )
             self._enforce_bounds()
+        self._last_rowid = max(self._last_rowid, contents.last_rowid, floor)
         return remap
 
     # --- reading -------------------------------------------------------------------
@@ -246,11 +267,22 @@ class Outbox:
                 "SELECT alert_id, topic, payload FROM open_alerts ORDER BY rowid"
             )
         ]
-        found = self._conn.execute(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
-        ).fetchone()
-        last = max([int(found[0]) if found is not None else 0, *(row.rowid for row in rows)])
+        last = max([self._read_last_rowid(), self._last_rowid, *(row.rowid for row in rows)])
         return OutboxContents(tuple(rows), tuple(opened), self.stats, last)
+
+    @property
+    def last_rowid(self) -> int:
+        """The highest rowid this outbox has handed out (kept in memory: known without
+        reading the file, e.g. once its disk fails reads)."""
+        return self._last_rowid
+
+    def _read_last_rowid(self) -> int:
+        """The highest rowid in the file's records (AUTOINCREMENT's, or a row's)."""
+        found = self._conn.execute(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0), "
+            "COALESCE((SELECT MAX(rowid) FROM outbox), 0))"
+        ).fetchone()
+        return int(found[0])
 
     def pending(self, *, after_rowid: int = 0, limit: int = 100) -> list[OutboxRow]:
         """Ready rows with a rowid above ``after_rowid``, oldest first, at most ``limit``."""

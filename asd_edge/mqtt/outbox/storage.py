@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 import structlog
 
@@ -17,7 +18,7 @@ from .database import MEMORY, Outbox
 from .rows import OutboxContents
 from .salvage import read_damaged
 
-__all__ = ["PART", "OutboxStorage"]
+__all__ = ["PART", "OutboxStorage", "is_disk_error"]
 
 log = structlog.get_logger()
 
@@ -25,6 +26,33 @@ PART = "outbox"
 """The part named in ``StateDisk`` (and the ``disk`` alert's ``parts``)."""
 
 T = TypeVar("T")
+
+_DISK_ERRORS: Final = (
+    "SQLITE_READONLY",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_CANTOPEN",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_PERM",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOLFS",
+)
+"""SQLite's errors (and their extended forms) that say the file or its disk failed."""
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """True for an error of the file or its disk (read-only, I/O, full, cannot open,
+    damaged, busy or locked); False for the ones of the code that used it (a programming,
+    integrity or plain SQL error), which moving to memory would not cure."""
+    if not isinstance(exc, sqlite3.DatabaseError) or isinstance(
+        exc, sqlite3.ProgrammingError | sqlite3.IntegrityError
+    ):
+        return False
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    return name.startswith(_DISK_ERRORS)
 
 
 class OutboxStorage:
@@ -45,6 +73,11 @@ class OutboxStorage:
     needed: ``retry`` returns {old rowid: new rowid}) and is used again. ``storage``,
     ``reason`` and ``error`` say where the rows are and why; ``disk`` is told as the part
     ``outbox``. Rows in memory are lost if the process ends before the disk takes them.
+
+    A rowid is never handed out twice by one storage: the memory outbox numbers its rows
+    after the highest rowid the file handed out, even when the file cannot be read any
+    more. ``generation`` counts the moves (to memory and back), for a caller that keeps
+    a position in the rows (``Delivery``'s cursor) to start again.
     """
 
     def __init__(
@@ -67,6 +100,8 @@ class OutboxStorage:
         self._memory: Outbox | None = None
         self._file_known = True  # the memory outbox holds all the file held
         self._retry_at = 0.0
+        self.generation = 0
+        """How many times the outbox moved between the file and memory."""
         self.reason: str | None = None
         """Why the outbox is in memory (``statedisk.REASONS``); None on the file."""
         self.error: str | None = None
@@ -86,8 +121,10 @@ class OutboxStorage:
             self._fall_back(exc, salvaged if isinstance(salvaged, OutboxContents) else None)
 
     def run(self, operation: Callable[[Outbox], T]) -> T:
-        """``operation`` on the outbox in use; a database error on the file moves the
-        outbox into memory (see the class) and runs it there. An error in memory is raised."""
+        """``operation`` on the outbox in use; an error of the file or its disk
+        (``is_disk_error``) moves the outbox into memory (see the class) and runs it there.
+        Any other database error (the code's, not the disk's), and any error in memory,
+        is logged and raised."""
         if self._file is None and self._memory is None:
             self.open()
         file = self._file
@@ -95,6 +132,15 @@ class OutboxStorage:
             try:
                 return operation(file)
             except sqlite3.Error as exc:
+                if not is_disk_error(exc):
+                    log.error(
+                        "outbox_operation_failed",
+                        path=self.path,
+                        error=str(exc),
+                        error_name=getattr(exc, "sqlite_errorname", None),
+                        exc_info=True,
+                    )
+                    raise
                 self._fall_back(exc)
         assert self._memory is not None
         return operation(self._memory)
@@ -123,6 +169,7 @@ class OutboxStorage:
             return None
         memory.close()
         self._memory, self._file = None, file
+        self.generation += 1
         log.warning(
             "outbox_restored",
             path=self.path,
@@ -150,6 +197,7 @@ class OutboxStorage:
     def _fall_back(self, exc: BaseException, contents: OutboxContents | None = None) -> None:
         """Into memory, with ``contents`` or what can be read of the file."""
         file, self._file = self._file, None
+        floor = 0 if file is None else file.last_rowid  # known without reading the file
         if file is not None and contents is None:
             with contextlib.suppress(sqlite3.Error):
                 contents = file.contents()  # reads still work on a disk that refuses writes
@@ -161,10 +209,13 @@ class OutboxStorage:
             salvage = read_damaged(self.path)
             contents = salvage.contents
             known = salvage.readable or not Path(self.path).exists()
+        if floor > contents.last_rowid:
+            contents = dataclasses.replace(contents, last_rowid=floor)
         memory = Outbox(MEMORY, max_rows=self.max_rows, max_age_s=self.max_age_s)
         if contents.rows or contents.open_alerts or contents.last_rowid:
             memory.load(contents, replace=True)
         self._memory, self._file_known = memory, known
+        self.generation += 1
         self._retry_at = self._clock() + self.retry_s
         self.reason = disk_reason(exc, Path(self.path).parent)
         self.error = str(exc)
