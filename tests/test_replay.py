@@ -25,6 +25,8 @@ from asd_edge.modelstore import (
     push_message,
     rollback_message,
 )
+from asd_edge.modelstore.devicekey import DeviceKey
+from asd_edge.modelstore.files import MonitorFiles
 from asd_edge.modelstore.shared import ReplayReset
 from asd_edge.modelstore.signing import format_issued_at, reset_message
 
@@ -370,8 +372,11 @@ class TestReset:
         ahead = wedged(device, "pump")
         reset = device.reset(clears=ahead)
         device.accepted(reset, "model/reset")
-        device.manager.submit_reset({k: v for k, v in reset.items() if k != "id"}, reset["id"])
-        time.sleep(0.3)
+        with capture_logs() as logs:  # the duplicate filter answers before submit returns
+            device.manager.submit_reset({k: v for k, v in reset.items() if k != "id"}, reset["id"])
+        assert [e["event"] for e in logs] == ["model_command_duplicate"]
+        shared = device.manager._shared
+        assert (shared.in_flight, shared.flight, shared.tasks.empty()) == (0, None, True)
         assert device.manager.take_results() == []
         last = device.manager.last_push()
         assert last is not None and last["ok"] and last["id"] == reset["id"]
@@ -390,3 +395,116 @@ class TestReset:
                 manager.submit_reset({k: v for k, v in reset.items() if k != "id"}, reset["id"])
         finally:
             manager.stop()
+
+
+class TestResetGivesUpLittle:
+    def test_a_device_reset_keeps_a_marker_that_is_not_wedged(self, device: Device) -> None:
+        """The reset is signed; then a push to another monitor (fan, its marker not
+        wedged) is signed and accepted before the reset arrives. The reset replaces the
+        wedged markers (pump's, the floor's) and keeps fan's: the fan push, replayed,
+        stays refused, after a restart too; the floor stays at the latest marker."""
+        device.start("pump", "fan", max_clock_skew_s=DAY_S)
+        device.accepted(device.push("2", at(-100), "fan"))
+        ahead = at(20 * 3600)
+        device.accepted(device.push("2", ahead, "pump"))
+        manager = device.start("pump", "fan")
+        reset = device.reset(clears=ahead, issued_at=at(-30))
+        fan = device.push("3", at(-10), "fan")
+        device.accepted(fan)
+        done = device.accepted(reset, "model/reset")
+        assert done == ReplayReset(reset["id"], None, ahead, at(-10))
+        assert manager.facts("pump")["replay_marker"] == at(-30) == device.marker_on_disk("pump")
+        assert manager.facts("fan")["replay_marker"] == at(-10) == device.marker_on_disk("fan")
+        assert manager.replay_floor() == at(-10) == device.floor_file()["floor"]
+        for _ in ("now", "after a restart"):
+            device.manager.submit_push({k: v for k, v in fan.items() if k != "id"}, fan["id"])
+            assert device.manager._shared.in_flight == 0  # the very message: a duplicate
+            same_time = device.push("2", at(-10), "fan")  # or any signed no later
+            assert "a replay is refused" in device.refused(same_time)
+            device.start("pump", "fan")
+        device.accepted(device.push("3", at(-20), "pump"))  # signed after the reset
+
+    def test_a_monitor_reset_keeps_a_marker_that_is_not_wedged(self, device: Device) -> None:
+        """A marker ahead of the clock by less than push.max_clock_skew_s passes by
+        itself: a reset of it (the device's or the monitor's) would only reopen a
+        window, and is refused as having nothing to reset; nothing changes."""
+        manager = device.start("pump", "fan")
+        device.accepted(device.push("2", at(60), "pump"))
+        for monitor in (None, "pump"):
+            reason = device.refused(device.reset(clears=at(60), monitor=monitor), "model/reset")
+            assert reason.startswith(
+                "nothing to reset: no marker is ahead of this device's clock "
+                f"({at(0)}) by more than push.max_clock_skew_s (300 s): the replay marker of "
+            ), reason
+        assert manager.facts("pump")["replay_marker"] == at(60) == manager.replay_floor()
+        assert device.marker_on_disk("pump") == at(60) == device.floor_file()["floor"]
+        assert "a replay is refused" in device.refused(device.push("3", at(60), "pump"))
+
+    def test_a_reset_that_cannot_be_stored_changes_nothing_and_is_checked_again(
+        self, device: Device, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """replay.json is written, then state.json fails: the reset is refused and the
+        device still checks against the markers it had (the floor too), so the QoS
+        redelivery of the same reset is checked again and accepted, not dropped as a
+        duplicate."""
+        ahead = wedged(device, "pump")
+        reset = device.reset(clears=ahead)
+
+        def full(self: MonitorFiles, state: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(MonitorFiles, "write_state", full)
+            reason = device.refused(reset, "model/reset")
+        assert reason.startswith("the reset cannot be stored: "), reason
+        manager = device.manager
+        assert manager.replay_floor() == ahead == manager.facts("pump")["replay_marker"]
+        assert "a replay is refused" in device.refused(device.push("3", at(-5)))
+        done = device.accepted(reset, "model/reset")  # the redelivery
+        assert done == ReplayReset(reset["id"], None, ahead, at(0))
+        assert device.floor_file()["floor"] == at(0) == device.marker_on_disk()
+        device.accepted(device.push("3", at(1)))
+
+
+class TestCheapChecksFirst:
+    def test_no_child_is_spawned_for_a_request_refused_on_its_fields(
+        self, device: Device, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Replays, requests dated too far ahead, an unknown monitor, a reset with the
+        wrong clears, stale or with nothing to reset: each refused with its reason and
+        without verifying the signature (a child process each); the signature of what
+        passes those is still verified."""
+        calls: list[bytes] = []
+        real = DeviceKey.verify
+
+        def counted(self: DeviceKey, signature: bytes, data: bytes) -> bool:
+            calls.append(data)
+            return real(self, signature, data)
+
+        monkeypatch.setattr(DeviceKey, "verify", counted)
+        ahead = wedged(device, "pump")
+        calls.clear()
+        cases = [
+            (device.push("3", at(-5)), "model", "a replay is refused"),
+            (device.rollback(at(-4)), "model/rollback", "a replay is refused"),
+            (device.push("3", at(365 * DAY_S)), "model", "ahead of this device's clock"),
+            (device.push("3", at(-3), "fan"), "model", "monitor: no monitor named 'fan'"),
+            (device.reset(clears=at(0)), "model/reset", "is not the replay marker"),
+            (device.reset(clears=ahead, issued_at=at(-600)), "model/reset", "s behind"),
+            (device.reset(clears=ahead, issued_at=at(3600)), "model/reset", "s ahead"),
+        ]
+        for message, command, reason in cases:
+            assert reason in device.refused(message, command)
+        assert calls == []
+        device.accepted(device.reset(clears=ahead, issued_at=at(-1)), "model/reset")
+        assert len(calls) == 1
+        again = device.reset(clears=at(-1))
+        assert device.refused(again, "model/reset").startswith("nothing to reset")
+        push = device.push("3", at(0))
+        device.accepted(push)
+        assert len(calls) == 2
+        assert "a replay is refused" in device.refused(device.push("2", at(0)))
+        forged = {**device.push("2", at(1)), "sha256": push["sha256"], "size": push["size"]}
+        forged["model"] = push["model"]
+        assert device.refused(forged).startswith("bad signature")  # fields fine: verified
+        assert len(calls) == 3

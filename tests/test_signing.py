@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from support.files import REJECTED_KINDS, rejected_file
 
 from asd_edge.errors import ChildFailed, KeyFileError, Refused
+from asd_edge.modelstore import devicekey
 from asd_edge.modelstore.devicekey import load_device_key
 from asd_edge.modelstore.keyfiles import (
     generate_keys,
@@ -596,3 +597,65 @@ class TestDeviceKey:
         with pytest.raises(ChildFailed, match="cannot be checked now: the key check could not"):
             load_device_key(other)
         assert load_device_key(keys[1]) is key  # unchanged: not read again
+
+
+class TestNoVerdict:
+    """A key check in a child that gives no verdict (it timed out, failed, or answered
+    something other than ``{"valid": true|false}``) refuses a push, a rollback and a
+    reset alike: nothing is accepted on a guess."""
+
+    @pytest.mark.parametrize(
+        "answer",
+        [
+            ChildFailed("the key check took over 30 s"),
+            ChildFailed("the key check failed: MemoryError"),
+            b'{"valid": "true"}',
+            b'{"valid": 1}',
+            b"{}",
+            b"not json",
+            b"[true]",
+            b"",
+        ],
+        ids=["timeout", "failed", "string", "number", "empty-object", "not-json", "list", "none"],
+    )
+    def test_refused(
+        self,
+        keys: tuple[Path, Path],
+        private: Ed25519PrivateKey,
+        monkeypatch: pytest.MonkeyPatch,
+        answer: ChildFailed | bytes,
+    ) -> None:
+        key = load_device_key(keys[1])
+        asked: list[str] = []
+
+        def child(code: str, stdin: bytes, *, timeout_s: float, what: str) -> bytes:
+            asked.append(json.loads(stdin)["op"])
+            if isinstance(answer, ChildFailed):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(devicekey, "run_python", child)
+        common = {"device_id": DEVICE, "public_key": key}
+        push = signed_push(private)
+        back = rollback_message(request_id="b-1", target=DEVICE, monitor=None, private_key=private)
+        reset = reset_message(
+            request_id="z-1",
+            target=DEVICE,
+            monitor=None,
+            clears="2099-01-01T00:00:00.000Z",
+            private_key=private,
+        )
+        checks = {
+            "push": lambda: parse_push(
+                push, request_id=push.pop("id"), max_bytes=LIMIT, allow_unsigned=False, **common
+            ),
+            "rollback": lambda: parse_rollback(
+                back, request_id=back.pop("id"), allow_unsigned=False, **common
+            ),
+            "reset": lambda: parse_reset(reset, request_id=reset.pop("id"), **common),
+        }
+        for what, check in checks.items():
+            with pytest.raises(Refused, match=r"^signature: cannot be checked now \(") as refused:
+                check()
+            assert str(refused.value).endswith("; send it again"), what
+        assert asked == ["verify"] * 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ..config import Config, PushConfig
 from ..errors import ConfigError, KeyFileError, Refused
@@ -13,6 +13,9 @@ from .devicekey import DeviceKey, load_device_key
 from .files import ModelRecord
 from .replay import ReplayFloor
 from .slot import ModelSlot
+
+if TYPE_CHECKING:
+    from .signing import Precheck
 
 __all__ = [
     "COMMAND_SOURCES",
@@ -60,9 +63,11 @@ def check_request(
     device_id: str,
     push: PushConfig,
     key: DeviceKey | None,
+    precheck: Precheck | None = None,
 ) -> CheckedRequest:
     """``signing.parse_push`` or ``parse_rollback`` with the device's settings; Refused
-    (monitor unknown yet) with signing's reason when it refuses."""
+    (monitor unknown yet) with signing's reason when it refuses. ``precheck`` (the
+    device's cheap checks) runs before the signature is verified."""
     from . import signing
 
     if command == "model":
@@ -73,6 +78,7 @@ def check_request(
             max_bytes=math.ceil(push.max_mb * 1e6),
             public_key=key,
             allow_unsigned=push.allow_unsigned,
+            precheck=precheck,
         )
         return CheckedRequest(command, req.id, req.monitor, req.issued_at, req.model)
     back = signing.parse_rollback(
@@ -81,6 +87,7 @@ def check_request(
         device_id=device_id,
         public_key=key,
         allow_unsigned=push.allow_unsigned,
+        precheck=precheck,
     )
     return CheckedRequest(command, back.id, back.monitor, back.issued_at, None)
 
@@ -109,18 +116,21 @@ def is_duplicate(
     """A second delivery (MQTT QoS 1) of the command in flight (``in_flight_id``) or of
     the monitor's last accepted one: same id (and, for the latter, same issued_at). A
     reset of the device's markers (``RESET_COMMAND`` naming no monitor) is compared
-    with the request that set the device's ``floor``."""
+    with the request that set the device's ``floor`` (which a reset may set later than
+    its own issued_at: a monitor's marker it kept, ``reset.py``)."""
     if request_id is None:
         return False
     if in_flight_id is not None and in_flight_id == request_id:
         return True
     named = args.get("monitor")
     if command == RESET_COMMAND and named is None:
+        issued_at = args.get("issued_at")
         return (
             floor is not None
             and floor.request_id == request_id
             and floor.issued_at is not None
-            and floor.issued_at == args.get("issued_at")
+            and isinstance(issued_at, str)
+            and floor.issued_at >= issued_at
         )
     if named is None and len(slots) == 1:
         slot: ModelSlot | None = next(iter(slots.values()))

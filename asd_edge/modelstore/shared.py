@@ -60,7 +60,8 @@ class ReplayReset:
     cleared: str
     """The marker it replaced."""
     marker: str
-    """The marker now: the reset's issued_at."""
+    """The marker now: the reset's issued_at (the device's floor: later if a monitor's
+    marker that was not wedged is later, see ``reset.py``)."""
 
 
 Result = Swap | Refused | ReplayReset

@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -59,6 +59,14 @@ _RESET_FIELDS: Final = _ROLLBACK_FIELDS | {"clears"}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ISSUED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 _ISSUED_AT_EXAMPLE: Final = "2026-11-21T10:15:00.123Z"
+
+Precheck = Callable[[str | None, str], None]
+"""The receiver's cheap checks of a push or rollback, given its ``monitor`` and
+``issued_at`` once its fields check out and before its signature is verified (the
+daemon's check runs in a child process): its target monitor, clock skew, replay marker.
+Refused when they fail; the signature is verified only after they pass."""
+ResetPrecheck = Callable[[str | None, str, str], None]
+"""As ``Precheck`` for a reset, given its ``monitor``, ``issued_at`` and ``clears``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,11 +200,13 @@ def parse_push(
     max_bytes: int,
     public_key: Ed25519PublicKey | DeviceKey | None,
     allow_unsigned: bool,
+    precheck: Precheck | None = None,
 ) -> PushRequest:
     """Check a push (``args`` is its JSON object without ``id``); Refused says why not.
 
     In order: the id, the target, the size limit, the base64 of the model, its length,
-    its sha256, then the signature. The model is not parsed as ONNX here.
+    its sha256, the signature's form, ``precheck`` (the receiver's cheap checks), then
+    the signature itself. The model is not parsed as ONNX here.
     """
     rid, target, monitor, issued_at = _common(args, request_id, device_id, _PUSH_FIELDS)
     size = args.get("size")
@@ -230,7 +240,15 @@ def parse_push(
         "size": size,
         "issued_at": issued_at,
     }
-    signed, kid = _verify(args, PUSH_CONTEXT, signed_fields, public_key, allow_unsigned, "push")
+    signed, kid = _verify(
+        args,
+        PUSH_CONTEXT,
+        signed_fields,
+        public_key,
+        allow_unsigned,
+        "push",
+        None if precheck is None else lambda: precheck(monitor, issued_at),
+    )
     return PushRequest(rid, target, monitor, declared, size, issued_at, model, signed, kid)
 
 
@@ -241,12 +259,19 @@ def parse_rollback(
     device_id: str,
     public_key: Ed25519PublicKey | DeviceKey | None,
     allow_unsigned: bool,
+    precheck: Precheck | None = None,
 ) -> RollbackRequest:
     """Check a rollback (``args`` without ``id``) as ``parse_push`` checks a push."""
     rid, target, monitor, issued_at = _common(args, request_id, device_id, _ROLLBACK_FIELDS)
     signed_fields = {"id": rid, "target": target, "monitor": monitor, "issued_at": issued_at}
     signed, kid = _verify(
-        args, ROLLBACK_CONTEXT, signed_fields, public_key, allow_unsigned, "rollback"
+        args,
+        ROLLBACK_CONTEXT,
+        signed_fields,
+        public_key,
+        allow_unsigned,
+        "rollback",
+        None if precheck is None else lambda: precheck(monitor, issued_at),
     )
     return RollbackRequest(rid, target, monitor, issued_at, signed, kid)
 
@@ -257,12 +282,14 @@ def parse_reset(
     request_id: str | None,
     device_id: str,
     public_key: Ed25519PublicKey | DeviceKey | None,
+    precheck: ResetPrecheck | None = None,
 ) -> ResetRequest:
     """Check a reset (``args`` without ``id``): the fields as for a rollback, ``target``
     this device itself (never ``*``: the marker it clears is one device's), ``clears``
     a marker, and a signature by ``push.key_file`` whatever ``push.allow_unsigned``
     says: the replay markers outlive that setting, and an unsigned reset accepted in a
-    lab would let old signed pushes be replayed once signatures are required again."""
+    lab would let old signed pushes be replayed once signatures are required again.
+    ``precheck`` (the receiver's cheap checks) runs before the signature is verified."""
     rid, target, monitor, issued_at = _common(args, request_id, device_id, _RESET_FIELDS)
     if target != device_id:
         raise Refused(
@@ -286,7 +313,14 @@ def parse_reset(
             "unsigned reset refused: a reset must be signed with push.key, even with "
             "push.allow_unsigned: true"
         )
-    kid = _check_signature(args, RESET_CONTEXT, signed_fields, public_key, "reset")
+    kid = _check_signature(
+        args,
+        RESET_CONTEXT,
+        signed_fields,
+        public_key,
+        "reset",
+        None if precheck is None else lambda: precheck(monitor, issued_at, clears),
+    )
     return ResetRequest(rid, target, monitor, issued_at, clears, kid)
 
 
@@ -325,14 +359,18 @@ def _verify(
     public_key: Ed25519PublicKey | DeviceKey | None,
     allow_unsigned: bool,
     what: str,
+    precheck: Callable[[], None] | None,
 ) -> tuple[bool, str | None]:
-    """(signed, key id) if the signature checks out or unsigned is allowed; Refused if not."""
+    """(signed, key id) if the signature checks out or unsigned is allowed; Refused if not
+    (or if ``precheck``, run before the signature is verified, refuses)."""
     _claimed_key_id(args)
     if args.get("signature") is None:
-        if allow_unsigned:
-            return False, None
-        raise Refused(f"unsigned {what} refused (push.allow_unsigned is false)")
-    return True, _check_signature(args, context, fields, public_key, what)
+        if not allow_unsigned:
+            raise Refused(f"unsigned {what} refused (push.allow_unsigned is false)")
+        if precheck is not None:
+            precheck()
+        return False, None
+    return True, _check_signature(args, context, fields, public_key, what, precheck)
 
 
 def _check_signature(
@@ -341,14 +379,19 @@ def _check_signature(
     fields: Mapping[str, Any],
     public_key: Ed25519PublicKey | DeviceKey | None,
     what: str,
+    precheck: Callable[[], None] | None,
 ) -> str:
-    """The id of ``public_key`` if the message's signature verifies with it; Refused if not."""
+    """The id of ``public_key`` if the message's signature verifies with it; Refused if not.
+    The signature's form is checked first, then ``precheck`` (cheap: no child process),
+    and only then the signature itself (the daemon's ``DeviceKey`` spawns a child)."""
     signature, claimed = args.get("signature"), _claimed_key_id(args)
     if public_key is None:
         raise Refused("push.key_file is not set: cannot check the signature")
     if not isinstance(signature, str):
         raise Refused(f"signature: expected a base64 string, got {_shown(signature)}")
     ours = key_id(public_key)
+    if precheck is not None:
+        precheck()
     try:
         raw = base64.b64decode(signature.encode("ascii"), validate=True)
         valid = _verifies(public_key, raw, canonical_bytes(context, fields))

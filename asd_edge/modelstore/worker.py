@@ -236,6 +236,17 @@ class ModelWorker:
                 slot = shared.slots[monitor]
             detector = self._validate(slot, item.args["model"], config.detector.threads, capture)
             return slot, item.request_id, None, detector, generation
+        skew_s = config.push.max_clock_skew_s
+
+        def cheap(named: str | None, issued_at: str) -> None:
+            """Refused when the monitor is unknown, or the request is dated too far ahead
+            or is a replay: run before the signature is verified (a child process), so
+            that no malformed or stale request costs one; again below, once it is."""
+            monitor = pick_monitor(named, names)
+            check_not_ahead(issued_at, shared.wall(), skew_s, monitor)
+            with shared.lock:
+                check_replay(monitor, issued_at, shared.slots[monitor].last_issued_at, shared.floor)
+
         request = check_request(
             item.name,
             item.args,
@@ -243,10 +254,10 @@ class ModelWorker:
             device_id=self.device_id,
             push=config.push,
             key=key,
+            precheck=cheap,
         )
         monitor = pick_monitor(request.monitor, names)
-        now_s, skew_s = shared.wall(), config.push.max_clock_skew_s
-        check_not_ahead(request.issued_at, now_s, skew_s, monitor)
+        check_not_ahead(request.issued_at, shared.wall(), skew_s, monitor)
         with shared.lock:
             slot = shared.slots[monitor]
             check_replay(monitor, request.issued_at, slot.last_issued_at, shared.floor)
