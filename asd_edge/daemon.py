@@ -26,7 +26,7 @@ from .modelstore import Swap
 from .monitor import Monitor, WindowScore
 from .monitors import Monitors, listened_channels, prepare_reload
 from .runtime import install_signal_handlers
-from .sdnotify import Liveness, Notifier
+from .sdnotify import WATCHDOG_DIVISOR, Liveness, Notifier
 from .telemetry import Telemetry, describe, status_line
 
 __all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_SOFTWARE", "EXIT_UNAVAILABLE", "Daemon"]
@@ -239,6 +239,7 @@ class Daemon:
         assert self.monitors is not None
         monitors, last_heard, heard_at = self.monitors, -1, next_wake  # audio seen, and when
         stall_s = max(MAX_SLEEP_S, 2.0 * self.source.stats.block_s)  # longer: no block came
+        watchdog_s = self.notifier.watchdog_interval_s
         while not self._stop.is_set():
             now = self._clock()
             if now - next_wake > LATE_S:  # woke late: a busy CPU
@@ -283,6 +284,8 @@ class Daemon:
                 due_s = block_due_s(due_s, now, self.source.stats, block_at)
             sleep_s = min(MAX_SLEEP_S, max(MIN_SLEEP_S, due_s + DUE_MARGIN_S))
             sleep_s = min(sleep_s, max(MIN_SLEEP_S, next_report - now))
+            if watchdog_s is not None:  # WATCHDOG=1 at least every third of systemd's interval
+                sleep_s = min(sleep_s, max(MIN_SLEEP_S, watchdog_s / WATCHDOG_DIVISOR))
             live_s = self.live.due_in_s(now)  # None unless someone watches (cmd/live)
             if live_s is not None:
                 sleep_s = min(sleep_s, max(MIN_SLEEP_S, live_s + DUE_MARGIN_S))
