@@ -37,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,10 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_service import level_model, push_and_wait  # noqa: E402
 from common import record  # noqa: E402
 
 from asd_edge.audiofile import write_wav  # noqa: E402
-from asd_edge.modelstore import keyfiles, signing  # noqa: E402
+from asd_edge.modelstore import keyfiles  # noqa: E402
 from devkit.broker import Broker, Subscriber, wait_until  # noqa: E402
 from devkit.daemonproc import DaemonProcess  # noqa: E402
 from devkit.vmic import virtual_mic  # noqa: E402
@@ -76,6 +76,15 @@ def proc_figures(pid: int) -> tuple[float, float]:
     return cpu_s, round(rss / 1e6, 1)
 
 
+def idle_phase(pid: int, seconds: float) -> dict[str, float]:
+    """The daemon's CPU share of one core over ``seconds`` of waiting, and its RSS after."""
+    cpu0, _ = proc_figures(pid)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    cpu1, rss = proc_figures(pid)
+    return {"cpu_percent": round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 3), "rss_mb": rss}
+
+
 def hum(seconds: float, seed: int) -> np.ndarray:
     """Mains hum (50 and 150 Hz) over faint noise: a quiet machine with no anomaly."""
     rng = np.random.default_rng(seed)
@@ -89,12 +98,6 @@ def add_bursts(audio: np.ndarray, starts_s: list[float]) -> None:
     for start in starts_s:
         a = round(start * RATE)
         audio[a : a + RATE] += (0.5 * np.sin(2 * np.pi * 900 * t)).astype(np.float32)
-
-
-def level_model(path: Path, version: str, threshold: float) -> Path:
-    from training.level import build_level_model, save_model
-
-    return save_model(build_level_model(threshold_dbfs=threshold, version=version), path)
 
 
 @contextmanager
@@ -131,16 +134,6 @@ def pulse_only_alsa_conf(directory: Path) -> Path:
     path = directory / "alsa.conf"
     path.write_text(text)
     return path
-
-
-def answered(sub: Subscriber, request_id: str) -> bool:
-    for m in sub.on(f"{PREFIX}/model"):
-        last = json.loads(m.payload).get("last_push") or {}
-        if last.get("id") == request_id:
-            if not last.get("ok"):
-                raise RuntimeError(f"push refused: {last}")
-            return True
-    return False
 
 
 def learned(sub: Subscriber) -> str | None:
@@ -201,14 +194,7 @@ def run(rev: str | None, idle_s: float, pulse_only: bool, seed: int) -> dict[str
                 player = mic.play(wav, wait=False)
                 played = time.monotonic()
                 time.sleep(SETTLE_S)
-                cpu0, _ = proc_figures(daemon.pid)
-                t0 = time.monotonic()
-                time.sleep(idle_s)
-                cpu1, rss = proc_figures(daemon.pid)
-                figures["idle"] = {
-                    "cpu_percent": round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 3),
-                    "rss_mb": rss,
-                }
+                figures["idle"] = idle_phase(daemon.pid, idle_s)
                 wait_until(
                     lambda: len(daemon.events("clip_saved")) >= BURSTS,
                     bursts[-1] - (time.monotonic() - played) + 30.0,
@@ -224,17 +210,7 @@ def run(rev: str | None, idle_s: float, pulse_only: bool, seed: int) -> dict[str
                 client.connect(broker.host, broker.port)
                 client.loop_start()
                 for i in range(PUSHES):
-                    request_id = f"c-{uuid.uuid4().hex[:8]}"
-                    message = signing.push_message(
-                        models[(i + 1) % 2],
-                        request_id=request_id,
-                        target=DEVICE,
-                        monitor="main",
-                        private_key=key,
-                    )
-                    client.publish(f"{PREFIX}/cmd/model", json.dumps(message), qos=1)
-                    wait_until(lambda rid=request_id: answered(models_sub, rid), 30, request_id)
-                    time.sleep(1.1)  # issued_at has millisecond resolution; stay clear
+                    push_and_wait(client, models_sub, models[(i + 1) % 2], key, DEVICE)
                 time.sleep(2.0)
                 figures["pushes"] = {"pushes": PUSHES, "rss_mb": proc_figures(daemon.pid)[1]}
                 client.publish(
@@ -248,14 +224,7 @@ def run(rev: str | None, idle_s: float, pulse_only: bool, seed: int) -> dict[str
                     "state": learned(learn_sub),
                     "rss_mb": proc_figures(daemon.pid)[1],
                 }
-                cpu0, _ = proc_figures(daemon.pid)
-                t0 = time.monotonic()
-                time.sleep(idle_s)
-                cpu1, rss = proc_figures(daemon.pid)
-                figures["idle_after"] = {
-                    "cpu_percent": round(100 * (cpu1 - cpu0) / (time.monotonic() - t0), 3),
-                    "rss_mb": rss,
-                }
+                figures["idle_after"] = idle_phase(daemon.pid, idle_s)
                 player.kill()
             finally:
                 code = daemon.stop()

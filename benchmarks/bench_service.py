@@ -11,7 +11,8 @@ and the RSS at READY.
 (``asd_edge.modelstore.signing``, as ``asd-train push`` sends it): time from the publish to the
 device's answer on ``<prefix>/model``
 (model validated, swapped between two ticks, stored), and the daemon's RSS before
-the first push and after the last (``cryptography`` is loaded by the first one).
+the first push and after the last (since 2026-12-07 the signature is checked in a child
+process, ``modelstore.devicekey``, so ``cryptography`` no longer loads into the daemon).
 """
 
 from __future__ import annotations
@@ -123,6 +124,36 @@ def bench_ready(runs: int) -> dict[str, Any]:
     }
 
 
+def push_and_wait(
+    client: Any, sub: Subscriber, model: bytes, key: Any, device: str, monitor: str = "main"
+) -> float:
+    """Publish a signed push of ``model`` (as ``asd-train push`` signs it) to ``device``
+    and wait for its accepted answer on ``asd/<device>/model``; the seconds it took.
+    RuntimeError if refused. Leaves 1.1 s before returning: ``issued_at`` has millisecond
+    resolution, and the next push must be later."""
+    prefix = f"asd/{device}"
+    request_id = f"b-{uuid.uuid4().hex[:8]}"
+    message = signing.push_message(
+        model, request_id=request_id, target=device, monitor=monitor, private_key=key
+    )
+    sent = time.monotonic()
+    client.publish(f"{prefix}/cmd/model", json.dumps(message), qos=1)
+
+    def answered() -> bool:
+        for m in sub.on(f"{prefix}/model"):
+            last = json.loads(m.payload).get("last_push") or {}
+            if last.get("id") == request_id:
+                if not last.get("ok"):
+                    raise RuntimeError(f"refused: {last}")
+                return True
+        return False
+
+    wait_until(answered, 30, f"answer to {request_id}")
+    took = time.monotonic() - sent
+    time.sleep(1.1)
+    return took
+
+
 def bench_push(pushes: int) -> dict[str, Any]:
     live_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="asd-bench-") as tmp, virtual_mic() as mic:
@@ -150,29 +181,7 @@ def bench_push(pushes: int) -> dict[str, Any]:
                 client.connect(broker.host, broker.port)
                 client.loop_start()
                 for i in range(pushes):
-                    request_id = f"b-{uuid.uuid4().hex[:8]}"
-                    message = signing.push_message(
-                        models[(i + 1) % 2],
-                        request_id=request_id,
-                        target=DEVICE,
-                        monitor="main",
-                        private_key=key,
-                    )
-                    sent = time.monotonic()
-                    client.publish(f"{PREFIX}/cmd/model", json.dumps(message), qos=1)
-
-                    def answered(rid: str = request_id) -> bool:
-                        for m in sub.on(f"{PREFIX}/model"):
-                            last = json.loads(m.payload).get("last_push") or {}
-                            if last.get("id") == rid:
-                                if not last.get("ok"):
-                                    raise RuntimeError(f"refused: {last}")
-                                return True
-                        return False
-
-                    wait_until(answered, 30, f"answer to {request_id}")
-                    live_s.append(time.monotonic() - sent)
-                    time.sleep(1.1)  # issued_at has millisecond resolution; stay clear
+                    live_s.append(push_and_wait(client, sub, models[(i + 1) % 2], key, DEVICE))
                 client.loop_stop()
                 client.disconnect()
                 time.sleep(2.0)
