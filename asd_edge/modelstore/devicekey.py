@@ -27,9 +27,10 @@ from ..errors import ChildFailed, KeyFileError
 
 __all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "load_device_key", "main"]
 
-CHILD_TIMEOUT_S: Final = 10.0
-"""The longest the child may take (it answers in about 0.1 s); well under the unit's
-``WatchdogSec`` (30 s), since a reload reads the key on the tick thread."""
+CHILD_TIMEOUT_S: Final = 5.0
+"""The longest the child may take (it answers in about 0.1 s). A reload reads the key on
+the tick thread, so ``LOAD_ATTEMPTS`` of these stay well under the unit's ``WatchdogSec``
+(30 s)."""
 CHILD_NICE: Final = 10
 """The child's niceness: a key check yields the CPU to the tick."""
 LOAD_ATTEMPTS: Final = 3
