@@ -17,7 +17,7 @@ from .capture import AudioSource, SoundDeviceSource
 from .clips import ClipRecorder, ClipSender, ClipStore
 from .config import Config, InputConfig
 from .detector import Detector
-from .errors import ConfigError, ModelError
+from .errors import ChildFailed, ConfigError, ModelError
 from .filesource import FileSource
 from .learning.learner import Learner
 from .live import LiveFeed
@@ -102,10 +102,20 @@ def check_services(config: Config) -> None:
     or writing anything: every monitor's model (the configured file), ``push.key_file``
     and, with MQTT, its password and TLS files (``mqtt.check_credentials``). ConfigError
     listing every problem, each naming its key (``check-config``)."""
-    checks: list[Callable[[], object]] = [lambda: load_detectors(config), lambda: load_key(config)]
+    unchecked: list[ChildFailed] = []
+
+    def key() -> None:
+        try:
+            load_key(config)
+        except ChildFailed as exc:  # not a configuration problem: said after the others
+            unchecked.append(exc)
+
+    checks: list[Callable[[], object]] = [lambda: load_detectors(config), key]
     if config.mqtt.enabled:
         checks.append(lambda: check_credentials(config.mqtt))
     ConfigError.check_all(*checks)
+    if unchecked:
+        raise unchecked[0]
 
 
 def command_router(

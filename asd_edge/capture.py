@@ -57,10 +57,9 @@ def block_due_s(due_s: float, now: float, stats: CaptureStats, last_block_at: fl
         return due_s
     blocks = max(1, math.ceil(due_s / stats.block_s - 1e-6))
     lands_in = last_block_at + blocks * stats.block_s - now
-    if lands_in <= 0.0:  # that block is late: look again at once (the caller's shortest sleep)
-        return 0.0
-    # Beyond due_s + block_s: a clock other than time.monotonic() (tests); use due_s.
-    return lands_in if lands_in < due_s + stats.block_s else due_s
+    if not -stats.block_s < lands_in < due_s + stats.block_s:
+        return due_s  # impossible with time.monotonic(): another clock (tests)
+    return max(0.0, lands_in)  # a late block: look again at once (the caller's shortest sleep)
 
 
 class AudioSource(Protocol):

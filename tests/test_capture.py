@@ -422,6 +422,7 @@ class TestBlockDue:
         # The block is 3 ms late: look again at once, not a whole block later.
         assert block_due_s(0.03, 10.103, stats, 10.0) == 0.0
         assert block_due_s(0.03, 0.0, stats, 10.0) == 0.03  # a fake clock far from monotonic()
+        assert block_due_s(0.03, 100.0, stats, 10.0) == 0.03  # or far ahead of it
 
     def test_the_callback_stamps_the_block_after_its_samples(self) -> None:
         """The time of a block is set once its samples are in the ring: a loop that reads

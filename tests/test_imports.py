@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from support.audio import tone_burst, write_wav
 from support.importguard import GUARD
 
@@ -130,3 +131,32 @@ class TestEntryPoint:
             [sys.executable, "-m", "asd_edge", "--version"], capture_output=True, text=True
         )
         assert result.returncode == 0 and result.stdout.startswith("asd-edge ")
+
+
+class TestLazyFaces:
+    @pytest.mark.parametrize("package", ["asd_edge.modelstore", "asd_edge.clips"])
+    def test_every_name_of_the_face_resolves(self, package: str) -> None:
+        """The face's table names exactly what ``__all__`` offers, and each name resolves
+        to the object its module defines; an unknown name is an AttributeError."""
+        import importlib
+
+        face = importlib.import_module(package)
+        assert set(face._WHERE) == set(face.__all__)
+        for name, module in face._WHERE.items():
+            defining = importlib.import_module(f"{package}.{module}")
+            assert getattr(face, name) is getattr(defining, name)
+        with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+            face.Nothing  # noqa: B018
+
+    def test_a_child_entry_loads_one_module(self) -> None:
+        """Importing the key check's or the painter's module loads neither onnxruntime nor
+        the rest of its package (the children stay light)."""
+        code = (
+            "import sys\n"
+            "import asd_edge.modelstore.devicekey, asd_edge.clips.painter\n"
+            "print(sorted(m for m in ('onnxruntime', 'asd_edge.modelstore.manager',"
+            " 'asd_edge.clips.writer', 'structlog') if m in sys.modules))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[]"

@@ -508,3 +508,13 @@ class TestCheapChecksFirst:
         forged["model"] = push["model"]
         assert device.refused(forged).startswith("bad signature")  # fields fine: verified
         assert len(calls) == 3
+
+
+def test_a_marker_that_is_not_a_time_counts_as_wedged() -> None:
+    """A hand-edited or old-format marker in state.json (any string) can be cleared by a
+    reset, instead of making every reset fail with an internal error."""
+    from asd_edge.modelstore.reset import _wedged
+
+    assert _wedged("not-a-time", 0.0, 300.0)
+    assert _wedged("z", 0.0, 300.0)
+    assert not _wedged("2026-01-01T00:00:00.000Z", 2e9, 300.0)

@@ -52,7 +52,8 @@ _WHERE = {
 only that module."""
 
 
-__getattr__ = lazy_face(__name__, _WHERE)
+if not TYPE_CHECKING:  # mypy sees only the imports above: a misspelt name is an error
+    __getattr__ = lazy_face(__name__, _WHERE)
 
 __all__ = [
     "CLIP_LOST",

@@ -25,12 +25,15 @@ from typing import Any, Final
 from ..childproc import run_python
 from ..errors import ChildFailed, KeyFileError
 
-__all__ = ["CHILD_TIMEOUT_S", "DeviceKey", "load_device_key", "main"]
+__all__ = ["CHILD_TIMEOUT_S", "VERIFY_TIMEOUT_S", "DeviceKey", "load_device_key", "main"]
 
 CHILD_TIMEOUT_S: Final = 5.0
-"""The longest the child may take (it answers in about 0.1 s). A reload reads the key on
-the tick thread, so ``LOAD_ATTEMPTS`` of these stay well under the unit's ``WatchdogSec``
-(30 s)."""
+"""The longest the child reading the key file may take (it answers in about 0.1 s). A
+reload reads the key on the tick thread, so ``LOAD_ATTEMPTS`` of these stay well under
+the unit's ``WatchdogSec`` (30 s)."""
+VERIFY_TIMEOUT_S: Final = 20.0
+"""The longest a signature check may take: it runs on the model worker thread, where no
+watchdog waits, and a refusal on a slow cold start would make the sender push again."""
 CHILD_NICE: Final = 10
 """The child's niceness: a key check yields the CPU to the tick."""
 LOAD_ATTEMPTS: Final = 3
@@ -40,7 +43,7 @@ _CHILD: Final = (
     f"import os, sys; os.nice({CHILD_NICE}); from {__name__} import main; sys.exit(main())"
 )
 _REQUEST_MAX_BYTES: Final = 1 << 16
-_loaded: dict[tuple[str, int, int, int], DeviceKey] = {}
+_loaded: dict[tuple[str, int, int, int, int, int], DeviceKey] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +69,8 @@ class DeviceKey:
                 "raw": self.raw.hex(),
                 "signature": base64.b64encode(signature).decode("ascii"),
                 "data": base64.b64encode(data).decode("ascii"),
-            }
+            },
+            VERIFY_TIMEOUT_S,
         )
         valid = answer.get("valid")
         if not isinstance(valid, bool):
@@ -83,7 +87,14 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
     name = os.fspath(path)
     try:
         facts = os.stat(name)
-        stamp = (name, facts.st_ino, facts.st_size, facts.st_mtime_ns)
+        stamp = (
+            name,
+            facts.st_dev,
+            facts.st_ino,
+            facts.st_size,
+            facts.st_mtime_ns,
+            facts.st_ctime_ns,
+        )
     except OSError:
         stamp = None  # the child says what is wrong with it
     if stamp is not None and stamp in _loaded:
@@ -111,13 +122,13 @@ def load_device_key(path: str | os.PathLike[str]) -> DeviceKey:
     return loaded
 
 
-def _ask(request: dict[str, Any]) -> dict[str, Any]:
+def _ask(request: dict[str, Any], timeout_s: float = CHILD_TIMEOUT_S) -> dict[str, Any]:
     """One request to a new child; its answer."""
     try:
         out = run_python(
             _CHILD,
             json.dumps(request).encode("utf-8"),
-            timeout_s=CHILD_TIMEOUT_S,
+            timeout_s=timeout_s,
             what="the key check",
         )
         answer = json.loads(out)

@@ -127,7 +127,8 @@ def apply_reset(shared: SharedState, item: _Command, device_id: str) -> ReplayRe
         id=rid,
         key_id=request.key_id,
         cleared=plan.current,
-        marker=new,
+        issued_at=new,
+        marker=plan.marker,
         kept=plan.kept,
     )
     return ReplayReset(rid, monitor, plan.current, plan.marker)
@@ -162,8 +163,11 @@ def _plan(
     """The markers a reset to ``new`` sets (lock held); Refused unless ``clears`` is the
     marker it replaces and that marker is wedged (``_wedged``)."""
     if monitor is not None:
-        known = marker(shared.slots[monitor].last_issued_at, shared.floor)
-        slots = [shared.slots[monitor]]
+        slot_now = shared.slots.get(monitor)
+        if slot_now is None:  # removed by a reload since the request was read
+            raise Refused(f"monitor: {monitor!r} is no longer configured", monitor=monitor)
+        known = marker(slot_now.last_issued_at, shared.floor)
+        slots = [slot_now]
     else:
         known, slots = shared.floor.issued_at, list(shared.slots.values())
     current = _check_clears(clears, known, monitor)
@@ -193,7 +197,10 @@ def _plan(
 def _wedged(issued_at: str, now_s: float, skew_s: float) -> bool:
     """Whether a marker lies beyond what the device accepts now (its clock plus
     ``push.max_clock_skew_s``): no request signed since can pass it."""
-    return epoch_s(issued_at) > now_s + skew_s
+    try:
+        return epoch_s(issued_at) > now_s + skew_s
+    except ValueError:  # a marker that is not a time (a hand-edited state.json): replace it
+        return True
 
 
 def _replaced(was: str | None, new: str, now_s: float, skew_s: float) -> str:

@@ -245,7 +245,10 @@ class ModelWorker:
             monitor = pick_monitor(named, names)
             check_not_ahead(issued_at, shared.wall(), skew_s, monitor)
             with shared.lock:
-                check_replay(monitor, issued_at, shared.slots[monitor].last_issued_at, shared.floor)
+                slot = shared.slots.get(monitor)
+                if slot is None:  # removed by a reload since the request was read
+                    raise Refused(f"monitor: {monitor!r} is no longer configured", monitor=monitor)
+                check_replay(monitor, issued_at, slot.last_issued_at, shared.floor)
 
         request = check_request(
             item.name,
