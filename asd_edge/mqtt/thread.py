@@ -216,9 +216,7 @@ class LinkThread:
         try:
             self.delivery.open()
         except Exception:  # supervisor boundary: the link must run even without its outbox
-            log.exception(
-                "outbox_unavailable", path=str(self.delivery.outbox_path), fallback="memory"
-            )
+            log.exception("outbox_unavailable", path=str(self.delivery.outbox_path))
         finally:
             self._opened.set()
         self.delivery.ensure_open()

@@ -74,10 +74,13 @@ class OutboxStorage:
     ``reason`` and ``error`` say where the rows are and why; ``disk`` is told as the part
     ``outbox``. Rows in memory are lost if the process ends before the disk takes them.
 
-    A rowid is never handed out twice by one storage: the memory outbox numbers its rows
-    after the highest rowid the file handed out, even when the file cannot be read any
-    more. ``generation`` counts the moves (to memory and back), for a caller that keeps
-    a position in the rows (``Delivery``'s cursor) to start again.
+    Once the file has been open, a rowid is never handed out twice: the memory outbox
+    numbers its rows after the highest rowid the file handed out, even when the file
+    cannot be read any more. (A file that could not be opened at start gives memory no
+    such number; when it comes back, ``retry`` renumbers memory's rows after its own, and
+    acknowledgements match the alert and phase, never a bare rowid.) ``generation`` counts
+    the moves (to memory and back), for a caller that keeps a position in the rows
+    (``Delivery``'s cursor) to start again.
     """
 
     def __init__(
