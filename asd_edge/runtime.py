@@ -40,22 +40,29 @@ def pin_math_threads() -> None:
 
 MALLOC_ARENAS = 2
 """glibc malloc arenas (``M_ARENA_MAX``; glibc's default is 8 per core): each thread that
-allocates would otherwise get its own arena, whose freed memory stays in the process."""
-MMAP_THRESHOLD_BYTES = 128 * 1024
-"""Allocations at least this large are their own mappings, returned to the system when
-freed (``M_MMAP_THRESHOLD``). Set, it stops glibc's dynamic threshold from rising to the
-size of the largest block ever freed (a clip, a pushed model), after which such blocks
-come from the heap and their memory stays in the process once freed."""
+allocates (the clip writer, the model worker, the learning session, the MQTT link) would
+otherwise get an arena of its own, whose freed memory stays in the process."""
+MMAP_THRESHOLD_BYTES = 1 << 20
+"""Allocations of at least 1 MiB (a long clip, a pushed model, learning buffers) are
+mappings of their own, returned to the system when freed (``M_MMAP_THRESHOLD``). Fixed,
+it stops glibc's dynamic threshold from rising to the largest block ever freed, after
+which such blocks stay in the heap. Not lower: at 128 kB every tick mapped and unmapped
+its feature arrays (the tick's median 0.25 -> 0.69 ms, bench_tick.py)."""
+TRIM_THRESHOLD_BYTES = 4 << 20
+"""Free memory at the top of the heap is given back once it exceeds 4 MiB
+(``M_TRIM_THRESHOLD``): more than a tick's arrays, so a tick does not give back what the
+next one takes again (with the default 128 kB the tick cost almost twice as much)."""
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
 def tune_malloc() -> dict[str, int]:
-    """Keep a months-long process's memory flat: fewer malloc arenas and a fixed mmap
-    threshold (``MALLOC_ARENAS``, ``MMAP_THRESHOLD_BYTES``; measured in
-    benchmarks/bench_cost.py). A setting already given in the environment
-    (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``) is left as it is; outside glibc
-    nothing is done. Returns what was set."""
+    """Keep a months-long process's memory flat: ``MALLOC_ARENAS`` arenas, a fixed mmap
+    threshold and a trim threshold (measured in benchmarks/bench_cost.py and
+    bench_tick.py). A setting already given in the environment (``MALLOC_ARENA_MAX``,
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``) is left as it is; outside
+    glibc nothing is done. Returns what was set."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # no mallopt: not glibc
@@ -66,6 +73,7 @@ def tune_malloc() -> dict[str, int]:
     for variable, param, value in (
         ("MALLOC_ARENA_MAX", _M_ARENA_MAX, MALLOC_ARENAS),
         ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+        ("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
     ):
         if variable not in os.environ and mallopt(param, value) == 1:
             done[variable] = value

@@ -107,23 +107,27 @@ class TestEntryPoint:
         assert result.stdout.split() == ["1", "3"], result.stderr
 
     def test_malloc_tuned_unless_set(self) -> None:
-        """``asd-edge run`` fixes glibc's mmap threshold and arena count (a flat RSS), but a
-        setting the environment already gives is the user's."""
+        """``asd-edge run`` caps glibc's malloc arenas and fixes its mmap and trim
+        thresholds (a flat RSS), but a setting the environment already gives is the
+        user's."""
         code = "from asd_edge.runtime import tune_malloc; print(sorted(tune_malloc().items()))"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         tuned = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, env=env
         )
-        assert (
-            tuned.stdout.strip() == "[('MALLOC_ARENA_MAX', 2), ('MALLOC_MMAP_THRESHOLD_', 131072)]"
-        )
+        assert tuned.stdout.strip() == (
+            "[('MALLOC_ARENA_MAX', 2), ('MALLOC_MMAP_THRESHOLD_', 1048576),"
+            " ('MALLOC_TRIM_THRESHOLD_', 4194304)]"
+        ), tuned.stderr
         kept = subprocess.run(
             [sys.executable, "-c", code],
             capture_output=True,
             text=True,
             env={**env, "MALLOC_ARENA_MAX": "4"},
         )
-        assert kept.stdout.strip() == "[('MALLOC_MMAP_THRESHOLD_', 131072)]", kept.stderr
+        assert kept.stdout.strip() == (
+            "[('MALLOC_MMAP_THRESHOLD_', 1048576), ('MALLOC_TRIM_THRESHOLD_', 4194304)]"
+        ), kept.stderr
 
     def test_python_dash_m_runs_the_cli(self) -> None:
         """`python -m asd_edge --version` works like the console script."""
