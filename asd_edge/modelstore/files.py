@@ -28,6 +28,7 @@ __all__ = [
     "Source",
     "StatKey",
     "close_held",
+    "schema_object",
     "stat_key",
 ]
 
@@ -121,6 +122,16 @@ class ModelRecord:
         )
 
 
+def schema_object(data: object, schema: int) -> dict[str, Any]:
+    """``data`` if it is a JSON object of version ``schema`` (the store's files:
+    state.json, replay.json); ValueError naming what is wrong otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("schema") != schema:
+        raise ValueError(f"schema: expected {schema}, got {data.get('schema')!r}")
+    return data
+
+
 @dataclass(frozen=True, slots=True)
 class SlotState:
     """The contents of one monitor's state.json."""
@@ -147,10 +158,7 @@ class SlotState:
     @classmethod
     def from_dict(cls, data: object) -> SlotState:
         """The state in ``data``; ValueError naming the field when malformed."""
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        if data.get("schema") != STATE_SCHEMA:
-            raise ValueError(f"schema: expected {STATE_SCHEMA}, got {data.get('schema')!r}")
+        data = schema_object(data, STATE_SCHEMA)
         records: dict[str, ModelRecord | None] = {}
         for key in ("active", "previous"):
             try:

@@ -24,7 +24,7 @@ import structlog
 from ..durable import read_regular, write_atomic
 from ..errors import Refused
 from ..jsonvalues import iso_utc
-from .files import STATE_NAME, MonitorFiles
+from .files import STATE_NAME, MonitorFiles, schema_object
 from .signing import valid_issued_at
 
 __all__ = [
@@ -69,10 +69,7 @@ class ReplayFloor:
     @classmethod
     def from_dict(cls, data: object) -> ReplayFloor:
         """The floor in ``data``; ValueError naming the field when malformed."""
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        if data.get("schema") != REPLAY_SCHEMA:
-            raise ValueError(f"schema: expected {REPLAY_SCHEMA}, got {data.get('schema')!r}")
+        data = schema_object(data, REPLAY_SCHEMA)
         floor, request_id = data.get("floor"), data.get("request_id")
         if floor is not None and not (isinstance(floor, str) and valid_issued_at(floor)):
             raise ValueError(f"floor: expected an ISO 8601 UTC time or null, got {floor!r}")
