@@ -74,6 +74,27 @@ class TestDaemonIsLight:
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "[]"
 
+    def test_model_checks_and_health_load_no_numpy_extras(self, level_model: Path) -> None:
+        """A model's load checks (noise through its pipeline) and the health report's tick
+        quantiles import neither ``numpy.random`` (2.5 MB of RSS) nor ``numpy.ma``
+        (1.4 MB), which the daemon would otherwise keep from its first model load and
+        first health report on (benchmarks/bench_cost.py)."""
+        code = textwrap.dedent(
+            f"""
+            import sys
+            from asd_edge.config import MonitorConfig
+            from asd_edge.modelstore.checks import CaptureFacts, validate_candidate
+            from asd_edge.telemetry import tick_summary
+            validate_candidate({str(level_model)!r}, MonitorConfig(name="m", model="m.onnx"),
+                               capture=CaptureFacts(16000, 60.0))
+            assert tick_summary([0.001, 0.002, 0.004])["tick_p50_ms"] == 2.0
+            print(sorted(m for m in sys.modules if m in ("numpy.random", "numpy.ma")))
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[]"
+
     def test_score_runs_without_heavy_imports(self, tmp_path: Path, level_model: Path) -> None:
         """`asd-edge score` runs end to end with the heavy packages barred."""
         wav = write_wav(tmp_path / "a.wav", tone_burst(16000, 3.0, (1.0, 2.0)), 16000)

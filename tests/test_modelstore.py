@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
 from support.files import REJECTED_KINDS, rejected_file
@@ -29,6 +30,7 @@ from asd_edge.modelstore import (
 )
 from asd_edge.modelstore import files as modelfiles
 from asd_edge.modelstore import worker as modelstore
+from asd_edge.modelstore.checks import NOISE_RMS, check_noise
 from asd_edge.mqtt import encode_json
 
 DEVICE = "dev-1"
@@ -880,3 +882,19 @@ class TestCaptureCheck:
         fresh = ModelManager(rig.root / "other", device_id=DEVICE)
         assert fresh.load(rig.config({"pump": wide}))["pump"].spec.sample_rate == 48000
         fresh.stop()
+
+    @pytest.mark.parametrize("samples", [1, 2, 16001, 480000])
+    def test_the_check_noise_is_fixed_white_gaussian_noise(self, samples: int) -> None:
+        """The noise a model must score finitely is the same on every call, finite, at
+        NOISE_RMS, Gaussian (68 % within one sigma, 95 % within two) and white (no
+        correlation between neighbours)."""
+        noise = check_noise(samples)
+        assert noise.dtype == np.float32 and noise.shape == (samples,)
+        assert np.array_equal(noise, check_noise(samples)) and np.isfinite(noise).all()
+        if samples < 16000:
+            return
+        z = noise.astype(np.float64) / NOISE_RMS
+        assert abs(z.mean()) < 0.03 and abs(z.std() - 1.0) < 0.02
+        assert abs(np.mean(np.abs(z) < 1.0) - 0.6827) < 0.01
+        assert abs(np.mean(np.abs(z) < 2.0) - 0.9545) < 0.01
+        assert abs(np.corrcoef(z[:-1], z[1:])[0, 1]) < 0.03

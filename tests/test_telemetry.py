@@ -8,7 +8,7 @@ import pytest
 from asd_edge.capture import CaptureStats
 from asd_edge.config import HealthConfig
 from asd_edge.ring import RingBuffer
-from asd_edge.telemetry import MonitorState, Telemetry, tick_summary
+from asd_edge.telemetry import MonitorState, Telemetry, sorted_quantile, tick_summary
 
 RATE = 16000
 
@@ -116,6 +116,15 @@ def test_tick_summary() -> None:
     assert tick_summary([]) == {}
     summary = tick_summary([0.001] * 99 + [0.010])
     assert summary["tick_p50_ms"] == 1.0 and summary["tick_max_ms"] == 10.0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 10, 101, 1000])
+def test_sorted_quantile_is_numpys_linear_percentile(size: int) -> None:
+    """The health report's quantiles equal ``np.percentile``'s default (linear) method,
+    which the daemon no longer calls (it imports ``numpy.ma``)."""
+    values = np.sort(np.random.default_rng(size).gamma(2.0, 0.3, size))
+    for q in (0.0, 0.05, 0.5, 0.95, 0.99, 1.0):
+        assert sorted_quantile(values, q) == pytest.approx(np.percentile(values, 100 * q))
 
 
 class TestScoreIndexInReports:

@@ -265,6 +265,9 @@ class ClipStore:
             except Exception as exc:  # supervisor boundary: one bad clip must not end the worker
                 log.exception("clip_failed", alert_id=item.alert_id, monitor=item.monitor)
                 result = self._skip(item, f"internal error: {exc!r}", report=False)
+            # The request holds the clip's buffer (room for clips.max_clip_s): let it go
+            # now, not when the next clip replaces it days later.
+            del item
             self._deliver(result)
 
     def _error(self, reason: str) -> None:
