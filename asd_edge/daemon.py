@@ -12,6 +12,7 @@ import structlog
 from .alerts import Alerts, Link, finish_previous_run
 from .assembly import Services, build_services, open_input
 from .capture import AudioSource, block_due_s
+from .clips.types import ClipResult
 from .config import Config
 from .decision import Event
 from .detector import Detector
@@ -25,7 +26,7 @@ from .machine import MachineChange
 from .modelstore import Swap
 from .monitor import Monitor, WindowScore
 from .monitors import Monitors, listened_channels, prepare_reload
-from .runtime import install_signal_handlers
+from .runtime import MemoryRelease, install_signal_handlers
 from .sdnotify import WATCHDOG_DIVISOR, Liveness, Notifier
 from .telemetry import Telemetry, describe, status_line
 
@@ -55,14 +56,27 @@ STOP_TIMEOUT_S = 5.0
 """How long shutdown waits for the clip writer and for the broker to take the last messages."""
 
 
+def _then(
+    first: Callable[[ClipResult], None], then: Callable[[], None]
+) -> Callable[[ClipResult], None]:
+    """``first(result)``, then ``then()``."""
+
+    def both(result: ClipResult) -> None:
+        first(result)
+        then()
+
+    return both
+
+
 class Daemon:
     """Runs the monitors of a configuration until asked to stop.
 
     Its collaborators are injected: the audio source, the services (``Services``: the
     link to the broker, the clip store and recorder, the alerts, the model manager,
-    the health request; None: alerts only, no MQTT, no clips, no model manager) and
-    the clocks. ``from_config`` builds the real ones (``assembly.build_services``).
-    The daemon owns the clip recorder: it feeds it every score and tick.
+    the health request; None: alerts only, no MQTT, no clips, no model manager), the
+    clocks and what gives free memory back (``runtime.MemoryRelease``). ``from_config``
+    builds the real ones (``assembly.build_services``). The daemon owns the clip
+    recorder: it feeds it every score and tick.
     """
 
     def __init__(
@@ -75,6 +89,7 @@ class Daemon:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        memory: MemoryRelease | None = None,
     ) -> None:
         if services is None:
             alerts = Alerts(
@@ -87,6 +102,7 @@ class Daemon:
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self._clock = clock
         self._wall = wall_clock
+        self.memory = memory if memory is not None else MemoryRelease()
         self._stop = threading.Event()
         self._stop_reason: str | None = None
         self._health_now = services.health_request
@@ -98,6 +114,8 @@ class Daemon:
         self.source = source if source is not None else self._open_source()
         self.link: Link | None = services.link
         self.clip_store = services.clip_store
+        if self.clip_store is not None:  # a clip written has freed its buffers: give them back
+            self.clip_store.on_done = _then(self.clip_store.on_done, self.memory.after_work)
         self.recorder = services.recorder
         self.alerts = services.alerts
         self.disk = services.disk  # the state directory's writes: the ``disk`` condition
@@ -272,6 +290,7 @@ class Daemon:
                 self._health_now.clear()
                 self._report_health()
                 next_report = now + interval_s
+            self.memory.poll(now)  # free memory back to the system: after the tick, not in its way
             # Sleep until the next window's audio is due (not a fixed poll): few wakes idle.
             block_at = self.source.stats.last_block_at  # before the rings: see block_due_s
             now, heard = self._clock(), self.source.ring(self.config.monitors[0].channel).written
@@ -379,6 +398,7 @@ class Daemon:
                 )
         if results:  # the model topic, and discovery (Home Assistant names the model)
             self.monitors.announce()
+            self.memory.after_work()  # the validation's and the old model's memory
 
     def _reload(self) -> None:
         """SIGHUP: load the configuration file again and apply it without stopping the

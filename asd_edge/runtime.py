@@ -8,18 +8,22 @@ import os
 import re
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from types import FrameType
 
 __all__ = [
     "EARLY_SIGNALS",
     "MATH_THREAD_VARIABLES",
+    "RELEASE_EVERY_S",
     "TELEMETRY_SWITCHES",
+    "MemoryRelease",
     "hold_early_signals",
     "host_device_id",
     "install_signal_handlers",
     "opt_out_of_telemetry",
     "pin_math_threads",
+    "release_free_memory",
     "tune_malloc",
 ]
 
@@ -78,6 +82,70 @@ def tune_malloc() -> dict[str, int]:
         if variable not in os.environ and mallopt(param, value) == 1:
             done[variable] = value
     return done
+
+
+RELEASE_EVERY_S = 60.0
+"""The longest the daemon goes without giving the free memory inside glibc's heaps back
+to the system (``MemoryRelease``)."""
+_malloc_trim: Callable[[int], int] | None = None
+
+
+def release_free_memory() -> bool:
+    """Give the free pages inside glibc's heaps back to the system (``malloc_trim(0)``);
+    False outside glibc.
+
+    A clip written, a model pushed or a learning run frees its memory in the middle of
+    the heaps (the clip writer's and the model worker's arena above all), where glibc keeps
+    it resident: the trim threshold only returns free memory at a heap's top. Called
+    after such work (``MemoryRelease``), this takes 2.5-2.8 MB off the daemon's RSS after
+    events and pushes, in 0.2-0.5 ms (measured in the daemon over the scenario of
+    benchmarks/bench_cost.py)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            return False
+        trim.argtypes = [ctypes.c_size_t]
+        trim.restype = ctypes.c_int
+        _malloc_trim = trim
+    _malloc_trim(0)
+    return True
+
+
+class MemoryRelease:
+    """When the daemon gives free memory back (``release_free_memory``): at the loop's
+    first wake after work that freed some (``after_work``, from any thread: a clip
+    written, a model swapped) and at least every ``every_s``. ``poll`` runs on the tick's
+    thread between ticks: a trim, which locks each heap in turn, never runs in the middle
+    of a tick, and it adds no wake of its own."""
+
+    def __init__(
+        self, release: Callable[[], object] = release_free_memory, *, every_s: float | None = None
+    ) -> None:
+        self._release = release
+        self.every_s = RELEASE_EVERY_S if every_s is None else every_s
+        self._soon = threading.Event()
+        self._next: float | None = None
+        self.releases = 0
+        """Releases done so far."""
+
+    def after_work(self) -> None:
+        """Work that freed memory just ended: release at the next ``poll``."""
+        self._soon.set()
+
+    def poll(self, now: float) -> bool:
+        """Release if work ended since the last release or ``every_s`` has passed (the
+        first call starts the interval); True if it did."""
+        if self._next is None:
+            self._next = now + self.every_s
+        if not self._soon.is_set() and now < self._next:
+            return False
+        self._soon.clear()
+        self._release()
+        self.releases += 1
+        self._next = now + self.every_s
+        return True
 
 
 TELEMETRY_SWITCHES = {"ORT_DISABLE_TELEMETRY": "1"}

@@ -22,6 +22,7 @@ from asd_edge.config import parse_config
 from asd_edge.daemon import EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE, Daemon
 from asd_edge.errors import AudioError
 from asd_edge.filesource import FileSource
+from asd_edge.runtime import MemoryRelease
 
 
 def run_daemon(config: Path, timeout_s: float = 60) -> tuple[int, list[dict], str]:
@@ -176,6 +177,60 @@ class TestDaemonInProcess:
         stopping = next(e for e in logs if e["event"] == "daemon_stopping")
         assert stopping["reason"] == "test_stop"
         assert names.count("anomaly_started") == 1 and names.count("anomaly_ended") == 1
+
+    def test_free_memory_is_given_back_between_ticks_at_its_interval(
+        self, setup: tuple[Any, Any, Path]
+    ) -> None:
+        """The loop gives glibc's free memory back at its first wake after every
+        ``every_s`` of its ``MemoryRelease`` (here 0.6 s; no wake of its own), never
+        sooner, and keeps scoring."""
+        config, detectors, wav = setup
+        released: list[float] = []
+        memory = MemoryRelease(lambda: released.append(time.monotonic()), every_s=0.6)
+        daemon = Daemon(config, detectors, source=FileSource(wav), memory=memory)
+        timer = threading.Timer(2.7, daemon.stop, args=("test_stop",))
+        started = time.monotonic()
+        timer.start()
+        with capture_logs() as logs:
+            assert daemon.run() == 0
+        timer.join()
+        assert 2 <= len(released) <= 4, released
+        gaps = np.diff([started, *released])
+        assert (gaps >= 0.6 - 0.01).all() and (gaps < 2.0).all(), gaps
+        assert [e["event"] for e in logs].count("anomaly_started") == 1
+
+    def test_a_clip_written_gives_its_memory_back_at_once(
+        self, tmp_path: Path, setup: tuple[Any, Any, Path]
+    ) -> None:
+        """A clip written (the clip store's real worker) asks for a release at the loop's
+        next wake, without waiting for the interval."""
+        model, wav = setup[0].monitors[0].model, setup[2]
+        config = parse_config(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "clips": {"pre_s": 0.2, "post_s": 0.2},
+                "mqtt": {"enabled": False},
+                "monitors": [{"name": "fan", "model": model, "onset_k": 1, "onset_n": 1}],
+            },
+            base_dir=tmp_path,
+        )
+        services = build_services(config)
+        released: list[float] = []
+        memory = MemoryRelease(lambda: released.append(time.monotonic()), every_s=3600.0)
+        daemon = Daemon(
+            config, services.detectors, source=FileSource(wav), services=services, memory=memory
+        )
+        runner = threading.Thread(target=daemon.run)
+        with capture_logs() as logs:
+            runner.start()
+            try:
+                wait_until(lambda: any(e["event"] == "clip_saved" for e in logs), 20.0)
+                saved = time.monotonic()
+                wait_until(lambda: bool(released), 2.0)
+            finally:
+                daemon.stop("test_stop")
+                runner.join(10.0)
+        assert released[0] - saved < 1.0
 
     def test_unexpected_error_is_logged_and_exits_70(self, setup: tuple[Any, Any, Path]) -> None:
         """A bug escaping the loop is logged with its traceback at the supervisor boundary,
