@@ -59,11 +59,13 @@ STOP_TIMEOUT_S = 5.0
 def _then(
     first: Callable[[ClipResult], None], then: Callable[[], None]
 ) -> Callable[[ClipResult], None]:
-    """``first(result)``, then ``then()``."""
+    """``first(result)``, then ``then()`` (also when ``first`` raises)."""
 
     def both(result: ClipResult) -> None:
-        first(result)
-        then()
+        try:
+            first(result)
+        finally:
+            then()
 
     return both
 
@@ -423,6 +425,7 @@ class Daemon:
             ended = self.input_health.configure(channels=listened_channels(new), config=new.health)
             self._input_changes(ended, self._clock())
         self.monitors.announce()
+        self.memory.after_work()  # the models the reload replaced
         log.info(
             "config_reloaded",
             source=new.source,

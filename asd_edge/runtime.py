@@ -88,6 +88,7 @@ RELEASE_EVERY_S = 60.0
 """The longest the daemon goes without giving the free memory inside glibc's heaps back
 to the system (``MemoryRelease``)."""
 _malloc_trim: Callable[[int], int] | None = None
+_no_malloc_trim = False
 
 
 def release_free_memory() -> bool:
@@ -100,11 +101,14 @@ def release_free_memory() -> bool:
     after such work (``MemoryRelease``), this takes 2.5-2.8 MB off the daemon's RSS after
     events and pushes, in 0.2-0.5 ms (measured in the daemon over the scenario of
     benchmarks/bench_cost.py)."""
-    global _malloc_trim
+    global _malloc_trim, _no_malloc_trim
+    if _no_malloc_trim:
+        return False
     if _malloc_trim is None:
         try:
             trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):  # not glibc
+        except (OSError, AttributeError):  # not glibc: not looked for again
+            _no_malloc_trim = True
             return False
         trim.argtypes = [ctypes.c_size_t]
         trim.restype = ctypes.c_int

@@ -181,22 +181,22 @@ class TestDaemonInProcess:
     def test_free_memory_is_given_back_between_ticks_at_its_interval(
         self, setup: tuple[Any, Any, Path]
     ) -> None:
-        """The loop gives glibc's free memory back at its first wake after every
-        ``every_s`` of its ``MemoryRelease`` (here 0.6 s; no wake of its own), never
-        sooner, and keeps scoring."""
+        """The loop gives glibc's free memory back at its wakes once every ``every_s`` of
+        its ``MemoryRelease`` (here 0.6 s; no wake of its own), not at every wake, and
+        keeps scoring. (That it is never sooner is MemoryRelease's own test.)"""
         config, detectors, wav = setup
         released: list[float] = []
         memory = MemoryRelease(lambda: released.append(time.monotonic()), every_s=0.6)
         daemon = Daemon(config, detectors, source=FileSource(wav), memory=memory)
-        timer = threading.Timer(2.7, daemon.stop, args=("test_stop",))
+        timer = threading.Timer(4.0, daemon.stop, args=("test_stop",))
         started = time.monotonic()
         timer.start()
         with capture_logs() as logs:
             assert daemon.run() == 0
         timer.join()
-        assert 2 <= len(released) <= 4, released
+        assert 2 <= len(released) <= 7, released  # wakes: about two a second
         gaps = np.diff([started, *released])
-        assert (gaps >= 0.6 - 0.01).all() and (gaps < 2.0).all(), gaps
+        assert (gaps[1:] >= 0.5).all() and (gaps < 3.0).all(), gaps
         assert [e["event"] for e in logs].count("anomaly_started") == 1
 
     def test_a_clip_written_gives_its_memory_back_at_once(
@@ -215,22 +215,26 @@ class TestDaemonInProcess:
             base_dir=tmp_path,
         )
         services = build_services(config)
-        released: list[float] = []
-        memory = MemoryRelease(lambda: released.append(time.monotonic()), every_s=3600.0)
+        logs: list[dict[str, Any]] = []
+        released: list[int] = []  # clips saved when each release came
+        memory = MemoryRelease(
+            lambda: released.append(sum(e["event"] == "clip_saved" for e in logs)),
+            every_s=3600.0,
+        )
         daemon = Daemon(
             config, services.detectors, source=FileSource(wav), services=services, memory=memory
         )
         runner = threading.Thread(target=daemon.run)
-        with capture_logs() as logs:
+        with capture_logs() as captured:
+            logs = captured
             runner.start()
             try:
                 wait_until(lambda: any(e["event"] == "clip_saved" for e in logs), 20.0)
-                saved = time.monotonic()
-                wait_until(lambda: bool(released), 2.0)
+                wait_until(lambda: bool(released), 2.0, "a release after the clip")
             finally:
                 daemon.stop("test_stop")
                 runner.join(10.0)
-        assert released[0] - saved < 1.0
+        assert released[0] == 1  # asked for by the clip, not by the hour's interval
 
     def test_unexpected_error_is_logged_and_exits_70(self, setup: tuple[Any, Any, Path]) -> None:
         """A bug escaping the loop is logged with its traceback at the supervisor boundary,
@@ -320,6 +324,39 @@ def test_reload_naming_a_channel_not_open_is_rejected_and_the_daemon_goes_on(
     assert "daemon_failed" not in names and "config_reloaded" not in names
     after = names.index("reload_rejected")
     assert "window_scored" in names[after:]
+
+
+def test_a_reload_gives_the_replaced_models_memory_back(tmp_path: Path, level_model: Path) -> None:
+    """A reload that replaces a monitor's model asks for a release at the loop's next
+    wake (the old model's memory), not at the interval's end."""
+    from asd_edge.config import load_config
+
+    wav = write_wav(tmp_path / "long.wav", tone_burst(16000, 30.0, (20.0, 21.0)), 16000)
+    path = tmp_path / "c.yaml"
+    data: dict[str, Any] = {
+        "monitors": [{"name": "fan", "model": str(level_model)}],
+        "mqtt": {"enabled": False},
+        "clips": {"enabled": False},
+    }
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    released: list[float] = []
+    memory = MemoryRelease(lambda: released.append(time.monotonic()), every_s=3600.0)
+    daemon = Daemon(config, load_detectors(config), source=FileSource(wav), memory=memory)
+    runner = threading.Thread(target=daemon.run)
+    with capture_logs() as logs:
+        runner.start()
+        try:
+            time.sleep(1.0)
+            assert released == []
+            data["monitors"][0]["name"] = "pump"  # a new monitor, its model loaded anew
+            path.write_text(yaml.safe_dump(data))
+            daemon.request_reload()
+            wait_until(lambda: bool(released), 5.0, "a release after the reload")
+        finally:
+            daemon.stop("test")
+            runner.join(10)
+    assert "config_reloaded" in [entry["event"] for entry in logs]
 
 
 def catches(pid: int, signum: int) -> bool:

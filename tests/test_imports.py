@@ -6,14 +6,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 from support.audio import tone_burst, write_wav
 from support.importguard import GUARD
-
-from asd_edge.runtime import MemoryRelease
 
 
 class TestDaemonIsLight:
@@ -82,6 +79,13 @@ class TestDaemonIsLight:
         quantiles import neither ``numpy.random`` (2.5 MB of RSS) nor ``numpy.ma``
         (1.4 MB), which the daemon would otherwise keep from its first model load and
         first health report on (benchmarks/bench_cost.py)."""
+        eager = subprocess.run(
+            [sys.executable, "-c", "import sys, numpy; print('numpy.random' in sys.modules)"],
+            capture_output=True,
+            text=True,
+        )
+        if eager.stdout.strip() == "True":
+            pytest.skip("this numpy loads numpy.random and numpy.ma with itself (numpy 1.x)")
         code = textwrap.dedent(
             f"""
             import sys
@@ -129,50 +133,6 @@ class TestEntryPoint:
         )
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert result.stdout.split() == ["1", "3"], result.stderr
-
-    def test_release_free_memory_gives_freed_heap_back(self) -> None:
-        """Memory freed in the middle of a thread's heap stays resident (a live block
-        above it keeps the top from being trimmed) until ``release_free_memory``."""
-        code = textwrap.dedent(
-            """
-            import threading
-            from asd_edge.runtime import release_free_memory, tune_malloc
-            tune_malloc()
-            def rss_mb():
-                return int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
-            kept = []
-            def churn():  # a worker thread's arena, as the clip writer's
-                blocks = [bytearray(b"x" * 200_000) for _ in range(300)]
-                kept.append(blocks.pop())
-                del blocks
-            worker = threading.Thread(target=churn)
-            worker.start()
-            worker.join()
-            before = rss_mb()
-            assert release_free_memory()
-            print(round(before - rss_mb(), 1))
-            """
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-        result = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, env=env
-        )
-        assert result.returncode == 0, result.stderr
-        assert float(result.stdout) > 40.0  # of the 60 MB freed
-
-    def test_memory_release_after_work_and_at_its_interval(self) -> None:
-        """``MemoryRelease.poll`` releases at the first poll after ``after_work`` (from any
-        thread) and once ``every_s`` has passed since the last release; never otherwise."""
-        calls: list[int] = []
-        memory = MemoryRelease(lambda: calls.append(1), every_s=60.0)
-        assert not memory.poll(0.0) and not memory.poll(59.9)  # the first poll starts it
-        assert memory.poll(60.0) and not memory.poll(61.0)
-        worker = threading.Thread(target=memory.after_work)
-        worker.start()
-        worker.join()
-        assert memory.poll(62.0) and not memory.poll(63.0)  # once per piece of work
-        assert not memory.poll(121.9) and memory.poll(122.0)  # 60 s after the last one
-        assert len(calls) == memory.releases == 3
 
     def test_malloc_tuned_unless_set(self) -> None:
         """``asd-edge run`` caps glibc's malloc arenas and fixes its mmap and trim

@@ -137,8 +137,9 @@ class ClipStore:
         self.config = config
         self.on_done = on_done
         """Called with the result of every request (on the writer thread, or on the
-        caller's for a request refused at once). The daemon wires it to ``Alerts``
-        after building both (the alerts need the recorder, which needs this store)."""
+        caller's for a request refused at once). ``assembly.build_services`` wires it to
+        ``Alerts`` after building both (the alerts need the recorder, which needs this
+        store); the daemon then adds its ``MemoryRelease.after_work``."""
         self._disk_usage = disk_usage or statvfs_usage
         self.disk = disk
         self.retry_s = retry_s

@@ -72,11 +72,15 @@ def check_noise(samples: int) -> npt.NDArray[np.float32]:
     (benchmarks/bench_cost.py)."""
     pairs = (samples + 1) // 2
     raw = np.frombuffer(random.Random(_NOISE_SEED).randbytes(16 * pairs), dtype=np.uint64)
-    uniform = (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1), 53 bits
+    uniform = (raw >> np.uint64(11)).astype(np.float64)
+    uniform *= 2.0**-53  # [0, 1), 53 bits
     radius = np.sqrt(-2.0 * np.log1p(-uniform[0::2]))  # log(1 - u): u < 1, never log(0)
-    angle = 2.0 * np.pi * uniform[1::2]
-    noise = np.concatenate((radius * np.cos(angle), radius * np.sin(angle)))[:samples]
-    return (noise * NOISE_RMS).astype(np.float32)
+    radius *= NOISE_RMS
+    angle = uniform[1::2] * (2.0 * np.pi)
+    noise = np.empty(2 * pairs, dtype=np.float32)
+    noise[:pairs] = radius * np.cos(angle)
+    noise[pairs:] = radius * np.sin(angle)
+    return noise[:samples]
 
 
 def check_fit(detector: Detector, cfg: MonitorConfig, capture: CaptureFacts | None) -> None:
