@@ -153,15 +153,15 @@ def score_file(
 ) -> dict[str, Any]:
     """Read one file (any format ``open_audio`` takes) and score it with ``score_blocks``:
     a WAV block by block, in bounded memory however long it is; another format decoded
-    whole by ffmpeg first. AudioDecodeError naming the file when it cannot be read, or
-    is a truncated WAV.
+    whole by ffmpeg first. AudioDecodeError naming the file when it cannot be read, is a
+    truncated WAV, or holds a NaN or infinite sample.
 
     ``channel`` picks one channel of a multichannel file; ``None`` mixes down.
     """
     with open_audio(path) as audio:
         check_channel(channel, audio.channels)
         report = score_blocks(
-            (to_mono(block, channel) for block in audio.blocks()),
+            (to_mono(block, channel) for block in audio.blocks(finite=True)),
             audio.sample_rate,
             detector,
             settings,

@@ -16,6 +16,7 @@ import pytest
 from scipy.io import wavfile
 
 from asd_edge.audiofile import (
+    MIN_SAMPLE_RATE,
     AudioData,
     open_audio,
     pcm16,
@@ -328,6 +329,42 @@ class TestReadErrors:
             with pytest.raises(AudioDecodeError, match="truncated while it was read") as info:
                 list(audio.blocks(max_frames=1000))
         assert info.value.path == str(path)
+
+    @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+    def test_nan_or_infinite_samples_are_reported_where(self, tmp_path: Path, bad: float) -> None:
+        """``blocks(finite=True)`` (score, prepare) refuses a float WAV holding NaN or an
+        infinity, naming the file and the first bad sample (frame and time), whatever the
+        block size; without it the samples come as they are (the daemon's pipeline zeroes
+        them); a finite file reads as before."""
+        x = np.zeros((32000, 2), np.float32)
+        x[20000, 1] = bad
+        path = tmp_path / "a.wav"
+        wavfile.write(path, 16000, x)
+        for max_frames in (None, 7000):
+            with open_audio(path) as audio, pytest.raises(AudioDecodeError) as info:
+                list(audio.blocks(max_frames, finite=True))
+            assert info.value.path == str(path)
+            assert info.value.problem == "sample 20,000 (1.250 s) is NaN or infinite"
+        assert not np.isfinite(read_audio(path).samples[20000, 1])
+        x[20000, 1] = 0.5
+        wavfile.write(path, 16000, x)
+        with open_audio(path) as audio:
+            assert np.concatenate(list(audio.blocks(finite=True)))[20000, 1] == 0.5
+
+    @pytest.mark.parametrize("rate", [1, 999])
+    def test_a_rate_below_1000_hz_is_refused(self, tmp_path: Path, rate: int) -> None:
+        """A header saying 1 Hz (or anything under MIN_SAMPLE_RATE) is not audio: refused
+        by name, not read as a recording thousands of times longer than it is."""
+        path = tmp_path / "a.wav"
+        wavfile.write(path, rate, np.zeros(2000, np.int16))
+        with pytest.raises(AudioDecodeError) as info:
+            open_audio(path)
+        assert info.value.path == str(path)
+        assert info.value.problem == (
+            f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz: not an audio recording"
+        )
+        wavfile.write(path, MIN_SAMPLE_RATE, np.zeros(2000, np.int16))
+        assert read_audio(path).sample_rate == MIN_SAMPLE_RATE
 
 
 class TestToMono:

@@ -124,6 +124,33 @@ class TestScore:
         assert first["file"] == str(bad) and "broken.wav" in first["error"]
         assert second["file"] == str(good) and len(second["windows"]) == 5
 
+    def test_nan_samples_or_a_1_hz_rate_are_reported_by_name_and_others_scored(
+        self, tmp_path: Path, level_model: Path
+    ) -> None:
+        """A float WAV holding NaN, and one whose header says 1 Hz, are errors naming the
+        file (they were scored without a word); the next file is scored; exit 1."""
+        from scipy.io import wavfile
+
+        x = tone_burst(16000, 3.0, (1.0, 2.0))
+        good = write_wav(tmp_path / "good.wav", x, 16000)
+        y = x.copy()
+        y[24000] = np.nan
+        nan = tmp_path / "nan.wav"
+        wavfile.write(nan, 16000, y)
+        slow = tmp_path / "slow.wav"
+        wavfile.write(slow, 1, x[:100])
+        result = cli("score", "--model", str(level_model), str(nan), str(slow), str(good))
+        assert result.returncode == 1
+        first, second, third = (json.loads(line) for line in result.stdout.strip().splitlines())
+        assert first == {
+            "file": str(nan),
+            "error": f"{nan}: sample 24,000 (1.500 s) is NaN or infinite",
+        }
+        assert second["error"] == (
+            f"{slow}: sample rate 1 Hz is below 1000 Hz: not an audio recording"
+        )
+        assert third["file"] == str(good) and len(third["windows"]) == 5
+
     def test_a_truncated_wav_is_reported_by_name_and_others_scored(
         self, tmp_path: Path, level_model: Path
     ) -> None:

@@ -134,6 +134,43 @@ class TestErrors:
             list(read_json_waves(path))
         assert str(path) in str(info.value)
 
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "[" * 5000 + "]" * 5000,
+            "[" * 100 + "]" * 100,  # decodes in Python, but no waveform is nested so deep
+            '[{"Waveform": ' + "[" * 5000 + "0.1" + "]" * 5000 + "}]",
+            '{"fs": 16000, "waveforms": ' + "[" * 5000 + "]" * 5000 + "}",
+        ],
+    )
+    def test_deep_nesting_is_an_error_naming_the_file(self, tmp_path: Path, text: str) -> None:
+        """JSON nested deeper than MAX_DEPTH (5000 deep made the decoder recurse until
+        RecursionError, which took ``prepare`` down with a traceback) is a JsonWaveError
+        naming the file, whatever the Python's recursion limit."""
+        path = tmp_path / "deep.json"
+        path.write_text(text)
+        with pytest.raises(JsonWaveError, match="nested more than 32 deep") as info:
+            list(read_json_waves(path))
+        assert str(path) in str(info.value)
+
+    def test_non_finite_samples_and_a_rate_below_1000_hz_skip_the_record(
+        self, tmp_path: Path
+    ) -> None:
+        """NaN and Infinity (which Python's JSON reads) and a 1 Hz rate are named and the
+        record skipped; the good records around them come."""
+        path = tmp_path / "odd.json"
+        path.write_text(
+            '[{"Waveform": [0.1, NaN], "Labels": 0}, {"Waveform": [Infinity], "Labels": 0},'
+            ' {"Waveform": [0.1], "fs": 1, "Labels": 0}, {"Waveform": [0.2], "Labels": 1}]'
+        )
+        problems: list[str] = []
+        out = list(read_json_waves(path, on_problem=problems.append))
+        assert [r.record_index for r in out] == [3]
+        assert len(problems) == 3
+        assert "record 0" in problems[0] and "NaN or infinite" in problems[0]
+        assert "record 1" in problems[1] and "NaN or infinite" in problems[1]
+        assert "record 2" in problems[2] and "1 Hz is below 1000 Hz" in problems[2]
+
 
 class TestMemory:
     def test_peak_memory_far_below_file_size(self, tmp_path: Path) -> None:

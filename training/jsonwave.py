@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from asd_edge.audiofile import MIN_SAMPLE_RATE
 from training.errors import DataError
 from training.labels import Label, parse_label
 
@@ -43,6 +44,10 @@ _WAVE_KEYS = ("Waveform", "waveform", "Waveforms", "wave", "samples", "data")
 _LABEL_KEYS = ("Labels", "labels", "Label", "label")
 _RATE_KEYS = ("fs", "sample_rate", "sr", "rate")
 _SPECIALS = re.compile(r'[\[\]{}"]')
+MAX_DEPTH = 32
+"""Deepest nesting of arrays and objects a value may have: a record needs three levels.
+Checked before decoding, so that data nested thousands deep is refused the same way on
+every Python (whose JSON decoder recurses once per level)."""
 _STRING_END = re.compile(r'(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
@@ -137,16 +142,42 @@ class _Buffer:
         self.peek()
         decoder = _DECODER
         while True:
+            self._check_depth()
             try:
                 obj, end = decoder.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as e:
                 if self.more(at_least=len(self.text) - self.pos):
                     continue
                 raise self.error(e.msg, e.pos) from None
+            except RecursionError:  # (MAX_DEPTH comes first; a safety net)
+                raise self.error(_TOO_DEEP) from None
             if end == len(self.text) and self.more():
                 continue  # a number may go on in the next chunk
             self.pos = end
             return obj
+
+    def _check_depth(self) -> None:
+        """JsonWaveError if the value at the cursor nests deeper than ``MAX_DEPTH`` within
+        what the buffer holds (the cursor does not move)."""
+        if self.text[self.pos : self.pos + 1] not in ("[", "{"):
+            return  # a number, string or literal: nothing nested
+        depth = 0
+        pos = self.pos
+        for m in _SPECIALS.finditer(self.text, pos):
+            if m.start() < pos:  # inside a string skipped below
+                continue
+            c = m.group()
+            if c == '"':
+                end = _STRING_END.match(self.text, m.end())
+                if end is None:  # the string goes on in the next chunk
+                    return
+                pos = end.end()
+                continue
+            depth += 1 if c in "[{" else -1
+            if depth > MAX_DEPTH:
+                raise self.error(_TOO_DEEP, m.start())
+            if depth <= 0:
+                return
 
     def skip(self) -> None:
         """Move past the next value without building it (for arrays of numbers)."""
@@ -175,6 +206,7 @@ class _Buffer:
 
 
 _DECODER = json.JSONDecoder()
+_TOO_DEEP = f"nested more than {MAX_DEPTH} deep: not a waveform"
 
 
 def _samples(raw: Any) -> np.ndarray:
@@ -206,6 +238,10 @@ def _rate(value: Any, default: int) -> int:
     if value is None:
         return default
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        if value < MIN_SAMPLE_RATE:
+            raise ValueError(
+                f"sample rate {value!r} Hz is below {MIN_SAMPLE_RATE} Hz: not an audio recording"
+            )
         return int(value)
     raise ValueError(f"sample rate {value!r} is not a positive number")
 

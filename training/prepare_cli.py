@@ -10,6 +10,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from asd_edge.audiofile import MIN_SAMPLE_RATE
 from asd_edge.durable import write_atomic
 from asd_edge.logs import configure_logging
 from training.augment import AugmentConfig
@@ -180,8 +181,12 @@ def run(args: argparse.Namespace) -> int:
     """Run ``asd-train prepare``; return the exit code."""
     configure_logging("warning", stream=sys.stderr)
     out: Path = args.out.expanduser().absolute()
-    if args.rate < 1000 or args.segment_s <= 0 or args.augment < 0:
-        return _fail("--rate must be >= 1000 Hz, --segment-s > 0 and --augment >= 0", EXIT_USAGE)
+    if min(args.rate, args.json_rate) < MIN_SAMPLE_RATE or args.segment_s <= 0 or args.augment < 0:
+        return _fail(
+            f"--rate and --json-rate must be >= {MIN_SAMPLE_RATE} Hz, --segment-s > 0 and "
+            "--augment >= 0",
+            EXIT_USAGE,
+        )
     files, missing = find_inputs(args.inputs)
     for m in missing:
         print(f"asd-train prepare: {m}: no such file or folder", file=sys.stderr)

@@ -11,9 +11,11 @@
 
 from .reader import (
     BLOCK_BYTES,
+    MIN_SAMPLE_RATE,
     AudioData,
     AudioReader,
     check_channel,
+    check_rate,
     open_audio,
     read_audio,
     to_mono,
@@ -22,9 +24,11 @@ from .wav import pcm16, wav_bytes, write_wav
 
 __all__ = [
     "BLOCK_BYTES",
+    "MIN_SAMPLE_RATE",
     "AudioData",
     "AudioReader",
     "check_channel",
+    "check_rate",
     "open_audio",
     "pcm16",
     "read_audio",

@@ -19,9 +19,11 @@ from .wav import WavLayout, wav_layout
 
 __all__ = [
     "BLOCK_BYTES",
+    "MIN_SAMPLE_RATE",
     "AudioData",
     "AudioReader",
     "check_channel",
+    "check_rate",
     "open_audio",
     "read_audio",
     "to_mono",
@@ -32,6 +34,9 @@ FloatArray = npt.NDArray[np.float32]
 BLOCK_BYTES: Final = 1 << 20
 """How much of a WAV file's audio is read at once (1 MiB): what ``AudioReader.blocks``
 holds of a WAV file, however long the file is."""
+MIN_SAMPLE_RATE: Final = 1000
+"""The lowest sample rate taken for audio (Hz): a file that says less (a 1 Hz header) is
+refused by name rather than read as a recording thousands of times longer than it is."""
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,10 @@ def open_audio(path: str | os.PathLike[str]) -> AudioReader:
     whole by ffmpeg now.
 
     Raises ``AudioDecodeError`` naming the file when it is missing, is not audio, or
-    ffmpeg is needed but absent, and when a WAV's header announces more audio than the
-    file holds (a truncated recording is not scored as if it were whole).
+    ffmpeg is needed but absent, when a WAV's header announces more audio than the
+    file holds (a truncated recording is not scored as if it were whole), and when its
+    rate is below ``MIN_SAMPLE_RATE``. ``blocks(finite=True)`` raises it for NaN or
+    infinite samples.
     """
     name = str(path)
     try:
@@ -92,12 +99,26 @@ def open_audio(path: str | os.PathLike[str]) -> AudioReader:
         f.close()
         raise
     if layout is not None:
+        try:
+            check_rate(name, layout.sample_rate)
+        except AudioDecodeError:
+            f.close()
+            raise
         return AudioReader(
             name, layout.sample_rate, layout.channels, layout.frames, wav=(f, layout)
         )
     f.close()
     samples, rate = decode_with_ffmpeg(Path(path), name)
+    check_rate(name, rate)
     return AudioReader(name, rate, samples.shape[1], samples.shape[0], decoded=samples)
+
+
+def check_rate(name: str, rate: int) -> None:
+    """AudioDecodeError naming the file ``name`` if ``rate`` is below ``MIN_SAMPLE_RATE``."""
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioDecodeError(
+            name, f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz: not an audio recording"
+        )
 
 
 class AudioReader:
@@ -131,10 +152,27 @@ class AudioReader:
         self._wav = wav
         self._decoded = decoded
 
-    def blocks(self, max_frames: int | None = None) -> Iterator[FloatArray]:
+    def blocks(
+        self, max_frames: int | None = None, *, finite: bool = False
+    ) -> Iterator[FloatArray]:
         """The samples in consecutive blocks of at most ``max_frames`` frames (default: as
         many as ``BLOCK_BYTES`` of the file hold). AudioDecodeError naming the file if a
-        WAV turns out shorter than its header said (cut while it was read)."""
+        WAV turns out shorter than its header said (cut while it was read), and with
+        ``finite`` if a sample is NaN or infinite (the tools that refuse such a file:
+        ``score``, ``prepare``; the daemon's pipeline zeroes them, as the monitor does)."""
+        can_be_bad = finite and (self._wav is None or self._wav[1].kind == "f")
+        at = 0
+        for block in self._raw_blocks(max_frames):
+            if can_be_bad and not np.isfinite(block).all():
+                bad = at + int(np.argmin(np.isfinite(block).all(axis=1)))
+                raise AudioDecodeError(
+                    self.name,
+                    f"sample {bad:,} ({bad / self.sample_rate:.3f} s) is NaN or infinite",
+                )
+            at += block.shape[0]
+            yield block
+
+    def _raw_blocks(self, max_frames: int | None) -> Iterator[FloatArray]:
         if self._decoded is not None:
             step = max_frames or max(1, BLOCK_BYTES // (4 * self.channels))
             for begin in range(0, self._decoded.shape[0], step):
