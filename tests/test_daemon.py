@@ -288,11 +288,9 @@ class TestDaemonInProcess:
         assert any(e["event"] == "audio_failed" for e in logs)
 
 
-def test_reload_naming_a_channel_not_open_is_rejected_and_the_daemon_goes_on(
-    tmp_path: Path, level_model: Path
-) -> None:
-    """SIGHUP with a monitor on a channel the running input did not open (input.channels
-    needs a restart): the reload is rejected naming the key; the daemon keeps scoring."""
+def reloadable(tmp_path: Path, level_model: Path) -> tuple[Path, Path, dict[str, Any], Any]:
+    """A 30 s recording, and a configuration file of one monitor (no MQTT, no clips) to
+    edit and reload: (recording, file, its data, the loaded configuration)."""
     from asd_edge.config import load_config
 
     wav = write_wav(tmp_path / "long.wav", tone_burst(16000, 30.0, (20.0, 21.0)), 16000)
@@ -303,7 +301,15 @@ def test_reload_naming_a_channel_not_open_is_rejected_and_the_daemon_goes_on(
         "clips": {"enabled": False},
     }
     path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
+    return wav, path, data, load_config(path)
+
+
+def test_reload_naming_a_channel_not_open_is_rejected_and_the_daemon_goes_on(
+    tmp_path: Path, level_model: Path
+) -> None:
+    """SIGHUP with a monitor on a channel the running input did not open (input.channels
+    needs a restart): the reload is rejected naming the key; the daemon keeps scoring."""
+    wav, path, data, config = reloadable(tmp_path, level_model)
     daemon = Daemon(config, load_detectors(config), source=FileSource(wav))
     runner = threading.Thread(target=daemon.run)
     with capture_logs() as logs:
@@ -329,17 +335,7 @@ def test_reload_naming_a_channel_not_open_is_rejected_and_the_daemon_goes_on(
 def test_a_reload_gives_the_replaced_models_memory_back(tmp_path: Path, level_model: Path) -> None:
     """A reload that replaces a monitor's model asks for a release at the loop's next
     wake (the old model's memory), not at the interval's end."""
-    from asd_edge.config import load_config
-
-    wav = write_wav(tmp_path / "long.wav", tone_burst(16000, 30.0, (20.0, 21.0)), 16000)
-    path = tmp_path / "c.yaml"
-    data: dict[str, Any] = {
-        "monitors": [{"name": "fan", "model": str(level_model)}],
-        "mqtt": {"enabled": False},
-        "clips": {"enabled": False},
-    }
-    path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
+    wav, path, data, config = reloadable(tmp_path, level_model)
     released: list[float] = []
     memory = MemoryRelease(lambda: released.append(time.monotonic()), every_s=3600.0)
     daemon = Daemon(config, load_detectors(config), source=FileSource(wav), memory=memory)

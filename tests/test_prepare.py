@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.io import wavfile
+from support.audio import sparse_wav
 
-from asd_edge.audiofile import read_audio, write_wav
+from asd_edge.audiofile import read_audio, wav_bytes, write_wav
 from training import prepare_cli as prep
 from training.dataset import assign_splits, file_sha256, load_dataset
-from training.sources import segment_bounds
+from training.sources import SegmentCutter
 
 RATE = 16000
 
@@ -81,12 +82,36 @@ def mixed_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class TestSegmentsAndSplits:
+    @staticmethod
+    def bounds(
+        n: int, segment: int, min_segment: int, block: int | None = None
+    ) -> list[tuple[int, int]]:
+        """The cutter's segments of ``n`` samples fed in blocks of ``block``, as
+        [start, stop), each checked to hold exactly those samples."""
+        x = np.arange(n, dtype=np.float32)
+        step = block or max(1, n)
+        cutter = SegmentCutter(segment, min_segment)
+        out = []
+        for start, samples in cutter.cut(x[i : i + step] for i in range(0, n, step)):
+            assert np.array_equal(samples, x[start : start + samples.shape[0]])
+            out.append((start, start + samples.shape[0]))
+        assert cutter.samples == n and cutter.segments == len(out)
+        return out
+
     def test_segment_bounds(self) -> None:
         """Full segments from the start; the remainder kept (shorter) only if long enough."""
-        assert segment_bounds(27, 10, 5) == [(0, 10), (10, 20), (20, 27)]
-        assert segment_bounds(27, 10, 8) == [(0, 10), (10, 20)]
-        assert segment_bounds(4, 10, 5) == []
-        assert segment_bounds(20, 10, 5) == [(0, 10), (10, 20)]
+        assert self.bounds(27, 10, 5) == [(0, 10), (10, 20), (20, 27)]
+        assert self.bounds(27, 10, 8) == [(0, 10), (10, 20)]
+        assert self.bounds(4, 10, 5) == []
+        assert self.bounds(20, 10, 5) == [(0, 10), (10, 20)]
+        assert self.bounds(0, 10, 0) == []
+
+    @pytest.mark.parametrize("block", [1, 3, 7, 10, 11, 64])
+    def test_any_block_size_cuts_the_same_segments(self, block: int) -> None:
+        """A recording read in blocks of any size is cut as if it were read whole."""
+        for n in (0, 9, 10, 27, 100, 103):
+            for min_segment in (0, 1, 5, 10):
+                assert self.bounds(n, 10, min_segment, block) == self.bounds(n, 10, min_segment)
 
     def test_assign_splits_follows_fractions_by_segments(self) -> None:
         """Each split gets about its share of the segments; the seed changes who goes where."""
@@ -218,6 +243,77 @@ class TestPrepare:
         report = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
         assert len(report["skipped"]) == 4
         assert len({r["source"] for r in manifest(out)}) == 10  # the rest went on
+
+    def test_odd_files_are_skipped_by_name_and_the_others_prepared(self, tmp_path: Path) -> None:
+        """JSON nested 5000 deep (a RecursionError traceback before), NaN or infinite float
+        samples, a 1 Hz rate, a truncated WAV and a header claiming 2^31 samples over 1 s
+        of data are each skipped with the reason; the good file is prepared (exit 1)."""
+        root = tmp_path / "in" / "normal"
+        root.mkdir(parents=True)
+        good = tone(440, 4.0, RATE).astype(np.float32)
+        wavfile.write(root / "good.wav", RATE, good)
+        (root / "deep.json").write_text("[" * 5000 + "]" * 5000)
+        for name, bad in (("nan.wav", np.nan), ("inf.wav", np.inf)):
+            x = good.copy()
+            x[40000] = bad  # after two full 1 s segments: the whole file still goes
+            wavfile.write(root / name, RATE, x)
+        wavfile.write(root / "one_hz.wav", 1, good[:100])
+        whole = (root / "good.wav").read_bytes()
+        (root / "cut.wav").write_bytes(whole[: len(whole) // 2])
+        claim = bytearray(wav_bytes(good[:RATE], RATE))  # 16-bit PCM: 1 s of data
+        claim[40:44] = (2**31).to_bytes(4, "little")  # the data chunk's size
+        (root / "claim.wav").write_bytes(bytes(claim))
+        out = tmp_path / "ds"
+        assert run_prepare(str(root.parent), "--out", str(out), "--segment-s", "1") == 1
+        report = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
+        reasons = {Path(r["path"]).name: r["reason"] for r in report["skipped"]}
+        assert "nested more than 32 deep" in reasons.pop("deep.json")
+        assert reasons.pop("nan.wav") == "sample 40,000 (2.500 s) is NaN or infinite"
+        assert reasons.pop("inf.wav") == "sample 40,000 (2.500 s) is NaN or infinite"
+        assert "sample rate 1 Hz is below 1000 Hz" in reasons.pop("one_hz.wav")
+        assert "truncated" in reasons.pop("cut.wav")
+        assert "truncated" in reasons.pop("claim.wav")
+        assert reasons == {}
+        assert {Path(r["source"]).name for r in manifest(out)} == {"good.wav"}
+        assert len(list(out.rglob("*.wav"))) == len(manifest(out)) == 4  # none left behind
+
+    @pytest.mark.slow
+    def test_a_2_gb_wav_is_prepared_in_bounded_memory_beside_the_others(
+        self, tmp_path: Path
+    ) -> None:
+        """A 2 GB WAV (sparse: 32 channels of silence, 35 min) is cut into its segments a
+        block at a time with the peak resident memory of the process under 200 MB (it
+        used to be decoded whole, several times its size); a truncated file is skipped
+        by name and the good file after it is prepared."""
+        root = tmp_path / "in" / "normal"
+        root.mkdir(parents=True)
+        data_bytes = 2**31 - 64
+        sparse_wav(root / "big.wav", RATE, 32, data_bytes)
+        write_wav(root / "good.wav", tone(700, 12.0, RATE), RATE)  # one 10 s segment
+        (root / "cut.wav").write_bytes((root / "good.wav").read_bytes()[:1000])
+        out = tmp_path / "ds"
+        code = (
+            "import sys\n"
+            "from training.cli import main\n"
+            f"code = main(['prepare', {str(root)!r}, '--out', {str(out)!r}, '--quiet'])\n"
+            "status = open('/proc/self/status').read().splitlines()\n"
+            "print(next(s for s in status if s.startswith('VmHWM:')), file=sys.stderr)\n"
+            "sys.exit(code)\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 1, result.stderr  # one file skipped
+        peak_kb = int(result.stderr.strip().splitlines()[-1].split()[1])
+        assert peak_kb < 200_000, f"peak resident memory {peak_kb} kB"
+        rows = manifest(out)
+        big_seconds = data_bytes // (32 * 2) / RATE
+        big = [r for r in rows if r["source"].endswith("big.wav")]
+        assert len(big) == int(big_seconds // 10) + (big_seconds % 10 >= 5)
+        assert len([r for r in rows if r["source"].endswith("good.wav")]) == 1
+        report = json.loads((out / "prepare.json").read_text(encoding="utf-8"))
+        assert [r["path"] for r in report["skipped"]] == [str(root / "cut.wav")]
+        assert "truncated" in report["skipped"][0]["reason"]
 
     def test_exit_codes(self, mixed_inputs: Path, tmp_path: Path) -> None:
         """66 for a missing INPUT, 65 when nothing is usable, 2 for a dataset already there."""

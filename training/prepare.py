@@ -50,7 +50,7 @@ from training.dataset import SPLITS, assign_splits, file_sha256, rows_sha256, wr
 from training.errors import DataError
 from training.jsonwave import DEFAULT_JSON_RATE
 from training.labels import Label
-from training.sources import InputFile, Recording, read_recordings, segment_bounds
+from training.sources import InputFile, Recording, SegmentCutter, read_recordings
 
 __all__ = ["EXTRA_COLUMNS", "PrepareResult", "Segment", "prepare"]
 
@@ -204,10 +204,13 @@ def _stage(
     def problem(line: str) -> None:
         skipped.append((str(item.path), line.removeprefix(f"{item.path}: ")))
 
+    recordings = read_recordings(
+        item, sample_rate=sample_rate, channel=channel, json_rate=json_rate, on_problem=problem
+    )
+    first = 0  # out[first:]: the segments of the recording being read
     try:
-        for rec in read_recordings(
-            item, sample_rate=sample_rate, channel=channel, json_rate=json_rate, on_problem=problem
-        ):
+        for rec in recordings:
+            first = len(out)
             where = rec.source.removeprefix(item.path.as_posix()).lstrip("#")
             rec_label = label or rec.label
             if rec_label is None:
@@ -216,27 +219,28 @@ def _stage(
                     "(expected normal/ok or anomaly/ng in them; or give --label)"
                 )
                 continue
-            n = rec.samples.shape[0]
-            bounds = segment_bounds(n, segment, min_segment)
-            if not bounds:
-                problem(
-                    f"{where + ': ' if where else ''}too short: {n / sample_rate:.2f} s < "
-                    f"--min-segment-s {min_segment / sample_rate:g} (lower --segment-s or "
-                    "--min-segment-s)"
-                )
-                continue
             stem = _stem(rec, root)
-            for k, (a, b) in enumerate(bounds):
+            cutter = SegmentCutter(segment, min_segment)  # read and written a block at a time
+            for k, (a, samples) in enumerate(cutter.cut(rec.blocks)):
                 path = staging / f"{stem}_{k:04d}.wav"
-                write_wav(path, rec.samples[a:b], sample_rate)
-                out.append(
-                    Segment(path, rec_label, rec.source, k, a / sample_rate, (b - a) / sample_rate)
+                write_wav(path, samples, sample_rate)
+                seconds = samples.shape[0] / sample_rate
+                out.append(Segment(path, rec_label, rec.source, k, a / sample_rate, seconds))
+            if not cutter.segments:
+                problem(
+                    f"{where + ': ' if where else ''}too short: "
+                    f"{cutter.samples / sample_rate:.2f} s < --min-segment-s "
+                    f"{min_segment / sample_rate:g} (lower --segment-s or --min-segment-s)"
                 )
-    except (AudioDecodeError, DataError) as e:
-        kept = f" ({len(out)} segment(s) read before it are kept)" if out else ""
-        problem(f"{e}{kept}")
-    except OSError as e:
-        problem(f"cannot read: {e.strerror or e}")
+    except (AudioDecodeError, DataError, OSError) as e:
+        for seg in out[first:]:  # a recording bad in its middle goes as a whole
+            seg.path.unlink(missing_ok=True)
+        del out[first:]
+        kept = f" ({len(out)} segment(s) of the records before it are kept)" if out else ""
+        reason = f"cannot read: {e.strerror or e}" if isinstance(e, OSError) else str(e)
+        problem(f"{reason}{kept}")
+    finally:
+        recordings.close()  # the file, also when this stopped in the middle
     return out
 
 

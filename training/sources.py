@@ -1,24 +1,33 @@
 """The recordings ``asd-train prepare`` reads: audio files and JSON waveform records.
 
 Every input (a file, or a folder searched recursively) becomes a sequence of
-:class:`Recording` objects: mono float32 at the target rate, with the label its
-names carry. Audio is decoded with :func:`asd_edge.audiofile.read_audio` (its own
-reader for WAV, ffmpeg for MP3/MP4/M4A and the rest; soundfile first for FLAC/OGG where
-it is installed), one channel picked or all mixed down, and resampled with
-``scipy.signal.resample_poly``, which is what the daemon's resampler computes.
+:class:`Recording` objects: mono float32 at the target rate, in blocks, with the label
+its names carry. Audio is opened with :func:`asd_edge.audiofile.open_audio` (its own
+reader for WAV, which reads a block at a time, so that a recorder's multi-hour file
+never has to fit in memory; ffmpeg for MP3/MP4/M4A and the rest, and soundfile first
+for FLAC/OGG where it is installed, which decode whole), one channel picked or all mixed
+down, and resampled block by block by the daemon's own ``StreamResampler`` (the samples
+of ``scipy.signal.resample_poly`` over the whole recording).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from asd_edge.audiofile import AudioData, read_audio, to_mono
+from asd_edge.audiofile import (
+    AudioData,
+    AudioReader,
+    check_channel,
+    check_rate,
+    open_audio,
+    to_mono,
+)
 from asd_edge.errors import AudioDecodeError
-from asd_edge.resample import resample_whole
+from asd_edge.resample import StreamResampler, resample_whole
 from training.dataset import AUDIO_EXTENSIONS
 from training.jsonwave import DEFAULT_JSON_RATE, read_json_waves
 from training.labels import Label, label_from_name
@@ -27,10 +36,11 @@ __all__ = [
     "INPUT_EXTENSIONS",
     "InputFile",
     "Recording",
+    "SegmentCutter",
     "decode_audio",
     "find_inputs",
+    "open_input_audio",
     "read_recordings",
-    "segment_bounds",
 ]
 
 INPUT_EXTENSIONS: tuple[str, ...] = (*AUDIO_EXTENSIONS, ".json")
@@ -56,8 +66,11 @@ class Recording:
     source: str
     """Where it came from: the file's absolute path, plus ``#record N`` for JSON."""
     path: Path
-    samples: np.ndarray
-    """float32 mono at ``sample_rate``."""
+    blocks: Iterator[np.ndarray]
+    """Its samples, float32 mono at ``sample_rate``, in consecutive blocks: read as they
+    are consumed, once, and only until the next recording is asked for (the file is
+    closed then). AudioDecodeError while they are read if the file turns out shorter
+    than it said or holds a NaN or infinite sample."""
     sample_rate: int
     label: Label | None
     original_rate: int
@@ -87,8 +100,9 @@ def find_inputs(inputs: Sequence[str | Path]) -> tuple[list[InputFile], list[Pat
     return sorted(found.values(), key=lambda i: str(i.path)), missing
 
 
-def decode_audio(path: Path) -> AudioData:
-    """Decode an audio file; soundfile first for FLAC/OGG, where it is installed."""
+def open_input_audio(path: Path) -> AudioReader:
+    """Open an audio file for reading in blocks (a WAV is read as they are consumed);
+    soundfile first for FLAC/OGG, where it is installed (decoded whole)."""
     if path.suffix.lower() in _SOUNDFILE_EXTENSIONS:
         try:
             import soundfile
@@ -97,10 +111,33 @@ def decode_audio(path: Path) -> AudioData:
         else:
             try:
                 data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-                return AudioData(np.ascontiguousarray(data), int(rate))
             except (RuntimeError, soundfile.LibsndfileError):
                 pass  # let ffmpeg have a go
-    return read_audio(path)
+            else:
+                check_rate(str(path), int(rate))
+                samples = np.ascontiguousarray(data)
+                shape = samples.shape
+                return AudioReader(str(path), int(rate), shape[1], shape[0], decoded=samples)
+    return open_audio(path)
+
+
+def decode_audio(path: Path) -> AudioData:
+    """Decode a whole audio file; soundfile first for FLAC/OGG, where it is installed."""
+    with open_input_audio(path) as audio:
+        return audio.read()
+
+
+def _mono_blocks(audio: AudioReader, channel: int | None, sample_rate: int) -> Iterator[np.ndarray]:
+    """``audio``'s blocks mixed down (or one channel picked) and resampled to
+    ``sample_rate``; AudioDecodeError at a NaN or infinite sample."""
+    resample = StreamResampler(audio.sample_rate, sample_rate)
+    for block in audio.blocks(finite=True):
+        out = resample(to_mono(block, channel))
+        if out.size:
+            yield out
+    tail = resample.flush()
+    if tail.size:
+        yield tail
 
 
 def read_recordings(
@@ -126,36 +163,68 @@ def read_recordings(
             yield Recording(
                 source=f"{source}#record {rec.record_index}",
                 path=item.path,
-                samples=resample_whole(rec.samples, rec.sample_rate, sample_rate),
+                blocks=iter((resample_whole(rec.samples, rec.sample_rate, sample_rate),)),
                 sample_rate=sample_rate,
                 label=rec.label if rec.label is not None else name_label,
                 original_rate=rec.sample_rate,
                 channels=1,
             )
         return
-    audio = decode_audio(item.path)
-    if audio.frames == 0:
-        raise AudioDecodeError(str(item.path), "no samples (empty audio)")
+    audio = open_input_audio(item.path)
     try:
-        mono = to_mono(audio.samples, channel)
-    except ValueError as e:
-        raise AudioDecodeError(str(item.path), str(e)) from None
-    yield Recording(
-        source=source,
-        path=item.path,
-        samples=resample_whole(mono, audio.sample_rate, sample_rate),
-        sample_rate=sample_rate,
-        label=name_label,
-        original_rate=audio.sample_rate,
-        channels=audio.channels,
-    )
+        if audio.frames == 0:
+            raise AudioDecodeError(str(item.path), "no samples (empty audio)")
+        try:
+            check_channel(channel, audio.channels)
+        except ValueError as e:
+            raise AudioDecodeError(str(item.path), str(e)) from None
+    except BaseException:
+        audio.close()
+        raise
+    try:  # the file stays open while the consumer reads the blocks
+        yield Recording(
+            source=source,
+            path=item.path,
+            blocks=_mono_blocks(audio, channel, sample_rate),
+            sample_rate=sample_rate,
+            label=name_label,
+            original_rate=audio.sample_rate,
+            channels=audio.channels,
+        )
+    finally:
+        audio.close()
 
 
-def segment_bounds(n_samples: int, segment: int, min_segment: int) -> list[tuple[int, int]]:
-    """[start, stop) of the segments of ``n_samples``: full segments from the start, and
-    the remainder if at least ``min_segment`` long."""
-    bounds = [(s, s + segment) for s in range(0, n_samples - segment + 1, segment)]
-    rest_start = len(bounds) * segment
-    if n_samples - rest_start >= max(1, min_segment):
-        bounds.append((rest_start, n_samples))
-    return bounds
+class SegmentCutter:
+    """Cuts a recording's blocks into segments as they come: every full ``segment`` from
+    the start, then the rest if it is at least ``min_segment`` long (and not empty).
+    Holds at most a segment and a block."""
+
+    def __init__(self, segment: int, min_segment: int) -> None:
+        self.segment = segment
+        self.min_segment = min_segment
+        self.samples = 0
+        """Samples seen so far (the recording's length once ``cut`` is done)."""
+        self.segments = 0
+        """Segments given so far."""
+
+    def cut(self, blocks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index of the first sample, samples) of each segment of ``blocks``."""
+        pending: list[np.ndarray] = []
+        held = start = 0
+        for block in blocks:
+            self.samples += block.shape[0]
+            pending.append(block)
+            held += block.shape[0]
+            if held < self.segment:
+                continue
+            buf = pending[0] if len(pending) == 1 else np.concatenate(pending)  # (no copy)
+            while buf.shape[0] >= self.segment:
+                self.segments += 1
+                yield start, buf[: self.segment]
+                start += self.segment
+                buf = buf[self.segment :]
+            pending, held = ([buf] if buf.size else []), buf.shape[0]
+        if held and held >= self.min_segment:
+            self.segments += 1
+            yield start, np.concatenate(pending)
