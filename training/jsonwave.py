@@ -161,23 +161,9 @@ class _Buffer:
         what the buffer holds (the cursor does not move)."""
         if self.text[self.pos : self.pos + 1] not in ("[", "{"):
             return  # a number, string or literal: nothing nested
-        depth = 0
-        pos = self.pos
-        for m in _SPECIALS.finditer(self.text, pos):
-            if m.start() < pos:  # inside a string skipped below
-                continue
-            c = m.group()
-            if c == '"':
-                end = _STRING_END.match(self.text, m.end())
-                if end is None:  # the string goes on in the next chunk
-                    return
-                pos = end.end()
-                continue
-            depth += 1 if c in "[{" else -1
-            if depth > MAX_DEPTH:
-                raise self.error(_TOO_DEEP, m.start())
-            if depth <= 0:
-                return
+        _, _, too_deep = _follow(self.text, self.pos, 0, MAX_DEPTH)
+        if too_deep is not None:
+            raise self.error(_TOO_DEEP, too_deep)
 
     def skip(self) -> None:
         """Move past the next value without building it (for arrays of numbers)."""
@@ -186,23 +172,36 @@ class _Buffer:
             return
         depth = 0
         while True:
-            for m in _SPECIALS.finditer(self.text, self.pos):
-                c = m.group()
-                if c == '"':
-                    end = _STRING_END.match(self.text, m.end())
-                    if end is None:  # the string goes on in the next chunk
-                        self.pos = m.start()
-                        break
-                    self.pos = end.end()
-                    continue
-                depth += 1 if c in "[{" else -1
-                self.pos = m.end()
-                if depth == 0:
-                    return
-            else:
-                self.pos = len(self.text)
+            self.pos, depth, _ = _follow(self.text, self.pos, depth)
+            if depth <= 0:
+                return
             if not self.more(at_least=len(self.text) - self.pos):
                 raise self.error("unexpected end of file inside an array")
+
+
+def _follow(
+    text: str, pos: int, depth: int, limit: int | None = None
+) -> tuple[int, int, int | None]:
+    """Follow the brackets of a value from ``pos``, at nesting ``depth``, strings passed
+    over, until it closes, the text ends or a string runs past the text: (where it
+    stopped, the depth there, the offset of the bracket that went deeper than ``limit``,
+    if one did: it stops there)."""
+    for m in _SPECIALS.finditer(text, pos):
+        if m.start() < pos:  # inside a string passed over
+            continue
+        if m.group() == '"':
+            end = _STRING_END.match(text, m.end())
+            if end is None:  # the string goes on in the next chunk
+                return m.start(), depth, None
+            pos = end.end()
+            continue
+        depth += 1 if m.group() in "[{" else -1
+        pos = m.end()
+        if limit is not None and depth > limit:
+            return pos, depth, m.start()
+        if depth <= 0:
+            return pos, depth, None
+    return len(text), depth, None
 
 
 _DECODER = json.JSONDecoder()
