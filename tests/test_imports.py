@@ -13,6 +13,13 @@ from support.audio import tone_burst, write_wav
 from support.importguard import GUARD
 
 
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new Python (this one's), which must exit 0."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 class TestDaemonIsLight:
     def test_importing_every_module(self) -> None:
         """Every asd_edge module imports with torch, librosa, sklearn, matplotlib, onnx barred."""
@@ -24,9 +31,7 @@ class TestDaemonIsLight:
             print(sorted(m for m in sys.modules if m.split(".")[0] in HEAVY))
             """
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "[]"
+        assert fresh_python(code).strip() == "[]"
 
     def test_the_daemon_never_loads_the_web_stack(self) -> None:
         """The command line and the daemon's modules load no Starlette, uvicorn, Jinja2 or
@@ -40,9 +45,7 @@ class TestDaemonIsLight:
             print(sorted({m.split(".")[0] for m in sys.modules} & set(web)))
             """
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "[]"
+        assert fresh_python(code).strip() == "[]"
 
     def test_a_microphone_daemon_does_not_load_scipy_signal(self, level_model: Path) -> None:
         """scipy.signal (about 80 MB of resident memory) and scipy.io are loaded only when a
@@ -70,9 +73,7 @@ class TestDaemonIsLight:
             print(loaded)
             """
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "[]"
+        assert fresh_python(code).strip() == "[]"
 
     def test_model_checks_and_health_load_no_numpy_extras(self, level_model: Path) -> None:
         """A model's load checks (noise through its pipeline) and the health report's tick
@@ -98,9 +99,7 @@ class TestDaemonIsLight:
             print(sorted(m for m in sys.modules if m in ("numpy.random", "numpy.ma")))
             """
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "[]"
+        assert fresh_python(code).strip() == "[]"
 
     def test_score_runs_without_heavy_imports(self, tmp_path: Path, level_model: Path) -> None:
         """`asd-edge score` runs end to end with the heavy packages barred."""
@@ -113,9 +112,7 @@ class TestDaemonIsLight:
             sys.exit(code)
             """
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert '"events": [{' in result.stdout
+        assert '"events": [{' in fresh_python(code)
 
 
 class TestEntryPoint:
@@ -189,6 +186,4 @@ class TestLazyFaces:
             "print(sorted(m for m in ('onnxruntime', 'asd_edge.modelstore.manager',"
             " 'asd_edge.clips.writer', 'structlog') if m in sys.modules))\n"
         )
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "[]"
+        assert fresh_python(code).strip() == "[]"
